@@ -1,0 +1,54 @@
+"""edge-seg runtime: thyroid nodule segmentation with onnxruntime, OpenCV and NumPy (no TensorFlow).
+
+The public API is imported lazily, so ``import edge_runtime`` (and ``edge-seg --version``) stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from edge_runtime._version import __version__
+
+#: Largest scan, in pixels, the runtime decodes. OpenCV reads this limit once, when it is first
+#: imported, so it is set here, before any module of the package imports cv2.
+MAX_PIXELS = 40_000_000
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+if TYPE_CHECKING:
+    from edge_runtime.errors import ModelError, ScanError, SetupError
+    from edge_runtime.model import OnnxModel
+    from edge_runtime.preprocess import preprocess
+    from edge_runtime.scanio import read_scan
+    from edge_runtime.segmenter import Segmentation, Segmenter
+
+__all__ = [
+    "ModelError",
+    "OnnxModel",
+    "ScanError",
+    "Segmentation",
+    "Segmenter",
+    "SetupError",
+    "__version__",
+    "preprocess",
+    "read_scan",
+]
+
+_LAZY = {
+    "ModelError": "edge_runtime.errors",
+    "ScanError": "edge_runtime.errors",
+    "SetupError": "edge_runtime.errors",
+    "OnnxModel": "edge_runtime.model",
+    "preprocess": "edge_runtime.preprocess",
+    "read_scan": "edge_runtime.scanio",
+    "Segmentation": "edge_runtime.segmenter",
+    "Segmenter": "edge_runtime.segmenter",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edge_runtime' has no attribute {name!r}")

@@ -1,0 +1,170 @@
+"""``edge-seg``: segment thyroid nodules in ultrasound scans with an ONNX model.
+
+One-shot:  edge-seg IN --out OUT          every scan under IN (subfolders too), then exit
+Daemon:    edge-seg --watch IN --out OUT  the same, then follow new scans until stopped
+Demo:      edge-seg --demo [DIR]          synthetic scans, segmented with the bundled model
+
+Exit codes: 0 all scans done, 1 some scans failed (the others are written), 2 usage or setup error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+from edge_runtime._version import __version__
+
+log = logging.getLogger("edge_seg")
+
+EPILOG = """examples:
+  edge-seg scans/ --out masks/                       masks at the model's default threshold
+  edge-seg scans/ --out masks/ --threshold 0.85 0.9 0.95   one folder per threshold
+  edge-seg --watch /data/incoming --out /data/masks  run as a daemon (see README: systemd unit)
+  edge-seg --demo                                    try it without any scans of your own
+
+Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png.
+A scan that cannot be read gets OUT/<relative path>.error.txt with the reason.
+"""
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"threshold {text} must be between 0 and 1 (exclusive)")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = type("F", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {})
+    p = argparse.ArgumentParser(prog="edge-seg", description=__doc__, epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("input", nargs="?", type=Path, help="folder of scans to segment once (one-shot mode)")
+    p.add_argument("--out", type=Path, help="output folder for masks (must not be inside the input folder)")
+    p.add_argument("--watch", type=Path, metavar="IN", help="run as a daemon: process IN, then follow new scans")
+    p.add_argument("--model", type=Path, help="ONNX model exported by edge-seg-export (default: the bundled model)")
+    p.add_argument(
+        "--threshold",
+        type=_threshold,
+        nargs="+",
+        metavar="T",
+        help="probability threshold(s) P > T; several give one folder each (default: the model's)",
+    )
+    p.add_argument("--force", action="store_true", help="redo scans whose masks are already up to date")
+    p.add_argument("--batch-size", type=_positive, default=8, help="scans per inference call")
+    p.add_argument("--threads", type=_positive, help="inference threads (default: the cores this process may use)")
+    w = p.add_argument_group("watch mode")
+    w.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="a scan with no close/rename event is taken once unchanged for this long",
+    )
+    w.add_argument(
+        "--polling",
+        type=float,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="poll the folder (network shares: SMB/NFS give no events) every SECONDS",
+    )
+    w.add_argument(
+        "--rescan",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="full rescan interval, to catch anything the events missed",
+    )
+    p.add_argument(
+        "--demo",
+        type=Path,
+        nargs="?",
+        const=Path("edge-seg-demo"),
+        metavar="DIR",
+        help="write synthetic ultrasound scans into DIR/scans and segment them into DIR/masks",
+    )
+    p.add_argument("--log-file", type=Path, help="also log to this file (rotated at 10 MB, 5 kept)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the summary")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug output (also lists skipped scans)")
+    p.add_argument("--version", action="version", version=f"edge-seg {__version__}")
+    return p
+
+
+class _Formatter(logging.Formatter):
+    """Per-scan lines and the summary as they are; other warnings and errors say what they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING and not getattr(record, "plain", False):
+            text = f"{record.levelname.lower()}: {text}"
+        return text
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    root = logging.getLogger()
+    root.setLevel(level)
+    for old in [h for h in root.handlers if getattr(h, "edge_seg", False)]:  # main() called again in-process
+        root.removeHandler(old)
+        old.close()
+    console = logging.StreamHandler(sys.stderr)
+    console.edge_seg = True
+    console.setFormatter(_Formatter("%(message)s"))
+    root.addHandler(console)
+    if args.log_file:
+        args.log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.handlers.RotatingFileHandler(args.log_file, maxBytes=10 << 20, backupCount=5, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh.edge_seg = True
+        root.addHandler(fh)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    modes = sum(x is not None for x in (args.input, args.watch, args.demo))
+    if modes != 1:
+        parser.error("give one of: IN (one-shot), --watch IN (daemon) or --demo")
+    if args.demo is None and args.out is None:
+        parser.error("--out OUT is required")
+    setup_logging(args)
+
+    from edge_runtime.errors import SetupError
+
+    try:
+        if args.demo is not None:
+            from edge_runtime.demo import run_demo
+
+            return run_demo(args)
+        if args.watch is not None:
+            from edge_runtime.watch import run_watch
+
+            return run_watch(args)
+        from edge_runtime.oneshot import run_once
+
+        return run_once(args)
+    except SetupError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.warning("interrupted; masks already written are complete")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The two kinds of failure the runtime tells people about.
+
+* :class:`ScanError` -- one scan could not be processed (corrupt, empty, too large, ...).
+  The run goes on with the other scans; the CLI exits 1 at the end.
+* :class:`SetupError` -- the run cannot start (missing folder, bad model, OUT not writable, ...).
+  The CLI prints a one-line reason and exits 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ScanError(Exception):
+    """A single scan cannot be read or processed. ``str()`` is ``"<path>: <reason>"``."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class SetupError(Exception):
+    """The run cannot start; the message is meant for a person and fits on one line."""
+
+
+class ModelError(SetupError):
+    """The model file is missing, unreadable, or not one this runtime understands."""

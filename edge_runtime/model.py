@@ -1,0 +1,205 @@
+"""The ONNX session: load a model file, read and check its metadata, run it.
+
+Contract 2 of DESIGN.md: a model carries its own facts in ONNX ``metadata_props`` under the key
+``edge_seg``, as JSON with a schema number. This module is the only reader of that JSON; it refuses,
+with a one-line reason, a model whose metadata or input shape it does not understand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.errors import ModelError
+from edge_runtime.preprocess import RESIZE_METHODS
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "edge_seg"
+SCHEMA_VERSION = 1
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL_NAME = "ddti-fcn.onnx"
+
+
+def default_model_path() -> Path:
+    """The bundled default model."""
+    return MODELS_DIR / DEFAULT_MODEL_NAME
+
+
+def available_cores() -> int:
+    """CPU cores this process may actually run on (respects taskset/cgroup affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the runtime needs to know about a model, read from its metadata."""
+
+    path: Path
+    sha256: str
+    name: str
+    version: str
+    input_name: str
+    output_name: str
+    height: int
+    width: int
+    channels: int
+    resize: str
+    threshold: float
+    morphology_size: int
+    metadata: dict[str, Any]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    def describe(self) -> str:
+        return f"{self.name} {self.version} ({self.path.name}, sha256 {self.sha256[:12]})"
+
+
+def _require(cond: bool, path: Path, what: str) -> None:
+    if not cond:
+        raise ModelError(f"model {path}: {what}")
+
+
+def parse_metadata(raw: str | None, path: Path) -> dict[str, Any]:
+    """Parse and check the ``edge_seg`` metadata JSON; raise :class:`ModelError` on anything unknown."""
+    _require(
+        raw is not None,
+        path,
+        f"has no edge-seg metadata (metadata_props key {METADATA_KEY!r}); export it with edge-seg-export",
+    )
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"model {path}: its {METADATA_KEY!r} metadata is not valid JSON ({exc})") from None
+    _require(isinstance(meta, dict), path, "metadata is not a JSON object")
+    schema = meta.get("schema")
+    _require(
+        schema == SCHEMA_VERSION,
+        path,
+        f"metadata schema {schema!r} is not one this runtime reads (it reads schema {SCHEMA_VERSION}); "
+        "upgrade edge-seg or re-export the model",
+    )
+    try:
+        inp, pre, post = meta["input"], meta["preprocessing"], meta["postprocessing"]
+        checks = [
+            (inp["layout"] == "NHWC", f"input layout {inp['layout']!r} (expected 'NHWC')"),
+            (inp["dtype"] == "float32", f"input dtype {inp['dtype']!r} (expected 'float32')"),
+            (inp["channels"] in (1, 3), f"input channels {inp['channels']!r} (expected 1 or 3)"),
+            (int(inp["height"]) > 0 and int(inp["width"]) > 0, "non-positive input size"),
+            (pre["normalisation"] == "minmax", f"normalisation {pre['normalisation']!r} (expected 'minmax')"),
+            (pre["resize"] in RESIZE_METHODS, f"resize {pre['resize']!r} (expected one of {sorted(RESIZE_METHODS)})"),
+            (meta["output"]["activation"] == "sigmoid", f"output activation {meta['output']['activation']!r}"),
+            (0.0 < float(post["threshold"]) < 1.0, f"default threshold {post['threshold']!r} not in (0, 1)"),
+            (
+                post["morphology"]["op"] == "open" and post["morphology"]["shape"] == "ellipse",
+                f"morphology {post['morphology']!r} (expected an elliptical opening)",
+            ),
+            (int(post["morphology"]["size"]) >= 0, "negative morphology size"),
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"model {path}: metadata is missing or has a malformed field ({exc!r})") from None
+    for ok, what in checks:
+        _require(ok, path, f"metadata not understood: {what}")
+    return meta
+
+
+@cache
+def _ort():
+    import onnxruntime as ort  # imported lazily so `edge-seg --version` and `--help` stay instant
+
+    ort.set_default_logger_severity(3)
+    return ort
+
+
+class OnnxModel:
+    """One onnxruntime session for a model file, reused for every scan."""
+
+    def __init__(self, path: str | Path | None = None, threads: int | None = None, spinning: bool = True):
+        path = Path(path) if path is not None else default_model_path()
+        if not path.is_file():
+            raise ModelError(f"model {path} does not exist" if not path.exists() else f"model {path} is not a file")
+        ort = _ort()
+        self.threads = threads or available_cores()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spinning:  # a daemon idles most of the time: do not burn a core waiting for work
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises several private exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"model {path} is not a loadable ONNX model: {first}") from None
+        meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        _require(len(inputs) == 1 and len(outputs) == 1, path, "expected exactly one input and one output")
+        h, w, c = int(meta["input"]["height"]), int(meta["input"]["width"]), int(meta["input"]["channels"])
+        shape = list(inputs[0].shape)
+        _require(
+            len(shape) == 4 and shape[1:] == [h, w, c],
+            path,
+            f"graph input shape {shape} does not match the metadata's [batch, {h}, {w}, {c}]",
+        )
+        self.info = ModelInfo(
+            path=path,
+            sha256=file_sha256(path),
+            name=str(meta.get("name", path.stem)),
+            version=str(meta.get("version", "0")),
+            input_name=inputs[0].name,
+            output_name=outputs[0].name,
+            height=h,
+            width=w,
+            channels=c,
+            resize=meta["preprocessing"]["resize"],
+            threshold=float(meta["postprocessing"]["threshold"]),
+            morphology_size=int(meta["postprocessing"]["morphology"]["size"]),
+            metadata=meta,
+        )
+        _require(
+            not isinstance(shape[0], int) or shape[0] == 1,
+            path,
+            f"batch axis fixed at {shape[0]} (expected dynamic or 1)",
+        )
+        self._batch_one = isinstance(shape[0], int)
+        log.info(
+            "model %s: input %dx%dx%d, threshold %g, onnxruntime %s, %s, %d intra-op thread(s)%s",
+            self.info.describe(),
+            h,
+            w,
+            c,
+            self.info.threshold,
+            ort.__version__,
+            ",".join(self.session.get_providers()),
+            self.threads,
+            "" if spinning else ", spinning off",
+        )
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a float32 NHWC batch; returns float32 ``(N, height, width)``."""
+        if self._batch_one and batch.shape[0] != 1:
+            return np.concatenate([self.predict(batch[i : i + 1]) for i in range(batch.shape[0])])
+        out = self.session.run([self.info.output_name], {self.info.input_name: batch})[0]
+        return out.reshape(batch.shape[0], self.info.height, self.info.width).astype(np.float32, copy=False)

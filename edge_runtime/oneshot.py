@@ -1,0 +1,83 @@
+"""One-shot folder conversion: ``edge-seg IN --out OUT``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from edge_runtime.layout import check_folders, iter_scans
+from edge_runtime.ledger import Ledger
+from edge_runtime.pipeline import JobOptions, Outcome, Processor, log_outcome
+from edge_runtime.segmenter import Segmenter
+
+log = logging.getLogger("edge_seg")
+
+
+def open_job(args: argparse.Namespace, in_dir: Path, out_dir: Path, spinning: bool = True) -> tuple[Processor, Ledger]:
+    """Check the folders, load the model and the ledger: everything a run needs before its first scan."""
+    in_dir, out_dir = check_folders(in_dir, out_dir)
+    segmenter = Segmenter(args.model, threads=args.threads, spinning=spinning)
+    thresholds = tuple(sorted(set(args.threshold))) if args.threshold else (segmenter.threshold,)
+    ledger = Ledger(out_dir)
+    options = JobOptions(thresholds=thresholds, batch_size=args.batch_size)
+    return Processor(segmenter, in_dir, out_dir, options, ledger), ledger
+
+
+def summary_line(counts: Counter, seconds: float, out_dir: Path) -> str:
+    done = counts["ok"]
+    rate = f", {done / seconds:.1f} scans/s" if done and seconds > 0 else ""
+    return (
+        f"done: {done} segmented, {counts['skipped']} up to date, {counts['failed']} failed "
+        f"in {seconds:.1f} s{rate}; masks in {out_dir}"
+    )
+
+
+def run_once(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    processor, ledger = open_job(args, args.input, args.out)
+    processor.force = args.force
+    try:
+        rels = list(iter_scans(processor.in_dir))
+        if not rels:
+            log.warning("no scans found under %s (looked for .png .jpg .jpeg .bmp .tif .tiff .dcm)", args.input)
+        todo = [r for r in rels if args.force or processor.needs_work(r)]
+        counts: Counter = Counter(skipped=len(rels) - len(todo))
+        failures: list[Outcome] = []
+        for outcome in _progress(processor.process(todo), len(todo)):
+            if outcome.status == "changed":  # one-shot does not wait: report it
+                outcome.status = "failed"
+            log_outcome(outcome)
+            counts[outcome.status] += 1
+            if outcome.status == "failed":
+                failures.append(outcome)
+    finally:
+        ledger.close()
+    log.info(summary_line(counts, time.perf_counter() - t0, args.out), extra={"plain": True})
+    if failures:
+        log.error(
+            "%d scan(s) failed; reasons are beside their masks as <name>.error.txt:",
+            len(failures),
+            extra={"plain": True},
+        )
+        for f in failures[:20]:
+            log.error("  %s: %s", f.rel, f.reason, extra={"plain": True})
+        return 1
+    return 0
+
+
+def _progress(outcomes, total: int):
+    """A tqdm progress bar on a terminal for more than a handful of scans; plain iteration otherwise."""
+    if total < 10 or not sys.stderr.isatty():
+        yield from outcomes
+        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(), tqdm(total=total, unit="scan", dynamic_ncols=True, leave=False) as bar:
+        for outcome in outcomes:
+            bar.update(1)
+            yield outcome

@@ -1,0 +1,299 @@
+"""Scans in, outputs out: the processing shared by one-shot runs and the watch daemon.
+
+:class:`Processor` decides whether a scan needs work (ledger), reads it, runs the model, and writes its
+outputs and ledger records. :meth:`Processor.process` overlaps the stages -- reading and decoding in
+a thread pool ahead of inference, PNG encoding and writing in another pool behind it -- and batches
+inference, while yielding one :class:`Outcome` per scan in input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import ScanError
+from edge_runtime.layout import error_path, output_key, output_path
+from edge_runtime.ledger import Ledger
+from edge_runtime.model import available_cores
+from edge_runtime.scanio import Scan, encode_png, read_scan, write_atomic
+from edge_runtime.segmenter import Segmenter
+
+log = logging.getLogger(__name__)
+
+
+class ScanChanged(ScanError):
+    """The file changed while it was being read: it is still being written."""
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What to make for each scan. Changing any of these makes earlier outputs out of date."""
+
+    thresholds: tuple[float, ...]
+    batch_size: int = 8
+    fsync: bool = True
+    #: extra writers called after the masks: (processor, scan, rel, segmentations) -> written paths
+    extras: tuple[Callable[..., list[Path]], ...] = ()
+    extras_signature: str = ""
+
+
+@dataclass
+class Outcome:
+    """What happened to one scan."""
+
+    rel: str
+    status: str  # "ok", "skipped" (up to date), "failed", or "changed" (modified while being read)
+    outputs: list[str] = field(default_factory=list)
+    reason: str = ""
+    timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
+
+    @property
+    def ms(self) -> float:
+        return sum(self.timings.values())
+
+
+@dataclass
+class _Loaded:
+    rel: str
+    scan: Scan
+    tensors: np.ndarray  # (frames, h, w, c)
+    timings: dict[str, float]
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+class Processor:
+    """Turns the scans under ``in_dir`` into outputs under ``out_dir``, recording each in ``ledger``."""
+
+    def __init__(self, segmenter: Segmenter, in_dir: Path, out_dir: Path, options: JobOptions, ledger: Ledger):
+        self.segmenter = segmenter
+        self.in_dir = in_dir
+        self.out_dir = out_dir
+        self.options = options
+        self.ledger = ledger
+        info = segmenter.info
+        sig = {
+            "model": info.sha256,
+            "thresholds": list(options.thresholds),
+            "morph": info.morphology_size,
+            "extras": options.extras_signature,
+        }
+        self.signature = hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:16]
+        self.force = False  #: redo scans even when their content was already processed
+        self._claims: dict[str, str] = {}
+        for rel, rec in ledger.records.items():
+            if rec["event"] == "done":
+                self._claims.setdefault(output_key(rel), rel)
+
+    # -- deciding ------------------------------------------------------------------------------------
+    def needs_work(self, rel: str, retry_failed: bool = True) -> bool:
+        """False when the scan's outputs are up to date (or, unless ``retry_failed``, it failed as it is)."""
+        try:
+            st = os.stat(self.in_dir / rel)
+        except OSError:
+            return True  # let load() report it
+        if self.ledger.up_to_date(rel, st.st_size, st.st_mtime_ns, self.signature):
+            return False
+        return retry_failed or not self.ledger.known_failure(rel, st.st_size, st.st_mtime_ns)
+
+    def claim(self, rel: str) -> None:
+        """Reserve the scan's output names; raise if another scan in IN already writes them."""
+        key = output_key(rel)
+        owner = self._claims.get(key)
+        if owner is not None and owner != rel and (self.in_dir / owner).exists():
+            raise ScanError(
+                rel, f"its outputs would overwrite those of {owner} (same folder and name stem); rename one of the two"
+            )
+        self._claims[key] = rel
+
+    # -- stages -------------------------------------------------------------------------------------
+    def load(self, rel: str) -> _Loaded:
+        """Read, hash, decode and preprocess one scan (thread-safe). Raises ScanError."""
+        path = self.in_dir / rel
+        t0 = time.perf_counter()
+        scan = read_scan(path)
+        t1 = time.perf_counter()
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise ScanChanged(rel, "the file disappeared while it was being read") from None
+        if (st.st_size, st.st_mtime_ns) != (scan.size, scan.mtime_ns):
+            raise ScanChanged(rel, "the file changed while it was being read (still being written?)")
+        tensors = np.stack([self.segmenter.preprocess(f) for f in scan.frames])
+        return _Loaded(rel, scan, tensors, {"read": (t1 - t0) * 1000.0, "preprocess": _ms(t1)})
+
+    def infer(self, items: list[_Loaded]) -> list[np.ndarray]:
+        """Batched inference for several loaded scans; one (frames, h, w) array per scan."""
+        t0 = time.perf_counter()
+        batch = np.concatenate([it.tensors for it in items])
+        bs = max(1, self.options.batch_size)
+        probs = np.concatenate([self.segmenter.predict(batch[i : i + bs]) for i in range(0, len(batch), bs)])
+        per_frame = _ms(t0) / len(batch)
+        out, start = [], 0
+        for it in items:
+            n = len(it.tensors)
+            out.append(probs[start : start + n])
+            it.timings["inference"] = per_frame * n
+            start += n
+        return out
+
+    def finish(self, item: _Loaded, probs: np.ndarray) -> Outcome:
+        """Post-process, write the outputs atomically, and record the scan as done."""
+        rel, scan, opts = item.rel, item.scan, self.options
+        # The same bytes already done with this signature (the file was touched or copied over itself).
+        if not self.force and self.ledger.done_with_content(rel, scan.sha256, self.signature):
+            rec = self.ledger.get(rel) or {}
+            self.ledger.append({**rec, "size": scan.size, "mtime_ns": scan.mtime_ns, "time_ns": time.time_ns()})
+            return Outcome(rel, "skipped", list(rec.get("outputs", [])), "content unchanged", item.timings)
+        t0 = time.perf_counter()
+        multi = len(scan.frames) > 1
+        segs = [
+            self.segmenter.postprocess(p, f.shape[:2], opts.thresholds) for p, f in zip(probs, scan.frames, strict=True)
+        ]
+        item.timings["postprocess"] = _ms(t0)
+        planned = [
+            (output_path(self.out_dir, rel, t, opts.thresholds, i + 1 if multi else None), seg.masks[t])
+            for i, seg in enumerate(segs)
+            for t in opts.thresholds
+        ]
+        outputs = [str(p.relative_to(self.out_dir).as_posix()) for p, _ in planned]
+        base = {
+            "rel": rel,
+            "size": scan.size,
+            "mtime_ns": scan.mtime_ns,
+            "sha256": scan.sha256,
+            "sig": self.signature,
+            "model": self.segmenter.info.sha256[:16],
+            "frames": len(scan.frames),
+        }
+        self.ledger.append({**base, "event": "begin", "outputs": outputs})
+        t1 = time.perf_counter()
+        for path, mask in planned:
+            write_atomic(path, encode_png(mask, path), fsync=opts.fsync)
+        for extra in opts.extras:
+            outputs += [str(p.relative_to(self.out_dir).as_posix()) for p in extra(self, scan, rel, segs, item)]
+        item.timings["write"] = _ms(t1)
+        self.ledger.append({**base, "event": "done", "outputs": outputs})
+        error_path(self.out_dir, rel).unlink(missing_ok=True)
+        return Outcome(rel, "ok", outputs, "", item.timings)
+
+    def fail(self, rel: str, exc: ScanError) -> Outcome:
+        """Record a scan that could not be processed: error file beside its mask, ledger record."""
+        try:
+            st = os.stat(self.in_dir / rel)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        text = f"scan: {rel}\nreason: {exc.reason}\ntime: {now}\nsize: {size} bytes\n"
+        try:
+            write_atomic(error_path(self.out_dir, rel), text, fsync=self.options.fsync)
+        except OSError as err:
+            log.error("cannot write the error record for %s: %s", rel, err)
+        self.ledger.append({"rel": rel, "event": "error", "size": size, "mtime_ns": mtime, "reason": exc.reason})
+        return Outcome(rel, "failed", [], exc.reason)
+
+    # -- the pipeline -------------------------------------------------------------------------------
+    def _safe_load(self, rel: str) -> _Loaded | ScanError:
+        """load(), with any failure returned as a ScanError whose ``path`` is ``rel``."""
+        try:
+            return self.load(rel)
+        except ScanError as exc:
+            return type(exc)(rel, exc.reason)
+        except Exception as exc:  # a bug or an OS oddity must not stop the other scans
+            log.exception("unexpected error reading %s", rel)
+            return ScanError(rel, f"unexpected error: {type(exc).__name__}: {exc}")
+
+    def _safe_finish(self, item: _Loaded, probs: np.ndarray) -> Outcome:
+        try:
+            return self.finish(item, probs)
+        except OSError as exc:
+            return self.fail(item.rel, ScanError(item.rel, f"cannot write its outputs: {exc.strerror or exc}"))
+        except Exception as exc:
+            log.exception("unexpected error writing the outputs of %s", item.rel)
+            return self.fail(item.rel, ScanError(item.rel, f"unexpected error: {type(exc).__name__}: {exc}"))
+
+    def process(self, rels: Iterable[str], readers: int | None = None, writers: int | None = None) -> Iterator[Outcome]:
+        """Process ``rels`` (which the caller has decided need work), yielding outcomes in input order."""
+        cores = available_cores()
+        readers = readers or max(1, cores)
+        writers = writers or max(1, cores // 2)
+        prefetch = max(2 * self.options.batch_size, 2 * readers)
+        rel_iter = iter(rels)
+        reads: deque[Future] = deque()
+        results: deque[Future] = deque()
+        with (
+            ThreadPoolExecutor(readers, "edge-seg-read") as rpool,
+            ThreadPoolExecutor(writers, "edge-seg-write") as wpool,
+        ):
+
+            def fill() -> None:
+                while len(reads) < prefetch:
+                    rel = next(rel_iter, None)
+                    if rel is None:
+                        return
+                    try:
+                        self.claim(rel)
+                    except ScanError as exc:
+                        reads.append(_done(exc))
+                        continue
+                    reads.append(rpool.submit(self._safe_load, rel))
+
+            fill()
+            while reads:
+                batch: list[_Loaded] = []
+                frames = 0
+                # Take scans in order: everything already decoded, and wait for more until the batch is full.
+                while reads and frames < self.options.batch_size and (not batch or reads[0].done()):
+                    got = reads.popleft().result()
+                    fill()
+                    if isinstance(got, ScanChanged):  # still being written: no error record, caller decides
+                        results.append(_done(Outcome(got.path, "changed", [], got.reason)))
+                    elif isinstance(got, ScanError):
+                        results.append(wpool.submit(self.fail, got.path, got))
+                    else:
+                        batch.append(got)
+                        frames += len(got.tensors)
+                if batch:
+                    for item, probs in zip(batch, self.infer(batch), strict=True):
+                        results.append(wpool.submit(self._safe_finish, item, probs))
+                while results and (results[0].done() or len(results) > 4 * self.options.batch_size):
+                    yield results.popleft().result()
+            while results:
+                yield results.popleft().result()
+        self.ledger.sync()
+
+
+def _done(value) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
+
+
+def describe_outputs(outcome: Outcome) -> str:
+    if not outcome.outputs:
+        return ""
+    extra = f" (+{len(outcome.outputs) - 1} more)" if len(outcome.outputs) > 1 else ""
+    return f"{outcome.outputs[0]}{extra}"
+
+
+def log_outcome(outcome: Outcome, logger: logging.Logger = log) -> None:
+    """One line per scan: ``ok  a/s1.png -> a/s1.png  23 ms`` / ``FAIL a/bad.png: truncated PNG``."""
+    if outcome.status == "ok":
+        logger.info("ok   %s -> %s  %.0f ms", outcome.rel, describe_outputs(outcome), outcome.ms)
+    elif outcome.status == "skipped":
+        logger.debug("skip %s: %s", outcome.rel, outcome.reason or "up to date")
+    else:
+        logger.error("FAIL %s: %s", outcome.rel, outcome.reason, extra={"plain": True})

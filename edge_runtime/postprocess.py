@@ -1,0 +1,60 @@
+"""From the model's probability map to the mask a person sees (contract 3 of DESIGN.md).
+
+The seed thresholds the 128 x 128 probability map and opens it (erode, then dilate) with a 3 x 3
+ellipse. Here the probability map is first resized (bilinear) to the scan's own size, thresholded there
+-- so mask edges follow the scan, not 128-pixel blocks -- and opened with an ellipse scaled by the same
+factors as the resize. The opening therefore removes the same structures (thinner than ~3 model pixels)
+at any scan size: it "means the same" for a 245-pixel-wide frame and a 1,024-pixel one.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def opening_kernel(scan_hw: tuple[int, int], model_hw: tuple[int, int], size: int = 3) -> np.ndarray | None:
+    """The elliptical structuring element equivalent to ``size`` x ``size`` in model pixels.
+
+    Each axis is scaled by scan/model size and rounded to the nearest odd number; returns None when
+    ``size`` is 0 or the scaled kernel is a single pixel (an opening would change nothing).
+    """
+    if size <= 0:
+        return None
+    kh = _odd(size * scan_hw[0] / model_hw[0])
+    kw = _odd(size * scan_hw[1] / model_hw[1])
+    if kh <= 1 and kw <= 1:
+        return None
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kw, kh))
+
+
+def _odd(x: float) -> int:
+    return max(1, 2 * round((x - 1) / 2) + 1)
+
+
+def probability_at_scan_size(probability: np.ndarray, scan_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a model-size probability map (float32 H x W) to the scan's (height, width)."""
+    h, w = scan_hw
+    if probability.shape == (h, w):
+        return probability
+    return cv2.resize(probability, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def mask_from_probability(probability: np.ndarray, threshold: float, kernel: np.ndarray | None) -> np.ndarray:
+    """Threshold (``P > threshold``) and open: uint8 mask, 0 = background, 255 = nodule."""
+    mask = np.where(probability > threshold, np.uint8(255), np.uint8(0))
+    if kernel is not None:
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    return mask
+
+
+def masks_for_scan(
+    probability: np.ndarray,
+    scan_hw: tuple[int, int],
+    thresholds: list[float] | tuple[float, ...],
+    morphology_size: int = 3,
+) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """Probability map at scan size and one cleaned mask per threshold, from a model-size map."""
+    prob = probability_at_scan_size(probability, scan_hw)
+    kernel = opening_kernel(scan_hw, probability.shape[:2], morphology_size)
+    return prob, {t: mask_from_probability(prob, t, kernel) for t in thresholds}

@@ -1,0 +1,96 @@
+"""Contract 1 of DESIGN.md: the one preprocessing function, shared by training and the runtime.
+
+decode -> RGB -> resize to the model's input size -> per-image min-max to [0, 1] -> float32 NHWC.
+
+Training (``train/``) imports :func:`preprocess` from here, so the two can never drift.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+#: Resize methods a model's metadata may ask for, by name.
+RESIZE_METHODS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """Return ``image`` as H x W x 3 in RGB order, keeping its dtype.
+
+    Accepts H x W (grayscale), H x W x 1, H x W x 3 (RGB) and H x W x 4 (RGBA; alpha is dropped).
+    """
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    if image.ndim == 3 and image.shape[2] == 4:
+        return image[:, :, :3]
+    raise ValueError(f"unsupported image shape {image.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
+
+
+def minmax(image: np.ndarray) -> np.ndarray:
+    """Per-image min-max to [0, 1] as float32. A constant image maps to zeros, never NaN."""
+    out = image.astype(np.float32, copy=True)
+    lo = float(out.min())
+    hi = float(out.max())
+    if hi - lo <= 0.0 or not np.isfinite(hi - lo):
+        out[...] = 0.0
+        return out
+    out -= lo
+    out *= 1.0 / (hi - lo)
+    return out
+
+
+def preprocess(
+    image: np.ndarray,
+    size: tuple[int, int] = (128, 128),
+    channels: int = 3,
+    resize: str = "area",
+) -> np.ndarray:
+    """Turn one decoded scan into the model's input tensor (without the batch axis).
+
+    Args:
+        image: decoded pixels, H x W, H x W x 1, H x W x 3 (RGB) or H x W x 4 (RGBA), any integer
+            or float dtype (8- and 16-bit scans alike).
+        size: the model's input ``(height, width)``.
+        channels: 3 for RGB models (the seed's recipe), 1 for grayscale models.
+        resize: interpolation name from :data:`RESIZE_METHODS`.
+
+    Returns:
+        float32 array ``(height, width, channels)`` with values in [0, 1].
+    """
+    if resize not in RESIZE_METHODS:
+        raise ValueError(f"unknown resize method {resize!r}; known: {sorted(RESIZE_METHODS)}")
+    if channels not in (1, 3):
+        raise ValueError(f"unsupported channel count {channels}; expected 1 or 3")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        image = image.astype(np.float32)  # cv2.resize has no int32/int64/bool paths
+    height, width = size
+    # Resizing before channel expansion gives the same numbers (channels are resized independently)
+    # for a third of the work on grayscale scans.
+    resized = cv2.resize(image, (width, height), interpolation=RESIZE_METHODS[resize])
+    if resized.ndim == 2:
+        resized = resized[:, :, None]
+    if channels == 3:
+        resized = as_rgb(resized)
+    elif resized.shape[2] == 3:
+        resized = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)[:, :, None]
+    return minmax(resized)
+
+
+def preprocess_batch(
+    images: list[np.ndarray],
+    size: tuple[int, int] = (128, 128),
+    channels: int = 3,
+    resize: str = "area",
+) -> np.ndarray:
+    """:func:`preprocess` each image and stack them into one float32 NHWC batch."""
+    height, width = size
+    batch = np.empty((len(images), height, width, channels), dtype=np.float32)
+    for i, image in enumerate(images):
+        batch[i] = preprocess(image, size, channels, resize)
+    return batch

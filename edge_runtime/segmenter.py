@@ -1,0 +1,83 @@
+"""The Python API: ``Segmenter(model).segment(image)``; the CLI is built on it.
+
+>>> from edge_runtime import Segmenter, read_scan
+>>> seg = Segmenter()                       # the bundled model
+>>> result = seg.segment(read_scan("scan.png").frames[0])
+>>> result.masks[seg.threshold]             # uint8, scan size, 0 / 255
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.model import ModelInfo, OnnxModel
+from edge_runtime.postprocess import masks_for_scan
+from edge_runtime.preprocess import preprocess
+
+
+@dataclass
+class Segmentation:
+    """The result for one image, at the image's own size."""
+
+    probability: np.ndarray  #: float32 (H, W), the model's probability of "nodule"
+    masks: dict[float, np.ndarray]  #: threshold -> uint8 (H, W) mask, 0 background / 255 nodule
+
+
+class Segmenter:
+    """Segments thyroid nodules with one reused onnxruntime session.
+
+    Args:
+        model: an ONNX file exported by ``edge-seg-export``, an :class:`OnnxModel`, or None for the
+            bundled default model.
+        threads: intra-op threads (default: the cores this process may use).
+        spinning: False for a daemon, so idle worker threads sleep instead of spinning.
+    """
+
+    def __init__(
+        self, model: str | Path | OnnxModel | None = None, threads: int | None = None, spinning: bool = True
+    ) -> None:
+        self.model = model if isinstance(model, OnnxModel) else OnnxModel(model, threads, spinning)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.model.info
+
+    @property
+    def threshold(self) -> float:
+        """The model's default threshold, chosen on validation data and stored in its metadata."""
+        return self.info.threshold
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """The model's input tensor for one image (contract 1), without the batch axis."""
+        info = self.info
+        return preprocess(image, info.size, info.channels, info.resize)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Model-size probability maps ``(N, h, w)`` for a preprocessed NHWC batch."""
+        return self.model.predict(batch)
+
+    def postprocess(
+        self, probability: np.ndarray, scan_hw: tuple[int, int], thresholds: Sequence[float] | None = None
+    ) -> Segmentation:
+        """Scan-size probability and masks from one model-size probability map."""
+        thresholds = tuple(thresholds) if thresholds else (self.threshold,)
+        prob, masks = masks_for_scan(probability, scan_hw, thresholds, self.info.morphology_size)
+        return Segmentation(prob, masks)
+
+    def segment_batch(
+        self, images: Sequence[np.ndarray], thresholds: Sequence[float] | None = None
+    ) -> list[Segmentation]:
+        """Segment several images in one inference call."""
+        if not images:
+            return []
+        batch = np.stack([self.preprocess(im) for im in images])
+        probs = self.predict(batch)
+        return [self.postprocess(p, im.shape[:2], thresholds) for p, im in zip(probs, images, strict=True)]
+
+    def segment(self, image: np.ndarray, thresholds: Sequence[float] | None = None) -> Segmentation:
+        """Segment one image (H x W gray, H x W x 3 RGB or H x W x 4 RGBA; 8 or 16 bit)."""
+        return self.segment_batch([image], thresholds)[0]

@@ -1,0 +1,1 @@
+"""Keras -> ONNX export for edge-seg, with metadata and a parity check. Needs the [train] extra."""

@@ -1,0 +1,150 @@
+"""Keras 3 -> ONNX with tf2onnx, and the model metadata of DESIGN.md contract 2.
+
+``tf2onnx.convert.from_keras`` breaks on Keras 3 (onnx/tensorflow-onnx#2329, #2348), so the model is
+wrapped in a ``tf.function`` with an explicit input signature (dynamic batch, named ``image``) and
+converted with ``from_function``. The single output is renamed ``probability``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "probability"
+DEFAULT_OPSET = 17
+COMPARE_THRESHOLDS = (0.85, 0.9, 0.95)
+
+
+def load_keras(path: str | Path):
+    import keras
+
+    return keras.models.load_model(path, compile=False)
+
+
+def to_onnx(model, opset: int = DEFAULT_OPSET):
+    """Convert a Keras model (NHWC float32 input, one sigmoid output) to an ``onnx.ModelProto``."""
+    import tensorflow as tf
+    import tf2onnx
+
+    _, h, w, c = model.inputs[0].shape
+    spec = (tf.TensorSpec((None, h, w, c), tf.float32, name=INPUT_NAME),)
+    fn = tf.function(lambda x: model(x, training=False), input_signature=spec)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+    _rename_output(proto, OUTPUT_NAME)
+    return proto
+
+
+def _rename_output(proto, new: str) -> None:
+    old = proto.graph.output[0].name
+    for node in proto.graph.node:
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+    proto.graph.output[0].name = new
+
+
+def build_metadata(model, record: dict | None, name: str, version: str, threshold: float, opset: int) -> dict[str, Any]:
+    """The ``edge_seg`` metadata JSON for a model, from its training record when there is one."""
+    import keras
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    from edge_runtime import __version__
+    from edge_runtime.model import SCHEMA_VERSION
+
+    _, h, w, c = model.inputs[0].shape
+    cfg = (record or {}).get("config", {})
+    training = None
+    if record:
+        training = {
+            "architecture": record["model"]["architecture"],
+            "parameters": record["model"]["parameters"],
+            "macs_per_scan": record["model"]["macs"],
+            "data": record["data"],
+            "recipe": {
+                k: cfg.get(k)
+                for k in (
+                    "loss",
+                    "learning_rate",
+                    "lr_schedule",
+                    "batch_size",
+                    "epochs",
+                    "patience",
+                    "augment",
+                    "seed",
+                    "input_size",
+                )
+            },
+            "epochs_run": record["epochs_run"],
+            "best_epoch": record["best_epoch"],
+            "threshold_chosen_on_val": record["threshold"],
+            "val_dice": record["val_dice"],
+            "val_dice_at_0.5": record["val"]["0.5"]["dice_mean"],
+            "finished": record.get("finished"),
+        }
+    return {
+        "schema": SCHEMA_VERSION,
+        "name": name,
+        "version": version,
+        "architecture": model.name,
+        "input": {
+            "name": INPUT_NAME,
+            "height": int(h),
+            "width": int(w),
+            "channels": int(c),
+            "layout": "NHWC",
+            "dtype": "float32",
+            "color": "RGB" if c == 3 else "gray",
+        },
+        "output": {"name": OUTPUT_NAME, "activation": "sigmoid", "shape": "N,H,W,1"},
+        "preprocessing": {
+            "function": "edge_runtime.preprocess.preprocess",
+            "resize": cfg.get("resize", "area"),
+            "normalisation": "minmax",
+        },
+        "postprocessing": {
+            "threshold": float(threshold),
+            "compare_thresholds": list(COMPARE_THRESHOLDS),
+            "resize": "linear, probability map to the scan's size before thresholding",
+            "morphology": {
+                "op": "open",
+                "shape": "ellipse",
+                "size": int(cfg.get("morphology_size", 3)),
+                "units": "model pixels, scaled to the scan's size",
+            },
+        },
+        "training": training,
+        "export": {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "opset": opset,
+            "edge_seg": __version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "tf2onnx": tf2onnx.__version__,
+            "onnx": onnx.__version__,
+        },
+    }
+
+
+def attach_metadata(proto, metadata: dict[str, Any]) -> None:
+    """Store ``metadata`` as JSON under ``edge_seg`` in ``metadata_props`` (replacing any earlier one)."""
+    from edge_runtime.model import METADATA_KEY
+
+    keep = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = json.dumps(metadata, sort_keys=True)
+    proto.producer_name = "edge-seg-export"
+    proto.doc_string = f"edge-seg thyroid nodule segmentation model {metadata['name']} {metadata['version']}"

@@ -1,0 +1,106 @@
+"""The Python API and post-processing (contract 3): sizes, values, thresholds, morphology."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from edge_runtime import ModelError, Segmenter
+from edge_runtime.metrics import scan_metrics
+from edge_runtime.postprocess import mask_from_probability, opening_kernel
+from tests.helpers import make_tiny_model, synthetic, tiny_metadata
+
+
+def test_segment_returns_scan_size_binary_masks(tiny_model):
+    seg = Segmenter(tiny_model)
+    img, truth = synthetic(5, 230, 310)
+    result = seg.segment(img)
+    mask = result.masks[seg.threshold]
+    assert mask.shape == img.shape and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 255}
+    assert result.probability.shape == img.shape
+    assert scan_metrics(mask, truth).dice > 0.4  # the tiny model finds the dark nodule
+
+
+def test_higher_thresholds_give_nested_masks(tiny_model):
+    seg = Segmenter(tiny_model)
+    img, _ = synthetic(6, 200, 200)
+    masks = seg.segment(img, [0.85, 0.5, 0.95, 0.9]).masks
+    assert sorted(masks) == [0.5, 0.85, 0.9, 0.95]
+    order = [0.5, 0.85, 0.9, 0.95]
+    for lo, hi in itertools.pairwise(order):
+        assert not np.any((masks[hi] > 0) & (masks[lo] == 0))
+
+
+def test_batch_equals_single(tiny_model):
+    seg = Segmenter(tiny_model)
+    images = [synthetic(i, 150 + 10 * i, 200)[0] for i in range(3)]
+    batch = seg.segment_batch(images)
+    for im, b in zip(images, batch, strict=True):
+        np.testing.assert_array_equal(seg.segment(im).masks[seg.threshold], b.masks[seg.threshold])
+
+
+def test_opening_kernel_scales_with_scan_size():
+    k = opening_kernel((360, 480), (128, 128), 3)
+    assert k.shape == (9, 11)  # 3 model pixels = 8.4 x 11.25 scan pixels, rounded to odd
+    assert opening_kernel((128, 128), (128, 128), 3).shape == (3, 3)
+    assert opening_kernel((64, 64), (128, 128), 3) is None  # less than a pixel: nothing to open
+    assert opening_kernel((360, 480), (128, 128), 0) is None
+
+
+def test_opening_removes_specks_but_keeps_nodules():
+    prob = np.zeros((360, 480), np.float32)
+    prob[100:200, 100:220] = 0.99  # a nodule
+    prob[300, 400] = 0.99  # a one-pixel speck
+    mask = mask_from_probability(prob, 0.9, opening_kernel((360, 480), (128, 128), 3))
+    assert mask[300, 400] == 0
+    assert mask[150, 160] == 255
+    assert mask.sum() / 255 > 0.95 * 100 * 120
+
+
+def test_threshold_is_strictly_greater():
+    prob = np.full((10, 10), 0.9, np.float32)
+    assert mask_from_probability(prob, 0.9, None).max() == 0
+    assert mask_from_probability(prob, 0.85, None).min() == 255
+
+
+def test_default_threshold_comes_from_metadata(tmp_path):
+    path = make_tiny_model(tmp_path / "m.onnx", metadata=tiny_metadata(threshold=0.35))
+    assert Segmenter(path).threshold == 0.35
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ("", "has no edge-seg metadata"),
+        ("{not json", "not valid JSON"),
+        (tiny_metadata(schema=2), "schema 2"),
+        (tiny_metadata(preprocessing={"resize": "area", "normalisation": "zscore"}), "normalisation"),
+        (tiny_metadata(input={"layout": "NCHW"}), "malformed"),
+        (tiny_metadata(size=32), "does not match"),
+    ],
+)
+def test_models_the_runtime_does_not_understand_are_refused(tmp_path, metadata, message):
+    path = make_tiny_model(tmp_path / "m.onnx", metadata=metadata)
+    with pytest.raises(ModelError, match=message):
+        Segmenter(path)
+
+
+def test_not_an_onnx_file_is_refused(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"this is not a model")
+    with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        Segmenter(bad)
+    with pytest.raises(ModelError, match="does not exist"):
+        Segmenter(tmp_path / "missing.onnx")
+
+
+def test_bundled_model_loads_and_has_metadata():
+    seg = Segmenter()
+    meta = seg.info.metadata
+    assert meta["schema"] == 1
+    assert 0 < seg.threshold < 1
+    assert meta["training"]["data"]["train"]["scans"] > 0
+    assert seg.info.path.stat().st_size < 10 * 1024 * 1024

@@ -1,0 +1,1 @@
+"""Training for edge-seg (Keras 3 on TensorFlow). Needs: pip install 'edge-seg[train]'."""

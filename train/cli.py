@@ -1,0 +1,88 @@
+"""``edge-seg-train``: train a model on image/ + mask/ folders (needs the [train] extra)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+EPILOG = """example (the seed recipe on DDTI, validation on its own patients):
+  edge-seg-train --train ../shared/data/ddti/train --val ../shared/data/ddti/val --out runs/seed
+then export it:
+  edge-seg-export runs/seed/model.keras --out runs/seed/model.onnx
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from train.models import ARCHITECTURES
+
+    p = argparse.ArgumentParser(
+        prog="edge-seg-train", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    d = argparse.ArgumentDefaultsHelpFormatter
+    p.formatter_class = type("F", (argparse.RawDescriptionHelpFormatter, d), {})
+    p.add_argument("--train", required=True, help="folder with image/ and mask/ subfolders")
+    p.add_argument("--val", help="validation folder (image/ + mask/); without it a random fraction is held out")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="held-out fraction when --val is not given")
+    p.add_argument("--out", required=True, help="folder for model.keras and training.json")
+    p.add_argument("--arch", default="seed-fcn", choices=sorted(ARCHITECTURES), help="architecture")
+    p.add_argument("--input-size", type=int, default=128, help="square model input size in pixels")
+    p.add_argument("--epochs", type=int, default=100, help="maximum epochs")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--loss", default="bce", choices=["bce", "dice_bce"])
+    p.add_argument("--lr-schedule", default="none", choices=["none", "cosine", "plateau"])
+    p.add_argument("--patience", type=int, default=5, help="early stopping patience on validation loss")
+    p.add_argument("--augment", action="store_true", help="ultrasound augmentation (flips, affine, gamma, speckle)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--name", default="ddti-fcn", help="model name stored in the metadata")
+    p.add_argument("--model-version", default="0.1.0", help="model version stored in the metadata")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the console
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        logging.error("training needs TensorFlow: pip install 'edge-seg[train]'")
+        return 2
+    from train.data import DataError
+    from train.trainer import TrainConfig, train
+
+    cfg = TrainConfig(
+        train_dir=args.train,
+        val_dir=args.val,
+        val_fraction=args.val_fraction,
+        out_dir=args.out,
+        architecture=args.arch,
+        input_size=args.input_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        loss=args.loss,
+        lr_schedule=args.lr_schedule,
+        patience=args.patience,
+        augment=args.augment,
+        seed=args.seed,
+        name=args.name,
+        version=args.model_version,
+    )
+    try:
+        train(cfg)
+    except DataError as exc:
+        logging.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Labelled data: ``image/`` + ``mask/`` folders, paired by file stem, preprocessed by edge_runtime.
+
+The seed paired images and masks by directory-listing order, which silently mis-pairs as soon as one
+file is missing or named differently. Here pairs are made by stem (``image/12.png`` with
+``mask/12.png`` or ``mask/12.bmp``), and anything unpaired or unreadable stops training with the
+names listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_runtime.errors import ScanError
+from edge_runtime.preprocess import preprocess
+from edge_runtime.scanio import decode_image, read_bytes
+
+log = logging.getLogger(__name__)
+
+LABEL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class DataError(Exception):
+    """The labelled folder cannot be used; the message names the files and the reason."""
+
+
+@dataclass
+class Split:
+    """A labelled folder loaded for training or validation."""
+
+    folder: Path
+    names: list[str]
+    x: np.ndarray  #: float32 (N, h, w, c): preprocess() of each image
+    y: np.ndarray  #: float32 (N, h, w, 1): mask resized to the model size, 0/1
+    masks: list[np.ndarray] = field(repr=False)  #: bool masks at each scan's own size
+    sizes: list[tuple[int, int]] = field(repr=False)  #: each scan's (height, width)
+    fingerprint: str = ""
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, idx: np.ndarray) -> Split:
+        return Split(
+            self.folder,
+            [self.names[i] for i in idx],
+            self.x[idx],
+            self.y[idx],
+            [self.masks[i] for i in idx],
+            [self.sizes[i] for i in idx],
+            self.fingerprint,
+        )
+
+    def describe(self) -> dict:
+        return {"folder": str(self.folder), "scans": len(self), "fingerprint": self.fingerprint}
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.suffix.lower() not in LABEL_SUFFIXES:
+            continue
+        if p.stem in found:
+            raise DataError(f"{found[p.stem]} and {p} have the same stem: which one is meant?")
+        found[p.stem] = p
+    return found
+
+
+def pair_folder(folder: str | Path) -> list[tuple[Path, Path]]:
+    """Pairs (image, mask) under ``folder/image`` and ``folder/mask``, matched by file stem."""
+    folder = Path(folder)
+    images, masks = _by_stem(folder / "image"), _by_stem(folder / "mask")
+    only_img = sorted(set(images) - set(masks))
+    only_mask = sorted(set(masks) - set(images))
+    problems = []
+    if only_img:
+        problems.append(f"{len(only_img)} image(s) without a mask: {', '.join(images[s].name for s in only_img[:10])}")
+    if only_mask:
+        problems.append(
+            f"{len(only_mask)} mask(s) without an image: {', '.join(masks[s].name for s in only_mask[:10])}"
+        )
+    if problems:
+        raise DataError(f"{folder}: " + "; ".join(problems))
+    if not images:
+        raise DataError(f"{folder}: no images found in {folder / 'image'}")
+    return [(images[s], masks[s]) for s in sorted(images, key=_natural)]
+
+
+def _natural(stem: str) -> tuple:
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+
+
+def _read(path: Path) -> tuple[np.ndarray, bytes]:
+    data, _ = read_bytes(path)
+    return decode_image(data, path), data
+
+
+def load_split(folder: str | Path, size: tuple[int, int], channels: int = 3, resize: str = "area") -> Split:
+    """Load, check and preprocess a labelled folder. Masks: pixel value > 127 is nodule."""
+    folder = Path(folder)
+    pairs = pair_folder(folder)
+    h, w = size
+    x = np.empty((len(pairs), h, w, channels), np.float32)
+    y = np.empty((len(pairs), h, w, 1), np.float32)
+    names, masks, sizes, errors = [], [], [], []
+    digest = hashlib.sha256()
+    for i, (ip, mp) in enumerate(pairs):
+        try:
+            image, ib = _read(ip)
+            mask, mb = _read(mp)
+        except ScanError as exc:
+            errors.append(str(exc))
+            continue
+        if mask.ndim == 3:
+            mask = mask.max(axis=2)
+        if mask.shape[:2] != image.shape[:2]:
+            errors.append(
+                f"{mp}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}"
+            )
+            continue
+        full = mask > 127
+        x[i] = preprocess(image, size, channels, resize)
+        small = cv2.resize(full.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        y[i, :, :, 0] = small > 0.5
+        names.append(ip.stem)
+        masks.append(full)
+        sizes.append(image.shape[:2])
+        for p, b in ((ip, ib), (mp, mb)):
+            digest.update(f"{p.parent.name}/{p.name}\0".encode())
+            digest.update(hashlib.sha256(b).digest())
+    if errors:
+        raise DataError(f"{len(errors)} unreadable file(s) in {folder}:\n  " + "\n  ".join(errors[:20]))
+    log.info("loaded %s: %d scans", folder, len(names))
+    return Split(folder, names, x, y, masks, sizes, digest.hexdigest())
+
+
+def split_fraction(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Hold out a random ``fraction`` of a folder for validation when no validation folder is given.
+
+    The files carry no patient ids, so frames of one patient may land on both sides: validation
+    figures from such a split are optimistic. Prefer a separate, patient-level validation folder.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"validation fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(split))
+    n_val = max(1, round(len(split) * fraction))
+    log.warning(
+        "no validation folder: holding out %d of %d scans at random; frames of one patient may be on both "
+        "sides, so validation figures will be optimistic",
+        n_val,
+        len(split),
+    )
+    return split.subset(np.sort(idx[n_val:])), split.subset(np.sort(idx[:n_val]))

@@ -1,0 +1,114 @@
+"""Model definitions: small U-Net-like fully convolutional networks, built by :func:`get_model`.
+
+``seed-fcn`` is the blog post's network exactly: two 3x3 conv + ReLU per level with 32/64/128
+filters, 2x2 max-pooling down, 3x3 stride-2 transposed convolutions up with skip concatenation, and a
+1x1 sigmoid output ("never softmax"). The other architectures change one thing at a time so each
+change can be measured on ``val``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+
+
+@dataclass(frozen=True)
+class Architecture:
+    filters: tuple[int, ...]
+    batchnorm: bool = False
+    separable: bool = False  # depthwise-separable 3x3 convs after the first level
+    up_kernel: int = 3
+    dropout: float = 0.0  # spatial dropout at the bottleneck
+    description: str = ""
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "seed-fcn": Architecture((32, 64, 128), description="the seed's FCN, unchanged (reference)"),
+    "seed-fcn-bn": Architecture((32, 64, 128), batchnorm=True, description="seed FCN + batch norm"),
+    "unet4-bn": Architecture(
+        (16, 32, 64, 128),
+        batchnorm=True,
+        up_kernel=2,
+        description="4 levels, half the width of the seed at the top, batch norm",
+    ),
+    "unet5-bn": Architecture(
+        (16, 32, 64, 128, 256), batchnorm=True, up_kernel=2, description="5 levels (wide receptive field), batch norm"
+    ),
+    "unet5-ds": Architecture(
+        (16, 32, 64, 128, 256),
+        batchnorm=True,
+        separable=True,
+        up_kernel=2,
+        dropout=0.1,
+        description="5 levels, depthwise-separable convs, batch norm: cheap and wide-field",
+    ),
+    "unet5-ds-wide": Architecture(
+        (24, 48, 96, 192, 384),
+        batchnorm=True,
+        separable=True,
+        up_kernel=2,
+        dropout=0.1,
+        description="unet5-ds at 1.5x width",
+    ),
+}
+
+
+def _conv(x, filters: int, arch: Architecture, separable: bool, name: str):
+    conv = layers.SeparableConv2D if separable else layers.Conv2D
+    x = conv(filters, 3, padding="same", use_bias=not arch.batchnorm, name=name)(x)
+    if arch.batchnorm:
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _block(x, filters: int, arch: Architecture, level: int, name: str):
+    separable = arch.separable and level > 0
+    x = _conv(x, filters, arch, separable, f"{name}_a")
+    return _conv(x, filters, arch, separable, f"{name}_b")
+
+
+def get_model(name: str = "seed-fcn", img_size: Sequence[int] = (128, 128), channels: int = 3) -> keras.Model:
+    """Build architecture ``name`` for ``img_size`` = (height, width) inputs with ``channels`` channels."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+    arch = ARCHITECTURES[name]
+    inputs = keras.Input((*img_size, channels), name="image")
+    x = inputs
+    skips = []
+    for level, f in enumerate(arch.filters[:-1]):
+        x = _block(x, f, arch, level, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _block(x, arch.filters[-1], arch, len(arch.filters) - 1, "bottom")
+    if arch.dropout:
+        x = layers.SpatialDropout2D(arch.dropout, name="bottom_dropout")(x)
+    for level in reversed(range(len(arch.filters) - 1)):
+        f = arch.filters[level]
+        x = layers.Conv2DTranspose(f, arch.up_kernel, strides=2, padding="same", name=f"up{level}")(x)
+        x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
+        x = _block(x, f, arch, level, f"dec{level}")
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="probability")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def count_macs(model: keras.Model) -> int:
+    """Multiply-accumulates for one image through the conv layers (what dominates these models)."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.SeparableConv2D):
+            _, h, w, cout = layer.output.shape
+            cin = layer.input.shape[-1]
+            k = layer.kernel_size[0] * layer.kernel_size[1]
+            total += h * w * cin * (k + cout)
+        elif isinstance(layer, layers.Conv2DTranspose):
+            _, h, w, cin = layer.input.shape
+            cout = layer.filters
+            total += h * w * cin * cout * layer.kernel_size[0] * layer.kernel_size[1]
+        elif isinstance(layer, layers.Conv2D):
+            _, h, w, cout = layer.output.shape
+            cin = layer.input.shape[-1]
+            total += h * w * cin * cout * layer.kernel_size[0] * layer.kernel_size[1]
+    return int(total)

@@ -12,6 +12,7 @@ from pathlib import Path
 from edge_runtime.layout import check_folders, iter_scans
 from edge_runtime.ledger import Ledger
 from edge_runtime.pipeline import JobOptions, Outcome, Processor, log_outcome
+from edge_runtime.scanio import sweep_temp_files
 from edge_runtime.segmenter import Segmenter
 
 log = logging.getLogger("edge_seg")
@@ -22,7 +23,8 @@ def open_job(args: argparse.Namespace, in_dir: Path, out_dir: Path, spinning: bo
     in_dir, out_dir = check_folders(in_dir, out_dir)
     segmenter = Segmenter(args.model, threads=args.threads, spinning=spinning)
     thresholds = tuple(sorted(set(args.threshold))) if args.threshold else (segmenter.threshold,)
-    ledger = Ledger(out_dir)
+    ledger = Ledger(out_dir)  # takes the output folder's lock
+    sweep_temp_files(out_dir)
     options = JobOptions(thresholds=thresholds, batch_size=args.batch_size)
     return Processor(segmenter, in_dir, out_dir, options, ledger), ledger
 

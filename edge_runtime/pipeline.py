@@ -225,8 +225,19 @@ class Processor:
             log.exception("unexpected error writing the outputs of %s", item.rel)
             return self.fail(item.rel, ScanError(item.rel, f"unexpected error: {type(exc).__name__}: {exc}"))
 
-    def process(self, rels: Iterable[str], readers: int | None = None, writers: int | None = None) -> Iterator[Outcome]:
-        """Process ``rels`` (which the caller has decided need work), yielding outcomes in input order."""
+    def process(
+        self,
+        rels: Iterable[str],
+        readers: int | None = None,
+        writers: int | None = None,
+        defer: Callable[[str], bool] | None = None,
+    ) -> Iterator[Outcome]:
+        """Process ``rels`` (which the caller has decided need work), yielding outcomes in input order.
+
+        ``defer(rel)``, when given and true for a scan that cannot be read, turns its failure into a
+        ``changed`` outcome with no error record: the watcher uses it for files that were modified a
+        moment ago and may still be incomplete, and retries them once they have settled.
+        """
         cores = available_cores()
         readers = readers or max(1, cores)
         writers = writers or max(1, cores // 2)
@@ -259,7 +270,9 @@ class Processor:
                 while reads and frames < self.options.batch_size and (not batch or reads[0].done()):
                     got = reads.popleft().result()
                     fill()
-                    if isinstance(got, ScanChanged):  # still being written: no error record, caller decides
+                    if isinstance(got, ScanChanged) or (
+                        isinstance(got, ScanError) and defer is not None and defer(got.path)
+                    ):  # maybe still being written: no error record, the caller decides
                         results.append(_done(Outcome(got.path, "changed", [], got.reason)))
                     elif isinstance(got, ScanError):
                         results.append(wpool.submit(self.fail, got.path, got))

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,11 @@ import numpy as np
 from edge_runtime import MAX_PIXELS
 from edge_runtime.errors import ScanError
 
+log = logging.getLogger(__name__)
+
 MAX_FILE_BYTES = 512 * 1024 * 1024
+#: Names of write_atomic's temporary files: ".<name>.<8 random chars>.tmp".
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 with contextlib.suppress(Exception):  # keep libpng/libjpeg warnings off the console; we report ourselves
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -186,3 +192,20 @@ def write_atomic(path: str | Path, data: bytes | str, fsync: bool = True) -> Non
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def sweep_temp_files(root: Path) -> int:
+    """Remove temporary files a killed writer left under ``root``; returns how many.
+
+    Only call this while holding the output folder's lock (no other writer can be mid-write).
+    """
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if _TEMP_NAME.match(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    if removed:
+        log.info("removed %d incomplete temporary file(s) left by an interrupted run", removed)
+    return removed

@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="bce", choices=["bce", "dice_bce"])
     p.add_argument("--lr-schedule", default="none", choices=["none", "cosine", "plateau"])
     p.add_argument("--patience", type=int, default=5, help="early stopping patience on validation loss")
+    p.add_argument(
+        "--monitor",
+        default="val_loss",
+        choices=["val_loss", "val_scan_dice"],
+        help="what early stopping and the checkpoint watch",
+    )
+    p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
     p.add_argument("--augment", action="store_true", help="ultrasound augmentation (flips, affine, gamma, speckle)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--name", default="ddti-fcn", help="model name stored in the metadata")
@@ -72,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         lr_schedule=args.lr_schedule,
         patience=args.patience,
         augment=args.augment,
+        monitor=args.monitor,
+        threads=args.threads,
         seed=args.seed,
         name=args.name,
         version=args.model_version,

@@ -37,6 +37,8 @@ class TrainConfig:
     loss: str = "bce"
     lr_schedule: str = "none"  # none | cosine | plateau
     patience: int = 5
+    monitor: str = "val_loss"  # what early stopping and checkpointing watch: val_loss or val_scan_dice
+    threads: int = 0  # TensorFlow intra-op threads (0: all cores)
     augment: bool = False
     seed: int = 42
     morphology_size: int = 3
@@ -45,10 +47,13 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-def set_seed(seed: int) -> None:
+def set_seed(seed: int, threads: int = 0) -> None:
     import keras
     import tensorflow as tf
 
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -81,7 +86,7 @@ def train(cfg: TrainConfig) -> dict:
     from train.models import count_macs, get_model
     from train.validation import choose_threshold, score
 
-    set_seed(cfg.seed)
+    set_seed(cfg.seed, cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     size = (cfg.input_size, cfg.input_size)
@@ -133,10 +138,13 @@ def train(cfg: TrainConfig) -> dict:
             logs["val_scan_iou"] = s["iou_mean"]
             log.info("epoch %d: val_loss %.4f  val_scan_dice@0.5 %.4f", epoch + 1, logs["val_loss"], s["dice_mean"])
 
+    mode = "min" if cfg.monitor == "val_loss" else "max"
     callbacks = [
         ScanDice(),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True, verbose=1),
-        keras.callbacks.ModelCheckpoint(str(out / "model.keras"), monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(
+            monitor=cfg.monitor, mode=mode, patience=cfg.patience, restore_best_weights=True, verbose=1
+        ),
+        keras.callbacks.ModelCheckpoint(str(out / "model.keras"), monitor=cfg.monitor, mode=mode, save_best_only=True),
         keras.callbacks.CSVLogger(str(out / "history.csv")),
     ]
     if cfg.lr_schedule == "plateau":
@@ -152,7 +160,7 @@ def train(cfg: TrainConfig) -> dict:
     threshold, sweep = choose_threshold(probs, val_split, cfg.morphology_size)
     val_scores = score(probs, val_split, sorted({0.5, threshold, 0.85, 0.9, 0.95}), cfg.morphology_size, True)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    best_epoch = int(np.argmin(history["val_loss"])) + 1
+    best_epoch = int(np.argmin(history["val_loss"]) if mode == "min" else np.argmax(history[cfg.monitor])) + 1
     record = {
         "record_schema": 1,
         "config": asdict(cfg),

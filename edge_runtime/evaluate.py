@@ -1,0 +1,184 @@
+"""``edge-seg-eval``: score a model on a labelled folder, at each scan's own resolution.
+
+The masks scored are exactly those ``edge-seg`` writes (same preprocessing, inference, resize,
+threshold and opening); metrics come from :mod:`edge_runtime.metrics`, the code training uses for its
+validation Dice. Needs only the runtime install (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import ScanError, SetupError
+from edge_runtime.layout import is_candidate_name
+from edge_runtime.metrics import as_dict, scan_metrics, summarise
+from edge_runtime.scanio import read_scan
+
+log = logging.getLogger("edge_seg.eval")
+
+SEED_THRESHOLDS = (0.5, 0.85, 0.9, 0.95)
+METRICS = ("dice", "iou", "precision", "recall", "hd95")
+EPILOG = """example:
+  edge-seg-eval --images ../shared/data/ddti/test/image --masks ../shared/data/ddti/test/mask
+"""
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise SetupError(f"{folder} is not a folder")
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and is_candidate_name(p.name, dicom=False)}
+
+
+def paired(images: Path, masks: Path) -> list[tuple[Path, Path]]:
+    """(image, truth) pairs by file stem; raises SetupError naming unpaired files."""
+    im, ms = _by_stem(images), _by_stem(masks)
+    missing = sorted(set(im) - set(ms))
+    if missing:
+        raise SetupError(f"{len(missing)} image(s) in {images} have no mask in {masks}: {', '.join(missing[:5])}")
+    if not im:
+        raise SetupError(f"no images in {images}")
+    return [(im[s], ms[s]) for s in sorted(im)]
+
+
+def _truth(path: Path) -> np.ndarray:
+    mask = read_scan(path).frames[0]
+    return (mask.max(axis=2) if mask.ndim == 3 else mask) > 127
+
+
+def evaluate(
+    segmenter, images: Path, masks: Path, thresholds: list[float], with_hd95: bool = True
+) -> tuple[dict[str, dict], list[dict]]:
+    """Summary per threshold (keyed by its label) and per-scan rows, running ``segmenter`` on ``images``."""
+    from edge_runtime.layout import threshold_label
+
+    per_t: dict[float, list] = {t: [] for t in thresholds}
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    pairs = paired(images, masks)
+    for ip, mp in pairs:
+        image, truth = read_scan(ip).frames[0], _truth(mp)
+        if truth.shape != image.shape[:2]:
+            raise ScanError(mp, f"mask is {truth.shape[::-1]} but its scan is {image.shape[:2][::-1]} (w x h)")
+        result = segmenter.segment(image, thresholds)
+        for t in thresholds:
+            m = scan_metrics(result.masks[t], truth, with_hd95)
+            per_t[t].append(m)
+            rows.append({"scan": ip.name, "threshold": t, **as_dict(m)})
+    seconds = time.perf_counter() - t0
+    summary = {threshold_label(t): summarise(v) for t, v in per_t.items()}
+    for s in summary.values():
+        s["seconds"] = round(seconds, 2)
+    return summary, rows
+
+
+def evaluate_written(predicted: Path, masks: Path, with_hd95: bool = True) -> tuple[dict, list[dict]]:
+    """Score masks already written by ``edge-seg`` (single-threshold layout) against the truth."""
+    per_scan, rows = [], []
+    truths = _by_stem(masks)
+    for stem, mp in truths.items():
+        pp = predicted / f"{stem}.png"
+        if not pp.is_file():
+            raise SetupError(f"no predicted mask {pp} for {mp.name}")
+        m = scan_metrics(read_scan(pp).frames[0], _truth(mp), with_hd95)
+        per_scan.append(m)
+        rows.append({"scan": mp.name, **as_dict(m)})
+    return {"written": summarise(per_scan)}, rows
+
+
+def format_table(summary: dict[str, dict]) -> str:
+    head = f"{'threshold':>9}  {'scans':>5}  " + "  ".join(f"{m + ' mean/med':>17}" for m in METRICS) + "  missed"
+    lines = [head]
+    for label, s in summary.items():
+        cells = []
+        for m in METRICS:
+            mean, med = s[f"{m}_mean"], s[f"{m}_median"]
+            fmt = "{:7.2f}" if m == "hd95" else "{:7.4f}"
+            cells.append(f"{_fmt(fmt, mean)} / {_fmt(fmt, med)}".rjust(17))
+        lines.append(f"{label:>9}  {s['scans']:>5}  " + "  ".join(cells) + f"  {s['missed_share']:6.1%}")
+    return "\n".join(lines)
+
+
+def _fmt(fmt: str, v: float) -> str:
+    return "    nan" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = type("F", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {})
+    p = argparse.ArgumentParser(
+        prog="edge-seg-eval",
+        description=__doc__,
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("--images", type=Path, required=True, help="folder of scans")
+    p.add_argument(
+        "--masks", type=Path, required=True, help="folder of true masks, paired by file stem (>127 = nodule)"
+    )
+    p.add_argument("--model", type=Path, help="ONNX model (default: the bundled model)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        nargs="+",
+        metavar="T",
+        help="thresholds to score (default: 0.5, 0.85, 0.9, 0.95 and the model's own)",
+    )
+    p.add_argument("--predicted", type=Path, help="score masks already written by edge-seg here instead of running")
+    p.add_argument("--json", type=Path, help="write the summary and per-scan metrics to this JSON file")
+    p.add_argument("--no-hd95", action="store_true", help="skip the Hausdorff distance (faster)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.predicted:
+            summary, rows = evaluate_written(args.predicted, args.masks, not args.no_hd95)
+            model_info = None
+        else:
+            from edge_runtime.segmenter import Segmenter
+
+            seg = Segmenter(args.model)
+            thresholds = sorted(set(args.threshold or (*SEED_THRESHOLDS, seg.threshold)))
+            if any(not 0 < t < 1 for t in thresholds):
+                raise SetupError("thresholds must be between 0 and 1")
+            summary, rows = evaluate(seg, args.images, args.masks, thresholds, not args.no_hd95)
+            model_info = {
+                "path": str(seg.info.path),
+                "name": seg.info.name,
+                "version": seg.info.version,
+                "sha256": seg.info.sha256,
+                "default_threshold": seg.threshold,
+            }
+    except (SetupError, ScanError) as exc:
+        log.error("error: %s", exc)
+        return 2
+    sys.stdout.write(format_table(summary) + "\n")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "images": str(args.images),
+                    "masks": str(args.masks),
+                    "model": model_info,
+                    "summary": summary,
+                    "per_scan": rows,
+                },
+                indent=2,
+                default=float,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,6 +28,9 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "seed-fcn": Architecture((32, 64, 128), description="the seed's FCN, unchanged (reference)"),
     "seed-fcn-bn": Architecture((32, 64, 128), batchnorm=True, description="seed FCN + batch norm"),
+    "unet4": Architecture(
+        (16, 32, 64, 128), up_kernel=2, description="4 levels, half the width of the seed at the top"
+    ),
     "unet4-bn": Architecture(
         (16, 32, 64, 128),
         batchnorm=True,

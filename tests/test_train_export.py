@@ -1,0 +1,155 @@
+"""Train -> export -> run, on a few real DDTI scans (needs the [train] extra: TensorFlow, tf2onnx)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+
+pytestmark = [pytest.mark.train, pytest.mark.slow]
+
+
+def _subset(src: Path, dst: Path, n: int) -> Path:
+    """The first n image/mask pairs of a DDTI split, linked (not copied) into a temporary folder."""
+    for sub in ("image", "mask"):
+        (dst / sub).mkdir(parents=True)
+    for p in sorted((src / "image").glob("*.png"))[:n]:
+        for sub in ("image", "mask"):
+            os.symlink(src / sub / p.name, dst / sub / p.name)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def trained(ddti, tmp_path_factory):
+    from train.trainer import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("train")
+    tr = _subset(ddti / "train", root / "train", 24)
+    va = _subset(ddti / "val", root / "val", 8)
+    cfg = TrainConfig(
+        train_dir=str(tr),
+        val_dir=str(va),
+        out_dir=str(root / "run"),
+        epochs=1,
+        batch_size=8,
+        name="test-fcn",
+        version="9.9.9",
+    )
+    record = train(cfg)
+    return root, record
+
+
+def test_training_writes_model_and_record(trained):
+    root, _ = trained
+    run = root / "run"
+    assert (run / "model.keras").is_file()
+    saved = json.loads((run / "training.json").read_text())
+    assert saved["config"]["architecture"] == "seed-fcn"
+    assert saved["model"]["macs"] == 1_675_624_448  # the seed FCN's 1.67 GMAC per 128x128 scan
+    assert saved["data"]["train"]["scans"] == 24 and saved["data"]["val"]["scans"] == 8
+    assert len(saved["data"]["train"]["fingerprint"]) == 64
+    assert saved["epochs_run"] == 1
+    for key in ("loss", "val_loss", "accuracy", "dice", "iou", "val_scan_dice"):
+        assert len(saved["history"][key]) == 1
+    assert 0 < saved["threshold"] < 1
+    assert saved["versions"]["tensorflow"]
+
+
+def test_export_passes_parity_and_edge_seg_runs_the_result(trained, ddti, tmp_path):
+    root, record = trained
+    out_model = tmp_path / "model.onnx"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            str(root / "run" / "model.keras"),
+            "--out",
+            str(out_model),
+            "--parity-count",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "parity ok" in res.stderr and "use it:  edge-seg" in res.stderr
+    proto = onnx.load(out_model)
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["edge_seg"])
+    assert meta["schema"] == 1 and meta["name"] == "test-fcn" and meta["version"] == "9.9.9"
+    assert meta["postprocessing"]["threshold"] == record["threshold"]
+    assert meta["training"]["data"]["train"]["fingerprint"] == record["data"]["train"]["fingerprint"]
+    assert meta["export"]["tf2onnx"] and meta["export"]["tensorflow"]
+    assert proto.graph.input[0].name == "image" and proto.graph.output[0].name == "probability"
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+
+    images = sorted((ddti / "test" / "image").glob("*.png"))[:4]
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in images:  # copied: one-shot runs, like the daemon, do not follow links that leave IN
+        shutil.copy(p, src / p.name)
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            str(src),
+            "--out",
+            str(out),
+            "--model",
+            str(out_model),
+            "--threshold",
+            "0.85",
+            "0.9",
+            "0.95",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    for t in ("0.85", "0.9", "0.95"):
+        for p in images:
+            mask = cv2.imread(str(out / t / p.name), cv2.IMREAD_UNCHANGED)
+            assert mask.shape == cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape[:2]
+            assert set(np.unique(mask)) <= {0, 255}
+
+
+def test_parity_failure_fails_the_export(trained, tmp_path, monkeypatch):
+    """A model that disagrees with Keras must not be written."""
+    from export import cli, parity
+
+    root, _ = trained
+    monkeypatch.setattr(parity, "MAX_ABS_DIFF", -1.0)  # nothing can pass
+    out_model = tmp_path / "model.onnx"
+    code = cli.main([str(root / "run" / "model.keras"), "--out", str(out_model), "--parity-count", "4"])
+    assert code == 1
+    assert not out_model.exists()
+
+
+def test_unpaired_and_unreadable_training_files_are_named(tmp_path):
+    from train.data import DataError, load_split, pair_folder
+
+    for sub in ("image", "mask"):
+        (tmp_path / sub).mkdir()
+    cv2.imwrite(str(tmp_path / "image" / "1.png"), np.zeros((20, 20), np.uint8))
+    cv2.imwrite(str(tmp_path / "image" / "2.png"), np.zeros((20, 20), np.uint8))
+    cv2.imwrite(str(tmp_path / "mask" / "1.bmp"), np.zeros((20, 20), np.uint8))
+    cv2.imwrite(str(tmp_path / "mask" / "3.png"), np.zeros((20, 20), np.uint8))
+    with pytest.raises(DataError, match=r"1 image\(s\) without a mask: 2.png; 1 mask\(s\) without an image: 3.png"):
+        pair_folder(tmp_path)
+    (tmp_path / "mask" / "3.png").unlink()
+    (tmp_path / "mask" / "2.png").write_bytes(b"broken")
+    with pytest.raises(DataError, match=r"2.png: not an image"):
+        load_split(tmp_path, (16, 16))

@@ -1,0 +1,34 @@
+"""Golden test: the bundled model, through the real CLI, on the DDTI test split.
+
+The expected Dice is read from the record written when the model was released
+(edge_runtime/models/ddti-fcn.test-eval.json); the masks `edge-seg` writes must score within 0.02 of it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edge_runtime.evaluate import evaluate_written
+from edge_runtime.layout import threshold_label
+from edge_runtime.model import MODELS_DIR, default_model_path, file_sha256
+
+RECORD = MODELS_DIR / "ddti-fcn.test-eval.json"
+
+
+@pytest.mark.slow
+def test_bundled_model_scores_its_recorded_dice_on_test(ddti, tmp_path):
+    record = json.loads(RECORD.read_text())
+    assert record["model"]["sha256"] == file_sha256(default_model_path()), "the record is for another model"
+    threshold = record["model"]["default_threshold"]
+    expected = record["summary"][threshold_label(threshold)]["dice_mean"]
+    out = tmp_path / "masks"
+    res = subprocess.run([sys.executable, "-m", "edge_runtime", str(ddti / "test" / "image"), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert len(list(out.glob("*.png"))) == 64
+    summary, _ = evaluate_written(out, ddti / "test" / "mask", with_hd95=False)
+    assert summary["written"]["dice_mean"] >= expected - 0.02, (summary["written"]["dice_mean"], expected)

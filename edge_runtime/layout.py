@@ -90,6 +90,11 @@ def check_folders(in_dir: Path, out_dir: Path) -> tuple[Path, Path]:
             f"output folder {out_dir} is inside input folder {in_dir}: masks would be read back as scans; "
             "choose an OUT outside IN"
         )
+    if out_res in in_res.parents:
+        raise SetupError(
+            f"input folder {in_dir} is inside output folder {out_dir}: masks could overwrite scans; "
+            "choose folders side by side"
+        )
     try:
         out_res.mkdir(parents=True, exist_ok=True)
         probe = out_res / f".edge-seg-write-test-{os.getpid()}"

@@ -158,14 +158,6 @@ class Ledger:
             return rec if self.outputs_exist(rec) else None
         return None
 
-    def owner_of(self, key_of, key: str, rel: str, in_dir: Path) -> str | None:
-        """Another scan, still present in IN, whose outputs use the same names as ``rel``'s."""
-        with self._mutex:
-            for other, rec in self.records.items():
-                if other != rel and rec["event"] == "done" and key_of(other) == key and (in_dir / other).exists():
-                    return other
-        return None
-
     # -- updates ---------------------------------------------------------------------------------
     def append(self, rec: dict[str, Any]) -> None:
         rec = {**rec, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

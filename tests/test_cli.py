@@ -188,6 +188,8 @@ def test_setup_errors_exit_2_with_one_line(case, scans, tmp_path, tiny_model, ca
         out = scans / "masks"
     elif case == "out_is_in":
         out = scans
+    elif case == "in_inside_out":
+        out = scans.parent
     elif case == "out_not_writable":
         (tmp_path / "afile").write_text("x")
         out = tmp_path / "afile" / "out"

@@ -63,7 +63,9 @@ def _conv(x, filters: int, arch: Architecture, separable: bool, name: str):
     conv = layers.SeparableConv2D if separable else layers.Conv2D
     x = conv(filters, 3, padding="same", use_bias=not arch.batchnorm, name=name)(x)
     if arch.batchnorm:
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        # momentum 0.9, not Keras' 0.99: with ~25 steps an epoch the moving statistics otherwise lag the
+        # weights for several epochs, validation loss swings, and early stopping fires on noise.
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 

@@ -1,0 +1,129 @@
+"""In-process measurements of the runtime: stage costs, the steady-state pipeline, the inference bound.
+
+Used by ``bench/run.py``; each function returns plain dicts of figures (milliseconds, scans/s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.layout import iter_scans
+from edge_runtime.ledger import Ledger
+from edge_runtime.model import OnnxModel
+from edge_runtime.pipeline import JobOptions, Processor
+from edge_runtime.scanio import decode_image, encode_png, read_bytes, write_atomic
+from edge_runtime.segmenter import Segmenter
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def serial_stages(scans: list[Path], model: OnnxModel, work: Path) -> dict[str, float]:
+    """Median milliseconds per scan for each stage, one scan at a time on one thread (no overlap)."""
+    seg = Segmenter(model)
+    names = ["read", "sha256", "decode", "preprocess", "inference", "postprocess", "encode", "write", "write_nofsync"]
+    times: dict[str, list[float]] = {k: [] for k in names}
+    out = work / "serial"
+    out.mkdir(parents=True, exist_ok=True)
+    seg.predict(np.zeros((1, *model.info.size, model.info.channels), np.float32))  # warm-up
+    for i, path in enumerate(scans):
+        t = [time.perf_counter()]
+        data, _ = read_bytes(path)
+        t.append(time.perf_counter())
+        hashlib.sha256(data).hexdigest()
+        t.append(time.perf_counter())
+        pixels = decode_image(data, path)
+        t.append(time.perf_counter())
+        tensor = seg.preprocess(pixels)
+        t.append(time.perf_counter())
+        prob = seg.predict(tensor[None])[0]
+        t.append(time.perf_counter())
+        mask = seg.postprocess(prob, pixels.shape[:2]).masks[seg.threshold]
+        t.append(time.perf_counter())
+        png = encode_png(mask)
+        t.append(time.perf_counter())
+        write_atomic(out / f"{i:04d}.png", png, fsync=True)
+        t.append(time.perf_counter())
+        write_atomic(out / f"{i:04d}-n.png", png, fsync=False)
+        t.append(time.perf_counter())
+        for k, a, b in zip(names, t, t[1:], strict=False):
+            times[k].append((b - a) * 1000.0)
+    shutil.rmtree(out, ignore_errors=True)
+    res = {k: _median(v) for k, v in times.items()}
+    res["total"] = sum(res[k] for k in names if k != "write_nofsync")
+    return res
+
+
+def pipeline_steady(
+    in_dir: Path,
+    model: OnnxModel,
+    work: Path,
+    repeats: int = 3,
+    batch_size: int = 8,
+    fsync: bool = True,
+    readers: int | None = None,
+    writers: int | None = None,
+) -> dict:
+    """``Processor.process`` over every scan in ``in_dir`` with the session already loaded and warm.
+
+    Each repeat writes into a fresh OUT with a fresh ledger. Returns the median wall time and scans/s,
+    and the mean of each stage of ``Outcome.timings`` (stages overlap across threads, so these add up
+    to more than the wall time per scan).
+    """
+    seg = Segmenter(model)
+    seg.predict(np.zeros((batch_size, *model.info.size, model.info.channels), np.float32))  # warm-up
+    rels = list(iter_scans(in_dir))
+    walls, stage_sums, ok = [], {}, 0
+    for r in range(repeats):
+        out = Path(tempfile.mkdtemp(prefix=f"steady{r}-", dir=work))
+        ledger = Ledger(out)
+        proc = Processor(seg, in_dir, out, JobOptions((seg.threshold,), batch_size, fsync), ledger)
+        t0 = time.perf_counter()
+        outcomes = list(proc.process(rels, readers=readers, writers=writers))
+        walls.append(time.perf_counter() - t0)
+        ledger.close()
+        ok = sum(o.status == "ok" for o in outcomes)
+        for o in outcomes:
+            for k, v in o.timings.items():
+                stage_sums.setdefault(k, []).append(v)
+        shutil.rmtree(out, ignore_errors=True)
+    wall = _median(walls)
+    return {
+        "scans": len(rels),
+        "ok": ok,
+        "wall_s": wall,
+        "scans_per_s": len(rels) / wall,
+        "ms_per_scan": wall * 1000.0 / len(rels),
+        "stages_ms": {k: float(np.mean(v)) for k, v in stage_sums.items()},
+        "walls_s": walls,
+    }
+
+
+def inference_bound(tensors: np.ndarray, model: OnnxModel, batch_sizes=(1, 8), repeats: int = 3) -> dict[int, dict]:
+    """onnxruntime alone on already-preprocessed tensors: scans/s and ms/scan at each batch size."""
+    res = {}
+    for bs in batch_sizes:
+        model.predict(tensors[:bs])  # warm-up (allocations for this shape)
+        walls = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for i in range(0, len(tensors), bs):
+                model.predict(tensors[i : i + bs])
+            walls.append(time.perf_counter() - t0)
+        wall = _median(walls)
+        res[bs] = {"scans_per_s": len(tensors) / wall, "ms_per_scan": wall * 1000.0 / len(tensors), "walls_s": walls}
+    return res
+
+
+def preprocessed(scans: list[Path], model: OnnxModel) -> np.ndarray:
+    """The model's input tensors for ``scans``, stacked NHWC."""
+    seg = Segmenter(model)
+    return np.stack([seg.preprocess(decode_image(read_bytes(p)[0], p)) for p in scans])

@@ -1,0 +1,110 @@
+"""Tuning aid: the steady-state pipeline and the inference bound under different runtime settings.
+
+    python bench/sweep.py                       # intra-op threads, spinning, batch size, readers, fsync
+    python bench/sweep.py --n 50 --repeats 5
+
+Each row changes one setting from the runtime's defaults; scans/s are medians over ``--repeats``.
+Printed only: the figures steer the defaults in edge_runtime (see bench/README.md, tuning log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--model", type=Path)
+    p.add_argument("--batch", type=int, default=8, help="batch size of the base setting")
+    p.add_argument("--priority", action="store_true", help="as bench/run.py --priority")
+    args = p.parse_args()
+
+    from bench.run import apply_priority, busy_processes, ddti_root, pick_scans, stage_scans, table, with_priority
+
+    if args.priority:
+        with_priority(-19)
+    print(f"CPU priority {apply_priority()}")
+
+    from bench import inprocess
+    from edge_runtime.model import OnnxModel, available_cores, default_model_path
+
+    model_path = args.model or default_model_path()
+    cores = available_cores()
+    print(f"{cores} core(s) available; other busy processes: {'; '.join(busy_processes(set())) or 'none'}")
+    work = Path(tempfile.mkdtemp(prefix="edge-seg-sweep-"))
+    try:
+        in_dir = stage_scans(pick_scans(ddti_root(), args.n), work / "in")
+        staged = sorted(in_dir.iterdir())
+        rows = []
+        models = {}
+
+        def model(threads: int, spinning: bool) -> OnnxModel:
+            key = (threads, spinning)
+            if key not in models:
+                models[key] = OnnxModel(model_path, threads=threads, spinning=spinning)
+            return models[key]
+
+        tensors = inprocess.preprocessed(staged, model(cores, True))
+        for threads in sorted({1, cores}):
+            for spinning in (True, False):
+                b = inprocess.inference_bound(tensors, model(threads, spinning), (1, 8), args.repeats)
+                rows.append(
+                    [f"bound: {threads} intra-op thread(s), spinning {'on' if spinning else 'off'}"]
+                    + [f"{b[bs]['scans_per_s']:.1f}" for bs in (1, 8)]
+                    + [""]
+                )
+        print(table(["onnxruntime alone", "batch 1 scans/s", "batch 8 scans/s", ""], rows))
+        print()
+
+        # (label, pipeline_steady keywords, (intra-op threads, spinning)); one setting changed at a time
+        base = {"batch_size": args.batch}
+        settings = [("defaults" + (f" (batch {args.batch})" if args.batch != 8 else ""), {}, (cores, True))]
+        settings += [(f"intra-op threads {t}", {}, (t, True)) for t in sorted({1, cores}) if t != cores]
+        settings += [("spinning off", {}, (cores, False))]
+        settings += [(f"batch {bs}", {"batch_size": bs}, (cores, True)) for bs in (1, 2, 4, 8, 16) if bs != args.batch]
+        settings += [(f"readers {n}", {"readers": n}, (cores, True)) for n in (1, 2 * cores) if n != cores]
+        settings += [("writers 2", {"writers": 2}, (cores, True))]
+        settings += [("no fsync", {"fsync": False}, (cores, True))]
+        results: dict[str, list[dict]] = {label: [] for label, _, _ in settings}
+        for rnd in range(args.repeats):  # round-robin, so changing background load falls on every setting
+            print(f"round {rnd + 1}/{args.repeats}", file=sys.stderr)
+            for label, kw, key in settings:
+                res = inprocess.pipeline_steady(in_dir, model(*key), work, repeats=1, **{**base, **kw})
+                results[label].append(res)
+        rows = []
+        for label, runs in results.items():
+            runs = sorted(runs, key=lambda x: x["scans_per_s"])
+            mid = runs[len(runs) // 2]
+            st = mid["stages_ms"]
+            rows.append(
+                [
+                    label,
+                    f"{mid['scans_per_s']:.1f}",
+                    f"{runs[0]['scans_per_s']:.1f}-{runs[-1]['scans_per_s']:.1f}",
+                    " / ".join(
+                        f"{st.get(k, 0):.1f}" for k in ("read", "preprocess", "inference", "postprocess", "write")
+                    ),
+                ]
+            )
+        print(
+            table(
+                ["pipeline setting", "scans/s", "range", "stages ms: read/pre/infer/post/write"],
+                rows,
+            )
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,12 @@ Outputs for the scan ``IN/a/b/scan.jpg``:
 * several thresholds:  ``OUT/<threshold>/a/b/scan.png`` (e.g. ``OUT/0.9/a/b/scan.png``)
 * a multi-frame DICOM: ``scan_f0001.png``, ``scan_f0002.png``, ... in the same places
 * an unreadable scan:  ``OUT/a/b/scan.jpg.error.txt`` (the reason, for a person to read)
+* with ``--overlay``:  ``OUT/overlays/a/b/scan.png`` (all thresholds in one picture; ``scan_f0001.png``, ...)
+* with ``--report``:   ``OUT/reports/a/b/scan.json`` (findings; docs/OUTPUTS.md describes every field)
+
+DICOM files are scans by suffix (``.dcm``, ``.dicom``) or, for names without a suffix or with a numeric
+one (``IM000001``, ``1.2.840.113619.2.1``, as scanners and PACS exports name them), by content: the
+``DICM`` marker at byte 128. ``DICOMDIR`` is never a scan.
 
 Hidden and temporary names are never scans: ``.name`` (also rsync's ``.name.XXXXXX``), ``*.tmp``,
 ``*.part``, ``*.crdownload``, ``*.swp``, ``~name``; nor is anything under a hidden folder.
@@ -26,6 +32,9 @@ log = logging.getLogger(__name__)
 TEMP_SUFFIXES = frozenset({".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".swp", ".filepart"})
 #: The folder under OUT that holds the ledger, the status file and run records.
 STATE_DIR = ".edge-seg"
+#: The folders under OUT for overlays (``--overlay``) and findings (``--report``).
+OVERLAY_DIR = "overlays"
+REPORT_DIR = "reports"
 
 
 def is_candidate_name(name: str, dicom: bool = True) -> bool:
@@ -38,12 +47,35 @@ def is_candidate_name(name: str, dicom: bool = True) -> bool:
     return suffix in IMAGE_SUFFIXES or (dicom and suffix in DICOM_SUFFIXES)
 
 
-def is_candidate(rel: str | PurePosixPath, dicom: bool = True) -> bool:
-    """True if a path relative to IN names a scan: its name qualifies and no folder on the way is hidden."""
+def is_candidate(rel: str | PurePosixPath, dicom: bool = True, root: Path | None = None) -> bool:
+    """True if a path relative to IN names a scan: its name qualifies and no folder on the way is hidden.
+
+    With ``root`` (the input folder), a DICOM file without a suffix is recognised by its content.
+    """
     parts = PurePosixPath(rel).parts
     if not parts or any(p.startswith(".") for p in parts[:-1]):
         return False
-    return is_candidate_name(parts[-1], dicom)
+    if is_candidate_name(parts[-1], dicom):
+        return True
+    return dicom and root is not None and may_be_unsuffixed_dicom(parts[-1]) and has_dicom_marker(root.joinpath(*parts))
+
+
+def may_be_unsuffixed_dicom(name: str) -> bool:
+    """True for names DICOM files often have: no suffix (``IM000001``) or a numeric one (a UID)."""
+    if not name or name.startswith((".", "~")) or name.endswith("~") or name.upper() == "DICOMDIR":
+        return False
+    suffix = os.path.splitext(name)[1]
+    return suffix == "" or suffix[1:].isdigit()
+
+
+def has_dicom_marker(path: Path) -> bool:
+    """True if the file holds ``DICM`` at byte 128 (the DICOM file preamble)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def threshold_label(threshold: float) -> str:
@@ -59,11 +91,39 @@ def output_path(
     frame: int | None = None,
     suffix: str = ".png",
 ) -> Path:
-    """Where the mask (or overlay, with another ``suffix``) of scan ``rel`` at ``threshold`` goes."""
-    relp = PurePosixPath(rel)
-    stem = relp.stem if frame is None else f"{relp.stem}_f{frame:04d}"
+    """Where the mask of scan ``rel`` at ``threshold`` goes."""
     base = out_dir if len(thresholds) == 1 else out_dir / threshold_label(threshold)
+    return _beside(base, rel, frame, suffix)
+
+
+def _beside(base: Path, rel: str, frame: int | None, suffix: str) -> Path:
+    """``base/<relative folder>/<stem>[_fNNNN]<suffix>``."""
+    relp = PurePosixPath(rel)
+    stem = scan_stem(relp.name)
+    if frame is not None:
+        stem = f"{stem}_f{frame:04d}"
     return base.joinpath(*relp.parent.parts, stem + suffix)
+
+
+def scan_stem(name: str) -> str:
+    """The name without its scan suffix: ``x.png`` -> ``x``; a DICOM UID name ``1.2.3.4`` stays whole."""
+    root, suffix = os.path.splitext(name)
+    return root if suffix.lower() in IMAGE_SUFFIXES or suffix.lower() in DICOM_SUFFIXES else name
+
+
+def overlay_path(out_dir: Path, rel: str, frame: int | None = None) -> Path:
+    """Where the overlay of scan ``rel`` goes: ``OUT/overlays/<relative folder>/<stem>[_fNNNN].png``."""
+    return _beside(out_dir / OVERLAY_DIR, rel, frame, ".png")
+
+
+def report_path(out_dir: Path, rel: str) -> Path:
+    """Where the findings of scan ``rel`` go: ``OUT/reports/<relative folder>/<stem>.json``."""
+    return _beside(out_dir / REPORT_DIR, rel, None, ".json")
+
+
+def relative(out_dir: Path, path: Path) -> str:
+    """``path`` as the POSIX path relative to OUT that the ledger, the reports and the logs use."""
+    return path.relative_to(out_dir).as_posix()
 
 
 def error_path(out_dir: Path, rel: str) -> Path:
@@ -74,7 +134,7 @@ def error_path(out_dir: Path, rel: str) -> Path:
 def output_key(rel: str) -> str:
     """Scans with the same key would write the same mask file (``a/x.png`` and ``a/x.jpg``)."""
     relp = PurePosixPath(rel)
-    return str(relp.parent / relp.stem)
+    return str(relp.parent / scan_stem(relp.name))
 
 
 def check_folders(in_dir: Path, out_dir: Path) -> tuple[Path, Path]:
@@ -126,13 +186,15 @@ def iter_scans(in_dir: Path, dicom: bool = True, warned: set[str] | None = None)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = PurePosixPath(Path(dirpath).relative_to(in_dir).as_posix())
         for name in sorted(filenames):
-            if not is_candidate_name(name, dicom):
+            full = Path(dirpath) / name
+            by_name = is_candidate_name(name, dicom)
+            if not by_name and not (dicom and may_be_unsuffixed_dicom(name)):
                 continue
             rel = str(rel_dir / name) if str(rel_dir) != "." else name
-            full = Path(dirpath) / name
-            if full.is_symlink() and not inside(root, full):
+            if full.is_symlink() and not inside(root, full):  # checked before its content is ever opened
                 if rel not in warned:
                     warned.add(rel)
                     log.warning("SKIP %s: symbolic link leads outside the input folder", rel)
                 continue
-            yield rel
+            if by_name or has_dicom_marker(full):
+                yield rel

@@ -60,6 +60,7 @@ class Scan:
     #: (row, column) pixel spacing in millimetres, when the file says (DICOM); else None.
     pixel_spacing_mm: tuple[float, float] | None = None
     format: str = ""
+    #: reader-specific facts; DICOM: ``pixel_spacing_source`` and ``dicom`` (transfer syntax, photometric, bits)
     extra: dict = field(default_factory=dict)
 
 
@@ -150,10 +151,11 @@ def read_scan(path: str | Path) -> Scan:
     digest = hashlib.sha256(data).hexdigest()
     fmt = sniff_format(data) if data else None
     if fmt == "DICOM" or (path.suffix.lower() in DICOM_SUFFIXES and data):
-        from edge_runtime.dicom import decode_dicom  # optional dependency, imported on first use
+        from edge_runtime.dicom import read_dicom  # pydicom is an optional dependency, imported on first use
 
-        frames, spacing = decode_dicom(data, path)
-        return Scan(path, frames, digest, st.st_size, st.st_mtime_ns, spacing, "DICOM")
+        image = read_dicom(data, path)
+        extra = {"pixel_spacing_source": image.spacing_source, "dicom": image.info}
+        return Scan(path, image.frames, digest, st.st_size, st.st_mtime_ns, image.spacing_mm, "DICOM", extra)
     pixels = decode_image(data, path)
     return Scan(path, [pixels], digest, st.st_size, st.st_mtime_ns, None, fmt or "")
 

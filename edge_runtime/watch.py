@@ -125,7 +125,7 @@ class Watcher:
             rel = Path(path).relative_to(self.root).as_posix()
         except ValueError:
             return None
-        return rel if is_candidate(rel) else None
+        return rel if is_candidate(rel, root=self.root) else None
 
     def note(self, path: str | bytes, ready: bool) -> None:
         """Something happened to ``path``; queue it (``ready``: known complete now)."""
@@ -256,6 +256,7 @@ class Watcher:
             "observer": self.observer_kind,
             "model": {"name": info.name, "version": info.version, "path": str(info.path), "sha256": info.sha256},
             "thresholds": list(self.p.options.thresholds),
+            "outputs": ["masks", *(e.name + "s" for e in self.p.options.extras)],
             "done": self.done,
             "failed": self.failed,
             "queued": self.queued(),

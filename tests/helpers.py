@@ -99,3 +99,106 @@ def write_png(path: Path, image: np.ndarray) -> Path:
 
     write_atomic(path, encode_png(image))
     return path
+
+
+def nodule_scan(
+    height: int = 240,
+    width: int = 320,
+    centre: tuple[int, int] = (170, 130),
+    axes: tuple[int, int] = (60, 40),
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A plain scan the tiny model segments well: bright speckled tissue, one dark ellipse at ``centre`` (x, y).
+
+    Returns the uint8 image and the true mask (bool). ``axes`` are the (x, y) semi-axes in pixels.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    image = np.clip(rng.normal(170, 18, (height, width)), 0, 255).astype(np.uint8)
+    truth = np.zeros((height, width), np.uint8)
+    cv2.ellipse(truth, centre, axes, 0, 0, 360, 1, cv2.FILLED)
+    image[truth > 0] = np.clip(rng.normal(25, 6, int(truth.sum())), 0, 255).astype(np.uint8)
+    return image, truth.astype(bool)
+
+
+def write_dicom(
+    path: Path,
+    frames: np.ndarray | list[np.ndarray],
+    photometric: str | None = None,
+    bits_stored: int | None = None,
+    jpeg: bool = False,
+    pixel_spacing: tuple[float, float] | None = None,
+    us_region_cm: tuple[float, float] | None = None,
+    pixel_data: bytes | None = None,
+    **elements,
+) -> Path:
+    """Write a synthetic DICOM file with pydicom (no downloads).
+
+    ``frames`` is one image (H x W gray or H x W x 3 RGB) or a list of them (multi-frame). The pixels
+    are stored so that a correct reader gives ``frames`` back: MONOCHROME1 is stored inverted and
+    YBR_FULL converted from RGB. ``jpeg`` stores JPEG Baseline (cv2-encoded frames, encapsulated;
+    colour as YBR_FULL_422). ``us_region_cm`` = (PhysicalDeltaX, PhysicalDeltaY) in cm gives an
+    ultrasound region; ``pixel_spacing`` = (row, column) mm gives PixelSpacing. ``pixel_data`` replaces
+    the pixel bytes; ``elements`` set (or, with None, delete) any other element.
+    """
+    import cv2
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import convert_color_space
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, UltrasoundImageStorage, generate_uid
+
+    stack = np.stack(frames) if isinstance(frames, list) else frames[np.newaxis]
+    n, rows, cols = stack.shape[:3]
+    colour = stack.ndim == 4
+    photometric = photometric or ("RGB" if colour else "MONOCHROME2")
+    bits = bits_stored or (8 if stack.dtype == np.uint8 else 16)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = "YBR_FULL_422" if jpeg and colour else photometric
+    ds.BitsAllocated = 8 if bits <= 8 else 16
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+    if colour:
+        ds.PlanarConfiguration = 0
+    if n > 1:
+        ds.NumberOfFrames = n
+    if jpeg:
+        encoded = [
+            cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR) if colour else f)[1].tobytes() for f in stack
+        ]
+        ds.PixelData = encapsulate(encoded)
+        ds["PixelData"].VR = "OB"
+    else:
+        stored = stack
+        if photometric == "MONOCHROME1":
+            stored = ((1 << bits) - 1 - stack.astype(np.int64)).astype(stack.dtype)
+        elif photometric == "YBR_FULL":
+            stored = convert_color_space(stack, "RGB", "YBR_FULL")
+        ds.PixelData = stored.tobytes()
+    if pixel_data is not None:
+        ds.PixelData = pixel_data
+    if pixel_spacing is not None:
+        ds.PixelSpacing = list(pixel_spacing)
+    if us_region_cm is not None:
+        region = Dataset()
+        region.RegionSpatialFormat, region.RegionDataType = 1, 1
+        region.RegionLocationMinX0, region.RegionLocationMinY0 = 0, 0
+        region.RegionLocationMaxX1, region.RegionLocationMaxY1 = cols - 1, rows - 1
+        region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = 3  # cm
+        region.PhysicalDeltaX, region.PhysicalDeltaY = us_region_cm
+        ds.SequenceOfUltrasoundRegions = [region]
+    for key, value in elements.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

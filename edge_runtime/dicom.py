@@ -1,0 +1,182 @@
+"""DICOM scans: pixels and pixel spacing from a DICOM file's bytes, with pydicom (the ``dicom`` extra).
+
+Handled: single- and multi-frame images; MONOCHROME2, MONOCHROME1 (inverted so that bright means
+echogenic, as in MONOCHROME2), RGB, YBR_FULL / YBR_FULL_422 (pydicom converts them to RGB, also for
+JPEG-compressed data), PALETTE COLOR (the colour lookup table is applied); 8-bit samples stay 8-bit,
+more than 8 bits stored gives 16-bit. Compressed transfer syntaxes are decoded by pydicom's plugins:
+JPEG Baseline by pylibjpeg + pylibjpeg-libjpeg (installed by the extra), RLE by pydicom itself.
+
+Pixel spacing, in millimetres as (row, column): from the first ultrasound region
+(SequenceOfUltrasoundRegions) whose physical units are cm in both directions, else from PixelSpacing,
+else unknown (None). Every problem is a :class:`~edge_runtime.errors.ScanError` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime import MAX_PIXELS
+from edge_runtime.errors import ScanError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = 'DICOM needs the dicom extra: pip install "edge-seg[dicom]"'
+#: The most pixels (all frames together) one DICOM file may decode to: a long cine loop beyond this is refused.
+MAX_TOTAL_PIXELS = 4 * MAX_PIXELS
+#: PhysicalUnitsX/YDirection code for centimetres (DICOM PS3.3 C.8.5.5.1.15).
+_UNITS_CM = 3
+#: Photometric interpretations pydicom's decoders return as RGB (when not asked for raw data).
+_YBR = frozenset({"YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})
+
+
+@dataclass
+class DicomImage:
+    """What the runtime takes from a DICOM file."""
+
+    frames: list[np.ndarray]  #: H x W (gray) or H x W x 3 (RGB), uint8 or uint16, one per frame
+    spacing_mm: tuple[float, float] | None  #: (row, column) pixel spacing in mm, or None when unknown
+    spacing_source: str | None  #: "ultrasound_region", "pixel_spacing" or None
+    info: dict[str, Any] = field(default_factory=dict)  #: transfer syntax, photometric interpretation, bits
+
+
+def _pydicom(path: str | Path):
+    try:
+        import pydicom
+        from pydicom.pixels import get_decoder
+    except ImportError:
+        raise ScanError(path, INSTALL_HINT) from None
+    return pydicom, get_decoder
+
+
+def decode_dicom(data: bytes, path: str | Path = "<bytes>") -> tuple[list[np.ndarray], tuple[float, float] | None]:
+    """Frames and (row, column) pixel spacing in mm (None if unknown) of a DICOM file's bytes."""
+    image = read_dicom(data, path)
+    return image.frames, image.spacing_mm
+
+
+def read_dicom(data: bytes, path: str | Path = "<bytes>") -> DicomImage:
+    """Decode a DICOM file's bytes: frames, pixel spacing and its source. Raises :class:`ScanError`."""
+    pydicom, get_decoder = _pydicom(path)
+    ds = _parse(pydicom, data, path)
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    if tsyntax is None:
+        raise ScanError(path, "corrupt DICOM: its file meta information names no transfer syntax")
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ScanError(path, "DICOM file has no pixel data (not an image: a report, structured data or DICOMDIR?)")
+    if "PixelData" not in ds:
+        raise ScanError(path, "DICOM float pixel data is not supported (expected integer pixels)")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ScanError(path, f"corrupt DICOM: image size missing or malformed ({exc})") from None
+    if rows * cols > MAX_PIXELS or rows * cols * n > MAX_TOTAL_PIXELS:
+        raise ScanError(
+            path,
+            f"DICOM image too large: {n} frame(s) of {cols} x {rows} pixels is over the limit of "
+            f"{MAX_PIXELS:,} pixels per frame and {MAX_TOTAL_PIXELS:,} per file",
+        )
+    arr, meta = _decode(get_decoder, ds, tsyntax, path)
+    frames = _to_frames(pydicom, ds, arr, meta, path)
+    spacing, source = pixel_spacing(ds)
+    info = {
+        "transfer_syntax": str(tsyntax),
+        "transfer_syntax_name": getattr(tsyntax, "name", str(tsyntax)),
+        "photometric_interpretation": str(ds.get("PhotometricInterpretation", "")),
+        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+        "modality": str(ds.get("Modality", "")),
+    }
+    return DicomImage(frames, spacing, source, info)
+
+
+def _parse(pydicom, data: bytes, path: str | Path):
+    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    try:
+        # Without the "DICM" preamble (old files named .dcm) it is read as a bare dataset and must then name an image.
+        ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
+    except Exception as exc:  # pydicom raises many types for bad input
+        raise ScanError(path, f"corrupt or truncated DICOM: {_first_line(exc)}") from None
+    if not has_preamble and "Rows" not in ds and "PixelData" not in ds:
+        raise ScanError(path, "not a DICOM file: no 'DICM' preamble and no image elements")
+    if not has_preamble and "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian  # what pydicom assumed when parsing
+    return ds
+
+
+def _decode(get_decoder, ds, tsyntax, path: str | Path) -> tuple[np.ndarray, dict]:
+    name = getattr(tsyntax, "name", str(tsyntax))
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise ScanError(path, f"DICOM transfer syntax {name} ({tsyntax}) is not supported") from None
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "a decoding plugin"
+        raise ScanError(path, f"cannot decode {name} pixel data: needs {missing} ({INSTALL_HINT})")
+    try:
+        return decoder.as_array(ds, raw=False)
+    except Exception as exc:
+        raise ScanError(path, f"corrupt or truncated DICOM pixel data ({name}): {_first_line(exc)}") from None
+
+
+def _to_frames(pydicom, ds, arr: np.ndarray, meta: dict, path: str | Path) -> list[np.ndarray]:
+    """The decoded array as a list of frames the runtime reads: gray or RGB, uint8 or uint16."""
+    photometric = str(meta.get("photometric_interpretation", ds.get("PhotometricInterpretation", ""))).strip()
+    samples = int(meta.get("samples_per_pixel", 1))
+    nframes = int(meta.get("number_of_frames", 1) or 1)
+    bits = int(meta.get("bits_stored", 8) or 8)
+    if nframes == 1:
+        arr = arr[np.newaxis]
+    if int(meta.get("pixel_representation", 0)) == 1:  # signed: shift into the unsigned range
+        arr = (arr.astype(np.int32) + (1 << (bits - 1))).clip(0, (1 << bits) - 1)
+    if photometric == "PALETTE COLOR":
+        try:
+            arr = pydicom.pixels.apply_color_lut(arr, ds)
+        except Exception as exc:
+            raise ScanError(path, f"corrupt DICOM palette (colour lookup table): {_first_line(exc)}") from None
+        samples = 3
+        bits = 8 if arr.dtype == np.uint8 else 16
+    elif photometric == "MONOCHROME1":  # 0 is white: invert, so bright is echogenic as everywhere else
+        arr = ((1 << bits) - 1) - arr.astype(np.int32)
+    elif samples == 3 and photometric not in ({"RGB"} | _YBR):
+        raise ScanError(path, f"DICOM photometric interpretation {photometric!r} is not supported")
+    elif samples not in (1, 3):
+        raise ScanError(path, f"DICOM with {samples} samples per pixel is not supported")
+    dtype = np.uint8 if bits <= 8 else np.uint16
+    if arr.dtype != dtype:
+        arr = arr.clip(0, np.iinfo(dtype).max).astype(dtype)
+    return [np.ascontiguousarray(f) for f in arr]
+
+
+def pixel_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
+    """(row, column) spacing in mm and where it came from: an ultrasound region in cm, PixelSpacing, or neither."""
+    for region in ds.get("SequenceOfUltrasoundRegions", None) or []:
+        try:
+            units = (int(region.PhysicalUnitsXDirection), int(region.PhysicalUnitsYDirection))
+            dx, dy = abs(float(region.PhysicalDeltaX)) * 10.0, abs(float(region.PhysicalDeltaY)) * 10.0
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if units == (_UNITS_CM, _UNITS_CM) and _valid(dx) and _valid(dy):
+            return (dy, dx), "ultrasound_region"
+    try:
+        row, col = (float(v) for v in ds.PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        return None, None
+    if _valid(row) and _valid(col):
+        return (row, col), "pixel_spacing"
+    return None, None
+
+
+def _valid(mm: float) -> bool:
+    return math.isfinite(mm) and 0.0 < mm < 100.0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -22,11 +22,15 @@ log = logging.getLogger("edge_seg")
 EPILOG = """examples:
   edge-seg scans/ --out masks/                       masks at the model's default threshold
   edge-seg scans/ --out masks/ --threshold 0.85 0.9 0.95   one folder per threshold
+  edge-seg scans/ --out masks/ --overlay --report     also outlines to look at and findings as JSON
   edge-seg --watch /data/incoming --out /data/masks  run as a daemon (see README: systemd unit)
   edge-seg --demo                                    try it without any scans of your own
 
 Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png.
 A scan that cannot be read gets OUT/<relative path>.error.txt with the reason.
+Scans: PNG, JPEG, BMP, TIFF; DICOM (.dcm, .dicom, or by content) with pip install "edge-seg[dicom]".
+--overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, and for
+one-shot runs OUT/run-summary.csv and OUT/run-provenance.json (fields: docs/OUTPUTS.md).
 """
 
 
@@ -63,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="T",
         help="probability threshold(s) P > T; several give one folder each (default: the model's)",
+    )
+    p.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also draw the nodule outline on each scan: OUT/overlays/<relative path>.png",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also write the findings (nodules, areas, probabilities) as OUT/reports/<relative path>.json; "
+        "one-shot runs add OUT/run-summary.csv and OUT/run-provenance.json",
     )
     p.add_argument("--force", action="store_true", help="redo scans whose masks are already up to date")
     p.add_argument("--batch-size", type=_positive, default=8, help="scans per inference call")
@@ -137,6 +152,7 @@ def setup_logging(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the run's provenance record
     modes = sum(x is not None for x in (args.input, args.watch, args.demo))
     if modes != 1:
         parser.error("give one of: IN (one-shot), --watch IN (daemon) or --demo")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edge_runtime.layout import check_folders, iter_scans
 from edge_runtime.ledger import Ledger
-from edge_runtime.pipeline import JobOptions, Outcome, Processor, log_outcome
+from edge_runtime.pipeline import Extra, JobOptions, Outcome, Processor, log_outcome
 from edge_runtime.scanio import sweep_temp_files
 from edge_runtime.segmenter import Segmenter
 
@@ -25,8 +25,22 @@ def open_job(args: argparse.Namespace, in_dir: Path, out_dir: Path, spinning: bo
     thresholds = tuple(sorted(set(args.threshold))) if args.threshold else (segmenter.threshold,)
     ledger = Ledger(out_dir)  # takes the output folder's lock
     sweep_temp_files(out_dir)
-    options = JobOptions(thresholds=thresholds, batch_size=args.batch_size)
+    options = JobOptions(thresholds=thresholds, batch_size=args.batch_size, extras=make_extras(args))
     return Processor(segmenter, in_dir, out_dir, options, ledger), ledger
+
+
+def make_extras(args: argparse.Namespace) -> tuple[Extra, ...]:
+    """The outputs asked for besides the masks; overlays first, so the report can name them."""
+    extras: list[Extra] = []
+    if getattr(args, "overlay", False):
+        from edge_runtime.overlay import OverlayWriter
+
+        extras.append(OverlayWriter())
+    if getattr(args, "report", False):
+        from edge_runtime.findings import ReportWriter
+
+        extras.append(ReportWriter())
+    return tuple(extras)
 
 
 def summary_line(counts: Counter, seconds: float, out_dir: Path) -> str:
@@ -42,12 +56,21 @@ def run_once(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     processor, ledger = open_job(args, args.input, args.out)
     processor.force = args.force
+    record, record_failed = None, False
+    if getattr(args, "report", False):
+        from edge_runtime.findings import RunRecord
+
+        record = RunRecord(processor, ["edge-seg", *getattr(args, "argv", sys.argv[1:])])
     try:
         rels = list(iter_scans(processor.in_dir))
         if not rels:
-            log.warning("no scans found under %s (looked for .png .jpg .jpeg .bmp .tif .tiff .dcm)", args.input)
+            log.warning("no scans found under %s (looked for .png .jpg .jpeg .bmp .tif .tiff .dcm .dicom)", args.input)
         todo = [r for r in rels if args.force or processor.needs_work(r)]
         counts: Counter = Counter(skipped=len(rels) - len(todo))
+        if record is not None:
+            for rel in sorted(set(rels) - set(todo)):
+                rec = ledger.get(rel) or {}
+                record.add(Outcome(rel, "skipped", list(rec.get("outputs", [])), "up to date"))
         failures: list[Outcome] = []
         for outcome in _progress(processor.process(todo), len(todo)):
             if outcome.status == "changed":  # one-shot does not wait: report it
@@ -56,6 +79,15 @@ def run_once(args: argparse.Namespace) -> int:
             counts[outcome.status] += 1
             if outcome.status == "failed":
                 failures.append(outcome)
+            if record is not None:
+                record.add(outcome)
+        if record is not None:
+            try:
+                written = record.write(1 if failures else 0)
+                log.info("run summary: %s; provenance: %s", written[0], written[1].name)
+            except OSError as exc:
+                log.error("cannot write the run summary and provenance: %s", exc)
+                record_failed = True
     finally:
         ledger.close()
     log.info(summary_line(counts, time.perf_counter() - t0, args.out), extra={"plain": True})
@@ -68,7 +100,7 @@ def run_once(args: argparse.Namespace) -> int:
         for f in failures[:20]:
             log.error("  %s: %s", f.rel, f.reason, extra={"plain": True})
         return 1
-    return 0
+    return 1 if record_failed else 0
 
 
 def _progress(outcomes, total: int):

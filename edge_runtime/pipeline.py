@@ -17,22 +17,48 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
 
 import numpy as np
 
 from edge_runtime.errors import ScanError
-from edge_runtime.layout import error_path, output_key, output_path
+from edge_runtime.layout import error_path, output_key, output_path, relative
 from edge_runtime.ledger import Ledger
 from edge_runtime.model import available_cores
 from edge_runtime.scanio import Scan, encode_png, read_scan, write_atomic
-from edge_runtime.segmenter import Segmenter
+from edge_runtime.segmenter import Segmentation, Segmenter
 
 log = logging.getLogger(__name__)
 
 
 class ScanChanged(ScanError):
     """The file changed while it was being read: it is still being written."""
+
+
+class Extra(Protocol):
+    """An output made beside the masks (:mod:`edge_runtime.overlay`, :mod:`edge_runtime.findings`).
+
+    :meth:`paths` names the files before anything is written, so that the ledger's ``begin`` record
+    lists them and a crash before they are all complete is not mistaken for a finished scan.
+    """
+
+    #: short name: the stage in :attr:`Outcome.timings`
+    name: str
+    #: name and format version: part of the job signature, so adding, dropping or changing it redoes scans
+    signature: str
+    #: its folder under OUT; with one threshold, scans under ``IN/<folder>/`` would collide and are refused
+    folder: str
+
+    def paths(self, processor: Processor, scan: Scan, rel: str) -> list[Path]:
+        """The files :meth:`write` will write for this scan."""
+        ...
+
+    def write(
+        self, processor: Processor, scan: Scan, rel: str, segs: list[Segmentation], item: Loaded, paths: list[Path]
+    ) -> dict[str, Any]:
+        """Write ``paths`` (atomically) after the masks; return facts for :attr:`Outcome.facts`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -42,9 +68,12 @@ class JobOptions:
     thresholds: tuple[float, ...]
     batch_size: int = 8
     fsync: bool = True
-    #: extra writers called after the masks: (processor, scan, rel, segmentations) -> written paths
-    extras: tuple[Callable[..., list[Path]], ...] = ()
-    extras_signature: str = ""
+    #: outputs made after the masks, in this order (overlays before the report, which names them)
+    extras: tuple[Extra, ...] = ()
+
+    @property
+    def extras_signature(self) -> str:
+        return ",".join(e.signature for e in self.extras)
 
 
 @dataclass
@@ -56,6 +85,7 @@ class Outcome:
     outputs: list[str] = field(default_factory=list)
     reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
+    facts: dict[str, Any] = field(default_factory=dict)  # from the extras, e.g. the findings' summary
 
     @property
     def ms(self) -> float:
@@ -63,7 +93,9 @@ class Outcome:
 
 
 @dataclass
-class _Loaded:
+class Loaded:
+    """A scan read and preprocessed, on its way through inference to its outputs."""
+
     rel: str
     scan: Scan
     tensors: np.ndarray  # (frames, h, w, c)
@@ -110,6 +142,15 @@ class Processor:
 
     def claim(self, rel: str) -> None:
         """Reserve the scan's output names; raise if another scan in IN already writes them."""
+        parts = PurePosixPath(rel).parts
+        if len(self.options.thresholds) == 1 and len(parts) > 1:
+            for extra in self.options.extras:
+                if parts[0] == extra.folder:
+                    raise ScanError(
+                        rel,
+                        f"its mask would go to OUT/{extra.folder}/, the folder of the {extra.name}s; "
+                        f"rename the input folder {extra.folder!r} or run without the {extra.name}s",
+                    )
         key = output_key(rel)
         owner = self._claims.get(key)
         if owner is not None and owner != rel and (self.in_dir / owner).exists():
@@ -119,7 +160,7 @@ class Processor:
         self._claims[key] = rel
 
     # -- stages -------------------------------------------------------------------------------------
-    def load(self, rel: str) -> _Loaded:
+    def load(self, rel: str) -> Loaded:
         """Read, hash, decode and preprocess one scan (thread-safe). Raises ScanError."""
         path = self.in_dir / rel
         t0 = time.perf_counter()
@@ -132,9 +173,9 @@ class Processor:
         if (st.st_size, st.st_mtime_ns) != (scan.size, scan.mtime_ns):
             raise ScanChanged(rel, "the file changed while it was being read (still being written?)")
         tensors = np.stack([self.segmenter.preprocess(f) for f in scan.frames])
-        return _Loaded(rel, scan, tensors, {"read": (t1 - t0) * 1000.0, "preprocess": _ms(t1)})
+        return Loaded(rel, scan, tensors, {"read": (t1 - t0) * 1000.0, "preprocess": _ms(t1)})
 
-    def infer(self, items: list[_Loaded]) -> list[np.ndarray]:
+    def infer(self, items: list[Loaded]) -> list[np.ndarray]:
         """Batched inference for several loaded scans; one (frames, h, w) array per scan."""
         t0 = time.perf_counter()
         batch = np.concatenate([it.tensors for it in items])
@@ -149,7 +190,7 @@ class Processor:
             start += n
         return out
 
-    def finish(self, item: _Loaded, probs: np.ndarray) -> Outcome:
+    def finish(self, item: Loaded, probs: np.ndarray) -> Outcome:
         """Post-process, write the outputs atomically, and record the scan as done."""
         rel, scan, opts = item.rel, item.scan, self.options
         # The same bytes already done with this signature (the file was touched or copied over itself).
@@ -168,7 +209,9 @@ class Processor:
             for i, seg in enumerate(segs)
             for t in opts.thresholds
         ]
-        outputs = [str(p.relative_to(self.out_dir).as_posix()) for p, _ in planned]
+        extras = [(extra, extra.paths(self, scan, rel)) for extra in opts.extras]
+        outputs = [relative(self.out_dir, p) for p, _ in planned]
+        outputs += [relative(self.out_dir, p) for _, paths in extras for p in paths]
         base = {
             "rel": rel,
             "size": scan.size,
@@ -182,12 +225,15 @@ class Processor:
         t1 = time.perf_counter()
         for path, mask in planned:
             write_atomic(path, encode_png(mask, path), fsync=opts.fsync)
-        for extra in opts.extras:
-            outputs += [str(p.relative_to(self.out_dir).as_posix()) for p in extra(self, scan, rel, segs, item)]
         item.timings["write"] = _ms(t1)
+        facts: dict[str, Any] = {}
+        for extra, paths in extras:
+            t2 = time.perf_counter()
+            facts.update(extra.write(self, scan, rel, segs, item, paths) or {})
+            item.timings[extra.name] = _ms(t2)
         self.ledger.append({**base, "event": "done", "outputs": outputs})
         error_path(self.out_dir, rel).unlink(missing_ok=True)
-        return Outcome(rel, "ok", outputs, "", item.timings)
+        return Outcome(rel, "ok", outputs, "", item.timings, facts)
 
     def fail(self, rel: str, exc: ScanError) -> Outcome:
         """Record a scan that could not be processed: error file beside its mask, ledger record."""
@@ -206,7 +252,7 @@ class Processor:
         return Outcome(rel, "failed", [], exc.reason)
 
     # -- the pipeline -------------------------------------------------------------------------------
-    def _safe_load(self, rel: str) -> _Loaded | ScanError:
+    def _safe_load(self, rel: str) -> Loaded | ScanError:
         """load(), with any failure returned as a ScanError whose ``path`` is ``rel``."""
         try:
             return self.load(rel)
@@ -216,7 +262,7 @@ class Processor:
             log.exception("unexpected error reading %s", rel)
             return ScanError(rel, f"unexpected error: {type(exc).__name__}: {exc}")
 
-    def _safe_finish(self, item: _Loaded, probs: np.ndarray) -> Outcome:
+    def _safe_finish(self, item: Loaded, probs: np.ndarray) -> Outcome:
         try:
             return self.finish(item, probs)
         except OSError as exc:
@@ -264,7 +310,7 @@ class Processor:
 
             fill()
             while reads:
-                batch: list[_Loaded] = []
+                batch: list[Loaded] = []
                 frames = 0
                 # Take scans in order: everything already decoded, and wait for more until the batch is full.
                 while reads and frames < self.options.batch_size and (not batch or reads[0].done()):

@@ -26,8 +26,11 @@ def test_bundled_model_scores_its_recorded_dice_on_test(ddti, tmp_path):
     threshold = record["model"]["default_threshold"]
     expected = record["summary"][threshold_label(threshold)]["dice_mean"]
     out = tmp_path / "masks"
-    res = subprocess.run([sys.executable, "-m", "edge_runtime", str(ddti / "test" / "image"), "--out", str(out)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", str(ddti / "test" / "image"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     assert len(list(out.glob("*.png"))) == 64
     summary, _ = evaluate_written(out, ddti / "test" / "mask", with_hd95=False)

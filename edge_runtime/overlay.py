@@ -1,0 +1,127 @@
+"""Overlays (``--overlay``): the scan with the nodule outline drawn on it, for a person to look at.
+
+One PNG per scan (per frame of a multi-frame DICOM) at ``OUT/overlays/<relative folder>/<stem>.png``,
+the scan's own size, always 8-bit colour: a grayscale scan is drawn in colour, a 16-bit scan is scaled
+to 8 bits (min-max, for display only). Each threshold's mask outline has its own colour, ~2 px wide at
+typical scan sizes (wider on large scans), and a small legend in the top-right corner names the
+threshold of each colour. The lowest threshold is drawn first, so the outlines of higher thresholds
+(inside it) stay visible.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from edge_runtime.layout import OVERLAY_DIR, overlay_path, threshold_label
+from edge_runtime.scanio import Scan, encode_png, write_atomic
+
+if TYPE_CHECKING:
+    from edge_runtime.pipeline import Loaded, Processor
+    from edge_runtime.segmenter import Segmentation
+
+log = logging.getLogger(__name__)
+
+#: Outline colours (RGB), one per threshold in ascending order; saturated, so never a gray scan's own pixel.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (0, 255, 0),  # green
+    (255, 255, 0),  # yellow
+    (255, 0, 255),  # magenta
+    (0, 255, 255),  # cyan
+    (255, 128, 0),  # orange
+    (255, 0, 0),  # red
+)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def colour_for(index: int) -> tuple[int, int, int]:
+    """The outline colour (RGB) of the ``index``-th threshold in ascending order."""
+    return PALETTE[index % len(PALETTE)]
+
+
+def line_width(height: int, width: int) -> int:
+    """Outline width in pixels: 2 up to ~1,000 px scans, then growing with the scan."""
+    return max(2, round(max(height, width) / 400))
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """An 8-bit RGB copy of a scan for drawing on: gray -> RGB, 16-bit -> 8-bit (min-max), RGBA -> RGB."""
+    if image.dtype != np.uint8:
+        lo, hi = float(image.min()), float(image.max())
+        scaled = (image.astype(np.float32) - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros(image.shape)
+        image = np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+    return image.copy()
+
+
+def render_overlay(
+    image: np.ndarray, masks: Mapping[float, np.ndarray], thresholds: Sequence[float] | None = None, legend: bool = True
+) -> np.ndarray:
+    """The scan (8-bit RGB) with each mask's outline in its threshold's colour, and a legend.
+
+    ``masks`` maps threshold -> uint8 mask (0 / 255) at the scan's size; ``thresholds`` fixes the
+    colour order (default: ascending).
+    """
+    canvas = to_display(image)
+    h, w = canvas.shape[:2]
+    order = sorted(thresholds if thresholds is not None else masks)
+    width = line_width(h, w)
+    for i, t in enumerate(order):
+        contours, _ = cv2.findContours(masks[t], cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(canvas, contours, -1, colour_for(i), width, cv2.LINE_8)
+    if legend:
+        draw_legend(canvas, [(f"P > {threshold_label(t)}", colour_for(i)) for i, t in enumerate(order)])
+    return canvas
+
+
+def draw_legend(canvas: np.ndarray, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> None:
+    """Draw ``(label, colour)`` lines in a dark box in the top-right corner (skipped if it would not fit)."""
+    h, w = canvas.shape[:2]
+    scale = min(1.0, max(0.35, min(h, w) / 700))
+    thick = 1 if scale < 0.7 else 2
+    (tw, th), base = max((cv2.getTextSize(t, _FONT, scale, thick) for t, _ in entries), key=lambda s: s[0][0])
+    pad, swatch, row = max(3, th // 2), 2 * th, th + base + max(3, th // 2)
+    box_w, box_h = pad * 3 + swatch + tw, pad * 2 + row * len(entries)
+    if box_w > w // 2 or box_h > h // 2:
+        return
+    x0, y0 = w - box_w - pad, pad
+    cv2.rectangle(canvas, (x0, y0), (x0 + box_w, y0 + box_h), (0, 0, 0), cv2.FILLED)
+    for i, (text, colour) in enumerate(entries):
+        y = y0 + pad + i * row + th
+        cv2.line(canvas, (x0 + pad, y - th // 2), (x0 + pad + swatch, y - th // 2), colour, max(2, thick + 1))
+        cv2.putText(canvas, text, (x0 + 2 * pad + swatch, y), _FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
+
+
+class OverlayWriter:
+    """The ``--overlay`` output, as a pipeline extra (:class:`edge_runtime.pipeline.Extra`)."""
+
+    name = "overlay"
+    signature = "overlay/1"
+    folder = OVERLAY_DIR
+
+    def paths(self, processor: Processor, scan: Scan, rel: str) -> list[Path]:
+        multi = len(scan.frames) > 1
+        return [overlay_path(processor.out_dir, rel, i + 1 if multi else None) for i in range(len(scan.frames))]
+
+    def write(
+        self,
+        processor: Processor,
+        scan: Scan,
+        rel: str,
+        segs: list[Segmentation],
+        item: Loaded,
+        paths: list[Path],
+    ) -> dict[str, Any]:
+        thresholds = processor.options.thresholds
+        for path, frame, seg in zip(paths, scan.frames, segs, strict=True):
+            picture = render_overlay(frame, seg.masks, thresholds)
+            write_atomic(path, encode_png(picture, path), fsync=processor.options.fsync)
+        return {}

@@ -11,12 +11,14 @@ import argparse
 import json
 import logging
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from edge_runtime._version import __version__
 from edge_runtime.errors import ScanError, SetupError
 from edge_runtime.layout import is_candidate_name
 from edge_runtime.metrics import as_dict, scan_metrics, summarise
@@ -34,17 +36,30 @@ EPILOG = """example:
 def _by_stem(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise SetupError(f"{folder} is not a folder")
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and is_candidate_name(p.name, dicom=False)}
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and is_candidate_name(p.name, dicom=False):
+            if p.stem in found:
+                raise SetupError(f"{found[p.stem].name} and {p.name} in {folder} have the same stem: which is meant?")
+            found[p.stem] = p
+    return found
 
 
 def paired(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     """(image, truth) pairs by file stem; raises SetupError naming unpaired files."""
     im, ms = _by_stem(images), _by_stem(masks)
-    missing = sorted(set(im) - set(ms))
-    if missing:
-        raise SetupError(f"{len(missing)} image(s) in {images} have no mask in {masks}: {', '.join(missing[:5])}")
     if not im:
         raise SetupError(f"no images in {images}")
+    only_im, only_ms = sorted(set(im) - set(ms)), sorted(set(ms) - set(im))
+    problems = []
+    if only_im:
+        names = ", ".join(im[s].name for s in only_im[:5])
+        problems.append(f"{len(only_im)} image(s) in {images} have no mask in {masks}: {names}")
+    if only_ms:
+        names = ", ".join(ms[s].name for s in only_ms[:5])
+        problems.append(f"{len(only_ms)} mask(s) in {masks} have no image in {images}: {names}")
+    if problems:
+        raise SetupError("; ".join(problems))
     return [(im[s], ms[s]) for s in sorted(im)]
 
 
@@ -83,11 +98,18 @@ def evaluate_written(predicted: Path, masks: Path, with_hd95: bool = True) -> tu
     """Score masks already written by ``edge-seg`` (single-threshold layout) against the truth."""
     per_scan, rows = [], []
     truths = _by_stem(masks)
+    if not truths:
+        raise SetupError(f"no masks in {masks}")
+    if not predicted.is_dir():
+        raise SetupError(f"{predicted} is not a folder")
     for stem, mp in truths.items():
         pp = predicted / f"{stem}.png"
         if not pp.is_file():
             raise SetupError(f"no predicted mask {pp} for {mp.name}")
-        m = scan_metrics(read_scan(pp).frames[0], _truth(mp), with_hd95)
+        pred, truth = _truth(pp), _truth(mp)
+        if pred.shape != truth.shape:
+            raise ScanError(pp, f"mask is {pred.shape[::-1]} but its truth {mp.name} is {truth.shape[::-1]} (w x h)")
+        m = scan_metrics(pred, truth, with_hd95)
         per_scan.append(m)
         rows.append({"scan": mp.name, **as_dict(m)})
     return {"written": summarise(per_scan)}, rows
@@ -167,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(
                 {
+                    "command": shlex.join(["edge-seg-eval", *(sys.argv[1:] if argv is None else argv)]),
+                    "edge_seg": __version__,
                     "images": str(args.images),
                     "masks": str(args.masks),
                     "model": model_info,

@@ -88,10 +88,14 @@ def make_tiny_model(
 
 
 def synthetic(seed: int = 0, height: int = 200, width: int = 260) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic scan (uint8 gray) and its truth mask, from the demo generator."""
-    from edge_runtime.demo import synthetic_scan
+    """A synthetic scan (uint8 gray) and its truth mask: a dark nodule the tiny model finds, placed by ``seed``.
 
-    return synthetic_scan(np.random.default_rng(seed), height, width)
+    (Not the demo generator: that one imitates real scans, black frame included, for the bundled model.)
+    """
+    rng = np.random.default_rng(seed)
+    centre = (int(width * rng.uniform(0.4, 0.6)), int(height * rng.uniform(0.4, 0.6)))
+    axes = (max(3, int(width * rng.uniform(0.15, 0.25))), max(3, int(height * rng.uniform(0.15, 0.25))))
+    return nodule_scan(height, width, centre, axes, seed)
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--parity-count", type=int, default=32, help="scans used for the parity check")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        default="none",
+        help="flip: average with the mirrored scan inside the graph (2x inference); pass --threshold chosen with it",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -60,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from edge_runtime.errors import ModelError, ScanError
     from edge_runtime.scanio import write_atomic
-    from export.convert import COMPARE_THRESHOLDS, attach_metadata, build_metadata, load_keras, to_onnx
+    from export.convert import (
+        COMPARE_THRESHOLDS,
+        attach_metadata,
+        build_metadata,
+        load_keras,
+        to_onnx,
+        with_flip_tta,
+    )
     from export.parity import check_parity, parity_images
 
     if not args.keras_model.is_file():
@@ -81,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     model = load_keras(args.keras_model)
+    if args.tta == "flip":
+        if args.threshold is None:
+            log.warning("--tta flip: the record's threshold was chosen without it; consider --threshold")
+        model = with_flip_tta(model)
     proto = to_onnx(model, args.opset)
-    attach_metadata(proto, build_metadata(model, record, name, version, threshold, args.opset))
+    attach_metadata(proto, build_metadata(model, record, name, version, threshold, args.opset, args.tta))
     onnx.checker.check_model(proto)
     tmp = args.out.with_name(f".{args.out.name}.parity")
     tmp.parent.mkdir(parents=True, exist_ok=True)

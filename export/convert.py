@@ -27,6 +27,20 @@ def load_keras(path: str | Path):
     return keras.models.load_model(path, compile=False)
 
 
+def with_flip_tta(model):
+    """The model averaged with itself on the left-right mirrored scan (test-time augmentation).
+
+    Built into the graph, so the ONNX file and its parity reference compute the same thing and the
+    runtime needs no change; it costs two forward passes per scan.
+    """
+    import keras
+
+    inp = keras.Input(shape=tuple(model.inputs[0].shape[1:]), name=INPUT_NAME)
+    plain = model(inp)
+    mirrored = keras.ops.flip(model(keras.ops.flip(inp, axis=2)), axis=2)
+    return keras.Model(inp, (plain + mirrored) * 0.5, name=f"{model.name}_fliptta")
+
+
 def to_onnx(model, opset: int = DEFAULT_OPSET):
     """Convert a Keras model (NHWC float32 input, one sigmoid output) to an ``onnx.ModelProto``."""
     import tensorflow as tf
@@ -52,7 +66,9 @@ def _rename_output(proto, new: str) -> None:
     proto.graph.output[0].name = new
 
 
-def build_metadata(model, record: dict | None, name: str, version: str, threshold: float, opset: int) -> dict[str, Any]:
+def build_metadata(
+    model, record: dict | None, name: str, version: str, threshold: float, opset: int, tta: str = "none"
+) -> dict[str, Any]:
     """The ``edge_seg`` metadata JSON for a model, from its training record when there is one."""
     import keras
     import onnx
@@ -123,6 +139,7 @@ def build_metadata(model, record: dict | None, name: str, version: str, threshol
                 "units": "model pixels, scaled to the scan's size",
             },
         },
+        "test_time_augmentation": tta,
         "training": training,
         "export": {
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

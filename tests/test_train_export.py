@@ -177,3 +177,21 @@ def test_the_same_command_retrains_the_same_model(ddti, tmp_path):
     assert len(weights[0]) == len(weights[1])
     for w0, w1 in zip(*weights, strict=True):
         np.testing.assert_array_equal(w0, w1)
+
+
+def test_flip_tta_export_averages_the_scan_and_its_mirror(trained, ddti, tmp_path):
+    """--tta flip builds the mirrored pass into the graph: P(x) = (f(x) + flip(f(flip(x)))) / 2."""
+    from edge_runtime.segmenter import Segmenter
+    from export import cli
+
+    root, _ = trained
+    plain, tta = tmp_path / "plain.onnx", tmp_path / "tta.onnx"
+    base = [str(root / "run" / "model.keras"), "--parity-count", "4"]
+    assert cli.main([*base, "--out", str(plain)]) == 0
+    assert cli.main([*base, "--out", str(tta), "--tta", "flip", "--threshold", "0.3"]) == 0
+    seg_plain, seg_tta = Segmenter(plain), Segmenter(tta)
+    assert seg_tta.info.metadata["test_time_augmentation"] == "flip" and seg_tta.threshold == 0.3
+    x = np.stack([seg_plain.preprocess(cv2.imread(str(p))) for p in sorted((ddti / "val" / "image").glob("*.png"))[:3]])
+    expected = (seg_plain.predict(x) + seg_plain.predict(x[:, :, ::-1].copy())[:, :, ::-1]) / 2
+    np.testing.assert_allclose(seg_tta.predict(x), expected, atol=1e-5)
+    assert np.abs(seg_tta.predict(x) - seg_plain.predict(x)).max() > 1e-3  # it is not the plain model

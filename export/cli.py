@@ -44,10 +44,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta",
         choices=["none", "flip"],
         default="none",
-        help="flip: average with the mirrored scan inside the graph (2x inference); pass --threshold chosen with it",
+        help="flip: average with the mirrored scan inside the graph (2x inference); the default threshold is then "
+        "chosen again on the validation folder unless --threshold is given",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+#: Thresholds tried when the export chooses the default itself (as training does: 0.05 .. 0.95).
+THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def choose_threshold_on(onnx_path: Path, labelled: Path) -> float:
+    """The threshold with the best mean scan-resolution Dice of ``onnx_path`` on ``labelled`` (image/ + mask/)."""
+    from edge_runtime.errors import SetupError
+    from edge_runtime.evaluate import evaluate
+    from edge_runtime.layout import threshold_label
+    from edge_runtime.segmenter import Segmenter
+
+    if not (labelled / "image").is_dir() or not (labelled / "mask").is_dir():
+        raise SetupError(f"choosing the threshold needs {labelled}/image and {labelled}/mask")
+    summary, _ = evaluate(Segmenter(onnx_path), labelled / "image", labelled / "mask", list(THRESHOLD_GRID), False)
+    best = max(THRESHOLD_GRID, key=lambda t: (summary[threshold_label(t)]["dice_mean"], -abs(t - 0.5)))
+    log.info(
+        "threshold %g chosen on %s: mean Dice %.4f (at 0.5: %.4f)",
+        best,
+        labelled,
+        summary[threshold_label(best)]["dice_mean"],
+        summary["0.5"]["dice_mean"],
+    )
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         log.error("export needs TensorFlow, tf2onnx and onnx: pip install 'edge-seg[train]'")
         return 2
-    from edge_runtime.errors import ModelError, ScanError
+    from edge_runtime.errors import ModelError, ScanError, SetupError
     from edge_runtime.scanio import write_atomic
     from export.convert import (
         COMPARE_THRESHOLDS,
@@ -95,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     model = load_keras(args.keras_model)
     if args.tta == "flip":
-        if args.threshold is None:
-            log.warning("--tta flip: the record's threshold was chosen without it; consider --threshold")
         model = with_flip_tta(model)
     proto = to_onnx(model, args.opset)
     attach_metadata(proto, build_metadata(model, record, name, version, threshold, args.opset, args.tta))
@@ -105,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     tmp.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, tmp)
     try:
+        if args.tta != "none" and args.threshold is None:
+            # The record's threshold was chosen for the plain model: choose again, on the same validation
+            # folder, with the graph as exported and the runtime's own scoring.
+            threshold = choose_threshold_on(tmp, Path(cfg["val_dir"]) if cfg.get("val_dir") else parity_dir)
+            attach_metadata(proto, build_metadata(model, record, name, version, threshold, args.opset, args.tta))
+            onnx.save(proto, tmp)
         images = parity_images(parity_dir, args.parity_count)
         thresholds = sorted({*COMPARE_THRESHOLDS, float(threshold)})
         report = check_parity(model, tmp, images, thresholds)
@@ -113,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         log.info("parity ok: %s", report.describe())
         write_atomic(args.out, tmp.read_bytes())
-    except (ModelError, ScanError) as exc:
+    except (ModelError, ScanError, SetupError) as exc:
         log.error("%s", exc)
         return 1
     finally:

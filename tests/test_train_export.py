@@ -191,6 +191,9 @@ def test_flip_tta_export_averages_the_scan_and_its_mirror(trained, ddti, tmp_pat
     assert cli.main([*base, "--out", str(tta), "--tta", "flip", "--threshold", "0.3"]) == 0
     seg_plain, seg_tta = Segmenter(plain), Segmenter(tta)
     assert seg_tta.info.metadata["test_time_augmentation"] == "flip" and seg_tta.threshold == 0.3
+    chosen = tmp_path / "tta-chosen.onnx"  # without --threshold the export chooses one on validation
+    assert cli.main([*base, "--out", str(chosen), "--tta", "flip"]) == 0
+    assert 0.05 <= Segmenter(chosen).threshold <= 0.95
     x = np.stack([seg_plain.preprocess(cv2.imread(str(p))) for p in sorted((ddti / "val" / "image").glob("*.png"))[:3]])
     expected = (seg_plain.predict(x) + seg_plain.predict(x[:, :, ::-1].copy())[:, :, ::-1]) / 2
     np.testing.assert_allclose(seg_tta.predict(x), expected, atol=1e-5)

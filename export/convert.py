@@ -96,7 +96,9 @@ def build_metadata(
                     "batch_size",
                     "epochs",
                     "patience",
+                    "monitor",
                     "augment",
+                    "threads",
                     "seed",
                     "input_size",
                 )

@@ -73,7 +73,7 @@ def main() -> None:
         settings += [("spinning off", {}, (cores, False))]
         settings += [(f"batch {bs}", {"batch_size": bs}, (cores, True)) for bs in (1, 2, 4, 8, 16) if bs != args.batch]
         settings += [(f"readers {n}", {"readers": n}, (cores, True)) for n in (1, 2 * cores) if n != cores]
-        settings += [("writers 2", {"writers": 2}, (cores, True))]
+        settings += [(f"writers {n}", {"writers": n}, (cores, True)) for n in (1, 4) if n != max(2, cores)]
         settings += [("no fsync", {"fsync": False}, (cores, True))]
         results: dict[str, list[dict]] = {label: [] for label, _, _ in settings}
         for rnd in range(args.repeats):  # round-robin, so changing background load falls on every setting

@@ -286,7 +286,8 @@ class Processor:
         """
         cores = available_cores()
         readers = readers or max(1, cores)
-        writers = writers or max(1, cores // 2)
+        # Writers mostly wait on fsync, not the CPU: two or more hide that wait (bench/README.md, tuning log).
+        writers = writers or max(2, cores)
         prefetch = max(2 * self.options.batch_size, 2 * readers)
         rel_iter = iter(rels)
         reads: deque[Future] = deque()

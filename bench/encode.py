@@ -1,0 +1,51 @@
+"""PNG encoding of masks: OpenCV's default filters vs the runtime's settings (RLE, no row filter).
+
+    python bench/encode.py            # masks the bundled model writes for 64 DDTI test scans
+
+Prints ms per mask and bytes per mask for each setting. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SETTINGS = {
+    "OpenCV default (level 1, adaptive filters)": [cv2.IMWRITE_PNG_COMPRESSION, 1],
+    "OpenCV default (level 3, adaptive filters)": [cv2.IMWRITE_PNG_COMPRESSION, 3],
+}
+
+
+def main() -> None:
+    from bench.run import ddti_root, pick_scans, table
+    from edge_runtime import scanio
+    from edge_runtime.scanio import read_scan
+    from edge_runtime.segmenter import Segmenter
+
+    SETTINGS["edge-seg (level 1, RLE, no filter)"] = scanio._PNG_GRAY
+    seg = Segmenter()
+    masks = [seg.segment(read_scan(p).frames[0]).masks[seg.threshold] for p in pick_scans(ddti_root(), 64)]
+    rows = []
+    for name, flags in SETTINGS.items():
+        times, sizes = [], []
+        for _ in range(5):
+            for m in masks:
+                t0 = time.perf_counter()
+                _, buf = cv2.imencode(".png", m, flags)
+                times.append((time.perf_counter() - t0) * 1000.0)
+                sizes.append(len(buf))
+        rows.append([name, f"{statistics.median(times):.3f}", f"{statistics.mean(sizes) / 1024:.1f}"])
+    print(f"{len(masks)} masks of the bundled model on DDTI scans (median of 5 rounds)")
+    print(table(["PNG setting", "ms/mask", "KiB/mask"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -291,6 +291,8 @@ def main() -> int:
             f"| RSS of the last daemon at start / end ({final.rss[-1][0]:.0f} s) | "
             f"{final.rss[0][1]} MB / {final.rss[-1][1]} MB |"
         )
+        points = [final.rss[round(i * (len(final.rss) - 1) / 4)] for i in range(5)]
+        print("| RSS of the last daemon over its life | " + ", ".join(f"{t:.0f} s: {m} MB" for t, m in points) + " |")
     print(f"| peak RSS over all daemons | {max((m for r in runs for _, m in r.rss), default=0)} MB |")
     print(f"| final daemon exit code (SIGTERM) | {code} |")
     if lost[:5] or repeated[:5] or torn[:5] or good_named_bad[:5]:

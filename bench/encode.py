@@ -25,7 +25,8 @@ SETTINGS = {
 
 
 def main() -> None:
-    from bench.run import ddti_root, pick_scans, table
+    from bench.report import table
+    from bench.run import ddti_root, pick_scans
     from edge_runtime import scanio
     from edge_runtime.scanio import read_scan
     from edge_runtime.segmenter import Segmenter

@@ -19,12 +19,11 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +32,8 @@ BENCH = Path(__file__).resolve().parent
 RUNTIME = REPO
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # `python bench/run.py` uses this checkout's edge_runtime
+
+from bench.report import Run, report  # noqa: E402
 
 SPLITS = ("test", "val", "train")
 
@@ -161,16 +162,6 @@ def apply_priority() -> str:
 
 
 # -- running a pipeline in its own process -------------------------------------------------------------
-@dataclass
-class Run:
-    wall_s: float  # process start -> process exit
-    first_mask_s: float  # process start -> first mask on disk (its mtime)
-    last_mask_s: float  # process start -> last mask on disk
-    masks: int
-    peak_rss_mb: float
-    returncode: int
-
-
 def timed_run(cmd: list[str], out_dir: Path, log: Path, env: dict[str, str]) -> Run:
     """Run ``cmd``; time it from just before the fork, read mask mtimes, and its own peak RSS (wait4)."""
     with open(log, "wb") as fh:
@@ -207,15 +198,6 @@ def child_env() -> dict[str, str]:
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(RUNTIME), str(REPO), env.get("PYTHONPATH", "")]))
     return env
-
-
-def med(runs: list[Run], field: str) -> float:
-    return statistics.median(getattr(r, field) for r in runs)
-
-
-def spread(runs: list[Run], field: str) -> str:
-    xs = [getattr(r, field) for r in runs]
-    return f"{min(xs):.2f}-{max(xs):.2f}" if len(xs) > 1 else ""
 
 
 # -- installed sizes -----------------------------------------------------------------------------------
@@ -260,170 +242,6 @@ def env_size(work: Path, name: str, requirements: list[str]) -> dict:
         "largest_mb": {k: v / 1e6 for k, v in top},
         "install_s": seconds,
     }
-
-
-# -- printing ------------------------------------------------------------------------------------------
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
-    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
-
-def met(ok: bool) -> str:
-    return "met" if ok else "NOT met"
-
-
-def report(r: dict) -> str:
-    m, model, n = r["machine"], r["model"], r["n"]
-    out = ["## Machine", ""]
-    out.append(
-        f"- CPU: {m['cpu']}, {m['cores_available']} core(s) available to this process "
-        f"(os.sched_getaffinity; os.cpu_count {m['cpu_count']}); {m['platform']}"
-    )
-    out.append(
-        f"- python {m['python']}, onnxruntime {m['onnxruntime']}, opencv {m['opencv']}, numpy {m['numpy']}, "
-        f"edge-seg {m['edge-seg']} (edge_runtime from {m['edge_runtime from']})"
-    )
-    out.append(f"- load average at start / end: {r['load_start']} / {r['load_end']}; CPU priority {r['priority']}")
-    busy = r["busy_start"] or ["none"]
-    out.append("- other busy processes at start: " + "; ".join(busy))
-    if r["busy_end"]:
-        out.append("- other busy processes at end: " + "; ".join(r["busy_end"]))
-    out.append(
-        f"- model: {model['name']} {model['version']} ({model['architecture']}, input {model['input']}, "
-        f"{model['parameters']} parameters, {model['gmac']} GMAC/scan)"
-    )
-    out.append(f"- {n} scans ({r['scan_sizes']}), {r['repeats']} repeat(s), medians shown")
-    out.append("")
-
-    e2e, cold = r.get("e2e", {}), r.get("cold", {})
-    if e2e:
-        out += [f"## 1. End to end, {n} scans: process start -> last mask", ""]
-        rows = []
-        for name in ("seed", "edge-seg"):
-            if name not in e2e:
-                continue
-            runs = [Run(**x) for x in e2e[name]]
-            last = med(runs, "last_mask_s")
-            rows.append(
-                [
-                    PIPELINE_NAMES[name],
-                    f"{last:.2f}",
-                    f"{n / last:.1f}",
-                    f"{med(runs, 'wall_s'):.2f}",
-                    spread(runs, "last_mask_s"),
-                ]
-            )
-        out.append(table(["pipeline", "to last mask (s)", "scans/s", "to exit (s)", "range to last mask (s)"], rows))
-        if "seed" in e2e and "edge-seg" in e2e:
-            ratio = med([Run(**x) for x in e2e["seed"]], "last_mask_s") / med(
-                [Run(**x) for x in e2e["edge-seg"]], "last_mask_s"
-            )
-            r["targets"].append(("one-shot e2e vs seed, start-up included", f"{ratio:.1f}x", ">= 5x", ratio >= 5))
-            out += ["", f"edge-seg / seed scans/s: **{ratio:.1f}x**"]
-        out.append("")
-    if cold:
-        out += ["## 2. Cold start: process start -> first mask, one scan", ""]
-        rows = []
-        for name in ("seed", "edge-seg"):
-            if name not in cold:
-                continue
-            runs = [Run(**x) for x in cold[name]]
-            rows.append(
-                [
-                    PIPELINE_NAMES[name],
-                    f"{med(runs, 'first_mask_s'):.2f}",
-                    f"{med(runs, 'wall_s'):.2f}",
-                    spread(runs, "first_mask_s"),
-                ]
-            )
-        out.append(table(["pipeline", "to first mask (s)", "to exit (s)", "range (s)"], rows))
-        if "edge-seg" in cold:
-            c = med([Run(**x) for x in cold["edge-seg"]], "first_mask_s")
-            r["targets"].append(("cold start to first mask", f"{c:.2f} s", "<= 0.5 s", c <= 0.5))
-        out.append("")
-
-    s, p = r["serial"], r["steady"]
-    out += ["## 3. Stage breakdown (edge-seg)", ""]
-    out.append("One scan at a time on one thread, no overlap (median ms per scan):")
-    out.append("")
-    labels = {
-        "read": "read file",
-        "sha256": "sha256 (ledger)",
-        "decode": "decode (cv2.imdecode)",
-        "preprocess": "preprocess (resize, min-max)",
-        "inference": "inference, batch 1",
-        "postprocess": "post-process (resize, threshold, opening)",
-        "encode": "PNG encode",
-        "write": "atomic write with fsync",
-        "write_nofsync": "(atomic write without fsync)",
-        "total": "total (without the row in brackets)",
-    }
-    out.append(table(["stage", "ms/scan"], [[labels[k], f"{v:.2f}"] for k, v in s.items()]))
-    out += ["", f"In the pipeline (`Processor.process`, {n} scans, session warm; mean of `Outcome.timings`, ms/scan;"]
-    out.append("stages run concurrently on different threads, so they add up to more than the wall time per scan):")
-    out.append("")
-    plabels = {
-        "read": "read + sha256 + decode",
-        "preprocess": "preprocess",
-        "inference": "inference (batch share)",
-        "postprocess": "post-process",
-        "write": "PNG encode + atomic write",
-    }
-    out.append(table(["stage", "ms/scan"], [[plabels.get(k, k), f"{v:.2f}"] for k, v in p["stages_ms"].items()]))
-    out += ["", f"Wall: {p['ms_per_scan']:.2f} ms/scan = **{p['scans_per_s']:.1f} scans/s** steady state.", ""]
-
-    b = r["bound"]
-    out += ["## 4. The bound: onnxruntime alone on preprocessed tensors", ""]
-    out.append(
-        table(
-            ["batch", "scans/s", "ms/scan"],
-            [[str(bs), f"{x['scans_per_s']:.1f}", f"{x['ms_per_scan']:.2f}"] for bs, x in sorted(b.items())],
-        )
-    )
-    b8 = b[max(b)]
-    share = p["scans_per_s"] / b8["scans_per_s"]
-    out += [
-        "",
-        f"Steady-state pipeline {p['scans_per_s']:.1f} scans/s = **{share:.0%}** of the batch-{max(b)} bound "
-        f"({b8['scans_per_s']:.1f} scans/s).",
-        f"Model at batch 1: {b[1]['ms_per_scan']:.1f} ms/scan (budget <= 25 ms); "
-        f"{model['parameters']} parameters, {model['gmac']} GMAC/scan.",
-        "",
-    ]
-    r["targets"].append(("steady-state e2e / inference bound", f"{share:.0%}", ">= 85%", share >= 0.85))
-    r["targets"].append(
-        ("model ms/scan at batch 1", f"{b[1]['ms_per_scan']:.1f} ms", "<= 25 ms", b[1]["ms_per_scan"] <= 25)
-    )
-
-    out += ["## 5. Memory and installed size", ""]
-    rows = []
-    for name in ("seed", "edge-seg"):
-        row = [PIPELINE_NAMES[name]]
-        row.append(f"{med([Run(**x) for x in e2e[name]], 'peak_rss_mb'):.0f}" if name in e2e else "-")
-        row.append(f"{med([Run(**x) for x in cold[name]], 'peak_rss_mb'):.0f}" if name in cold else "-")
-        size = r.get("sizes", {}).get(name)
-        row.append(f"{size['site_packages_mb']:.0f} ({size['without_pip_mb']:.0f})" if size else "(run with --sizes)")
-        rows.append(row)
-    out.append(
-        table(
-            ["pipeline", f"peak RSS, {n} scans (MB)", "peak RSS, 1 scan (MB)", "site-packages MB (without pip)"], rows
-        )
-    )
-    for name, size in r.get("sizes", {}).items():
-        big = ", ".join(f"{k} {v:.0f}" for k, v in size["largest_mb"].items())
-        out.append(f"\n{PIPELINE_NAMES[name]}: `pip install {' '.join(size['requirements'])}`; largest (MB): {big}")
-    if "edge-seg" in r.get("sizes", {}):
-        mb = r["sizes"]["edge-seg"]["site_packages_mb"]
-        r["targets"].append(("runtime-only environment installed", f"{mb:.0f} MB", "<= 150 MB", mb <= 150))
-    out.append("")
-
-    out += ["## Targets (issue 5)", ""]
-    out.append(table(["target", "measured", "goal", ""], [[a, b_, c, met(d)] for a, b_, c, d in r["targets"]]))
-    return "\n".join(out)
-
-
-PIPELINE_NAMES = {"seed": "seed (TF/Keras, per-scan predict)", "edge-seg": "edge-seg IN --out OUT"}
 
 
 # -- main ----------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ def main() -> None:
     p.add_argument("--priority", action="store_true", help="as bench/run.py --priority")
     args = p.parse_args()
 
-    from bench.run import apply_priority, busy_processes, ddti_root, pick_scans, stage_scans, table, with_priority
+    from bench.report import table
+    from bench.run import apply_priority, busy_processes, ddti_root, pick_scans, stage_scans, with_priority
 
     if args.priority:
         with_priority(-19)

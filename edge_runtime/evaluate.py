@@ -14,6 +14,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,15 @@ METRICS = ("dice", "iou", "precision", "recall", "hd95")
 EPILOG = """example:
   edge-seg-eval --images ../shared/data/ddti/test/image --masks ../shared/data/ddti/test/mask
 """
+
+
+#: Thresholds tried when a default is chosen on validation data (by training, and by the export with --tta).
+THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
+
+
+def best_threshold(dice_by_threshold: Mapping[float, float]) -> float:
+    """The threshold with the highest mean Dice; ties go to the one nearest 0.5."""
+    return max(dice_by_threshold, key=lambda t: (dice_by_threshold[t], -abs(t - 0.5)))
 
 
 def _by_stem(folder: Path) -> dict[str, Path]:

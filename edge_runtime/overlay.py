@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from edge_runtime.layout import OVERLAY_DIR, overlay_path, threshold_label
+from edge_runtime.preprocess import minmax
 from edge_runtime.scanio import Scan, encode_png, write_atomic
 
 if TYPE_CHECKING:
@@ -52,9 +53,7 @@ def line_width(height: int, width: int) -> int:
 def to_display(image: np.ndarray) -> np.ndarray:
     """An 8-bit RGB copy of a scan for drawing on: gray -> RGB, 16-bit -> 8-bit (min-max), RGBA -> RGB."""
     if image.dtype != np.uint8:
-        lo, hi = float(image.min()), float(image.max())
-        scaled = (image.astype(np.float32) - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros(image.shape)
-        image = np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+        image = np.clip(minmax(image) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if image.shape[2] == 4:

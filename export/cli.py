@@ -51,21 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: Thresholds tried when the export chooses the default itself (as training does: 0.05 .. 0.95).
-THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
-
-
 def choose_threshold_on(onnx_path: Path, labelled: Path) -> float:
     """The threshold with the best mean scan-resolution Dice of ``onnx_path`` on ``labelled`` (image/ + mask/)."""
     from edge_runtime.errors import SetupError
-    from edge_runtime.evaluate import evaluate
+    from edge_runtime.evaluate import THRESHOLD_GRID, best_threshold, evaluate
     from edge_runtime.layout import threshold_label
     from edge_runtime.segmenter import Segmenter
 
     if not (labelled / "image").is_dir() or not (labelled / "mask").is_dir():
         raise SetupError(f"choosing the threshold needs {labelled}/image and {labelled}/mask")
     summary, _ = evaluate(Segmenter(onnx_path), labelled / "image", labelled / "mask", list(THRESHOLD_GRID), False)
-    best = max(THRESHOLD_GRID, key=lambda t: (summary[threshold_label(t)]["dice_mean"], -abs(t - 0.5)))
+    best = best_threshold({t: summary[threshold_label(t)]["dice_mean"] for t in THRESHOLD_GRID})
     log.info(
         "threshold %g chosen on %s: mean Dice %.4f (at 0.5: %.4f)",
         best,

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_runtime.evaluate import THRESHOLD_GRID, best_threshold
 from edge_runtime.metrics import scan_metrics, summarise
 from edge_runtime.postprocess import masks_for_scan
 from train.data import Split
-
-#: Thresholds tried when choosing the default on validation data.
-THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 
 
 def score(
@@ -32,5 +30,5 @@ def score(
 def choose_threshold(probs: np.ndarray, split: Split, morphology_size: int = 3) -> tuple[float, dict]:
     """The threshold with the best mean scan-resolution Dice on ``split``, and the whole sweep."""
     sweep = score(probs, split, THRESHOLD_GRID, morphology_size)
-    best = max(THRESHOLD_GRID, key=lambda t: (sweep[t]["dice_mean"], -abs(t - 0.5)))
+    best = best_threshold({t: s["dice_mean"] for t, s in sweep.items()})
     return best, {format(t, "g"): s["dice_mean"] for t, s in sweep.items()}

@@ -3,7 +3,9 @@
 :class:`Processor` decides whether a scan needs work (ledger), reads it, runs the model, and writes its
 outputs and ledger records. :meth:`Processor.process` overlaps the stages -- reading and decoding in
 a thread pool ahead of inference, PNG encoding and writing in another pool behind it -- and batches
-inference, while yielding one :class:`Outcome` per scan in input order.
+inference, while yielding one :class:`Outcome` per scan in input order. Inference runs in a third
+pool: with a one-thread session (what the CLI uses) each core runs a batch of its own, which wastes
+less on a busy machine than one run split over all the cores (bench/README.md, tuning log).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -66,7 +69,7 @@ class JobOptions:
     """What to make for each scan. Changing any of these makes earlier outputs out of date."""
 
     thresholds: tuple[float, ...]
-    batch_size: int = 8
+    batch_size: int = 4
     fsync: bool = True
     #: outputs made after the masks, in this order (overlays before the report, which names them)
     extras: tuple[Extra, ...] = ()
@@ -124,6 +127,8 @@ class Processor:
         }
         self.signature = hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:16]
         self.force = False  #: redo scans even when their content was already processed
+        #: batches run through the model at once (None: one per core the session's threads leave free)
+        self.inferers: int | None = None
         self._claims: dict[str, str] = {}
         for rel, rec in ledger.records.items():
             if rec["event"] == "done":
@@ -172,15 +177,17 @@ class Processor:
             raise ScanChanged(rel, "the file disappeared while it was being read") from None
         if (st.st_size, st.st_mtime_ns) != (scan.size, scan.mtime_ns):
             raise ScanChanged(rel, "the file changed while it was being read (still being written?)")
-        tensors = np.stack([self.segmenter.preprocess(f) for f in scan.frames])
+        frames = [self.segmenter.preprocess(f) for f in scan.frames]
+        tensors = frames[0][None] if len(frames) == 1 else np.stack(frames)  # infer() copies them into its batch
         return Loaded(rel, scan, tensors, {"read": (t1 - t0) * 1000.0, "preprocess": _ms(t1)})
 
     def infer(self, items: list[Loaded]) -> list[np.ndarray]:
         """Batched inference for several loaded scans; one (frames, h, w) array per scan."""
         t0 = time.perf_counter()
-        batch = np.concatenate([it.tensors for it in items])
+        batch = items[0].tensors if len(items) == 1 else np.concatenate([it.tensors for it in items])
         bs = max(1, self.options.batch_size)
-        probs = np.concatenate([self.segmenter.predict(batch[i : i + bs]) for i in range(0, len(batch), bs)])
+        chunks = [self.segmenter.predict(batch[i : i + bs]) for i in range(0, len(batch), bs)]
+        probs = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
         per_frame = _ms(t0) / len(batch)
         out, start = [], 0
         for it in items:
@@ -277,24 +284,29 @@ class Processor:
         readers: int | None = None,
         writers: int | None = None,
         defer: Callable[[str], bool] | None = None,
+        inferers: int | None = None,
     ) -> Iterator[Outcome]:
         """Process ``rels`` (which the caller has decided need work), yielding outcomes in input order.
 
         ``defer(rel)``, when given and true for a scan that cannot be read, turns its failure into a
         ``changed`` outcome with no error record: the watcher uses it for files that were modified a
         moment ago and may still be incomplete, and retries them once they have settled.
+        ``inferers`` batches go through the model at once (default: :attr:`inferers`, else the cores
+        divided by the session's intra-op threads, so a one-thread session gets one run per core).
         """
         cores = available_cores()
         readers = readers or max(1, cores)
         # Writers mostly wait on fsync, not the CPU: two or more hide that wait (bench/README.md, tuning log).
         writers = writers or max(2, cores)
-        prefetch = max(2 * self.options.batch_size, 2 * readers)
+        inferers = inferers or self.inferers or max(1, cores // max(1, self.segmenter.model.threads))
+        prefetch = max(2 * self.options.batch_size * inferers, 2 * readers)
         rel_iter = iter(rels)
         reads: deque[Future] = deque()
         results: deque[Future] = deque()
         with (
-            ThreadPoolExecutor(readers, "edge-seg-read") as rpool,
             ThreadPoolExecutor(writers, "edge-seg-write") as wpool,
+            ThreadPoolExecutor(readers, "edge-seg-read") as rpool,
+            ThreadPoolExecutor(inferers, "edge-seg-infer") as ipool,
         ):
 
             def fill() -> None:
@@ -309,9 +321,20 @@ class Processor:
                         continue
                     reads.append(rpool.submit(self._safe_load, rel))
 
+            def run_batch(batch: list[Loaded], slots: list[Future]) -> None:
+                try:
+                    probs = self.infer(batch)
+                except BaseException as exc:
+                    for slot in slots:
+                        slot.set_exception(exc)
+                    return
+                for item, p, slot in zip(batch, probs, slots, strict=True):
+                    wpool.submit(self._safe_finish, item, p).add_done_callback(partial(_relay, slot))
+
             fill()
             while reads:
                 batch: list[Loaded] = []
+                slots: list[Future] = []  # the batch's places in `results`, kept in input order
                 frames = 0
                 # Take scans in order: everything already decoded, and wait for more until the batch is full.
                 while reads and frames < self.options.batch_size and (not batch or reads[0].done()):
@@ -325,15 +348,24 @@ class Processor:
                         results.append(wpool.submit(self.fail, got.path, got))
                     else:
                         batch.append(got)
+                        slots.append(Future())
+                        results.append(slots[-1])
                         frames += len(got.tensors)
                 if batch:
-                    for item, probs in zip(batch, self.infer(batch), strict=True):
-                        results.append(wpool.submit(self._safe_finish, item, probs))
-                while results and (results[0].done() or len(results) > 4 * self.options.batch_size):
+                    ipool.submit(run_batch, batch, slots)
+                while results and (results[0].done() or len(results) > 4 * self.options.batch_size * inferers):
                     yield results.popleft().result()
             while results:
                 yield results.popleft().result()
         self.ledger.sync()
+
+
+def _relay(slot: Future, done: Future) -> None:
+    exc = done.exception()
+    if exc is not None:
+        slot.set_exception(exc)
+    else:
+        slot.set_result(done.result())
 
 
 def _done(value) -> Future:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 
+import cv2
 import numpy as np
 import pytest
 
 from edge_runtime import ModelError, Segmenter
 from edge_runtime.metrics import scan_metrics
-from edge_runtime.postprocess import mask_from_probability, opening_kernel
+from edge_runtime.postprocess import mask_from_probability, open_in_place, opening_kernel
 from tests.helpers import make_tiny_model, synthetic, tiny_metadata
 
 
@@ -58,6 +59,25 @@ def test_opening_removes_specks_but_keeps_nodules():
     assert mask[300, 400] == 0
     assert mask[150, 160] == 255
     assert mask.sum() / 255 > 0.95 * 100 * 120
+
+
+def test_opening_near_the_foreground_equals_the_full_opening():
+    # open_in_place only works on the foreground's bounding box plus the kernel's half size; it must
+    # give exactly what cv2.morphologyEx gives on the whole mask, at the borders and for any shapes.
+    rng = np.random.default_rng(7)
+    for trial in range(600):
+        h, w = (int(x) for x in rng.integers(4, 70, size=2))
+        size = (int(rng.integers(0, 6)) * 2 + 1, int(rng.integers(0, 6)) * 2 + 1)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, size)
+        mask = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(0, 4))):
+            y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+            dy, dx = (int(v) for v in rng.integers(1, 30, size=2))
+            mask[y : y + dy, x : x + dx] = 255
+        mask[rng.random((h, w)) < rng.choice([0.0, 0.01, 0.2, 0.6])] = 255
+        expected = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+        open_in_place(mask, kernel)
+        np.testing.assert_array_equal(mask, expected, err_msg=f"trial {trial}, {h}x{w}, kernel {size}")
 
 
 def test_threshold_is_strictly_greater():

@@ -1,0 +1,110 @@
+"""Processor.process: several inference runs at once give the same outputs, in input order."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.ledger import Ledger
+from edge_runtime.pipeline import JobOptions, Processor
+from edge_runtime.segmenter import Segmenter
+from tests.helpers import synthetic, write_png
+
+
+@pytest.fixture
+def folder(tmp_path) -> tuple[Path, list[str]]:
+    """Nine good scans of different sizes and one corrupt one, in a fixed order."""
+    root = tmp_path / "in"
+    rels = []
+    for i in range(10):
+        rel = f"s{i:02d}.png"
+        if i == 6:
+            (root / rel).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        else:
+            write_png(root / rel, synthetic(i, 150 + 9 * i, 170 + 7 * i)[0])
+        rels.append(rel)
+    return root, rels
+
+
+def run(segmenter: Segmenter, root: Path, rels: list[str], out: Path, **kw) -> tuple[list, dict[str, bytes]]:
+    ledger = Ledger(out)
+    try:
+        proc = Processor(segmenter, root, out, JobOptions((segmenter.threshold,), batch_size=2), ledger)
+        outcomes = list(proc.process(rels, **kw))
+    finally:
+        ledger.close()
+    masks = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.png")}
+    return outcomes, masks
+
+
+class SlowFirstBatch:
+    """Wraps a model so the first batch finishes last: outcomes must still come in input order."""
+
+    def __init__(self, model):
+        self.model = model
+        self.threads = 1
+        self.info = model.info
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def predict(self, batch):
+        with self._lock:
+            self._calls += 1
+            first = self._calls == 1
+        if first:
+            time.sleep(0.3)
+        return self.model.predict(batch)
+
+
+def test_concurrent_runs_write_the_same_masks_in_input_order(folder, tmp_path, tiny_model):
+    root, rels = folder
+    one = Segmenter(tiny_model, threads=1)
+    serial, serial_masks = run(one, root, rels, tmp_path / "one", inferers=1)
+
+    slow = Segmenter(tiny_model, threads=1)
+    slow.model = SlowFirstBatch(slow.model)
+    parallel, parallel_masks = run(slow, root, rels, tmp_path / "two", inferers=3)
+
+    assert [o.rel for o in parallel] == rels == [o.rel for o in serial]
+    assert [o.status for o in parallel] == [o.status for o in serial]
+    assert [o.status for o in parallel].count("ok") == 9 and parallel[6].status == "failed"
+    assert len(parallel_masks) == 9
+    assert parallel_masks == serial_masks  # byte for byte
+
+
+def test_default_runs_follow_the_session_threads(folder, tmp_path, tiny_model, monkeypatch):
+    import edge_runtime.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "available_cores", lambda: 4)
+    seen: list[str] = []
+    real = pipeline.ThreadPoolExecutor
+
+    def spy(workers, prefix):
+        seen.append(f"{prefix}:{workers}")
+        return real(workers, prefix)
+
+    monkeypatch.setattr(pipeline, "ThreadPoolExecutor", spy)
+    root, rels = folder
+    run(Segmenter(tiny_model, threads=1), root, rels[:2], tmp_path / "a")
+    run(Segmenter(tiny_model, threads=4), root, rels[:2], tmp_path / "b")
+    assert "edge-seg-infer:4" in seen[:3]  # one-thread session: a run per core
+    assert "edge-seg-infer:1" in seen[3:]  # a session on all four cores: one run at a time
+
+
+def test_an_inference_failure_reaches_the_caller(folder, tmp_path, tiny_model):
+    root, rels = folder
+    seg = Segmenter(tiny_model, threads=1)
+
+    class Broken:
+        threads = 1
+        info = seg.model.info
+
+        def predict(self, batch):
+            raise RuntimeError("onnxruntime fell over")
+
+    seg.model = Broken()
+    with pytest.raises(RuntimeError, match="fell over"):
+        run(seg, root, rels, tmp_path / "out", inferers=2)

@@ -10,6 +10,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +68,11 @@ def pipeline_steady(
     model: OnnxModel,
     work: Path,
     repeats: int = 3,
-    batch_size: int = 8,
+    batch_size: int = JobOptions.batch_size,
     fsync: bool = True,
     readers: int | None = None,
     writers: int | None = None,
+    inferers: int | None = None,
 ) -> dict:
     """``Processor.process`` over every scan in ``in_dir`` with the session already loaded and warm.
 
@@ -87,7 +89,7 @@ def pipeline_steady(
         ledger = Ledger(out)
         proc = Processor(seg, in_dir, out, JobOptions((seg.threshold,), batch_size, fsync), ledger)
         t0 = time.perf_counter()
-        outcomes = list(proc.process(rels, readers=readers, writers=writers))
+        outcomes = list(proc.process(rels, readers=readers, writers=writers, inferers=inferers))
         walls.append(time.perf_counter() - t0)
         ledger.close()
         ok = sum(o.status == "ok" for o in outcomes)
@@ -107,19 +109,36 @@ def pipeline_steady(
     }
 
 
-def inference_bound(tensors: np.ndarray, model: OnnxModel, batch_sizes=(1, 8), repeats: int = 3) -> dict[int, dict]:
-    """onnxruntime alone on already-preprocessed tensors: scans/s and ms/scan at each batch size."""
+def inference_bound(
+    tensors: np.ndarray, model: OnnxModel, batch_sizes=(1, 8), repeats: int = 3, runs: int = 1
+) -> dict[int, dict]:
+    """onnxruntime alone on already-preprocessed tensors: scans/s and ms/scan at each batch size.
+
+    ``runs`` threads call the session at once, each on its share of the batches -- how the pipeline
+    uses a one-thread session (one run per core).
+    """
     res = {}
-    for bs in batch_sizes:
-        model.predict(tensors[:bs])  # warm-up (allocations for this shape)
-        walls = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for i in range(0, len(tensors), bs):
-                model.predict(tensors[i : i + bs])
-            walls.append(time.perf_counter() - t0)
-        wall = _median(walls)
-        res[bs] = {"scans_per_s": len(tensors) / wall, "ms_per_scan": wall * 1000.0 / len(tensors), "walls_s": walls}
+    with ThreadPoolExecutor(runs) as pool:
+        for bs in batch_sizes:
+            batches = [tensors[i : i + bs] for i in range(0, len(tensors), bs)]
+            shares = [batches[k::runs] for k in range(runs)]
+
+            def work(share: list[np.ndarray]) -> None:
+                for b in share:
+                    model.predict(b)
+
+            list(pool.map(work, [[batches[0]]] * runs))  # warm-up (allocations for this shape)
+            walls = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                list(pool.map(work, shares))
+                walls.append(time.perf_counter() - t0)
+            wall = _median(walls)
+            res[bs] = {
+                "scans_per_s": len(tensors) / wall,
+                "ms_per_scan": wall * 1000.0 / len(tensors),
+                "walls_s": walls,
+            }
     return res
 
 

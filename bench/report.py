@@ -115,7 +115,7 @@ def report(r: dict) -> str:
         "sha256": "sha256 (ledger)",
         "decode": "decode (cv2.imdecode)",
         "preprocess": "preprocess (resize, min-max)",
-        "inference": "inference, batch 1",
+        "inference": "inference, batch 1, one thread",
         "postprocess": "post-process (resize, threshold, opening)",
         "encode": "PNG encode",
         "write": "atomic write with fsync",
@@ -136,28 +136,33 @@ def report(r: dict) -> str:
     out.append(table(["stage", "ms/scan"], [[plabels.get(k, k), f"{v:.2f}"] for k, v in p["stages_ms"].items()]))
     out += ["", f"Wall: {p['ms_per_scan']:.2f} ms/scan = **{p['scans_per_s']:.1f} scans/s** steady state.", ""]
 
-    b = r["bound"]
+    bounds = r["bound"]
     out += ["## 4. The bound: onnxruntime alone on preprocessed tensors", ""]
+    sizes = sorted({bs for b in bounds.values() for bs in b}, key=int)
     out.append(
         table(
-            ["batch", "scans/s", "ms/scan"],
-            [[str(bs), f"{x['scans_per_s']:.1f}", f"{x['ms_per_scan']:.2f}"] for bs, x in sorted(b.items())],
+            ["session use", *[f"batch {bs}: scans/s (ms/scan)" for bs in sizes]],
+            [
+                [label, *[f"{b[bs]['scans_per_s']:.1f} ({b[bs]['ms_per_scan']:.2f})" for bs in sizes]]
+                for label, b in bounds.items()
+            ],
         )
     )
-    b8 = b[max(b)]
-    share = p["scans_per_s"] / b8["scans_per_s"]
+    best_label, best_bs, best = max(
+        ((label, bs, x) for label, b in bounds.items() for bs, x in b.items()), key=lambda t: t[2]["scans_per_s"]
+    )
+    share = p["scans_per_s"] / best["scans_per_s"]
+    latency = min(b[min(b, key=int)]["ms_per_scan"] for b in bounds.values())
     out += [
         "",
-        f"Steady-state pipeline {p['scans_per_s']:.1f} scans/s = **{share:.0%}** of the batch-{max(b)} bound "
-        f"({b8['scans_per_s']:.1f} scans/s).",
-        f"Model at batch 1: {b[1]['ms_per_scan']:.1f} ms/scan (budget <= 25 ms); "
+        f"Steady-state pipeline {p['scans_per_s']:.1f} scans/s = **{share:.1%}** of the bound, the fastest row and "
+        f"batch above ({best['scans_per_s']:.1f} scans/s: {best_label}, batch {best_bs}).",
+        f"Model at batch 1, fastest way: {latency:.1f} ms/scan (budget <= 25 ms); "
         f"{model['parameters']} parameters, {model['gmac']} GMAC/scan.",
         "",
     ]
-    r["targets"].append(("steady-state e2e / inference bound", f"{share:.0%}", ">= 85%", share >= 0.85))
-    r["targets"].append(
-        ("model ms/scan at batch 1", f"{b[1]['ms_per_scan']:.1f} ms", "<= 25 ms", b[1]["ms_per_scan"] <= 25)
-    )
+    r["targets"].append(("steady-state e2e / inference bound", f"{share:.1%}", ">= 85%", share >= 0.85))
+    r["targets"].append(("model ms/scan at batch 1", f"{latency:.1f} ms", "<= 25 ms", latency <= 25))
 
     out += ["## 5. Memory and installed size", ""]
     rows = []

@@ -1,6 +1,6 @@
 """Tuning aid: the steady-state pipeline and the inference bound under different runtime settings.
 
-    python bench/sweep.py                       # intra-op threads, spinning, batch size, readers, fsync
+    python bench/sweep.py                       # runs at once, threads, spinning, batch size, readers, fsync
     python bench/sweep.py --n 50 --repeats 5
 
 Each row changes one setting from the runtime's defaults; scans/s are medians over ``--repeats``.
@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--model", type=Path)
-    p.add_argument("--batch", type=int, default=8, help="batch size of the base setting")
+    p.add_argument("--batch", type=int, default=4, help="batch size of the base setting")
     p.add_argument("--priority", action="store_true", help="as bench/run.py --priority")
     args = p.parse_args()
 
@@ -56,26 +56,33 @@ def main() -> None:
             return models[key]
 
         tensors = inprocess.preprocessed(staged, model(cores, True))
-        for threads in sorted({1, cores}):
-            for spinning in (True, False):
-                b = inprocess.inference_bound(tensors, model(threads, spinning), (1, 8), args.repeats)
-                rows.append(
-                    [f"bound: {threads} intra-op thread(s), spinning {'on' if spinning else 'off'}"]
-                    + [f"{b[bs]['scans_per_s']:.1f}" for bs in (1, 8)]
-                    + [""]
-                )
-        print(table(["onnxruntime alone", "batch 1 scans/s", "batch 8 scans/s", ""], rows))
+        # (label, intra-op threads, spinning, runs at once)
+        ways = [("1 thread, 1 run at a time", 1, True, 1)]
+        if cores > 1:
+            ways += [
+                (f"1 thread, {cores} runs at once (the default)", 1, True, cores),
+                (f"{cores} threads, 1 run at a time, spinning on", cores, True, 1),
+                (f"{cores} threads, 1 run at a time, spinning off", cores, False, 1),
+            ]
+        for label, threads, spinning, runs in ways:
+            b = inprocess.inference_bound(tensors, model(threads, spinning), (1, 4, 8), args.repeats, runs=runs)
+            rows.append([f"bound: {label}"] + [f"{b[bs]['scans_per_s']:.1f}" for bs in (1, 4, 8)])
+        print(table(["onnxruntime alone", "batch 1 scans/s", "batch 4 scans/s", "batch 8 scans/s"], rows))
         print()
 
         # (label, pipeline_steady keywords, (intra-op threads, spinning)); one setting changed at a time
         base = {"batch_size": args.batch}
-        settings = [("defaults" + (f" (batch {args.batch})" if args.batch != 8 else ""), {}, (cores, True))]
-        settings += [(f"intra-op threads {t}", {}, (t, True)) for t in sorted({1, cores}) if t != cores]
-        settings += [("spinning off", {}, (cores, False))]
-        settings += [(f"batch {bs}", {"batch_size": bs}, (cores, True)) for bs in (1, 2, 4, 8, 16) if bs != args.batch]
-        settings += [(f"readers {n}", {"readers": n}, (cores, True)) for n in (1, 2 * cores) if n != cores]
-        settings += [(f"writers {n}", {"writers": n}, (cores, True)) for n in (1, 4) if n != max(2, cores)]
-        settings += [("no fsync", {"fsync": False}, (cores, True))]
+        settings = [("defaults" + (f" (batch {args.batch})" if args.batch != 4 else ""), {}, (1, True))]
+        if cores > 1:
+            settings += [
+                ("1 run at a time", {"inferers": 1}, (1, True)),
+                (f"1 run at a time on {cores} threads", {}, (cores, True)),
+                (f"1 run at a time on {cores} threads, spinning off", {}, (cores, False)),
+            ]
+        settings += [(f"batch {bs}", {"batch_size": bs}, (1, True)) for bs in (1, 2, 4, 8, 16) if bs != args.batch]
+        settings += [(f"readers {n}", {"readers": n}, (1, True)) for n in (1, 2 * cores) if n != cores]
+        settings += [(f"writers {n}", {"writers": n}, (1, True)) for n in (1, 4) if n != max(2, cores)]
+        settings += [("no fsync", {"fsync": False}, (1, True))]
         results: dict[str, list[dict]] = {label: [] for label, _, _ in settings}
         for rnd in range(args.repeats):  # round-robin, so changing background load falls on every setting
             print(f"round {rnd + 1}/{args.repeats}", file=sys.stderr)

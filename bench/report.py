@@ -57,6 +57,9 @@ def report(r: dict) -> str:
         f"{model['parameters']} parameters, {model['gmac']} GMAC/scan)"
     )
     out.append(f"- {n} scans ({r['scan_sizes']}), {r['repeats']} repeat(s), medians shown")
+    if "work" in r:
+        w = r["work"]
+        out.append(f"- work folder {w['folder']}: creating a file there takes {w['create_ms']:.3f} ms (median)")
     out.append("")
 
     e2e, cold = r.get("e2e", {}), r.get("cold", {})

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,24 @@ def machine() -> dict:
         "platform": platform.platform(),
         **versions(),
     }
+
+
+def file_create_ms(folder: Path, n: int = 200) -> float:
+    """Median milliseconds to create one new empty file in ``folder`` (a mask write creates one).
+
+    On ext4 without a journal, creating a file scans past the inodes deleted in the last minutes of
+    its block group, so a folder where many files were just deleted (a temp folder a test suite
+    churns) can cost ten times more here than elsewhere on the same disk. The files stay until the
+    bench's folder is removed, so that this probe does not add deletions of its own.
+    """
+    probe = folder / "create-probe"
+    probe.mkdir()
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        os.close(os.open(probe / f"{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
 
 
 def with_priority(nice: int) -> None:
@@ -259,6 +278,7 @@ def main() -> None:
     p.add_argument("--skip-seed", action="store_true", help="leave out the TensorFlow pipeline (quick tuning runs)")
     p.add_argument("--json", type=Path, help="also write the raw figures here")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (inputs, outputs, logs)")
+    p.add_argument("--work", type=Path, help="where to make the temporary folder (default: the system's temp folder)")
     p.add_argument(
         "--runtime", type=Path, help="import edge_runtime from this folder instead (e.g. an older checkout, for A/B)"
     )
@@ -308,7 +328,8 @@ def main() -> None:
         },
         "targets": [],
     }
-    work = Path(tempfile.mkdtemp(prefix="edge-seg-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="edge-seg-bench-", dir=args.work))
+    r["work"] = {"folder": str(work), "create_ms": file_create_ms(work)}
     env = child_env()
     try:
         scans = pick_scans(ddti_root(), args.n)

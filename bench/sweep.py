@@ -27,10 +27,19 @@ def main() -> None:
     p.add_argument("--model", type=Path)
     p.add_argument("--batch", type=int, default=4, help="batch size of the base setting")
     p.add_argument("--priority", action="store_true", help="as bench/run.py --priority")
+    p.add_argument("--work", type=Path, help="as bench/run.py --work")
     args = p.parse_args()
 
     from bench.report import table
-    from bench.run import apply_priority, busy_processes, ddti_root, pick_scans, stage_scans, with_priority
+    from bench.run import (
+        apply_priority,
+        busy_processes,
+        ddti_root,
+        file_create_ms,
+        pick_scans,
+        stage_scans,
+        with_priority,
+    )
 
     if args.priority:
         with_priority(-19)
@@ -42,7 +51,8 @@ def main() -> None:
     model_path = args.model or default_model_path()
     cores = available_cores()
     print(f"{cores} core(s) available; other busy processes: {'; '.join(busy_processes(set())) or 'none'}")
-    work = Path(tempfile.mkdtemp(prefix="edge-seg-sweep-"))
+    work = Path(tempfile.mkdtemp(prefix="edge-seg-sweep-", dir=args.work))
+    print(f"work folder {work}: creating a file there takes {file_create_ms(work):.3f} ms (median)")
     try:
         in_dir = stage_scans(pick_scans(ddti_root(), args.n), work / "in")
         staged = sorted(in_dir.iterdir())

@@ -22,13 +22,9 @@ only state that grows is the ledger's one record per scan.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +37,7 @@ from watchdog.observers.polling import PollingObserver
 from edge_runtime._version import __version__
 from edge_runtime.layout import STATE_DIR, inside, is_candidate, iter_scans
 from edge_runtime.ledger import Ledger
+from edge_runtime.memory import release_free_memory, settle_allocator
 from edge_runtime.pipeline import Outcome, Processor, log_outcome
 from edge_runtime.scanio import write_atomic
 
@@ -362,25 +359,6 @@ class Watcher:
         return 0
 
 
-def release_free_memory() -> None:
-    """Hand memory freed after a burst back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
-
-    Decoded scans and inference buffers of a few MB each come and go; glibc keeps the freed pages in
-    its arenas, so without this a daemon's RSS stays at its busiest level (bench/README.md: ~50 MB less).
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
-        _malloc_trim = False
-        if sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, ...): leave it be
-                _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
-
-
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
 
@@ -396,6 +374,7 @@ def run_watch(args: argparse.Namespace) -> int:
         raise SetupError("--polling interval must be positive")
     if args.force:
         raise SetupError("--force is for one-shot runs; to redo everything, stop the daemon and run once with --force")
+    settle_allocator()  # before the worker threads exist: RSS stays flat over months (edge_runtime.memory)
     processor, ledger = open_job(args, args.watch, args.out, spinning=False)
     watcher = Watcher(processor, ledger, settle=args.settle, polling=args.polling, rescan=args.rescan)
 

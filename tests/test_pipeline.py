@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -108,3 +110,18 @@ def test_an_inference_failure_reaches_the_caller(folder, tmp_path, tiny_model):
     seg.model = Broken()
     with pytest.raises(RuntimeError, match="fell over"):
         run(seg, root, rels, tmp_path / "out", inferers=2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings are Linux-only")
+def test_daemon_allocator_settings_are_accepted():
+    # In a child process, so the test run's own allocator is left alone.
+    code = (
+        "from edge_runtime.memory import settle_allocator, release_free_memory\n"
+        "import numpy as np\n"
+        "ok = settle_allocator()\n"
+        "a = np.ones(10_000_000); del a\n"
+        "release_free_memory()\n"
+        "print(ok)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "True"

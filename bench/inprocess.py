@@ -6,7 +6,7 @@ Used by ``bench/run.py``; each function returns plain dicts of figures (millisec
 from __future__ import annotations
 
 import hashlib
-import shutil
+import os
 import statistics
 import tempfile
 import time
@@ -57,8 +57,7 @@ def serial_stages(scans: list[Path], model: OnnxModel, work: Path) -> dict[str, 
         t.append(time.perf_counter())
         for k, a, b in zip(names, t, t[1:], strict=False):
             times[k].append((b - a) * 1000.0)
-    shutil.rmtree(out, ignore_errors=True)
-    res = {k: _median(v) for k, v in times.items()}
+    res = {k: _median(v) for k, v in times.items()}  # the files stay until the caller removes ``work``
     res["total"] = sum(res[k] for k in names if k != "write_nofsync")
     return res
 
@@ -70,13 +69,11 @@ def pipeline_steady(
     repeats: int = 3,
     batch_size: int = JobOptions.batch_size,
     fsync: bool = True,
-    readers: int | None = None,
-    writers: int | None = None,
-    inferers: int | None = None,
+    workers: int | None = None,
 ) -> dict:
     """``Processor.process`` over every scan in ``in_dir`` with the session already loaded and warm.
 
-    Each repeat writes into a fresh OUT with a fresh ledger. Returns the median wall time and scans/s,
+    Each repeat writes into a fresh OUT (under ``work``) with a fresh ledger. Returns the median wall time and scans/s,
     and the mean of each stage of ``Outcome.timings`` (stages overlap across threads, so these add up
     to more than the wall time per scan).
     """
@@ -88,15 +85,17 @@ def pipeline_steady(
         out = Path(tempfile.mkdtemp(prefix=f"steady{r}-", dir=work))
         ledger = Ledger(out)
         proc = Processor(seg, in_dir, out, JobOptions((seg.threshold,), batch_size, fsync), ledger)
+        os.sync()  # the last run's masks go to disk now, not by writeback during this one
         t0 = time.perf_counter()
-        outcomes = list(proc.process(rels, readers=readers, writers=writers, inferers=inferers))
+        outcomes = list(proc.process(rels, workers=workers))
         walls.append(time.perf_counter() - t0)
         ledger.close()
         ok = sum(o.status == "ok" for o in outcomes)
         for o in outcomes:
             for k, v in o.timings.items():
                 stage_sums.setdefault(k, []).append(v)
-        shutil.rmtree(out, ignore_errors=True)
+        # OUT stays until the caller removes ``work``: deleting files right before the next run makes
+        # its file creation slower on some file systems (ext4 without a journal skips recently freed inodes).
     wall = _median(walls)
     return {
         "scans": len(rels),
@@ -130,6 +129,7 @@ def inference_bound(
             list(pool.map(work, [[batches[0]]] * runs))  # warm-up (allocations for this shape)
             walls = []
             for _ in range(repeats):
+                os.sync()  # as in pipeline_steady: no writeback of earlier runs during this one
                 t0 = time.perf_counter()
                 list(pool.map(work, shares))
                 walls.append(time.perf_counter() - t0)

@@ -1,6 +1,6 @@
 """Tuning aid: the steady-state pipeline and the inference bound under different runtime settings.
 
-    python bench/sweep.py                       # runs at once, threads, spinning, batch size, readers, fsync
+    python bench/sweep.py                       # workers, session threads, spinning, batch size, fsync
     python bench/sweep.py --n 50 --repeats 5
 
 Each row changes one setting from the runtime's defaults; scans/s are medians over ``--repeats``.
@@ -83,19 +83,18 @@ def main() -> None:
         # (label, pipeline_steady keywords, (intra-op threads, spinning)); one setting changed at a time
         base = {"batch_size": args.batch}
         settings = [("defaults" + (f" (batch {args.batch})" if args.batch != 4 else ""), {}, (1, True))]
+        settings += [(f"workers {n}", {"workers": n}, (1, True)) for n in (1, 2, 3, 4, 6) if n != cores + 1]
         if cores > 1:
             settings += [
-                ("1 run at a time", {"inferers": 1}, (1, True)),
-                (f"1 run at a time on {cores} threads", {}, (cores, True)),
-                (f"1 run at a time on {cores} threads, spinning off", {}, (cores, False)),
+                (f"session on {cores} threads", {}, (cores, True)),
+                (f"session on {cores} threads, spinning off", {}, (cores, False)),
             ]
         settings += [(f"batch {bs}", {"batch_size": bs}, (1, True)) for bs in (1, 2, 4, 8, 16) if bs != args.batch]
-        settings += [(f"readers {n}", {"readers": n}, (1, True)) for n in (1, 2 * cores) if n != cores]
-        settings += [(f"writers {n}", {"writers": n}, (1, True)) for n in (1, 4) if n != max(2, cores)]
         settings += [("no fsync", {"fsync": False}, (1, True))]
         results: dict[str, list[dict]] = {label: [] for label, _, _ in settings}
         for rnd in range(args.repeats):  # round-robin, so changing background load falls on every setting
             print(f"round {rnd + 1}/{args.repeats}", file=sys.stderr)
+            inprocess.pipeline_steady(in_dir, model(1, True), work, repeats=1, **base)  # unmeasured warm-up
             for label, kw, key in settings:
                 res = inprocess.pipeline_steady(in_dir, model(*key), work, repeats=1, **{**base, **kw})
                 results[label].append(res)

@@ -21,15 +21,15 @@ log = logging.getLogger("edge_seg")
 def open_job(args: argparse.Namespace, in_dir: Path, out_dir: Path, spinning: bool = True) -> tuple[Processor, Ledger]:
     """Check the folders, load the model and the ledger: everything a run needs before its first scan."""
     in_dir, out_dir = check_folders(in_dir, out_dir)
-    # One intra-op thread per session run, and one run per core at once (Processor.inferers): on a
-    # workstation that is also doing other work this keeps both cores busy (bench/README.md).
+    # One intra-op thread per session run, and a worker per core (plus one) taking whole batches
+    # through the pipeline (Processor.process): cheaper than one run split over all cores (bench/README.md).
     segmenter = Segmenter(args.model, threads=1, spinning=spinning)
     thresholds = tuple(sorted(set(args.threshold))) if args.threshold else (segmenter.threshold,)
     ledger = Ledger(out_dir)  # takes the output folder's lock
     sweep_temp_files(out_dir)
     options = JobOptions(thresholds=thresholds, batch_size=args.batch_size, extras=make_extras(args))
     processor = Processor(segmenter, in_dir, out_dir, options, ledger)
-    processor.inferers = args.threads  # None: one per available core
+    processor.workers = args.threads + 1 if args.threads else None  # None: one per available core, plus one
     return processor, ledger
 
 

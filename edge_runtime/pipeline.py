@@ -1,11 +1,9 @@
 """Scans in, outputs out: the processing shared by one-shot runs and the watch daemon.
 
 :class:`Processor` decides whether a scan needs work (ledger), reads it, runs the model, and writes its
-outputs and ledger records. :meth:`Processor.process` overlaps the stages -- reading and decoding in
-a thread pool ahead of inference, PNG encoding and writing in another pool behind it -- and batches
-inference, while yielding one :class:`Outcome` per scan in input order. Inference runs in a third
-pool: with a one-thread session (what the CLI uses) each core runs a batch of its own, which wastes
-less on a busy machine than one run split over all the cores (bench/README.md, tuning log).
+outputs and ledger records. :meth:`Processor.process` cuts the scans into batches and hands each batch
+to one of a few worker threads, which takes it from file to written masks; the workers overlap one
+another (OpenCV and onnxruntime release the GIL), and the outcomes come back in input order.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -127,8 +124,8 @@ class Processor:
         }
         self.signature = hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:16]
         self.force = False  #: redo scans even when their content was already processed
-        #: batches run through the model at once (None: one per core the session's threads leave free)
-        self.inferers: int | None = None
+        #: threads that each take whole batches through the pipeline (None: see :meth:`process`)
+        self.workers: int | None = None
         self._claims: dict[str, str] = {}
         for rel, rec in ledger.records.items():
             if rec["event"] == "done":
@@ -278,100 +275,78 @@ class Processor:
             log.exception("unexpected error writing the outputs of %s", item.rel)
             return self.fail(item.rel, ScanError(item.rel, f"unexpected error: {type(exc).__name__}: {exc}"))
 
+    def worker_count(self) -> int:
+        """Worker threads for :meth:`process`: :attr:`workers`, else one per core the session's intra-op
+        threads leave free, plus one so that a worker waiting on the disk does not leave a core idle."""
+        if self.workers:
+            return self.workers
+        return max(1, available_cores() // max(1, self.segmenter.model.threads)) + 1
+
+    def work(self, batch: list[str | ScanError]) -> list[Outcome | ScanError]:
+        """Load, infer and finish one batch of scans on the calling thread (one of :meth:`process`'s workers).
+
+        Returns one entry per scan, in order: its :class:`Outcome`, or the :class:`ScanError` that kept
+        it from being read, which :meth:`process` turns into an error record or a ``changed`` outcome.
+        """
+        got = [item if isinstance(item, ScanError) else self._safe_load(item) for item in batch]
+        loaded = [g for g in got if isinstance(g, Loaded)]
+        probs = iter(self.infer(loaded) if loaded else [])
+        return [self._safe_finish(g, next(probs)) if isinstance(g, Loaded) else g for g in got]
+
     def process(
         self,
         rels: Iterable[str],
-        readers: int | None = None,
-        writers: int | None = None,
         defer: Callable[[str], bool] | None = None,
-        inferers: int | None = None,
+        workers: int | None = None,
     ) -> Iterator[Outcome]:
         """Process ``rels`` (which the caller has decided need work), yielding outcomes in input order.
+
+        The scans are cut into batches of ``options.batch_size``; each of ``workers`` threads takes a
+        whole batch through :meth:`work` -- read, decode, preprocess, one inference run, post-process,
+        write -- so a scan never changes threads, and the workers' stages overlap one another: while one
+        worker decodes or waits on fsync, another runs the model. With a one-thread session (what the
+        CLI uses) that keeps every core busy with little hand-off cost (bench/README.md, tuning log).
+        ``workers`` defaults to :meth:`worker_count`.
 
         ``defer(rel)``, when given and true for a scan that cannot be read, turns its failure into a
         ``changed`` outcome with no error record: the watcher uses it for files that were modified a
         moment ago and may still be incomplete, and retries them once they have settled.
-        ``inferers`` batches go through the model at once (default: :attr:`inferers`, else the cores
-        divided by the session's intra-op threads, so a one-thread session gets one run per core).
         """
-        cores = available_cores()
-        readers = readers or max(1, cores)
-        # Writers mostly wait on fsync, not the CPU: two or more hide that wait (bench/README.md, tuning log).
-        writers = writers or max(2, cores)
-        inferers = inferers or self.inferers or max(1, cores // max(1, self.segmenter.model.threads))
-        prefetch = max(2 * self.options.batch_size * inferers, 2 * readers)
-        rel_iter = iter(rels)
-        reads: deque[Future] = deque()
-        results: deque[Future] = deque()
-        with (
-            ThreadPoolExecutor(writers, "edge-seg-write") as wpool,
-            ThreadPoolExecutor(readers, "edge-seg-read") as rpool,
-            ThreadPoolExecutor(inferers, "edge-seg-infer") as ipool,
-        ):
+        workers = workers or self.worker_count()
+        bs = max(1, self.options.batch_size)
 
-            def fill() -> None:
-                while len(reads) < prefetch:
-                    rel = next(rel_iter, None)
-                    if rel is None:
-                        return
-                    try:
-                        self.claim(rel)
-                    except ScanError as exc:
-                        reads.append(_done(exc))
-                        continue
-                    reads.append(rpool.submit(self._safe_load, rel))
-
-            def run_batch(batch: list[Loaded], slots: list[Future]) -> None:
+        def batches() -> Iterator[list[str | ScanError]]:
+            batch: list[str | ScanError] = []
+            for rel in rels:
                 try:
-                    probs = self.infer(batch)
-                except BaseException as exc:
-                    for slot in slots:
-                        slot.set_exception(exc)
-                    return
-                for item, p, slot in zip(batch, probs, slots, strict=True):
-                    wpool.submit(self._safe_finish, item, p).add_done_callback(partial(_relay, slot))
+                    self.claim(rel)
+                    batch.append(rel)
+                except ScanError as exc:
+                    batch.append(exc)
+                if len(batch) >= bs:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
 
-            fill()
-            while reads:
-                batch: list[Loaded] = []
-                slots: list[Future] = []  # the batch's places in `results`, kept in input order
-                frames = 0
-                # Take scans in order: everything already decoded, and wait for more until the batch is full.
-                while reads and frames < self.options.batch_size and (not batch or reads[0].done()):
-                    got = reads.popleft().result()
-                    fill()
-                    if isinstance(got, ScanChanged) or (
-                        isinstance(got, ScanError) and defer is not None and defer(got.path)
-                    ):  # maybe still being written: no error record, the caller decides
-                        results.append(_done(Outcome(got.path, "changed", [], got.reason)))
-                    elif isinstance(got, ScanError):
-                        results.append(wpool.submit(self.fail, got.path, got))
-                    else:
-                        batch.append(got)
-                        slots.append(Future())
-                        results.append(slots[-1])
-                        frames += len(got.tensors)
-                if batch:
-                    ipool.submit(run_batch, batch, slots)
-                while results and (results[0].done() or len(results) > 4 * self.options.batch_size * inferers):
-                    yield results.popleft().result()
-            while results:
-                yield results.popleft().result()
+        def settle(results: list[Outcome | ScanError]) -> Iterator[Outcome]:
+            for res in results:
+                if isinstance(res, Outcome):
+                    yield res
+                elif isinstance(res, ScanChanged) or (defer is not None and defer(res.path)):
+                    yield Outcome(res.path, "changed", [], res.reason)  # maybe still being written
+                else:
+                    yield self.fail(res.path, res)
+
+        pending: deque[Future] = deque()
+        with ThreadPoolExecutor(workers, "edge-seg-work") as pool:
+            for batch in batches():
+                pending.append(pool.submit(self.work, batch))
+                while pending and (pending[0].done() or len(pending) > 2 * workers):
+                    yield from settle(pending.popleft().result())
+            while pending:
+                yield from settle(pending.popleft().result())
         self.ledger.sync()
-
-
-def _relay(slot: Future, done: Future) -> None:
-    exc = done.exception()
-    if exc is not None:
-        slot.set_exception(exc)
-    else:
-        slot.set_result(done.result())
-
-
-def _done(value) -> Future:
-    f: Future = Future()
-    f.set_result(value)
-    return f
 
 
 def describe_outputs(outcome: Outcome) -> str:

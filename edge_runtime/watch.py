@@ -316,7 +316,7 @@ class Watcher:
         status_dirty = worked = False
         last_trim = 0.0
         self.write_status()
-        batch = max(1, self.p.options.batch_size)
+        batch = max(1, self.p.options.batch_size) * self.p.worker_count()  # a burst keeps every worker busy
         try:
             while not self.stop_requested.is_set():
                 try:

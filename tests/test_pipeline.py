@@ -1,4 +1,4 @@
-"""Processor.process: several inference runs at once give the same outputs, in input order."""
+"""Processor.process: several workers at once give the same outputs as one, in input order."""
 
 from __future__ import annotations
 
@@ -61,14 +61,14 @@ class SlowFirstBatch:
         return self.model.predict(batch)
 
 
-def test_concurrent_runs_write_the_same_masks_in_input_order(folder, tmp_path, tiny_model):
+def test_several_workers_write_the_same_masks_in_input_order(folder, tmp_path, tiny_model):
     root, rels = folder
     one = Segmenter(tiny_model, threads=1)
-    serial, serial_masks = run(one, root, rels, tmp_path / "one", inferers=1)
+    serial, serial_masks = run(one, root, rels, tmp_path / "one", workers=1)
 
     slow = Segmenter(tiny_model, threads=1)
     slow.model = SlowFirstBatch(slow.model)
-    parallel, parallel_masks = run(slow, root, rels, tmp_path / "two", inferers=3)
+    parallel, parallel_masks = run(slow, root, rels, tmp_path / "two", workers=3)
 
     assert [o.rel for o in parallel] == rels == [o.rel for o in serial]
     assert [o.status for o in parallel] == [o.status for o in serial]
@@ -77,23 +77,23 @@ def test_concurrent_runs_write_the_same_masks_in_input_order(folder, tmp_path, t
     assert parallel_masks == serial_masks  # byte for byte
 
 
-def test_default_runs_follow_the_session_threads(folder, tmp_path, tiny_model, monkeypatch):
+def test_default_workers_follow_the_session_threads(tmp_path, tiny_model, monkeypatch):
     import edge_runtime.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "available_cores", lambda: 4)
-    seen: list[str] = []
-    real = pipeline.ThreadPoolExecutor
 
-    def spy(workers, prefix):
-        seen.append(f"{prefix}:{workers}")
-        return real(workers, prefix)
+    def processor(threads: int) -> Processor:
+        ledger = Ledger(tmp_path / f"out{threads}")
+        ledger.close()
+        return Processor(
+            Segmenter(tiny_model, threads=threads), tmp_path, tmp_path / f"out{threads}", JobOptions((0.5,)), ledger
+        )
 
-    monkeypatch.setattr(pipeline, "ThreadPoolExecutor", spy)
-    root, rels = folder
-    run(Segmenter(tiny_model, threads=1), root, rels[:2], tmp_path / "a")
-    run(Segmenter(tiny_model, threads=4), root, rels[:2], tmp_path / "b")
-    assert "edge-seg-infer:4" in seen[:3]  # one-thread session: a run per core
-    assert "edge-seg-infer:1" in seen[3:]  # a session on all four cores: one run at a time
+    assert processor(1).worker_count() == 5  # one-thread session: a worker per core, plus one
+    assert processor(4).worker_count() == 2  # a session on all four cores: one running, one loading
+    p = processor(2)
+    p.workers = 7
+    assert p.worker_count() == 7
 
 
 def test_an_inference_failure_reaches_the_caller(folder, tmp_path, tiny_model):
@@ -109,7 +109,7 @@ def test_an_inference_failure_reaches_the_caller(folder, tmp_path, tiny_model):
 
     seg.model = Broken()
     with pytest.raises(RuntimeError, match="fell over"):
-        run(seg, root, rels, tmp_path / "out", inferers=2)
+        run(seg, root, rels, tmp_path / "out", workers=2)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings are Linux-only")

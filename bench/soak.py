@@ -118,7 +118,9 @@ def plan(n: int, payloads, rng: random.Random, have_rsync: bool) -> list[tuple[D
 
 
 class DaemonRun:
-    def __init__(self, in_dir: Path, out_dir: Path, model: str | None, log: Path, settle: float):
+    def __init__(
+        self, in_dir: Path, out_dir: Path, model: str | None, log: Path, settle: float, extra: list[str] | None = None
+    ):
         cmd = [
             sys.executable,
             "-m",
@@ -134,6 +136,7 @@ class DaemonRun:
         ]
         if model:
             cmd += ["--model", model]
+        cmd += extra or []
         self.log = log
         self.fh = open(log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.fh, stderr=self.fh, cwd=REPO)
@@ -168,6 +171,7 @@ def main() -> int:
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--kills", type=int, default=3)
     ap.add_argument("--settle", type=float, default=1.0)
+    ap.add_argument("--daemon-args", default="", help='more edge-seg options, e.g. "--batch-size 1"')
     ap.add_argument("--model", help="ONNX model (default: the bundled one)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folders")
@@ -179,11 +183,14 @@ def main() -> int:
     in_dir, out_dir, stage = work / "in", work / "out", work / "stage"
     for d in (in_dir, stage):
         d.mkdir()
-    print(f"soak: {args.scans} scans, {args.writers} writers, {args.kills} kill -9, work folder {work}")
+    extra = f", daemon options: {args.daemon_args}" if args.daemon_args else ""
+    print(f"soak: {args.scans} scans, {args.writers} writers, {args.kills} kill -9, work folder {work}{extra}")
     payloads = make_payloads(args.scans, rng)
     jobs = plan(args.scans, payloads, rng, have_rsync)
 
-    runs: list[DaemonRun] = [DaemonRun(in_dir, out_dir, args.model, work / "daemon-0.log", args.settle)]
+    runs: list[DaemonRun] = [
+        DaemonRun(in_dir, out_dir, args.model, work / "daemon-0.log", args.settle, args.daemon_args.split())
+    ]
     time.sleep(2.0)
     queues = [jobs[i :: args.writers] for i in range(args.writers)]
     delivered = threading.Event()
@@ -218,7 +225,11 @@ def main() -> int:
             time.sleep(0.25)
         runs[-1].kill()
         print(f"  kill -9 at {time.time() - t_start:.1f} s ({masks_written()} masks so far); restarting")
-        runs.append(DaemonRun(in_dir, out_dir, args.model, work / f"daemon-{len(runs)}.log", args.settle))
+        runs.append(
+            DaemonRun(
+                in_dir, out_dir, args.model, work / f"daemon-{len(runs)}.log", args.settle, args.daemon_args.split()
+            )
+        )
     while not all_delivered():
         runs[-1].sample_rss()
         time.sleep(0.5)

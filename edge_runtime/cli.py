@@ -80,12 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
         "one-shot runs add OUT/run-summary.csv and OUT/run-provenance.json",
     )
     p.add_argument("--force", action="store_true", help="redo scans whose masks are already up to date")
-    p.add_argument("--batch-size", type=_positive, default=4, help="scans per inference call (default: 4)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        help="scans per inference run (default: 4 for a folder, 1 for --watch, where each scan goes through "
+        "as soon as it is ready)",
+    )
     p.add_argument(
         "--threads",
         type=_positive,
-        help="CPU cores for inference: this many batches run at once, one thread each "
-        "(default: the cores this process may use)",
+        help="CPU cores to keep busy: N + 1 worker threads each take a batch from file to masks with a "
+        "one-thread model run (default: the cores this process may use)",
     )
     w = p.add_argument_group("watch mode")
     w.add_argument(

@@ -18,16 +18,21 @@ from edge_runtime.segmenter import Segmenter
 log = logging.getLogger("edge_seg")
 
 
-def open_job(args: argparse.Namespace, in_dir: Path, out_dir: Path, spinning: bool = True) -> tuple[Processor, Ledger]:
-    """Check the folders, load the model and the ledger: everything a run needs before its first scan."""
+def open_job(args: argparse.Namespace, in_dir: Path, out_dir: Path, daemon: bool = False) -> tuple[Processor, Ledger]:
+    """Check the folders, load the model and the ledger: everything a run needs before its first scan.
+
+    ``daemon``: for ``--watch``, which idles most of the time and favours latency over throughput.
+    """
     in_dir, out_dir = check_folders(in_dir, out_dir)
     # One intra-op thread per session run, and a worker per core (plus one) taking whole batches
     # through the pipeline (Processor.process): cheaper than one run split over all cores (bench/README.md).
-    segmenter = Segmenter(args.model, threads=1, spinning=spinning)
+    segmenter = Segmenter(args.model, threads=1, spinning=not daemon)
     thresholds = tuple(sorted(set(args.threshold))) if args.threshold else (segmenter.threshold,)
     ledger = Ledger(out_dir)  # takes the output folder's lock
     sweep_temp_files(out_dir)
-    options = JobOptions(thresholds=thresholds, batch_size=args.batch_size, extras=make_extras(args))
+    # A daemon favours latency (one scan a run, the workers still side by side); a folder, throughput.
+    batch_size = args.batch_size or (1 if daemon else JobOptions.batch_size)
+    options = JobOptions(thresholds=thresholds, batch_size=batch_size, extras=make_extras(args))
     processor = Processor(segmenter, in_dir, out_dir, options, ledger)
     processor.workers = args.threads + 1 if args.threads else None  # None: one per available core, plus one
     return processor, ledger

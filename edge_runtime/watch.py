@@ -375,7 +375,7 @@ def run_watch(args: argparse.Namespace) -> int:
     if args.force:
         raise SetupError("--force is for one-shot runs; to redo everything, stop the daemon and run once with --force")
     settle_allocator()  # before the worker threads exist: RSS stays flat over months (edge_runtime.memory)
-    processor, ledger = open_job(args, args.watch, args.out, spinning=False)
+    processor, ledger = open_job(args, args.watch, args.out, daemon=True)
     watcher = Watcher(processor, ledger, settle=args.settle, polling=args.polling, rescan=args.rescan)
 
     def stop(signum: int, _frame) -> None:

@@ -125,3 +125,26 @@ def test_daemon_allocator_settings_are_accepted():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize(
+    ("argv", "daemon", "batch", "workers"),
+    [
+        ([], False, 4, None),  # a folder: throughput
+        ([], True, 1, None),  # the daemon: each scan as soon as it is ready
+        (["--batch-size", "8", "--threads", "3"], True, 8, 4),
+    ],
+)
+def test_job_defaults_for_a_folder_and_for_the_daemon(tmp_path, tiny_model, argv, daemon, batch, workers):
+    from edge_runtime.cli import build_parser
+    from edge_runtime.oneshot import open_job
+
+    (tmp_path / "in").mkdir()
+    args = build_parser().parse_args(
+        [str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--model", str(tiny_model), *argv]
+    )
+    processor, ledger = open_job(args, args.input, args.out, daemon=daemon)
+    ledger.close()
+    assert processor.options.batch_size == batch
+    assert processor.workers == workers
+    assert processor.segmenter.model.threads == 1  # one-thread runs, side by side

@@ -374,7 +374,7 @@ def run_watch(args: argparse.Namespace) -> int:
         raise SetupError("--polling interval must be positive")
     if args.force:
         raise SetupError("--force is for one-shot runs; to redo everything, stop the daemon and run once with --force")
-    settle_allocator()  # before the worker threads exist: RSS stays flat over months (edge_runtime.memory)
+    settle_allocator()  # before the worker threads exist: RSS falls back after bursts (edge_runtime.memory)
     processor, ledger = open_job(args, args.watch, args.out, daemon=True)
     watcher = Watcher(processor, ledger, settle=args.settle, polling=args.polling, rescan=args.rescan)
 

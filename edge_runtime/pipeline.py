@@ -26,7 +26,7 @@ from edge_runtime.errors import ScanError
 from edge_runtime.layout import error_path, output_key, output_path, relative
 from edge_runtime.ledger import Ledger
 from edge_runtime.model import available_cores
-from edge_runtime.scanio import Scan, encode_png, read_scan, write_atomic
+from edge_runtime.scanio import Scan, encode_png, read_scan, sync_dirs, write_atomic
 from edge_runtime.segmenter import Segmentation, Segmenter
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,8 @@ class Processor:
             t2 = time.perf_counter()
             facts.update(extra.write(self, scan, rel, segs, item, paths) or {})
             item.timings[extra.name] = _ms(t2)
+        if opts.fsync:  # the renames too must be on disk before the ledger says "done"
+            sync_dirs([p.parent for p, _ in planned] + [p.parent for _, paths in extras for p in paths])
         self.ledger.append({**base, "event": "done", "outputs": outputs})
         error_path(self.out_dir, rel).unlink(missing_ok=True)
         return Outcome(rel, "ok", outputs, "", item.timings, facts)

@@ -204,6 +204,27 @@ def write_atomic(path: str | Path, data: bytes | str, fsync: bool = True) -> Non
         raise
 
 
+def sync_dirs(folders: list[Path]) -> None:
+    """fsync each folder once, so that files renamed into them survive a power cut (POSIX only).
+
+    :func:`write_atomic` makes a file's bytes durable; its new name lives in the folder, which needs
+    its own fsync. A file system that cannot fsync a folder (some network shares) is left as it is.
+    """
+    if os.name != "posix":
+        return  # Windows cannot open a folder to fsync it
+    for folder in dict.fromkeys(folders):
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            log.debug("cannot fsync folder %s: %s", folder, exc)
+        finally:
+            os.close(fd)
+
+
 def sweep_temp_files(root: Path) -> int:
     """Remove temporary files a killed writer left under ``root``; returns how many.
 

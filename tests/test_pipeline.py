@@ -148,3 +148,30 @@ def test_job_defaults_for_a_folder_and_for_the_daemon(tmp_path, tiny_model, argv
     assert processor.options.batch_size == batch
     assert processor.workers == workers
     assert processor.segmenter.model.threads == 1  # one-thread runs, side by side
+
+
+def test_folders_are_synced_before_a_scan_is_recorded_done(folder, tmp_path, tiny_model, monkeypatch):
+    import edge_runtime.pipeline as pipeline
+    from edge_runtime.scanio import sync_dirs
+
+    root, rels = folder
+    out = tmp_path / "out"
+    calls: list[tuple[set[Path], set[str]]] = []
+
+    def spy(folders):
+        done = {r["rel"] for r in ledger.records.values() if r["event"] == "done"}
+        calls.append(({Path(f) for f in folders}, done))
+        sync_dirs(folders)
+
+    monkeypatch.setattr(pipeline, "sync_dirs", spy)
+    ledger = Ledger(out)
+    seg = Segmenter(tiny_model, threads=1)
+    proc = Processor(seg, root, out, JobOptions((seg.threshold,), batch_size=1), ledger)
+    outcomes = list(proc.process(rels[:3], workers=1))
+    ledger.close()
+    assert [o.status for o in outcomes] == ["ok"] * 3
+    assert len(calls) == 3
+    for i, (folders, done_before) in enumerate(calls):
+        assert folders == {out}  # the masks' folder
+        assert rels[i] not in done_before  # synced first, recorded after
+    sync_dirs([tmp_path / "no such folder", out, out])  # missing folders are skipped, repeats synced once

@@ -87,7 +87,8 @@ def pipeline_steady(
         proc = Processor(seg, in_dir, out, JobOptions((seg.threshold,), batch_size, fsync), ledger)
         os.sync()  # the last run's masks go to disk now, not by writeback during this one
         t0 = time.perf_counter()
-        outcomes = list(proc.process(rels, workers=workers))
+        proc.workers = workers
+        outcomes = list(proc.process(rels))
         walls.append(time.perf_counter() - t0)
         ledger.close()
         ok = sum(o.status == "ok" for o in outcomes)

@@ -1,7 +1,7 @@
 """Keeping a long-running daemon's memory flat: glibc's allocator settings and ``malloc_trim``.
 
 Measured with ``bench/soak.py --kills 0`` (bench/README.md, tuning log): with glibc's defaults each
-reader, inference and writer thread gets a malloc arena of its own and large buffers move from
+worker thread gets a malloc arena of its own and large buffers move from
 ``mmap`` into those arenas once freed, so a daemon's RSS climbs during a burst and stays high after it.
 :func:`settle_allocator` caps the arenas at two and keeps buffers of 256 KiB and more (decoded scans,
 probability maps, inference buffers) on ``mmap``, which returns them to the OS when freed.

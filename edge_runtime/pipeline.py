@@ -124,7 +124,7 @@ class Processor:
         }
         self.signature = hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:16]
         self.force = False  #: redo scans even when their content was already processed
-        #: threads that each take whole batches through the pipeline (None: see :meth:`process`)
+        #: threads that each take whole batches through the pipeline (None: see :meth:`worker_count`)
         self.workers: int | None = None
         self._claims: dict[str, str] = {}
         for rel, rec in ledger.records.items():
@@ -299,22 +299,20 @@ class Processor:
         self,
         rels: Iterable[str],
         defer: Callable[[str], bool] | None = None,
-        workers: int | None = None,
     ) -> Iterator[Outcome]:
         """Process ``rels`` (which the caller has decided need work), yielding outcomes in input order.
 
-        The scans are cut into batches of ``options.batch_size``; each of ``workers`` threads takes a
+        The scans are cut into batches of ``options.batch_size``; each of :meth:`worker_count` threads takes a
         whole batch through :meth:`work` -- read, decode, preprocess, one inference run, post-process,
         write -- so a scan never changes threads, and the workers' stages overlap one another: while one
         worker decodes or waits on fsync, another runs the model. With a one-thread session (what the
         CLI uses) that keeps every core busy with little hand-off cost (bench/README.md, tuning log).
-        ``workers`` defaults to :meth:`worker_count`.
 
         ``defer(rel)``, when given and true for a scan that cannot be read, turns its failure into a
         ``changed`` outcome with no error record: the watcher uses it for files that were modified a
         moment ago and may still be incomplete, and retries them once they have settled.
         """
-        workers = workers or self.worker_count()
+        workers = self.worker_count()
         bs = max(1, self.options.batch_size)
 
         def batches() -> Iterator[list[str | ScanError]]:

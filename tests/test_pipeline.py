@@ -31,11 +31,14 @@ def folder(tmp_path) -> tuple[Path, list[str]]:
     return root, rels
 
 
-def run(segmenter: Segmenter, root: Path, rels: list[str], out: Path, **kw) -> tuple[list, dict[str, bytes]]:
+def run(
+    segmenter: Segmenter, root: Path, rels: list[str], out: Path, workers: int | None = None
+) -> tuple[list, dict[str, bytes]]:
     ledger = Ledger(out)
     try:
         proc = Processor(segmenter, root, out, JobOptions((segmenter.threshold,), batch_size=2), ledger)
-        outcomes = list(proc.process(rels, **kw))
+        proc.workers = workers
+        outcomes = list(proc.process(rels))
     finally:
         ledger.close()
     masks = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.png")}
@@ -167,7 +170,8 @@ def test_folders_are_synced_before_a_scan_is_recorded_done(folder, tmp_path, tin
     ledger = Ledger(out)
     seg = Segmenter(tiny_model, threads=1)
     proc = Processor(seg, root, out, JobOptions((seg.threshold,), batch_size=1), ledger)
-    outcomes = list(proc.process(rels[:3], workers=1))
+    proc.workers = 1
+    outcomes = list(proc.process(rels[:3]))
     ledger.close()
     assert [o.status for o in outcomes] == ["ok"] * 3
     assert len(calls) == 3

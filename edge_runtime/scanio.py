@@ -134,7 +134,11 @@ def read_bytes(path: Path) -> tuple[bytes, os.stat_result]:
             st = os.fstat(fh.fileno())
             if st.st_size > MAX_FILE_BYTES:
                 raise ScanError(path, f"file too large: {st.st_size:,} bytes is over the limit of {MAX_FILE_BYTES:,}")
-            data = fh.read(MAX_FILE_BYTES + 1)
+            # Ask for the size fstat gave (+1, to see growth): read(n) allocates n bytes up front, and
+            # asking for the limit cost a 512 MB mmap and mremap per scan (bench/README.md, tuning log).
+            data = fh.read(st.st_size + 1)
+            if len(data) > st.st_size:  # still growing: take the rest (the caller sees the change)
+                data += fh.read(MAX_FILE_BYTES + 1 - len(data))
     except FileNotFoundError:
         raise ScanError(path, "the file disappeared before it could be read") from None
     except IsADirectoryError:

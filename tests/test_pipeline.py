@@ -153,7 +153,8 @@ def test_job_defaults_for_a_folder_and_for_the_daemon(tmp_path, tiny_model, argv
     assert processor.segmenter.model.threads == 1  # one-thread runs, side by side
 
 
-def test_folders_are_synced_before_a_scan_is_recorded_done(folder, tmp_path, tiny_model, monkeypatch):
+@pytest.mark.parametrize("batch", [1, 3])
+def test_folders_are_synced_before_a_scan_is_recorded_done(folder, tmp_path, tiny_model, monkeypatch, batch):
     import edge_runtime.pipeline as pipeline
     from edge_runtime.scanio import sync_dirs
 
@@ -169,13 +170,13 @@ def test_folders_are_synced_before_a_scan_is_recorded_done(folder, tmp_path, tin
     monkeypatch.setattr(pipeline, "sync_dirs", spy)
     ledger = Ledger(out)
     seg = Segmenter(tiny_model, threads=1)
-    proc = Processor(seg, root, out, JobOptions((seg.threshold,), batch_size=1), ledger)
+    proc = Processor(seg, root, out, JobOptions((seg.threshold,), batch_size=batch), ledger)
     proc.workers = 1
     outcomes = list(proc.process(rels[:3]))
     ledger.close()
     assert [o.status for o in outcomes] == ["ok"] * 3
-    assert len(calls) == 3
+    assert len(calls) == 3 // batch  # once per batch
     for i, (folders, done_before) in enumerate(calls):
         assert folders == {out}  # the masks' folder
-        assert rels[i] not in done_before  # synced first, recorded after
+        assert not set(rels[i * batch : (i + 1) * batch]) & done_before  # synced first, recorded after
     sync_dirs([tmp_path / "no such folder", out, out])  # missing folders are skipped, repeats synced once

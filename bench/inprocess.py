@@ -18,7 +18,7 @@ import numpy as np
 from edge_runtime.layout import iter_scans
 from edge_runtime.ledger import Ledger
 from edge_runtime.model import OnnxModel
-from edge_runtime.pipeline import JobOptions, Processor
+from edge_runtime.pipeline import JobOptions, Processor, opencv_on_caller_threads
 from edge_runtime.scanio import decode_image, encode_png, read_bytes, write_atomic
 from edge_runtime.segmenter import Segmenter
 
@@ -79,6 +79,7 @@ def pipeline_steady(
     """
     seg = Segmenter(model)
     seg.predict(np.zeros((batch_size, *model.info.size, model.info.channels), np.float32))  # warm-up
+    opencv_on_caller_threads()  # as the CLI sets it (oneshot.open_job)
     rels = list(iter_scans(in_dir))
     walls, stage_sums, ok = [], {}, 0
     for r in range(repeats):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edge_runtime.layout import check_folders, iter_scans
 from edge_runtime.ledger import Ledger
-from edge_runtime.pipeline import Extra, JobOptions, Outcome, Processor, log_outcome
+from edge_runtime.pipeline import Extra, JobOptions, Outcome, Processor, log_outcome, opencv_on_caller_threads
 from edge_runtime.scanio import sweep_temp_files
 from edge_runtime.segmenter import Segmenter
 
@@ -27,6 +27,7 @@ def open_job(args: argparse.Namespace, in_dir: Path, out_dir: Path, daemon: bool
     # One intra-op thread per session run, and a worker per core (plus one) taking whole batches
     # through the pipeline (Processor.process): cheaper than one run split over all cores (bench/README.md).
     segmenter = Segmenter(args.model, threads=1, spinning=not daemon)
+    opencv_on_caller_threads()  # the workers are the parallelism
     thresholds = tuple(sorted(set(args.threshold))) if args.threshold else (segmenter.threshold,)
     ledger = Ledger(out_dir)  # takes the output folder's lock
     sweep_temp_files(out_dir)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 
 from edge_runtime.errors import ScanError
@@ -378,6 +379,17 @@ class Processor:
             while pending:
                 yield from settle(pending.popleft().result())
         self.ledger.sync()
+
+
+def opencv_on_caller_threads() -> None:
+    """Make OpenCV run each call on the thread that makes it, for a process whose work goes through
+    :meth:`Processor.process`.
+
+    The workers already keep every core busy; OpenCV's own pool would split their resizes over more
+    threads, which then spin (``sched_yield``) waiting for the next call, taking CPU from the workers:
+    0.1-0.2 ms a scan (bench/README.md, tuning log). Process-wide, so the CLI calls it, not the library.
+    """
+    cv2.setNumThreads(1)
 
 
 def describe_outputs(outcome: Outcome) -> str:

@@ -334,11 +334,12 @@ class Processor:
     ) -> Iterator[Outcome]:
         """Process ``rels`` (which the caller has decided need work), yielding outcomes in input order.
 
-        The scans are cut into batches of ``options.batch_size``; each of :meth:`worker_count` threads takes a
-        whole batch through :meth:`work` -- read, decode, preprocess, one inference run, post-process,
-        write -- so a scan never changes threads, and the workers' stages overlap one another: while one
-        worker decodes or waits on fsync, another runs the model. With a one-thread session (what the
-        CLI uses) that keeps every core busy with little hand-off cost (bench/README.md, tuning log).
+        The scans are cut into batches of ``options.batch_size`` (the last few into batches of one); each
+        of :meth:`worker_count` threads takes a whole batch through :meth:`work` -- read, decode,
+        preprocess, one inference run, post-process, write, record -- so a scan never changes threads,
+        and the workers' stages overlap one another: while one worker decodes or waits on fsync, another
+        runs the model. With a one-thread session (what the CLI uses) that keeps every core busy with
+        little hand-off cost (bench/README.md, tuning log).
 
         ``defer(rel)``, when given and true for a scan that cannot be read, turns its failure into a
         ``changed`` outcome with no error record: the watcher uses it for files that were modified a
@@ -347,19 +348,24 @@ class Processor:
         workers = self.worker_count()
         bs = max(1, self.options.batch_size)
 
-        def batches() -> Iterator[list[str | ScanError]]:
-            batch: list[str | ScanError] = []
+        def claimed() -> Iterator[str | ScanError]:
             for rel in rels:
                 try:
                     self.claim(rel)
-                    batch.append(rel)
+                    yield rel
                 except ScanError as exc:
-                    batch.append(exc)
-                if len(batch) >= bs:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
+                    yield exc
+
+        def batches() -> Iterator[list[str | ScanError]]:
+            # The last scans go one to a batch, so that the workers finish together rather than one of
+            # them running a whole batch alone while the other cores idle (bench/README.md, tuning log).
+            ahead: deque[str | ScanError] = deque()
+            for item in claimed():
+                ahead.append(item)
+                if len(ahead) >= bs * (workers + 1):
+                    yield [ahead.popleft() for _ in range(bs)]
+            while ahead:
+                yield [ahead.popleft()]
 
         def settle(results: list[Outcome | ScanError]) -> Iterator[Outcome]:
             for res in results:

@@ -162,12 +162,13 @@ def test_folders_are_synced_before_a_scan_is_recorded_done(folder, tmp_path, tin
     from edge_runtime.scanio import sync_dirs
 
     root, rels = folder
+    rels = rels[:6]  # all readable
     out = tmp_path / "out"
-    calls: list[tuple[set[Path], set[str]]] = []
+    calls: list[tuple[set[Path], set[str], set[str]]] = []  # folders, masks on disk, scans recorded done
 
     def spy(folders):
         done = {r["rel"] for r in ledger.records.values() if r["event"] == "done"}
-        calls.append(({Path(f) for f in folders}, done))
+        calls.append(({Path(f) for f in folders}, {p.name for p in out.glob("*.png")}, done))
         sync_dirs(folders)
 
     monkeypatch.setattr(pipeline, "sync_dirs", spy)
@@ -175,11 +176,41 @@ def test_folders_are_synced_before_a_scan_is_recorded_done(folder, tmp_path, tin
     seg = Segmenter(tiny_model, threads=1)
     proc = Processor(seg, root, out, JobOptions((seg.threshold,), batch_size=batch), ledger)
     proc.workers = 1
-    outcomes = list(proc.process(rels[:3]))
+    outcomes = list(proc.process(rels))
     ledger.close()
-    assert [o.status for o in outcomes] == ["ok"] * 3
-    assert len(calls) == 3 // batch  # once per batch
-    for i, (folders, done_before) in enumerate(calls):
-        assert folders == {out}  # the masks' folder
-        assert not set(rels[i * batch : (i + 1) * batch]) & done_before  # synced first, recorded after
+    assert [o.status for o in outcomes] == ["ok"] * len(rels)
+    # batch 3, one worker: [s00 s01 s02], then the last three one a batch (they finish together)
+    assert len(calls) == (6 if batch == 1 else 4)  # once per batch, not once per scan
+    for rel in rels:
+        first = next(c for c in calls if rel in c[1])  # the first sync after its mask was written
+        assert first[0] == {out}  # the masks' folder
+        assert rel not in first[2]  # synced first, recorded done after
     sync_dirs([tmp_path / "no such folder", out, out])  # missing folders are skipped, repeats synced once
+
+
+@pytest.mark.parametrize(("n", "batch", "workers"), [(10, 2, 2), (30, 4, 3), (5, 4, 3), (7, 1, 3)])
+def test_the_last_scans_go_one_a_batch(tmp_path, tiny_model, monkeypatch, n, batch, workers):
+    """Full batches first; the last workers x batch scans one at a time, so the workers finish together."""
+    root = tmp_path / "in"
+    rels = [f"s{i:02d}.png" for i in range(n)]
+    for i, rel in enumerate(rels):
+        write_png(root / rel, synthetic(i, 40, 50)[0])
+    sizes: list[int] = []
+    real_work = Processor.work
+
+    def spy(self, b):
+        sizes.append(len(b))
+        return real_work(self, b)
+
+    monkeypatch.setattr(Processor, "work", spy)
+    ledger = Ledger(tmp_path / "out")
+    seg = Segmenter(tiny_model, threads=1)
+    proc = Processor(seg, root, tmp_path / "out", JobOptions((seg.threshold,), batch_size=batch), ledger)
+    proc.workers = workers
+    outcomes = list(proc.process(rels))
+    ledger.close()
+    assert [o.rel for o in outcomes] == rels and all(o.status == "ok" for o in outcomes)
+    singles = sizes.count(1)
+    assert sum(sizes) == n and all(s in (1, batch) for s in sizes)
+    if batch > 1:
+        assert min(n, workers * batch) <= singles < workers * batch + batch  # the tail, and no more than it

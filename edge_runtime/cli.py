@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive,
         help="scans per inference run (default: 4 for a folder, 1 for --watch, where each scan goes through "
-        "as soon as it is ready)",
+        "as soon as it is ready); the last scans of a run go in smaller batches, so that the workers finish together",
     )
     p.add_argument(
         "--threads",

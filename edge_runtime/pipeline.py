@@ -334,7 +334,7 @@ class Processor:
     ) -> Iterator[Outcome]:
         """Process ``rels`` (which the caller has decided need work), yielding outcomes in input order.
 
-        The scans are cut into batches of ``options.batch_size`` (the last few into batches of one); each
+        The scans are cut into batches of ``options.batch_size`` (smaller ones at the end); each
         of :meth:`worker_count` threads takes a whole batch through :meth:`work` -- read, decode,
         preprocess, one inference run, post-process, write, record -- so a scan never changes threads,
         and the workers' stages overlap one another: while one worker decodes or waits on fsync, another
@@ -357,15 +357,19 @@ class Processor:
                     yield exc
 
         def batches() -> Iterator[list[str | ScanError]]:
-            # The last scans go one to a batch, so that the workers finish together rather than one of
-            # them running a whole batch alone while the other cores idle (bench/README.md, tuning log).
             ahead: deque[str | ScanError] = deque()
+            long_run = False
             for item in claimed():
                 ahead.append(item)
                 if len(ahead) >= bs * (workers + 1):
+                    long_run = True
                     yield [ahead.popleft() for _ in range(bs)]
+            # So that the workers finish together, rather than one running a whole batch alone while
+            # the other cores idle (bench/README.md, tuning log): a long run's last scans go one a
+            # batch; a short run (a daemon's group) is split evenly over the workers.
+            size = 1 if long_run else max(1, min(bs, -(-len(ahead) // workers)))
             while ahead:
-                yield [ahead.popleft()]
+                yield [ahead.popleft() for _ in range(min(size, len(ahead)))]
 
         def settle(results: list[Outcome | ScanError]) -> Iterator[Outcome]:
             for res in results:

@@ -188,18 +188,26 @@ def test_folders_are_synced_before_a_scan_is_recorded_done(folder, tmp_path, tin
     sync_dirs([tmp_path / "no such folder", out, out])  # missing folders are skipped, repeats synced once
 
 
-@pytest.mark.parametrize(("n", "batch", "workers"), [(10, 2, 2), (30, 4, 3), (5, 4, 3), (7, 1, 3)])
-def test_the_last_scans_go_one_a_batch(tmp_path, tiny_model, monkeypatch, n, batch, workers):
-    """Full batches first; the last workers x batch scans one at a time, so the workers finish together."""
+@pytest.mark.parametrize(
+    ("n", "batch", "workers", "sizes"),
+    [
+        (10, 2, 2, [2, 2, 2, 1, 1, 1, 1]),  # a long run: full batches, then the last workers x batch one a batch
+        (17, 4, 3, [4] + [1] * 13),
+        (12, 4, 3, [4, 4, 4]),  # a short run (a daemon's group: workers x batch): one batch per worker
+        (5, 4, 3, [2, 2, 1]),  # split evenly over the workers
+        (7, 1, 3, [1] * 7),
+    ],
+)
+def test_batches_end_so_that_the_workers_finish_together(tmp_path, tiny_model, monkeypatch, n, batch, workers, sizes):
     root = tmp_path / "in"
     rels = [f"s{i:02d}.png" for i in range(n)]
     for i, rel in enumerate(rels):
         write_png(root / rel, synthetic(i, 40, 50)[0])
-    sizes: list[int] = []
+    seen: list[list[str]] = []
     real_work = Processor.work
 
     def spy(self, b):
-        sizes.append(len(b))
+        seen.append(list(b))
         return real_work(self, b)
 
     monkeypatch.setattr(Processor, "work", spy)
@@ -210,7 +218,6 @@ def test_the_last_scans_go_one_a_batch(tmp_path, tiny_model, monkeypatch, n, bat
     outcomes = list(proc.process(rels))
     ledger.close()
     assert [o.rel for o in outcomes] == rels and all(o.status == "ok" for o in outcomes)
-    singles = sizes.count(1)
-    assert sum(sizes) == n and all(s in (1, batch) for s in sizes)
-    if batch > 1:
-        assert min(n, workers * batch) <= singles < workers * batch + batch  # the tail, and no more than it
+    seen.sort(key=lambda b: rels.index(b[0]))  # the workers may start them in any order
+    assert [len(b) for b in seen] == sizes
+    assert [rel for b in seen for rel in b] == rels  # consecutive scans, each once

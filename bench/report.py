@@ -56,7 +56,8 @@ def report(r: dict) -> str:
         f"- model: {model['name']} {model['version']} ({model['architecture']}, input {model['input']}, "
         f"{model['parameters']} parameters, {model['gmac']} GMAC/scan)"
     )
-    out.append(f"- {n} scans ({r['scan_sizes']}), {r['repeats']} repeat(s), medians shown")
+    rounds = f", {r['rounds']} alternating rounds of the steady state and the bound" if r.get("rounds") else ""
+    out.append(f"- {n} scans ({r['scan_sizes']}), {r['repeats']} repeat(s) of each process run{rounds}; medians shown")
     if "work" in r:
         w = r["work"]
         out.append(f"- work folder {w['folder']}: creating a file there takes {w['create_ms']:.3f} ms (median)")
@@ -137,7 +138,12 @@ def report(r: dict) -> str:
         "write": "PNG encode + atomic write",
     }
     out.append(table(["stage", "ms/scan"], [[plabels.get(k, k), f"{v:.2f}"] for k, v in p["stages_ms"].items()]))
-    out += ["", f"Wall: {p['ms_per_scan']:.2f} ms/scan = **{p['scans_per_s']:.1f} scans/s** steady state.", ""]
+    out += ["", f"Wall: {p['ms_per_scan']:.2f} ms/scan = **{p['scans_per_s']:.1f} scans/s** steady state", ""]
+    if r.get("steady_rounds"):
+        xs = r["steady_rounds"]
+        out[-2] += f" (median of {len(xs)} rounds after a warm-up pass; range {min(xs):.1f}-{max(xs):.1f})."
+    else:
+        out[-2] += "."
 
     bounds = r["bound"]
     out += ["## 4. The bound: onnxruntime alone on preprocessed tensors", ""]
@@ -160,6 +166,15 @@ def report(r: dict) -> str:
         "",
         f"Steady-state pipeline {p['scans_per_s']:.1f} scans/s = **{share:.1%}** of the bound, the fastest row and "
         f"batch above ({best['scans_per_s']:.1f} scans/s: {best_label}, batch {best_bs}).",
+        *(
+            [
+                f"Paired by round (each round's steady state over that round's fastest bound figure): "
+                f"{min(r['share_rounds']):.1%}-{max(r['share_rounds']):.1%}, median "
+                f"{statistics.median(r['share_rounds']):.1%}."
+            ]
+            if r.get("share_rounds")
+            else []
+        ),
         f"Model at batch 1, fastest way: {latency:.1f} ms/scan (budget <= 25 ms); "
         f"{model['parameters']} parameters, {model['gmac']} GMAC/scan.",
         "",

@@ -8,8 +8,9 @@ An append-only JSON-lines file. For each scan (its path relative to IN) the newe
 
 A scan is up to date when its newest record is ``done`` for the same size, mtime and signature and
 the outputs are still there. After a crash (even ``kill -9``), a scan left at ``begin`` whose outputs
-all exist and are newer than the ``begin`` record is recovered as done -- it is not processed again;
-otherwise it is processed again. A torn last line is ignored. Only one process may hold the ledger.
+all exist and are newer than the ``begin`` record is recovered as done -- a ``done`` record marked
+``"recovered": true`` is appended, and it is not processed again; otherwise it is processed again.
+A torn last line is ignored. Only one process may hold the ledger.
 """
 
 from __future__ import annotations
@@ -82,11 +83,15 @@ class Ledger:
         self.records: dict[str, dict[str, Any]] = {}
         self.recovered = 0
         lines = self._load()
-        self._recover()
-        if lines > 2 * max(len(self.records), 100):
+        recovered = self._recover()
+        compact = lines > 2 * max(len(self.records), 100)
+        if compact:
             self._compact()
         self._fh: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._dirty = False
+        if not compact:  # the file says so too, not only this process's memory (compaction wrote them)
+            for rec in recovered:
+                self.append(rec)
 
     # -- loading ---------------------------------------------------------------------------------
     def _load(self) -> int:
@@ -105,8 +110,12 @@ class Ledger:
             log.warning("ledger %s: ignored %d unreadable line(s) (a write cut short by a crash)", self.path, bad)
         return n
 
-    def _recover(self) -> None:
-        """Settle scans left at ``begin`` by a crash: done if every output made it, else redo."""
+    def _recover(self) -> list[dict[str, Any]]:
+        """Settle scans left at ``begin`` by a crash: done if every output made it, else redo.
+
+        Returns the records of the scans recovered as done, for the caller to append.
+        """
+        recovered = []
         for rel, rec in list(self.records.items()):
             if rec["event"] != "begin":
                 continue
@@ -114,13 +123,15 @@ class Ledger:
             # 50 ms of slack: file systems stamp mtimes from a coarse clock that may lag time.time_ns().
             if outs and all(_mtime(o) >= rec["time_ns"] - 50_000_000 for o in outs):
                 self.records[rel] = {**rec, "event": "done", "recovered": True}
-                self.recovered += 1
+                recovered.append(self.records[rel])
             else:
                 del self.records[rel]
-        if self.recovered:
+        self.recovered = len(recovered)
+        if recovered:
             log.info(
-                "ledger: %d scan(s) interrupted after their outputs were written are recorded as done", self.recovered
+                "ledger: %d scan(s) interrupted after their outputs were written are recorded as done", len(recovered)
             )
+        return recovered
 
     def _compact(self) -> None:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values())

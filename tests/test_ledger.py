@@ -1,0 +1,40 @@
+"""Ledger recovery after a crash: what the file says, not only what one process remembers."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from edge_runtime.ledger import Ledger
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / ".edge-seg" / "ledger.jsonl").read_text().splitlines()]
+
+
+def begin(ledger: Ledger, rel: str, outputs: list[str]) -> None:
+    ledger.append({"rel": rel, "event": "begin", "size": 10, "mtime_ns": 1, "sig": "s", "outputs": outputs})
+
+
+def test_a_scan_whose_outputs_were_written_before_a_crash_is_recorded_done_in_the_file(tmp_path):
+    out = tmp_path / "out"
+    ledger = Ledger(out)
+    begin(ledger, "a.png", ["a.png"])
+    begin(ledger, "b.png", ["b.png"])
+    time.sleep(0.01)
+    (out / "a.png").write_bytes(b"mask")  # a's output made it before the crash, b's did not
+    ledger.close()  # then the process dies: no "done" records
+
+    again = Ledger(out)
+    again.close()
+    assert again.recovered == 1
+    last = {r["rel"]: r for r in records(out)}
+    assert last["a.png"]["event"] == "done" and last["a.png"]["recovered"] is True
+    assert last["b.png"]["event"] == "begin"  # to be processed again
+
+    third = Ledger(out)  # nothing left to recover: a is done in the file itself
+    third.close()
+    assert third.recovered == 0
+    assert third.up_to_date("a.png", 10, 1, "s") and not third.up_to_date("b.png", 10, 1, "s")
+    assert sum(r["rel"] == "a.png" and r["event"] == "done" for r in records(out)) == 1

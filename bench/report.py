@@ -60,7 +60,11 @@ def report(r: dict) -> str:
     out.append(f"- {n} scans ({r['scan_sizes']}), {r['repeats']} repeat(s) of each process run{rounds}; medians shown")
     if "work" in r:
         w = r["work"]
-        out.append(f"- work folder {w['folder']}: creating a file there takes {w['create_ms']:.3f} ms (median)")
+        later = f", {w['create_ms_later']:.3f} ms after the process runs" if "create_ms_later" in w else ""
+        out.append(
+            f"- work folder {w['folder']}: creating a file there takes {w['create_ms']:.3f} ms (median) "
+            f"at the start{later}"
+        )
     out.append("")
 
     e2e, cold = r.get("e2e", {}), r.get("cold", {})

@@ -143,8 +143,7 @@ def file_create_ms(folder: Path, n: int = 200) -> float:
     churns) can cost ten times more here than elsewhere on the same disk. The files stay until the
     bench's folder is removed, so that this probe does not add deletions of its own.
     """
-    probe = folder / "create-probe"
-    probe.mkdir()
+    probe = Path(tempfile.mkdtemp(prefix="create-probe-", dir=folder))
     times = []
     for i in range(n):
         t0 = time.perf_counter()
@@ -377,7 +376,8 @@ def main() -> None:
             count += 1
             out = work / f"out-{count:03d}-{name}"
             res = timed_run(pipelines[name](in_dir, out), out, work / f"log-{count:03d}-{name}.txt", env)
-            shutil.rmtree(out, ignore_errors=True)
+            # The outputs stay until the end: deleting them would make the next runs' file creation
+            # dearer on some file systems (see "file creation" in bench/README.md).
             return asdict(res)
 
         print("warm-up (page cache, byte code) ...", file=sys.stderr)
@@ -392,6 +392,7 @@ def main() -> None:
             for name in pipelines:
                 r["e2e"][name].append(run(name, in_n))
 
+        r["work"]["create_ms_later"] = file_create_ms(work)
         print("stage breakdown, steady state and the inference bound ...", file=sys.stderr)
         staged = sorted(in_n.iterdir())
         r["serial"] = inprocess.serial_stages(staged, cli_model, work)

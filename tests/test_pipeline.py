@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import pytest
 
 from edge_runtime.ledger import Ledger
@@ -151,8 +152,6 @@ def test_job_defaults_for_a_folder_and_for_the_daemon(tmp_path, tiny_model, argv
     assert processor.options.batch_size == batch
     assert processor.workers == workers
     assert processor.segmenter.model.threads == 1  # one-thread runs, side by side
-    import cv2
-
     assert cv2.getNumThreads() == 1  # and OpenCV on the workers' own threads
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -144,6 +145,8 @@ def test_job_defaults_for_a_folder_and_for_the_daemon(tmp_path, tiny_model, argv
     from edge_runtime.oneshot import open_job
 
     (tmp_path / "in").mkdir()
+    cv2.setNumThreads(-1)  # OpenCV's default pool, whatever an earlier test set
+    assert cv2.getNumThreads() > 1 or (os.cpu_count() or 1) == 1
     args = build_parser().parse_args(
         [str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--model", str(tiny_model), *argv]
     )

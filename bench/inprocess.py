@@ -86,9 +86,9 @@ def pipeline_steady(
         out = Path(tempfile.mkdtemp(prefix=f"steady{r}-", dir=work))
         ledger = Ledger(out)
         proc = Processor(seg, in_dir, out, JobOptions((seg.threshold,), batch_size, fsync), ledger)
+        proc.workers = workers
         os.sync()  # the last run's masks go to disk now, not by writeback during this one
         t0 = time.perf_counter()
-        proc.workers = workers
         outcomes = list(proc.process(rels))
         walls.append(time.perf_counter() - t0)
         ledger.close()

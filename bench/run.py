@@ -418,8 +418,8 @@ def main() -> None:
         r["steady_rounds"] = [x["scans_per_s"] for x in steady]
         # each round's share of that round's fastest bound figure: the paired view of the same rounds
         r["share_rounds"] = [
-            st["scans_per_s"] / max(b[k][bs]["scans_per_s"] for k in b for bs in b[k])
-            for st, b in zip(steady, [{k: v[i] for k, v in bound.items()} for i in range(args.rounds)], strict=True)
+            steady[i]["scans_per_s"] / max(x[i][bs]["scans_per_s"] for x in bound.values() for bs in x[i])
+            for i in range(args.rounds)
         ]
         r["bound"] = {label: {bs: median_run([x[bs] for x in runs]) for bs in runs[0]} for label, runs in bound.items()}
         del tensors

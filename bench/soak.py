@@ -188,9 +188,10 @@ def main() -> int:
     payloads = make_payloads(args.scans, rng)
     jobs = plan(args.scans, payloads, rng, have_rsync)
 
-    runs: list[DaemonRun] = [
-        DaemonRun(in_dir, out_dir, args.model, work / "daemon-0.log", args.settle, args.daemon_args.split())
-    ]
+    def start_daemon(i: int) -> DaemonRun:
+        return DaemonRun(in_dir, out_dir, args.model, work / f"daemon-{i}.log", args.settle, args.daemon_args.split())
+
+    runs: list[DaemonRun] = [start_daemon(0)]
     time.sleep(2.0)
     queues = [jobs[i :: args.writers] for i in range(args.writers)]
     delivered = threading.Event()
@@ -225,11 +226,7 @@ def main() -> int:
             time.sleep(0.25)
         runs[-1].kill()
         print(f"  kill -9 at {time.time() - t_start:.1f} s ({masks_written()} masks so far); restarting")
-        runs.append(
-            DaemonRun(
-                in_dir, out_dir, args.model, work / f"daemon-{len(runs)}.log", args.settle, args.daemon_args.split()
-            )
-        )
+        runs.append(start_daemon(len(runs)))
     while not all_delivered():
         runs[-1].sample_rss()
         time.sleep(0.5)

@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--model", type=Path)
-    p.add_argument("--batch", type=int, default=4, help="batch size of the base setting")
+    p.add_argument("--batch", type=int, help="batch size of the base setting (default: the runtime's, for folders)")
     p.add_argument("--priority", action="store_true", help="as bench/run.py --priority")
     p.add_argument("--work", type=Path, help="as bench/run.py --work")
     args = p.parse_args()
@@ -47,6 +47,10 @@ def main() -> None:
 
     from bench import inprocess
     from edge_runtime.model import OnnxModel, available_cores, default_model_path
+    from edge_runtime.pipeline import JobOptions
+
+    default_batch = JobOptions.batch_size
+    args.batch = args.batch or default_batch
 
     model_path = args.model or default_model_path()
     cores = available_cores()
@@ -82,7 +86,7 @@ def main() -> None:
 
         # (label, pipeline_steady keywords, (intra-op threads, spinning)); one setting changed at a time
         base = {"batch_size": args.batch}
-        settings = [("defaults" + (f" (batch {args.batch})" if args.batch != 4 else ""), {}, (1, True))]
+        settings = [("defaults" + (f" (batch {args.batch})" if args.batch != default_batch else ""), {}, (1, True))]
         settings += [(f"workers {n}", {"workers": n}, (1, True)) for n in (1, 2, 3, 4, 6) if n != cores + 1]
         if cores > 1:
             settings += [

@@ -324,7 +324,7 @@ class Processor:
         probs = iter(self.infer(loaded) if loaded else [])
         results = [self._safe_finish(g, next(probs)) if isinstance(g, Loaded) else g for g in got]
         written = [r for r in results if isinstance(r, Written)]
-        recorded = iter(self.record_done(written) if written else [])
+        recorded = iter(self.record_done(written))
         return [next(recorded) if isinstance(r, Written) else r for r in results]
 
     def process(

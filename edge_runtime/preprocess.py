@@ -14,22 +14,6 @@ import numpy as np
 RESIZE_METHODS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
-def as_rgb(image: np.ndarray) -> np.ndarray:
-    """Return ``image`` as H x W x 3 in RGB order, keeping its dtype.
-
-    Accepts H x W (grayscale), H x W x 1, H x W x 3 (RGB) and H x W x 4 (RGBA; alpha is dropped).
-    """
-    if image.ndim == 2:
-        return np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim == 3 and image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    if image.ndim == 3 and image.shape[2] == 4:
-        return image[:, :, :3]
-    raise ValueError(f"unsupported image shape {image.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
-
-
 def minmax(image: np.ndarray) -> np.ndarray:
     """Per-image min-max to [0, 1] as float32. A constant image maps to zeros, never NaN."""
     out = image.astype(np.float32, copy=True)
@@ -65,6 +49,8 @@ def preprocess(
         raise ValueError(f"unknown resize method {resize!r}; known: {sorted(RESIZE_METHODS)}")
     if channels not in (1, 3):
         raise ValueError(f"unsupported channel count {channels}; expected 1 or 3")
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+        raise ValueError(f"unsupported image shape {image.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]
     if image.dtype not in (np.uint8, np.uint16, np.float32):

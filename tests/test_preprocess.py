@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.preprocess import as_rgb, minmax, preprocess, preprocess_batch
+from edge_runtime.preprocess import minmax, preprocess, preprocess_batch
 from tests.helpers import synthetic, write_png
 
 
@@ -28,7 +28,7 @@ def test_preprocess_shape_dtype_range():
 
 def test_gray_rgb_rgba_give_the_same_tensor():
     img, _ = synthetic(2, 150, 170)
-    rgb = as_rgb(img)
+    rgb = np.dstack([img, img, img])
     rgba = np.dstack([rgb, np.full(img.shape, 255, np.uint8)])
     a, b, c = preprocess(img), preprocess(rgb), preprocess(rgba)
     np.testing.assert_array_equal(a, b)
@@ -53,6 +53,8 @@ def test_unknown_settings_are_refused():
         preprocess(img, resize="lanczos")
     with pytest.raises(ValueError):
         preprocess(img, channels=2)
+    with pytest.raises(ValueError, match=r"unsupported image shape \(50, 50, 2\)"):
+        preprocess(np.dstack([img, img]))  # gray + alpha: the decoder never gives it, a caller might
 
 
 def test_training_loads_exactly_what_the_runtime_feeds_the_model(tmp_path, tiny_model):

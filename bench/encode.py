@@ -27,9 +27,9 @@ SETTINGS = {
 def main() -> None:
     from bench.report import table
     from bench.run import ddti_root, pick_scans
-    from edge_runtime import scanio
-    from edge_runtime.scanio import read_scan
-    from edge_runtime.segmenter import Segmenter
+    from edge_runtime.core.segmenter import Segmenter
+    from edge_runtime.files import scans as scanio
+    from edge_runtime.files.scans import read_scan
 
     SETTINGS["edge-seg (level 1, RLE, no filter)"] = scanio._PNG_GRAY
     seg = Segmenter()

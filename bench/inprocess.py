@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.layout import iter_scans
-from edge_runtime.ledger import Ledger
-from edge_runtime.model import OnnxModel
-from edge_runtime.pipeline import JobOptions, Processor, opencv_on_caller_threads
-from edge_runtime.scanio import decode_image, encode_png, read_bytes, write_atomic
-from edge_runtime.segmenter import Segmenter
+from edge_runtime.core.model import OnnxModel
+from edge_runtime.core.segmenter import Segmenter
+from edge_runtime.files.durable import write_atomic
+from edge_runtime.files.scans import decode_image, encode_png, read_bytes
+from edge_runtime.job.assemble import build_job, opencv_on_caller_threads
+from edge_runtime.job.discovery import iter_scans
+from edge_runtime.job.settings import FOLDER_BATCH_SIZE, JobRequest, RunOptions
 
 
 def _median(xs: list[float]) -> float:
@@ -67,11 +68,11 @@ def pipeline_steady(
     model: OnnxModel,
     work: Path,
     repeats: int = 3,
-    batch_size: int = JobOptions.batch_size,
+    batch_size: int = FOLDER_BATCH_SIZE,
     fsync: bool = True,
     workers: int | None = None,
 ) -> dict:
-    """``Processor.process`` over every scan in ``in_dir`` with the session already loaded and warm.
+    """``Scheduler.process`` over every scan in ``in_dir`` with the session already loaded and warm.
 
     Each repeat writes into a fresh OUT (under ``work``) with a fresh ledger. Returns the median wall time and scans/s,
     and the mean of each stage of ``Outcome.timings`` (stages overlap across threads, so these add up
@@ -84,14 +85,12 @@ def pipeline_steady(
     walls, stage_sums, ok = [], {}, 0
     for r in range(repeats):
         out = Path(tempfile.mkdtemp(prefix=f"steady{r}-", dir=work))
-        ledger = Ledger(out)
-        proc = Processor(seg, in_dir, out, JobOptions((seg.threshold,), batch_size, fsync), ledger)
-        proc.workers = workers
+        job = build_job(seg, in_dir, out, JobRequest(), RunOptions(workers, batch_size, fsync))
         os.sync()  # the last run's masks go to disk now, not by writeback during this one
         t0 = time.perf_counter()
-        outcomes = list(proc.process(rels))
+        outcomes = list(job.scheduler.process(rels))
         walls.append(time.perf_counter() - t0)
-        ledger.close()
+        job.close()
         ok = sum(o.status == "ok" for o in outcomes)
         for o in outcomes:
             for k, v in o.timings.items():

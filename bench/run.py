@@ -299,7 +299,7 @@ def main() -> None:
         sys.path.insert(0, str(RUNTIME))
 
     from bench import inprocess
-    from edge_runtime.model import OnnxModel, available_cores, default_model_path
+    from edge_runtime.core.model import OnnxModel, available_cores, default_model_path
 
     model_path = (args.model or default_model_path()).resolve()
     model = OnnxModel(model_path)  # one run on all the cores: the lowest latency for a single scan

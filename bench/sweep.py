@@ -46,10 +46,10 @@ def main() -> None:
     print(f"CPU priority {apply_priority()}")
 
     from bench import inprocess
-    from edge_runtime.model import OnnxModel, available_cores, default_model_path
-    from edge_runtime.pipeline import JobOptions
+    from edge_runtime.core.model import OnnxModel, available_cores, default_model_path
+    from edge_runtime.job.settings import FOLDER_BATCH_SIZE
 
-    default_batch = JobOptions.batch_size
+    default_batch = FOLDER_BATCH_SIZE
     args.batch = args.batch or default_batch
 
     model_path = args.model or default_model_path()

@@ -16,11 +16,11 @@ MAX_PIXELS = 40_000_000
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
 if TYPE_CHECKING:
+    from edge_runtime.core.model import OnnxModel
+    from edge_runtime.core.preprocess import preprocess
+    from edge_runtime.core.segmenter import Segmentation, Segmenter
     from edge_runtime.errors import ModelError, ScanError, SetupError
-    from edge_runtime.model import OnnxModel
-    from edge_runtime.preprocess import preprocess
-    from edge_runtime.scanio import read_scan
-    from edge_runtime.segmenter import Segmentation, Segmenter
+    from edge_runtime.files.scans import read_scan
 
 __all__ = [
     "ModelError",
@@ -38,11 +38,11 @@ _LAZY = {
     "ModelError": "edge_runtime.errors",
     "ScanError": "edge_runtime.errors",
     "SetupError": "edge_runtime.errors",
-    "OnnxModel": "edge_runtime.model",
-    "preprocess": "edge_runtime.preprocess",
-    "read_scan": "edge_runtime.scanio",
-    "Segmentation": "edge_runtime.segmenter",
-    "Segmenter": "edge_runtime.segmenter",
+    "OnnxModel": "edge_runtime.core.model",
+    "preprocess": "edge_runtime.core.preprocess",
+    "read_scan": "edge_runtime.files.scans",
+    "Segmentation": "edge_runtime.core.segmenter",
+    "Segmenter": "edge_runtime.core.segmenter",
 }
 
 

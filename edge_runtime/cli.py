@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_runtime._version import __version__
+from edge_runtime.console import positive_int_arg, setup_logging, threshold_arg
 
-log = logging.getLogger("edge_seg")
+if TYPE_CHECKING:
+    from edge_runtime.job.settings import RunSettings
+
+log = logging.getLogger(__name__)
 
 EPILOG = """examples:
   edge-seg scans/ --out masks/                       masks at the model's default threshold
@@ -34,26 +38,6 @@ one-shot runs OUT/run-summary.csv and OUT/run-provenance.json (fields: docs/OUTP
 """
 
 
-def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"threshold {text} must be between 0 and 1 (exclusive)")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     fmt = type("F", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {})
     p = argparse.ArgumentParser(prog="edge-seg", description=__doc__, epilog=EPILOG, formatter_class=fmt)
@@ -63,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="ONNX model exported by edge-seg-export (default: the bundled model)")
     p.add_argument(
         "--threshold",
-        type=_threshold,
+        type=threshold_arg,
         nargs="+",
         metavar="T",
         help="probability threshold(s) P > T; several give one folder each (default: the model's)",
@@ -82,13 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo scans whose masks are already up to date")
     p.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int_arg,
         help="scans per inference run (default: 4 for a folder, 1 for --watch, where each scan goes through "
         "as soon as it is ready); the last scans of a run go in smaller batches, so that the workers finish together",
     )
     p.add_argument(
         "--threads",
-        type=_positive,
+        type=positive_int_arg,
         help="CPU cores to keep busy: N + 1 worker threads each take a batch from file to masks with a "
         "one-thread model run (default: the cores this process may use)",
     )
@@ -130,66 +114,70 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _Formatter(logging.Formatter):
-    """Per-scan lines and the summary as they are; other warnings and errors say what they are."""
+def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings:
+    """The typed settings of a run, built once from the parsed command line."""
+    from edge_runtime.job.settings import (
+        DAEMON_BATCH_SIZE,
+        FOLDER_BATCH_SIZE,
+        JobRequest,
+        RunOptions,
+        RunSettings,
+        WatchOptions,
+    )
 
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        if record.levelno >= logging.WARNING and not getattr(record, "plain", False):
-            text = f"{record.levelname.lower()}: {text}"
-        return text
-
-
-def setup_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    root = logging.getLogger()
-    root.setLevel(level)
-    for old in [h for h in root.handlers if getattr(h, "edge_seg", False)]:  # main() called again in-process
-        root.removeHandler(old)
-        old.close()
-    console = logging.StreamHandler(sys.stderr)
-    console.edge_seg = True
-    console.setFormatter(_Formatter("%(message)s"))
-    root.addHandler(console)
-    if args.log_file:
-        args.log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.handlers.RotatingFileHandler(args.log_file, maxBytes=10 << 20, backupCount=5, encoding="utf-8")
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        fh.edge_seg = True
-        root.addHandler(fh)
+    daemon = args.watch is not None
+    outputs = tuple(kind for kind, asked in (("overlays", args.overlay), ("reports", args.report)) if asked)
+    job = JobRequest(args.model, tuple(args.threshold) if args.threshold else None, outputs)
+    run = RunOptions(
+        workers=args.threads + 1 if args.threads else None,  # None: one per available core, plus one
+        # A daemon favours latency (one scan a run, the workers still side by side); a folder, throughput.
+        batch_size=args.batch_size or (DAEMON_BATCH_SIZE if daemon else FOLDER_BATCH_SIZE),
+        force=args.force,
+    )
+    watch = WatchOptions(args.settle, args.polling, args.rescan)
+    if args.demo is not None:  # the demo writes its scans into DIR/scans, and masks by default into DIR/masks
+        in_dir, out_dir = args.demo / "scans", args.out or args.demo / "masks"
+    else:
+        in_dir, out_dir = args.watch if daemon else args.input, args.out
+    return RunSettings(in_dir, out_dir, job, run, watch, tuple(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the run's provenance record
     modes = sum(x is not None for x in (args.input, args.watch, args.demo))
     if modes != 1:
         parser.error("give one of: IN (one-shot), --watch IN (daemon) or --demo")
     if args.demo is None and args.out is None:
         parser.error("--out OUT is required")
-    setup_logging(args)
+    setup_logging(args.verbose, args.quiet, args.log_file)
 
     from edge_runtime.errors import SetupError
 
     try:
+        settings = settings_from_args(args, _argv(argv))
         if args.demo is not None:
             from edge_runtime.demo import run_demo
 
-            return run_demo(args)
+            return run_demo(settings, args.demo)
         if args.watch is not None:
             from edge_runtime.watch import run_watch
 
-            return run_watch(args)
+            return run_watch(settings)
         from edge_runtime.oneshot import run_once
 
-        return run_once(args)
+        return run_once(settings)
     except SetupError as exc:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:
         log.warning("interrupted; masks already written are complete")
         return 130
+
+
+def _argv(argv: list[str] | None) -> list[str]:
+    """The command line as given, for the run's provenance record."""
+    return list(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

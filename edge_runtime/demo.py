@@ -8,17 +8,19 @@ true masks, runs the same one-shot conversion as ``edge-seg IN --out OUT`` and s
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge_runtime.metrics import scan_metrics, summarise
-from edge_runtime.scanio import encode_png, read_scan, write_atomic
+from edge_runtime.core.metrics import scan_metrics, summarise
+from edge_runtime.files.durable import write_atomic
+from edge_runtime.files.scans import encode_png, read_scan
+from edge_runtime.job.outcome import log_summary
+from edge_runtime.job.settings import RunSettings
 
-log = logging.getLogger("edge_seg")
+log = logging.getLogger(__name__)
 
 DEMO_SCANS = 6
 
@@ -80,25 +82,21 @@ def write_demo_scans(folder: Path, count: int = DEMO_SCANS, seed: int = 7) -> tu
     return scans, truth
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(settings: RunSettings, folder: Path) -> int:
+    """Write the synthetic scans into ``settings.in_dir``, segment them into ``settings.out_dir``, score them."""
     from edge_runtime.oneshot import run_once
 
-    folder: Path = args.demo
     scans, truth = write_demo_scans(folder)
     log.info("demo: %d synthetic scans written to %s", DEMO_SCANS, scans)
-    args.input, args.out = scans, args.out or folder / "masks"
-    code = run_once(args)
-    if code == 0 and len(args.threshold or [None]) == 1:  # one mask per scan to score
+    code = run_once(settings)
+    if code == 0 and len(settings.job.thresholds or [None]) == 1:  # one mask per scan to score
         per_scan = []
         for t in sorted(truth.glob("*.png")):
-            predicted = read_scan(args.out / t.name).frames[0]
+            predicted = read_scan(settings.out_dir / t.name).frames[0]
             per_scan.append(scan_metrics(predicted, read_scan(t).frames[0], with_hd95=False))
         s = summarise(per_scan)
-        log.info(
-            "demo: masks are in %s; mean Dice against the synthetic truth (%s) %.2f",
-            args.out,
-            truth,
-            s["dice_mean"],
-            extra={"plain": True},
+        log_summary(
+            f"demo: masks are in {settings.out_dir}; mean Dice against the synthetic truth ({truth}) "
+            f"{s['dice_mean']:.2f}"
         )
     return code

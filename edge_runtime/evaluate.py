@@ -1,8 +1,9 @@
 """``edge-seg-eval``: score a model on a labelled folder, at each scan's own resolution.
 
 The masks scored are exactly those ``edge-seg`` writes (same preprocessing, inference, resize,
-threshold and opening); metrics come from :mod:`edge_runtime.metrics`, the code training uses for its
-validation Dice. Needs only the runtime install (no TensorFlow).
+threshold and opening); metrics come from :mod:`edge_runtime.core.metrics`, the code training uses for its
+validation Dice. Needs only the runtime install (no TensorFlow). The scoring itself is
+:mod:`edge_runtime.scoring`'s; this module is the command line around it.
 """
 
 from __future__ import annotations
@@ -13,116 +14,20 @@ import logging
 import math
 import shlex
 import sys
-import time
-from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-
 from edge_runtime._version import __version__
+from edge_runtime.core.thresholds import parse_threshold
 from edge_runtime.errors import ScanError, SetupError
-from edge_runtime.layout import is_candidate_name
-from edge_runtime.metrics import as_dict, scan_metrics, summarise
-from edge_runtime.scanio import read_scan
+from edge_runtime.scoring import evaluate, evaluate_written
 
-log = logging.getLogger("edge_seg.eval")
+log = logging.getLogger(__name__)
 
 SEED_THRESHOLDS = (0.5, 0.85, 0.9, 0.95)
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
 EPILOG = """example:
   edge-seg-eval --images ../shared/data/ddti/test/image --masks ../shared/data/ddti/test/mask
 """
-
-
-#: Thresholds tried when a default is chosen on validation data (by training, and by the export with --tta).
-THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
-
-
-def best_threshold(dice_by_threshold: Mapping[float, float]) -> float:
-    """The threshold with the highest mean Dice; ties go to the one nearest 0.5."""
-    return max(dice_by_threshold, key=lambda t: (dice_by_threshold[t], -abs(t - 0.5)))
-
-
-def _by_stem(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise SetupError(f"{folder} is not a folder")
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and is_candidate_name(p.name, dicom=False):
-            if p.stem in found:
-                raise SetupError(f"{found[p.stem].name} and {p.name} in {folder} have the same stem: which is meant?")
-            found[p.stem] = p
-    return found
-
-
-def paired(images: Path, masks: Path) -> list[tuple[Path, Path]]:
-    """(image, truth) pairs by file stem; raises SetupError naming unpaired files."""
-    im, ms = _by_stem(images), _by_stem(masks)
-    if not im:
-        raise SetupError(f"no images in {images}")
-    only_im, only_ms = sorted(set(im) - set(ms)), sorted(set(ms) - set(im))
-    problems = []
-    if only_im:
-        names = ", ".join(im[s].name for s in only_im[:5])
-        problems.append(f"{len(only_im)} image(s) in {images} have no mask in {masks}: {names}")
-    if only_ms:
-        names = ", ".join(ms[s].name for s in only_ms[:5])
-        problems.append(f"{len(only_ms)} mask(s) in {masks} have no image in {images}: {names}")
-    if problems:
-        raise SetupError("; ".join(problems))
-    return [(im[s], ms[s]) for s in sorted(im)]
-
-
-def _truth(path: Path) -> np.ndarray:
-    mask = read_scan(path).frames[0]
-    return (mask.max(axis=2) if mask.ndim == 3 else mask) > 127
-
-
-def evaluate(
-    segmenter, images: Path, masks: Path, thresholds: list[float], with_hd95: bool = True
-) -> tuple[dict[str, dict], list[dict]]:
-    """Summary per threshold (keyed by its label) and per-scan rows, running ``segmenter`` on ``images``."""
-    from edge_runtime.layout import threshold_label
-
-    per_t: dict[float, list] = {t: [] for t in thresholds}
-    rows: list[dict] = []
-    t0 = time.perf_counter()
-    pairs = paired(images, masks)
-    for ip, mp in pairs:
-        image, truth = read_scan(ip).frames[0], _truth(mp)
-        if truth.shape != image.shape[:2]:
-            raise ScanError(mp, f"mask is {truth.shape[::-1]} but its scan is {image.shape[:2][::-1]} (w x h)")
-        result = segmenter.segment(image, thresholds)
-        for t in thresholds:
-            m = scan_metrics(result.masks[t], truth, with_hd95)
-            per_t[t].append(m)
-            rows.append({"scan": ip.name, "threshold": t, **as_dict(m)})
-    seconds = time.perf_counter() - t0
-    summary = {threshold_label(t): summarise(v) for t, v in per_t.items()}
-    for s in summary.values():
-        s["seconds"] = round(seconds, 2)
-    return summary, rows
-
-
-def evaluate_written(predicted: Path, masks: Path, with_hd95: bool = True) -> tuple[dict, list[dict]]:
-    """Score masks already written by ``edge-seg`` (single-threshold layout) against the truth."""
-    per_scan, rows = [], []
-    truths = _by_stem(masks)
-    if not truths:
-        raise SetupError(f"no masks in {masks}")
-    if not predicted.is_dir():
-        raise SetupError(f"{predicted} is not a folder")
-    for stem, mp in truths.items():
-        pp = predicted / f"{stem}.png"
-        if not pp.is_file():
-            raise SetupError(f"no predicted mask {pp} for {mp.name}")
-        pred, truth = _truth(pp), _truth(mp)
-        if pred.shape != truth.shape:
-            raise ScanError(pp, f"mask is {pred.shape[::-1]} but its truth {mp.name} is {truth.shape[::-1]} (w x h)")
-        m = scan_metrics(pred, truth, with_hd95)
-        per_scan.append(m)
-        rows.append({"scan": mp.name, **as_dict(m)})
-    return {"written": summarise(per_scan)}, rows
 
 
 def format_table(summary: dict[str, dict]) -> str:
@@ -157,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="ONNX model (default: the bundled model)")
     p.add_argument(
         "--threshold",
-        type=float,
         nargs="+",
         metavar="T",
         help="thresholds to score (default: 0.5, 0.85, 0.9, 0.95 and the model's own)",
@@ -176,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
             summary, rows = evaluate_written(args.predicted, args.masks, not args.no_hd95)
             model_info = None
         else:
-            from edge_runtime.segmenter import Segmenter
+            from edge_runtime.core.segmenter import Segmenter
 
+            try:
+                asked = [parse_threshold(t) for t in args.threshold or ()]
+            except ValueError as exc:
+                raise SetupError(str(exc)) from None
             seg = Segmenter(args.model)
-            thresholds = sorted(set(args.threshold or (*SEED_THRESHOLDS, seg.threshold)))
-            if any(not 0 < t < 1 for t in thresholds):
-                raise SetupError("thresholds must be between 0 and 1")
+            thresholds = sorted(set(asked or (*SEED_THRESHOLDS, seg.threshold)))
             summary, rows = evaluate(seg, args.images, args.masks, thresholds, not args.no_hd95)
             model_info = {
                 "path": str(seg.info.path),

@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-log = logging.getLogger("edge_seg.export")
+from edge_runtime.console import threshold_arg
+
+log = logging.getLogger(__name__)
 
 EPILOG = """example:
   edge-seg-export runs/seed/model.keras --out runs/seed/model.onnx
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", type=Path, help="training record (default: training.json beside the model)")
     p.add_argument("--name", help="model name for the metadata (default: from the training record)")
     p.add_argument("--model-version", help="model version for the metadata (default: from the training record)")
-    p.add_argument("--threshold", type=float, help="default threshold (default: the one chosen on validation)")
+    p.add_argument("--threshold", type=threshold_arg, help="default threshold (default: the one chosen on validation)")
     p.add_argument(
         "--parity-scans",
         type=Path,
@@ -53,10 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def choose_threshold_on(onnx_path: Path, labelled: Path) -> float:
     """The threshold with the best mean scan-resolution Dice of ``onnx_path`` on ``labelled`` (image/ + mask/)."""
+    from edge_runtime.core.segmenter import Segmenter
+    from edge_runtime.core.thresholds import THRESHOLD_GRID, best_threshold, threshold_label
     from edge_runtime.errors import SetupError
-    from edge_runtime.evaluate import THRESHOLD_GRID, best_threshold, evaluate
-    from edge_runtime.layout import threshold_label
-    from edge_runtime.segmenter import Segmenter
+    from edge_runtime.scoring import evaluate
 
     if not (labelled / "image").is_dir() or not (labelled / "mask").is_dir():
         raise SetupError(f"choosing the threshold needs {labelled}/image and {labelled}/mask")
@@ -86,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         log.error("export needs TensorFlow, tf2onnx and onnx: pip install 'edge-seg[train]'")
         return 2
+    from edge_runtime.core.metadata import COMPARE_THRESHOLDS
     from edge_runtime.errors import ModelError, ScanError, SetupError
-    from edge_runtime.scanio import write_atomic
+    from edge_runtime.files.durable import write_atomic
     from export.convert import (
-        COMPARE_THRESHOLDS,
         attach_metadata,
         build_metadata,
         load_keras,

@@ -1,4 +1,5 @@
-"""Keras 3 -> ONNX with tf2onnx, and the model metadata of DESIGN.md contract 2.
+"""Keras 3 -> ONNX with tf2onnx, and the model metadata of contract 2 (docs/DESIGN.md), built by
+:mod:`edge_runtime.core.metadata`.
 
 ``tf2onnx.convert.from_keras`` breaks on Keras 3 (onnx/tensorflow-onnx#2329, #2348), so the model is
 wrapped in a ``tf.function`` with an explicit input signature (dynamic batch, named ``image``) and
@@ -7,18 +8,16 @@ converted with ``from_function``. The single output is renamed ``probability``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.core.metadata import INPUT_NAME, OUTPUT_NAME
+
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probability"
 DEFAULT_OPSET = 17
-COMPARE_THRESHOLDS = (0.85, 0.9, 0.95)
 
 
 def load_keras(path: str | Path):
@@ -76,7 +75,7 @@ def build_metadata(
     import tf2onnx
 
     from edge_runtime import __version__
-    from edge_runtime.model import SCHEMA_VERSION
+    from edge_runtime.core.metadata import model_metadata
 
     _, h, w, c = model.inputs[0].shape
     cfg = (record or {}).get("config", {})
@@ -110,40 +109,18 @@ def build_metadata(
             "val_dice_at_0.5": record["val"]["0.5"]["dice_mean"],
             "finished": record.get("finished"),
         }
-    return {
-        "schema": SCHEMA_VERSION,
-        "name": name,
-        "version": version,
-        "architecture": model.name,
-        "input": {
-            "name": INPUT_NAME,
-            "height": int(h),
-            "width": int(w),
-            "channels": int(c),
-            "layout": "NHWC",
-            "dtype": "float32",
-            "color": "RGB" if c == 3 else "gray",
-        },
-        "output": {"name": OUTPUT_NAME, "activation": "sigmoid", "shape": "N,H,W,1"},
-        "preprocessing": {
-            "function": "edge_runtime.preprocess.preprocess",
-            "resize": cfg.get("resize", "area"),
-            "normalisation": "minmax",
-        },
-        "postprocessing": {
-            "threshold": float(threshold),
-            "compare_thresholds": list(COMPARE_THRESHOLDS),
-            "resize": "linear, probability map to the scan's size before thresholding",
-            "morphology": {
-                "op": "open",
-                "shape": "ellipse",
-                "size": int(cfg.get("morphology_size", 3)),
-                "units": "model pixels, scaled to the scan's size",
-            },
-        },
-        "test_time_augmentation": tta,
-        "training": training,
-        "export": {
+    return model_metadata(
+        name=name,
+        version=version,
+        architecture=model.name,
+        height=int(h),
+        width=int(w),
+        channels=int(c),
+        threshold=threshold,
+        resize=cfg.get("resize", "area"),
+        morphology_size=int(cfg.get("morphology_size", 3)),
+        training=training,
+        export={
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "opset": opset,
             "edge_seg": __version__,
@@ -152,18 +129,14 @@ def build_metadata(
             "tf2onnx": tf2onnx.__version__,
             "onnx": onnx.__version__,
         },
-    }
+        tta=tta,
+    )
 
 
 def attach_metadata(proto, metadata: dict[str, Any]) -> None:
     """Store ``metadata`` as JSON under ``edge_seg`` in ``metadata_props`` (replacing any earlier one)."""
-    from edge_runtime.model import METADATA_KEY
+    from edge_runtime.core import metadata as meta
 
-    keep = [p for p in proto.metadata_props if p.key != METADATA_KEY]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    entry = proto.metadata_props.add()
-    entry.key = METADATA_KEY
-    entry.value = json.dumps(metadata, sort_keys=True)
+    meta.attach_metadata(proto, metadata)
     proto.producer_name = "edge-seg-export"
     proto.doc_string = f"edge-seg thyroid nodule segmentation model {metadata['name']} {metadata['version']}"

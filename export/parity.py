@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.layout import is_candidate_name
-from edge_runtime.postprocess import masks_for_scan
-from edge_runtime.scanio import read_scan
-from edge_runtime.segmenter import Segmenter
+from edge_runtime.core.postprocess import masks_for_scan
+from edge_runtime.core.segmenter import Segmenter
+from edge_runtime.files.scans import read_scan
+from edge_runtime.job.discovery import is_candidate_name
 
 log = logging.getLogger(__name__)
 

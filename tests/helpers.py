@@ -99,7 +99,8 @@ def synthetic(seed: int = 0, height: int = 200, width: int = 260) -> tuple[np.nd
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:
-    from edge_runtime.scanio import encode_png, write_atomic
+    from edge_runtime.files.durable import write_atomic
+    from edge_runtime.files.scans import encode_png
 
     write_atomic(path, encode_png(image))
     return path

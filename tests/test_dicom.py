@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from edge_runtime.cli import main
-from edge_runtime.dicom import INSTALL_HINT
 from edge_runtime.errors import ScanError
-from edge_runtime.layout import iter_scans
-from edge_runtime.scanio import read_scan
+from edge_runtime.files.dicom import INSTALL_HINT
+from edge_runtime.files.scans import read_scan
+from edge_runtime.job.discovery import iter_scans
 from tests.helpers import nodule_scan, write_dicom, write_png
 
 pytest.importorskip("pydicom")

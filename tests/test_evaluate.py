@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from edge_runtime.cli import main as seg_main
+from edge_runtime.core.metrics import hd95, scan_metrics, summarise
 from edge_runtime.evaluate import main
-from edge_runtime.metrics import hd95, scan_metrics, summarise
 from tests.helpers import nodule_scan, write_png
 
 SUMMARY_KEYS = (
@@ -366,8 +366,8 @@ def test_scoring_written_masks_equals_scoring_the_model(labelled, tiny_model, tm
 
 
 def test_training_validation_scores_the_same_as_edge_seg_eval(labelled, tiny_model, tmp_path):
-    from edge_runtime.scanio import read_scan
-    from edge_runtime.segmenter import Segmenter
+    from edge_runtime.core.segmenter import Segmenter
+    from edge_runtime.files.scans import read_scan
     from train.data import load_split
     from train.validation import score
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from edge_runtime.cli import main
-from edge_runtime.findings import find_nodules, to_json
-from edge_runtime.model import file_sha256
-from edge_runtime.overlay import PALETTE, render_overlay
+from edge_runtime.core.model import file_sha256
+from edge_runtime.outputs.overlays import PALETTE, render_overlay
+from edge_runtime.outputs.reports import find_nodules, to_json
 from tests.helpers import nodule_scan, write_dicom, write_png
 
 pydicom = pytest.importorskip("pydicom")
@@ -204,7 +204,7 @@ class _Killed(KeyboardInterrupt):
 
 
 def test_a_crash_before_the_report_is_written_is_not_recorded_as_done(tmp_path, tiny_model, monkeypatch, caplog):
-    from edge_runtime import findings
+    from edge_runtime.outputs import reports as findings
 
     src, out = tmp_path / "in", tmp_path / "out"
     write_png(src / "x.png", nodule_scan()[0])

@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from edge_runtime.evaluate import evaluate_written
-from edge_runtime.layout import threshold_label
-from edge_runtime.model import MODELS_DIR, default_model_path, file_sha256
+from edge_runtime.core.model import MODELS_DIR, default_model_path, file_sha256
+from edge_runtime.core.thresholds import threshold_label
+from edge_runtime.scoring import evaluate_written
 
 RECORD = MODELS_DIR / "ddti-fcn.test-eval.json"
 

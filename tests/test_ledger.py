@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from edge_runtime.ledger import Ledger
+from edge_runtime.job.ledger import Ledger, ScanState
 
 
 def records(out: Path) -> list[dict]:
@@ -14,7 +14,7 @@ def records(out: Path) -> list[dict]:
 
 
 def begin(ledger: Ledger, rel: str, outputs: list[str]) -> None:
-    ledger.append({"rel": rel, "event": "begin", "size": 10, "mtime_ns": 1, "sig": "s", "outputs": outputs})
+    ledger.begin(ScanState(rel, size=10, mtime_ns=1, sha256="h", sig="s", model="m", frames=1), outputs)
 
 
 def test_a_scan_whose_outputs_were_written_before_a_crash_is_recorded_done_in_the_file(tmp_path):

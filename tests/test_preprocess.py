@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.preprocess import minmax, preprocess, preprocess_batch
+from edge_runtime.core.preprocess import minmax, preprocess, preprocess_batch
 from tests.helpers import synthetic, write_png
 
 

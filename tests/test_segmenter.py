@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edge_runtime import ModelError, Segmenter
-from edge_runtime.metrics import scan_metrics
-from edge_runtime.postprocess import mask_from_probability, open_in_place, opening_kernel
+from edge_runtime.core.metrics import scan_metrics
+from edge_runtime.core.postprocess import mask_from_probability, open_in_place, opening_kernel
 from tests.helpers import make_tiny_model, synthetic, tiny_metadata
 
 

@@ -181,7 +181,7 @@ def test_the_same_command_retrains_the_same_model(ddti, tmp_path):
 
 def test_flip_tta_export_averages_the_scan_and_its_mirror(trained, ddti, tmp_path):
     """--tta flip builds the mirrored pass into the graph: P(x) = (f(x) + flip(f(flip(x)))) / 2."""
-    from edge_runtime.segmenter import Segmenter
+    from edge_runtime.core.segmenter import Segmenter
     from export import cli
 
     root, _ = trained

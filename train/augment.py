@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge_runtime.preprocess import minmax
+from edge_runtime.core.preprocess import minmax
 
 
 @dataclass(frozen=True)

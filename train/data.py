@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_runtime.core.preprocess import preprocess
 from edge_runtime.errors import ScanError
-from edge_runtime.preprocess import preprocess
-from edge_runtime.scanio import decode_image, read_bytes
+from edge_runtime.files.scans import decode_image, read_bytes
 
 log = logging.getLogger(__name__)
 

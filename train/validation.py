@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_runtime.evaluate import THRESHOLD_GRID, best_threshold
-from edge_runtime.metrics import scan_metrics, summarise
-from edge_runtime.postprocess import masks_for_scan
+from edge_runtime.core.metrics import scan_metrics, summarise
+from edge_runtime.core.postprocess import masks_for_scan
+from edge_runtime.core.thresholds import THRESHOLD_GRID, best_threshold
 from train.data import Split
 
 

@@ -13,18 +13,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
-from edge_runtime.layout import OVERLAY_DIR, overlay_path, threshold_label
-from edge_runtime.preprocess import minmax
-from edge_runtime.scanio import Scan, encode_png, write_atomic
-
-if TYPE_CHECKING:
-    from edge_runtime.pipeline import Loaded, Processor
-    from edge_runtime.segmenter import Segmentation
+from edge_runtime.core.preprocess import minmax
+from edge_runtime.core.thresholds import threshold_label
+from edge_runtime.files.durable import write_atomic
+from edge_runtime.files.scans import Scan, encode_png
+from edge_runtime.outputs.base import OutputSetup, ScanResult
+from edge_runtime.outputs.layout import OVERLAY_DIR, overlay_path
 
 log = logging.getLogger(__name__)
 
@@ -100,27 +99,23 @@ def draw_legend(canvas: np.ndarray, entries: Sequence[tuple[str, tuple[int, int,
 
 
 class OverlayWriter:
-    """The ``--overlay`` output, as a pipeline extra (:class:`edge_runtime.pipeline.Extra`)."""
+    """The ``--overlay`` output, as an :class:`~edge_runtime.outputs.base.OutputWriter`."""
 
-    name = "overlay"
+    kind = "overlays"
+    stage = "overlay"
     signature = "overlay/1"
     folder = OVERLAY_DIR
 
-    def paths(self, processor: Processor, scan: Scan, rel: str) -> list[Path]:
-        multi = len(scan.frames) > 1
-        return [overlay_path(processor.out_dir, rel, i + 1 if multi else None) for i in range(len(scan.frames))]
+    def __init__(self, setup: OutputSetup) -> None:
+        self.setup = setup
 
-    def write(
-        self,
-        processor: Processor,
-        scan: Scan,
-        rel: str,
-        segs: list[Segmentation],
-        item: Loaded,
-        paths: list[Path],
-    ) -> dict[str, Any]:
-        thresholds = processor.options.thresholds
-        for path, frame, seg in zip(paths, scan.frames, segs, strict=True):
+    def paths(self, rel: str, scan: Scan) -> list[Path]:
+        multi = len(scan.frames) > 1
+        return [overlay_path(self.setup.out_dir, rel, i + 1 if multi else None) for i in range(len(scan.frames))]
+
+    def write(self, result: ScanResult) -> dict[str, Any]:
+        thresholds = self.setup.thresholds
+        for path, frame, seg in zip(result.paths, result.scan.frames, result.segmentations, strict=True):
             picture = render_overlay(frame, seg.masks, thresholds)
-            write_atomic(path, encode_png(picture, path), fsync=processor.options.fsync)
+            write_atomic(path, encode_png(picture, path), fsync=self.setup.fsync)
         return {}

@@ -1,10 +1,13 @@
 """The ledger under ``OUT/.edge-seg/``: what was done with which scan, by which model and settings.
 
-An append-only JSON-lines file. For each scan (its path relative to IN) the newest record wins:
+An append-only JSON-lines file. For each scan (its path relative to IN) the newest record wins. The
+record shapes are this module's (:class:`ScanState` and the methods that write them):
 
-* ``begin`` -- written after the scan was read and before its outputs are, naming them;
-* ``done``  -- its outputs are complete (size, mtime, sha256 of the scan; the job signature);
-* ``error`` -- it could not be processed, and why.
+* ``begin`` -- written after the scan was read and before its outputs are, naming them
+  (:meth:`Ledger.begin`);
+* ``done``  -- its outputs are complete: the scan's size, mtime and sha256, the job signature, the
+  outputs (:meth:`Ledger.done`; :meth:`Ledger.touched` when the same bytes were done already);
+* ``error`` -- it could not be processed, and why (:meth:`Ledger.error`).
 
 A scan is up to date when its newest record is ``done`` for the same size, mtime and signature and
 the outputs are still there. After a crash (even ``kill -9``), a scan left at ``begin`` whose outputs
@@ -21,17 +24,32 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from edge_runtime.errors import SetupError
-from edge_runtime.layout import STATE_DIR
-from edge_runtime.scanio import write_atomic
+from edge_runtime.files.durable import write_atomic
+from edge_runtime.outputs.layout import STATE_DIR
 
 log = logging.getLogger(__name__)
 
 LEDGER_NAME = "ledger.jsonl"
 LOCK_NAME = "lock"
+
+
+@dataclass(frozen=True)
+class ScanState:
+    """One scan's content as read, and the job that processes it: the fields of its begin and done records."""
+
+    rel: str  #: its POSIX path relative to IN
+    size: int
+    mtime_ns: int
+    sha256: str
+    sig: str  #: the job signature (:attr:`edge_runtime.job.settings.JobSpec.signature`)
+    model: str  #: the first 16 hex digits of the model file's sha256
+    frames: int
 
 
 class _Lock:
@@ -91,7 +109,7 @@ class Ledger:
         self._dirty = False
         if not compact:  # the file says so too, not only this process's memory (compaction wrote them)
             for rec in recovered:
-                self.append(rec)
+                self._append(rec)
 
     # -- loading ---------------------------------------------------------------------------------
     def _load(self) -> int:
@@ -142,6 +160,12 @@ class Ledger:
         with self._mutex:
             return self.records.get(rel)
 
+    def done_rels(self) -> Iterator[str]:
+        """The scans whose newest record is ``done``."""
+        with self._mutex:
+            done = [rel for rel, rec in self.records.items() if rec["event"] == "done"]
+        yield from done
+
     def outputs_exist(self, rec: dict[str, Any]) -> bool:
         return all((self.out_dir / o).exists() for o in rec.get("outputs", []))
 
@@ -170,7 +194,28 @@ class Ledger:
         return None
 
     # -- updates ---------------------------------------------------------------------------------
-    def append(self, rec: dict[str, Any]) -> None:
+    def begin(self, state: ScanState, outputs: list[str]) -> None:
+        """The scan was read and its outputs are about to be written: these ones."""
+        self._append({**asdict(state), "event": "begin", "outputs": outputs})
+
+    def done(self, state: ScanState, outputs: list[str]) -> None:
+        """The scan's outputs are complete (and their folders synced, where the job syncs)."""
+        self._append({**asdict(state), "outputs": outputs, "event": "done"})
+
+    def touched(self, rel: str, size: int, mtime_ns: int) -> list[str]:
+        """The scan's file changed state but not content, which is done already: record it done as it is now.
+
+        Returns the outputs of its done record.
+        """
+        rec = self.get(rel) or {}
+        self._append({**rec, "size": size, "mtime_ns": mtime_ns, "time_ns": time.time_ns()})
+        return list(rec.get("outputs", []))
+
+    def error(self, rel: str, size: int, mtime_ns: int, reason: str) -> None:
+        """The scan could not be processed in this file state (size and mtime -1 when it is gone)."""
+        self._append({"rel": rel, "event": "error", "size": size, "mtime_ns": mtime_ns, "reason": reason})
+
+    def _append(self, rec: dict[str, Any]) -> None:
         rec = {**rec, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         rec.setdefault("time_ns", time.time_ns())
         line = json.dumps(rec, sort_keys=True) + "\n"

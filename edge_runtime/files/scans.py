@@ -1,11 +1,9 @@
-"""Reading scans and writing results: every byte the runtime reads or writes goes through here.
+"""Scans as bytes and pixels: reading, hashing and decoding a scan file, and encoding PNGs.
 
-Reading: the file is read once into memory, hashed (sha256, for the ledger and the findings) and
-decoded from those same bytes, so what was hashed is what was segmented. A file that cannot be used
-raises :class:`~edge_runtime.errors.ScanError` with a reason a person can act on.
-
-Writing (contract 4): a file appears complete or not at all -- it is written to a hidden temporary
-name in the same folder, flushed to disk, then renamed into place.
+The file is read once into memory, hashed (sha256, for the ledger and the findings) and decoded from
+those same bytes, so what was hashed is what was segmented. A file that cannot be used raises
+:class:`~edge_runtime.errors.ScanError` with a reason a person can act on. Writing them durably is
+:mod:`edge_runtime.files.durable`'s job.
 """
 
 from __future__ import annotations
@@ -14,8 +12,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +24,6 @@ from edge_runtime.errors import ScanError
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
-#: Names of write_atomic's temporary files: ".<name>.<8 random chars>.tmp".
-_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 with contextlib.suppress(Exception):  # keep libpng/libjpeg warnings off the console; we report ourselves
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -155,7 +149,7 @@ def read_scan(path: str | Path) -> Scan:
     digest = hashlib.sha256(data).hexdigest()
     fmt = sniff_format(data) if data else None
     if fmt == "DICOM" or (path.suffix.lower() in DICOM_SUFFIXES and data):
-        from edge_runtime.dicom import read_dicom  # pydicom is an optional dependency, imported on first use
+        from edge_runtime.files.dicom import read_dicom  # pydicom is an optional dependency, imported on first use
 
         image = read_dicom(data, path)
         extra = {"pixel_spacing_source": image.spacing_source, "dicom": image.info}
@@ -181,66 +175,3 @@ def encode_png(image: np.ndarray, name: str | Path = "<mask>") -> bytes:
     if not ok:
         raise OSError(f"{name}: PNG encoding failed")
     return buf.tobytes()
-
-
-def write_atomic(path: str | Path, data: bytes | str, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` so that the file appears complete or not at all.
-
-    The bytes go to a hidden temporary file in the same folder (so the rename stays on one file
-    system), are flushed to disk, then ``os.replace`` moves them into place.
-    """
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def sync_dirs(folders: list[Path]) -> None:
-    """fsync each folder once, so that files renamed into them survive a power cut (POSIX only).
-
-    :func:`write_atomic` makes a file's bytes durable; its new name lives in the folder, which needs
-    its own fsync. A file system that cannot fsync a folder (some network shares) is left as it is.
-    """
-    if os.name != "posix":
-        return  # Windows cannot open a folder to fsync it
-    for folder in dict.fromkeys(folders):
-        try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            log.debug("cannot fsync folder %s: %s", folder, exc)
-        finally:
-            os.close(fd)
-
-
-def sweep_temp_files(root: Path) -> int:
-    """Remove temporary files a killed writer left under ``root``; returns how many.
-
-    Only call this while holding the output folder's lock (no other writer can be mid-write).
-    """
-    removed = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if _TEMP_NAME.match(name):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(dirpath, name))
-                    removed += 1
-    if removed:
-        log.info("removed %d incomplete temporary file(s) left by an interrupted run", removed)
-    return removed

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.model import ModelInfo, OnnxModel
-from edge_runtime.postprocess import masks_for_scan
-from edge_runtime.preprocess import preprocess
+from edge_runtime.core.model import ModelInfo, OnnxModel
+from edge_runtime.core.postprocess import masks_for_scan
+from edge_runtime.core.preprocess import preprocess
 
 
 @dataclass

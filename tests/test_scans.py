@@ -1,4 +1,4 @@
-"""scanio.read_bytes: the whole file, even one that grows while it is read; a clear refusal when too large."""
+"""files.scans.read_bytes: the whole file, even one that grows while it is read; a clear refusal when too large."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from edge_runtime import scanio
 from edge_runtime.errors import ScanError
+from edge_runtime.files import scans as scanio
 
 
 def test_read_bytes_reads_the_whole_file(tmp_path):

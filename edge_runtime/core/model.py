@@ -1,14 +1,12 @@
-"""The ONNX session: load a model file, read and check its metadata, run it.
+"""The ONNX session: load a model file, check it against its metadata, run it.
 
-Contract 2 of DESIGN.md: a model carries its own facts in ONNX ``metadata_props`` under the key
-``edge_seg``, as JSON with a schema number. This module is the only reader of that JSON; it refuses,
-with a one-line reason, a model whose metadata or input shape it does not understand.
+The metadata (contract 2 of docs/DESIGN.md) is read and checked by :mod:`edge_runtime.core.metadata`;
+this module refuses, with a one-line reason, a model whose graph does not match it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -18,14 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.core.metadata import METADATA_KEY, parse_metadata, require
 from edge_runtime.errors import ModelError
-from edge_runtime.preprocess import RESIZE_METHODS
 
 log = logging.getLogger(__name__)
 
-METADATA_KEY = "edge_seg"
-SCHEMA_VERSION = 1
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL_NAME = "ddti-fcn.onnx"
 
 
@@ -76,54 +72,6 @@ class ModelInfo:
         return f"{self.name} {self.version} ({self.path.name}, sha256 {self.sha256[:12]})"
 
 
-def _require(cond: bool, path: Path, what: str) -> None:
-    if not cond:
-        raise ModelError(f"model {path}: {what}")
-
-
-def parse_metadata(raw: str | None, path: Path) -> dict[str, Any]:
-    """Parse and check the ``edge_seg`` metadata JSON; raise :class:`ModelError` on anything unknown."""
-    _require(
-        raw is not None,
-        path,
-        f"has no edge-seg metadata (metadata_props key {METADATA_KEY!r}); export it with edge-seg-export",
-    )
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"model {path}: its {METADATA_KEY!r} metadata is not valid JSON ({exc})") from None
-    _require(isinstance(meta, dict), path, "metadata is not a JSON object")
-    schema = meta.get("schema")
-    _require(
-        schema == SCHEMA_VERSION,
-        path,
-        f"metadata schema {schema!r} is not one this runtime reads (it reads schema {SCHEMA_VERSION}); "
-        "upgrade edge-seg or re-export the model",
-    )
-    try:
-        inp, pre, post = meta["input"], meta["preprocessing"], meta["postprocessing"]
-        checks = [
-            (inp["layout"] == "NHWC", f"input layout {inp['layout']!r} (expected 'NHWC')"),
-            (inp["dtype"] == "float32", f"input dtype {inp['dtype']!r} (expected 'float32')"),
-            (inp["channels"] in (1, 3), f"input channels {inp['channels']!r} (expected 1 or 3)"),
-            (int(inp["height"]) > 0 and int(inp["width"]) > 0, "non-positive input size"),
-            (pre["normalisation"] == "minmax", f"normalisation {pre['normalisation']!r} (expected 'minmax')"),
-            (pre["resize"] in RESIZE_METHODS, f"resize {pre['resize']!r} (expected one of {sorted(RESIZE_METHODS)})"),
-            (meta["output"]["activation"] == "sigmoid", f"output activation {meta['output']['activation']!r}"),
-            (0.0 < float(post["threshold"]) < 1.0, f"default threshold {post['threshold']!r} not in (0, 1)"),
-            (
-                post["morphology"]["op"] == "open" and post["morphology"]["shape"] == "ellipse",
-                f"morphology {post['morphology']!r} (expected an elliptical opening)",
-            ),
-            (int(post["morphology"]["size"]) >= 0, "negative morphology size"),
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"model {path}: metadata is missing or has a malformed field ({exc!r})") from None
-    for ok, what in checks:
-        _require(ok, path, f"metadata not understood: {what}")
-    return meta
-
-
 @cache
 def _ort():
     import onnxruntime as ort  # imported lazily so `edge-seg --version` and `--help` stay instant
@@ -157,10 +105,10 @@ class OnnxModel:
             raise ModelError(f"model {path} is not a loadable ONNX model: {first}") from None
         meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        _require(len(inputs) == 1 and len(outputs) == 1, path, "expected exactly one input and one output")
+        require(len(inputs) == 1 and len(outputs) == 1, path, "expected exactly one input and one output")
         h, w, c = int(meta["input"]["height"]), int(meta["input"]["width"]), int(meta["input"]["channels"])
         shape = list(inputs[0].shape)
-        _require(
+        require(
             len(shape) == 4 and shape[1:] == [h, w, c],
             path,
             f"graph input shape {shape} does not match the metadata's [batch, {h}, {w}, {c}]",
@@ -180,7 +128,7 @@ class OnnxModel:
             morphology_size=int(meta["postprocessing"]["morphology"]["size"]),
             metadata=meta,
         )
-        _require(
+        require(
             not isinstance(shape[0], int) or shape[0] == 1,
             path,
             f"batch axis fixed at {shape[0]} (expected dynamic or 1)",

@@ -1,4 +1,5 @@
-"""Processor.process: several workers at once give the same outputs as one, in input order."""
+"""The scheduler and the processor: several workers give the same outputs as one, in input order; batches,
+worker counts, folder syncs before a scan is recorded done; the job defaults for a folder and the daemon."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edge_runtime.ledger import Ledger
-from edge_runtime.pipeline import JobOptions, Processor
-from edge_runtime.segmenter import Segmenter
+from edge_runtime.job.assemble import Job, open_job
+from edge_runtime.job.processor import Processor
+from edge_runtime.job.scheduler import Scheduler, default_workers
+from edge_runtime.job.settings import JobRequest, RunOptions
 from tests.helpers import synthetic, write_png
 
 
@@ -33,16 +35,16 @@ def folder(tmp_path) -> tuple[Path, list[str]]:
     return root, rels
 
 
-def run(
-    segmenter: Segmenter, root: Path, rels: list[str], out: Path, workers: int | None = None
-) -> tuple[list, dict[str, bytes]]:
-    ledger = Ledger(out)
+def job_for(model: Path, root: Path, out: Path, workers: int | None = None, batch_size: int = 2) -> Job:
+    return open_job(root, out, JobRequest(model), RunOptions(workers=workers, batch_size=batch_size))
+
+
+def run(job: Job, rels: list[str]) -> tuple[list, dict[str, bytes]]:
+    out = job.out_dir
     try:
-        proc = Processor(segmenter, root, out, JobOptions((segmenter.threshold,), batch_size=2), ledger)
-        proc.workers = workers
-        outcomes = list(proc.process(rels))
+        outcomes = list(job.scheduler.process(rels))
     finally:
-        ledger.close()
+        job.close()
     masks = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.png")}
     return outcomes, masks
 
@@ -68,12 +70,11 @@ class SlowFirstBatch:
 
 def test_several_workers_write_the_same_masks_in_input_order(folder, tmp_path, tiny_model):
     root, rels = folder
-    one = Segmenter(tiny_model, threads=1)
-    serial, serial_masks = run(one, root, rels, tmp_path / "one", workers=1)
+    serial, serial_masks = run(job_for(tiny_model, root, tmp_path / "one", workers=1), rels)
 
-    slow = Segmenter(tiny_model, threads=1)
-    slow.model = SlowFirstBatch(slow.model)
-    parallel, parallel_masks = run(slow, root, rels, tmp_path / "two", workers=3)
+    slow = job_for(tiny_model, root, tmp_path / "two", workers=3)
+    slow.segmenter.model = SlowFirstBatch(slow.segmenter.model)
+    parallel, parallel_masks = run(slow, rels)
 
     assert [o.rel for o in parallel] == rels == [o.rel for o in serial]
     assert [o.status for o in parallel] == [o.status for o in serial]
@@ -83,38 +84,32 @@ def test_several_workers_write_the_same_masks_in_input_order(folder, tmp_path, t
 
 
 def test_default_workers_follow_the_session_threads(tmp_path, tiny_model, monkeypatch):
-    import edge_runtime.pipeline as pipeline
+    import edge_runtime.job.scheduler as scheduler
 
-    monkeypatch.setattr(pipeline, "available_cores", lambda: 4)
-
-    def processor(threads: int) -> Processor:
-        ledger = Ledger(tmp_path / f"out{threads}")
-        ledger.close()
-        return Processor(
-            Segmenter(tiny_model, threads=threads), tmp_path, tmp_path / f"out{threads}", JobOptions((0.5,)), ledger
-        )
-
-    assert processor(1).worker_count() == 5  # one-thread session: a worker per core, plus one
-    assert processor(4).worker_count() == 2  # a session on all four cores: one running, one loading
-    p = processor(2)
-    p.workers = 7
-    assert p.worker_count() == 7
+    monkeypatch.setattr(scheduler, "available_cores", lambda: 4)
+    assert default_workers(1) == 5  # one-thread session: a worker per core, plus one
+    assert default_workers(4) == 2  # a session on all four cores: one running, one loading
+    (tmp_path / "in").mkdir()
+    job = job_for(tiny_model, tmp_path / "in", tmp_path / "out")
+    job.close()
+    assert job.scheduler.workers == 5  # the job's session runs on one thread
+    assert Scheduler(job.processor, job.planner, workers=7).workers == 7
 
 
 def test_an_inference_failure_reaches_the_caller(folder, tmp_path, tiny_model):
     root, rels = folder
-    seg = Segmenter(tiny_model, threads=1)
+    job = job_for(tiny_model, root, tmp_path / "out", workers=2)
 
     class Broken:
         threads = 1
-        info = seg.model.info
+        info = job.segmenter.model.info
 
         def predict(self, batch):
             raise RuntimeError("onnxruntime fell over")
 
-    seg.model = Broken()
+    job.segmenter.model = Broken()
     with pytest.raises(RuntimeError, match="fell over"):
-        run(seg, root, rels, tmp_path / "out", workers=2)
+        run(job, rels)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings are Linux-only")
@@ -141,27 +136,26 @@ def test_daemon_allocator_settings_are_accepted():
     ],
 )
 def test_job_defaults_for_a_folder_and_for_the_daemon(tmp_path, tiny_model, argv, daemon, batch, workers):
-    from edge_runtime.cli import build_parser
-    from edge_runtime.oneshot import open_job
+    from edge_runtime.cli import build_parser, settings_from_args
 
     (tmp_path / "in").mkdir()
     cv2.setNumThreads(-1)  # OpenCV's default pool, whatever an earlier test set
     assert cv2.getNumThreads() > 1 or (os.cpu_count() or 1) == 1
-    args = build_parser().parse_args(
-        [str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--model", str(tiny_model), *argv]
-    )
-    processor, ledger = open_job(args, args.input, args.out, daemon=daemon)
-    ledger.close()
-    assert processor.options.batch_size == batch
-    assert processor.workers == workers
-    assert processor.segmenter.model.threads == 1  # one-thread runs, side by side
+    where = ["--watch", str(tmp_path / "in")] if daemon else [str(tmp_path / "in")]
+    argv = [*where, "--out", str(tmp_path / "out"), "--model", str(tiny_model), *argv]
+    settings = settings_from_args(build_parser().parse_args(argv), argv)
+    job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run, daemon=daemon)
+    job.close()
+    assert job.options.batch_size == batch
+    assert job.options.workers == workers
+    assert job.segmenter.model.threads == 1  # one-thread runs, side by side
     assert cv2.getNumThreads() == 1  # and OpenCV on the workers' own threads
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_folders_are_synced_before_a_scan_is_recorded_done(folder, tmp_path, tiny_model, monkeypatch, batch):
-    import edge_runtime.pipeline as pipeline
-    from edge_runtime.scanio import sync_dirs
+    import edge_runtime.job.processor as processor
+    from edge_runtime.files.durable import sync_dirs
 
     root, rels = folder
     rels = rels[:6]  # all readable
@@ -173,13 +167,11 @@ def test_folders_are_synced_before_a_scan_is_recorded_done(folder, tmp_path, tin
         calls.append(({Path(f) for f in folders}, {p.name for p in out.glob("*.png")}, done))
         sync_dirs(folders)
 
-    monkeypatch.setattr(pipeline, "sync_dirs", spy)
-    ledger = Ledger(out)
-    seg = Segmenter(tiny_model, threads=1)
-    proc = Processor(seg, root, out, JobOptions((seg.threshold,), batch_size=batch), ledger)
-    proc.workers = 1
-    outcomes = list(proc.process(rels))
-    ledger.close()
+    monkeypatch.setattr(processor, "sync_dirs", spy)
+    job = job_for(tiny_model, root, out, workers=1, batch_size=batch)
+    ledger = job.ledger
+    outcomes = list(job.scheduler.process(rels))
+    job.close()
     assert [o.status for o in outcomes] == ["ok"] * len(rels)
     # batch 3, one worker: [s00 s01 s02], then the last three one a batch (they finish together)
     assert len(calls) == (6 if batch == 1 else 4)  # once per batch, not once per scan
@@ -213,12 +205,9 @@ def test_batches_end_so_that_the_workers_finish_together(tmp_path, tiny_model, m
         return real_work(self, b)
 
     monkeypatch.setattr(Processor, "work", spy)
-    ledger = Ledger(tmp_path / "out")
-    seg = Segmenter(tiny_model, threads=1)
-    proc = Processor(seg, root, tmp_path / "out", JobOptions((seg.threshold,), batch_size=batch), ledger)
-    proc.workers = workers
-    outcomes = list(proc.process(rels))
-    ledger.close()
+    job = job_for(tiny_model, root, tmp_path / "out", workers=workers, batch_size=batch)
+    outcomes = list(job.scheduler.process(rels))
+    job.close()
     assert [o.rel for o in outcomes] == rels and all(o.status == "ok" for o in outcomes)
     seen.sort(key=lambda b: rels.index(b[0]))  # the workers may start them in any order
     assert [len(b) for b in seen] == sizes

@@ -1,0 +1,83 @@
+"""Durable files (contract 4 of docs/DESIGN.md): a file appears complete or not at all.
+
+A file is written to a hidden temporary name in the same folder, flushed to disk, then renamed into
+place; :func:`sync_dirs` makes the renames themselves durable; :func:`sweep_temp_files` removes what a
+killed writer left. No image decoding here: the ledger and the status file depend on this module alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Names of write_atomic's temporary files: ".<name>.<8 random chars>.tmp".
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def write_atomic(path: str | Path, data: bytes | str, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` so that the file appears complete or not at all.
+
+    The bytes go to a hidden temporary file in the same folder (so the rename stays on one file
+    system), are flushed to disk, then ``os.replace`` moves them into place.
+    """
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def sync_dirs(folders: list[Path]) -> None:
+    """fsync each folder once, so that files renamed into them survive a power cut (POSIX only).
+
+    :func:`write_atomic` makes a file's bytes durable; its new name lives in the folder, which needs
+    its own fsync. A file system that cannot fsync a folder (some network shares) is left as it is.
+    """
+    if os.name != "posix":
+        return  # Windows cannot open a folder to fsync it
+    for folder in dict.fromkeys(folders):
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            log.debug("cannot fsync folder %s: %s", folder, exc)
+        finally:
+            os.close(fd)
+
+
+def sweep_temp_files(root: Path) -> int:
+    """Remove temporary files a killed writer left under ``root``; returns how many.
+
+    Only call this while holding the output folder's lock (no other writer can be mid-write).
+    """
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if _TEMP_NAME.match(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    if removed:
+        log.info("removed %d incomplete temporary file(s) left by an interrupted run", removed)
+    return removed

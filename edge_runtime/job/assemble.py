@@ -1,0 +1,78 @@
+"""Putting a job together: check the folders, load the model and the ledger, build the parts that run it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+
+from edge_runtime.core.segmenter import Segmenter
+from edge_runtime.files.durable import sweep_temp_files
+from edge_runtime.job.discovery import check_folders
+from edge_runtime.job.ledger import Ledger
+from edge_runtime.job.plan import Planner
+from edge_runtime.job.processor import Processor
+from edge_runtime.job.scheduler import Scheduler
+from edge_runtime.job.settings import JobRequest, JobSpec, RunOptions
+from edge_runtime.outputs.base import OutputSetup
+from edge_runtime.outputs.writers import make_writers
+
+
+@dataclass
+class Job:
+    """Everything a run needs before its first scan; :meth:`close` releases the output folder."""
+
+    in_dir: Path
+    out_dir: Path
+    spec: JobSpec
+    options: RunOptions
+    segmenter: Segmenter
+    ledger: Ledger
+    planner: Planner
+    processor: Processor
+    scheduler: Scheduler
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def open_job(in_dir: Path, out_dir: Path, request: JobRequest, options: RunOptions, daemon: bool = False) -> Job:
+    """Check the folders, load the model and the ledger (which takes OUT's lock), and build the job's parts.
+
+    ``daemon``: for ``--watch``, which idles most of the time: the session's idle threads sleep instead
+    of spinning.
+    """
+    in_dir, out_dir = check_folders(in_dir, out_dir)
+    # One intra-op thread per session run, and a worker per core (plus one) taking whole batches
+    # through the pipeline (Scheduler.process): cheaper than one run split over all cores (bench/README.md).
+    segmenter = Segmenter(request.model, threads=1, spinning=not daemon)
+    opencv_on_caller_threads()  # the workers are the parallelism
+    return build_job(segmenter, in_dir, out_dir, request, options)
+
+
+def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobRequest, options: RunOptions) -> Job:
+    """The job's parts around a loaded model, for folders already checked (``request.model`` is not read)."""
+    spec = request.resolve(segmenter.info)
+    ledger = Ledger(out_dir)  # takes the output folder's lock
+    try:
+        sweep_temp_files(out_dir)
+        writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
+        planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers)
+        processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir)
+        scheduler = Scheduler(processor, planner, options.workers)
+    except BaseException:
+        ledger.close()
+        raise
+    return Job(in_dir, out_dir, spec, options, segmenter, ledger, planner, processor, scheduler)
+
+
+def opencv_on_caller_threads() -> None:
+    """Make OpenCV run each call on the thread that makes it, for a process whose work goes through
+    :meth:`Scheduler.process`.
+
+    The workers already keep every core busy; OpenCV's own pool would split their resizes over more
+    threads, which then spin (``sched_yield``) waiting for the next call, taking CPU from the workers:
+    0.1-0.2 ms a scan (bench/README.md, tuning log). Process-wide, so the CLI calls it, not the library.
+    """
+    cv2.setNumThreads(1)

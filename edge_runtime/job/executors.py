@@ -1,0 +1,54 @@
+"""Where batches run: a part that can be swapped (threads in this process today; a cluster later).
+
+An executor takes a function and one batch, and gives back a future of the function's result. The
+scheduler decides what goes in a batch and in what order results are taken; the executor only runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import Protocol, TypeVar
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+class Executor(Protocol):
+    """Runs work items somewhere; used as a context manager around a run."""
+
+    #: how many batches run side by side
+    workers: int
+
+    def submit(self, fn: Callable[[A], R], item: A) -> Future[R]: ...
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class ThreadExecutor:
+    """Worker threads in this process. OpenCV and onnxruntime release the GIL, so they overlap."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, fn: Callable[[A], R], item: A) -> Future[R]:
+        if self._pool is None:
+            raise RuntimeError("ThreadExecutor.submit outside its with-block")
+        return self._pool.submit(fn, item)
+
+    def __enter__(self) -> ThreadExecutor:
+        self._pool = ThreadPoolExecutor(self.workers, "edge-seg-work")
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)

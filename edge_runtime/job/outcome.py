@@ -1,0 +1,68 @@
+"""What happened to one scan, and the one console line that says so."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Status(StrEnum):
+    """The fate of one scan in a run."""
+
+    OK = "ok"  #: segmented, its outputs written and recorded
+    SKIPPED = "skipped"  #: up to date already
+    FAILED = "failed"  #: could not be processed; an error record says why
+    CHANGED = "changed"  #: modified while being read: the watcher retries it once it settles
+
+
+@dataclass
+class Outcome:
+    """What happened to one scan."""
+
+    rel: str
+    status: Status
+    outputs: list[str] = field(default_factory=list)
+    reason: str = ""
+    timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
+    facts: dict[str, Any] = field(default_factory=dict)  # from the writers, e.g. the findings' summary
+
+    @property
+    def ms(self) -> float:
+        return sum(self.timings.values())
+
+
+def describe_outputs(outcome: Outcome) -> str:
+    if not outcome.outputs:
+        return ""
+    extra = f" (+{len(outcome.outputs) - 1} more)" if len(outcome.outputs) > 1 else ""
+    return f"{outcome.outputs[0]}{extra}"
+
+
+def log_outcome(outcome: Outcome) -> None:
+    """One line per scan: ``ok  a/s1.png -> a/s1.png  23 ms`` / ``FAIL a/bad.png: truncated PNG``.
+
+    This module's logger is the run's own voice: the console prints its lines as they are, with no
+    ``error:`` prefix (:mod:`edge_runtime.console`).
+    """
+    if outcome.status == Status.OK:
+        log.info("ok   %s -> %s  %.0f ms", outcome.rel, describe_outputs(outcome), outcome.ms)
+    elif outcome.status == Status.SKIPPED:
+        log.debug("skip %s: %s", outcome.rel, outcome.reason or "up to date")
+    else:
+        log.error("FAIL %s: %s", outcome.rel, outcome.reason)
+
+
+def log_failures(failures: list[Outcome], shown: int = 20) -> None:
+    """The end of a run with failures: how many, where the reasons are, and the first ``shown`` of them."""
+    log.error("%d scan(s) failed; reasons are beside their masks as <name>.error.txt:", len(failures))
+    for f in failures[:shown]:
+        log.error("  %s: %s", f.rel, f.reason)
+
+
+def log_summary(text: str) -> None:
+    """A run's closing line, printed as it is."""
+    log.info("%s", text)

@@ -1,0 +1,133 @@
+"""A one-shot run's own record: ``OUT/run-summary.csv`` (one row per scan) and ``OUT/run-provenance.json``.
+
+Written when the run ends (with ``--report``), atomically; docs/OUTPUTS.md documents every field.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_runtime._version import __version__
+from edge_runtime.files.durable import write_atomic
+from edge_runtime.job.assemble import Job
+from edge_runtime.job.outcome import Outcome, Status
+from edge_runtime.outputs.layout import report_path
+from edge_runtime.outputs.reports import SCHEMA, summary_facts, to_json
+
+log = logging.getLogger(__name__)
+
+SUMMARY_NAME = "run-summary.csv"
+PROVENANCE_NAME = "run-provenance.json"
+#: run-summary.csv's columns, in order (docs/OUTPUTS.md)
+SUMMARY_COLUMNS = ("path", "status", "frames", "threshold", "nodules", "largest_area_px", "largest_area_mm2")
+SUMMARY_COLUMNS += ("max_probability", "ms", "outputs", "reason")
+
+
+def _utc(t: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+class RunRecord:
+    """Collects a one-shot run's outcomes and writes ``run-summary.csv`` and ``run-provenance.json``."""
+
+    def __init__(self, job: Job, argv: list[str]) -> None:
+        self.job = job
+        self.argv = argv
+        self.started = time.time()
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def add(self, outcome: Outcome) -> None:
+        """Record what happened to one scan (an up-to-date scan's figures come from its report)."""
+        facts = dict(outcome.facts)
+        if outcome.status == Status.SKIPPED and not facts:
+            facts = self._facts_from_report(outcome.rel)
+        status = "up-to-date" if outcome.status == Status.SKIPPED else str(outcome.status)
+        self.rows[outcome.rel] = {
+            "path": outcome.rel,
+            "status": status,
+            **facts,
+            "ms": round(outcome.ms) if outcome.status == Status.OK else "",
+            "outputs": ";".join(outcome.outputs),
+            "reason": outcome.reason if outcome.status == Status.FAILED else "",
+        }
+
+    def _facts_from_report(self, rel: str) -> dict[str, Any]:
+        try:
+            return summary_facts(json.loads(report_path(self.job.out_dir, rel).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.debug("no findings for %s in the summary: %s", rel, exc)
+            return {}
+
+    def write(self, exit_code: int) -> list[Path]:
+        """Write both run files atomically; returns their paths."""
+        out = self.job.out_dir
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, SUMMARY_COLUMNS, restval="", lineterminator="\n")
+        writer.writeheader()
+        for rel in sorted(self.rows):
+            writer.writerow({k: ("" if v is None else v) for k, v in self.rows[rel].items()})
+        summary, provenance = out / SUMMARY_NAME, out / PROVENANCE_NAME
+        write_atomic(summary, buf.getvalue())
+        write_atomic(provenance, to_json(self.provenance(exit_code)))
+        return [summary, provenance]
+
+    def provenance(self, exit_code: int) -> dict[str, Any]:
+        info, spec = self.job.spec.model, self.job.spec
+        statuses = [r["status"] for r in self.rows.values()]
+        return {
+            "schema": SCHEMA,
+            "argv": self.argv,
+            "started": _utc(self.started),
+            "finished": _utc(),
+            "input": str(self.job.in_dir),
+            "output": str(self.job.out_dir),
+            "versions": versions(),
+            "model": {
+                "name": info.name,
+                "version": info.version,
+                "path": str(info.path),
+                "sha256": info.sha256,
+                "metadata": info.metadata,
+            },
+            "thresholds": list(spec.thresholds),
+            "outputs": list(spec.kinds),
+            "counts": {
+                "scans": len(statuses),
+                "ok": statuses.count("ok"),
+                "up_to_date": statuses.count("up-to-date"),
+                "failed": statuses.count("failed"),
+            },
+            "exit_code": exit_code,
+        }
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of what made the outputs: edge-seg, Python and the libraries that touch pixels."""
+    import onnxruntime
+
+    def dist(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "edge-seg": __version__,
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "opencv": cv2.__version__,
+        "numpy": np.__version__,
+        "pydicom": dist("pydicom"),
+        "pylibjpeg-libjpeg": dist("pylibjpeg-libjpeg"),
+    }

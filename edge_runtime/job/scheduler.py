@@ -1,0 +1,95 @@
+"""Spreading scans over workers: cutting them into batches, keeping every worker busy, outcomes in input order."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+
+from edge_runtime.core.model import available_cores
+from edge_runtime.errors import ScanError
+from edge_runtime.job.executors import Executor, ThreadExecutor
+from edge_runtime.job.outcome import Outcome, Status
+from edge_runtime.job.plan import Planner
+from edge_runtime.job.processor import Processor, Result, ScanChanged
+
+
+def default_workers(session_threads: int) -> int:
+    """One worker per core the session's intra-op threads leave free, plus one, so that a worker
+    waiting on the disk does not leave a core idle."""
+    return max(1, available_cores() // max(1, session_threads)) + 1
+
+
+class Scheduler:
+    """Takes the scans a source hands it through the planner and the processor, batch by batch.
+
+    Each of the executor's workers takes a whole batch through :meth:`Processor.work` -- read, decode,
+    preprocess, one inference run, post-process, write, record -- so a scan never changes threads, and
+    the workers' stages overlap one another: while one worker decodes or waits on fsync, another runs
+    the model. With a one-thread session (what the CLI uses) that keeps every core busy with little
+    hand-off cost (bench/README.md, tuning log).
+    """
+
+    def __init__(
+        self,
+        processor: Processor,
+        planner: Planner,
+        workers: int | None = None,
+        executor: Callable[[int], Executor] = ThreadExecutor,
+    ) -> None:
+        self.processor = processor
+        self.planner = planner
+        #: batches run side by side (None: :func:`default_workers`)
+        self.workers = workers or default_workers(processor.segmenter.model.threads)
+        self.executor = executor
+        self.batch_size = max(1, processor.options.batch_size)
+
+    def batches(self, rels: Iterable[str]) -> Iterator[list[str | ScanError]]:
+        """The scans, claimed, in batches of ``batch_size`` (smaller ones at the end).
+
+        So that the workers finish together, rather than one running a whole batch alone while the
+        other cores idle (bench/README.md, tuning log): a long run's last scans go one a batch; a
+        short run (a daemon's group) is split evenly over the workers.
+        """
+        bs, workers = self.batch_size, self.workers
+        ahead: deque[str | ScanError] = deque()
+        long_run = False
+        for rel in rels:
+            try:
+                self.planner.claim(rel)
+                ahead.append(rel)
+            except ScanError as exc:
+                ahead.append(exc)
+            if len(ahead) >= bs * (workers + 1):
+                long_run = True
+                yield [ahead.popleft() for _ in range(bs)]
+        size = 1 if long_run else max(1, min(bs, -(-len(ahead) // workers)))
+        while ahead:
+            yield [ahead.popleft() for _ in range(min(size, len(ahead)))]
+
+    def process(self, rels: Iterable[str], defer: Callable[[str], bool] | None = None) -> Iterator[Outcome]:
+        """Process ``rels`` (which the caller has decided need work), yielding outcomes in input order.
+
+        ``defer(rel)``, when given and true for a scan that cannot be read, turns its failure into a
+        ``changed`` outcome with no error record: the watcher uses it for files that were modified a
+        moment ago and may still be incomplete, and retries them once they have settled.
+        """
+
+        def settle(results: list[Result]) -> Iterator[Outcome]:
+            for res in results:
+                if isinstance(res, Outcome):
+                    yield res
+                elif isinstance(res, ScanChanged) or (defer is not None and defer(res.path)):
+                    yield Outcome(res.path, Status.CHANGED, [], res.reason)  # maybe still being written
+                else:
+                    yield self.processor.fail(res.path, res)
+
+        pending: deque[Future[list[Result]]] = deque()
+        with self.executor(self.workers) as pool:
+            for batch in self.batches(rels):
+                pending.append(pool.submit(self.processor.work, batch))
+                while pending and (pending[0].done() or len(pending) > 2 * self.workers):
+                    yield from settle(pending.popleft().result())
+            while pending:
+                yield from settle(pending.popleft().result())
+        self.processor.ledger.sync()

@@ -1,0 +1,111 @@
+"""A job's settings as typed values, built once from the command line (argparse stays in the CLI modules).
+
+* :class:`JobRequest` -- what the user asked to make: the model, the thresholds, the outputs.
+* :class:`JobSpec`    -- the same, resolved against the loaded model: every field of it makes earlier
+  outputs out of date, and :attr:`JobSpec.signature` is made from exactly those fields.
+* :class:`RunOptions` -- how to run it: workers, batch size, fsync, force. None of them changes a byte
+  of the outputs, so none is in the signature.
+* :class:`WatchOptions` -- the daemon's timing (``--watch``).
+* :class:`RunSettings`  -- all of them, with IN, OUT and the command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_runtime.core.model import ModelInfo
+from edge_runtime.errors import SetupError
+from edge_runtime.outputs.writers import EXTRAS, extras_signature
+
+#: Scans per inference run in a one-shot run (a folder: throughput); a daemon takes one (latency).
+FOLDER_BATCH_SIZE = 4
+DAEMON_BATCH_SIZE = 1
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What to make for each scan, as asked for."""
+
+    model: Path | None = None  #: None: the bundled model
+    thresholds: tuple[float, ...] | None = None  #: None: the model's own default
+    #: outputs besides the masks (``"overlays"``, ``"reports"``)
+    outputs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.outputs if k not in EXTRAS]
+        if unknown:
+            raise ValueError(f"unknown output kind(s): {', '.join(unknown)}")
+
+    def resolve(self, model: ModelInfo) -> JobSpec:
+        thresholds = tuple(sorted(set(self.thresholds))) if self.thresholds else (model.threshold,)
+        return JobSpec(model, thresholds, tuple(k for k in EXTRAS if k in self.outputs))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What is made for each scan; changing any of these makes earlier outputs out of date."""
+
+    model: ModelInfo
+    thresholds: tuple[float, ...]
+    #: outputs besides the masks, in the order they are written
+    outputs: tuple[str, ...] = ()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Every output kind made, masks first."""
+        return ("masks", *self.outputs)
+
+    @property
+    def signature(self) -> str:
+        """16 hex digits from the model file, its morphology, the thresholds and the outputs (and nothing else)."""
+        sig = {
+            "model": self.model.sha256,
+            "thresholds": list(self.thresholds),
+            "morph": self.model.morphology_size,
+            "extras": extras_signature(self.outputs),
+        }
+        return hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a job runs; none of these changes the outputs."""
+
+    #: worker threads taking whole batches from file to recorded outputs (None: one per free core, plus one)
+    workers: int | None = None
+    batch_size: int = FOLDER_BATCH_SIZE
+    #: flush every file to disk before renaming it into place, and sync folders before recording a scan done
+    fsync: bool = True
+    #: redo scans even when their outputs are up to date
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """The daemon's timing, in seconds."""
+
+    settle: float = 2.0  #: a file with no close/rename event is taken once unchanged this long
+    polling: float | None = None  #: poll every so often instead of file-system events (None: events)
+    rescan: float = 60.0  #: full rescan interval
+
+    def __post_init__(self) -> None:
+        if self.settle < 0:
+            raise SetupError("--settle must not be negative")
+        if self.polling is not None and self.polling <= 0:
+            raise SetupError("--polling interval must be positive")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run was asked to do, as the command line said it."""
+
+    in_dir: Path
+    out_dir: Path
+    job: JobRequest = JobRequest()
+    run: RunOptions = RunOptions()
+    watch: WatchOptions = WatchOptions()
+    #: the command line, for the run's provenance record
+    argv: tuple[str, ...] = ()

@@ -1,0 +1,70 @@
+"""Scoring against labelled scans: a model run on a folder, or masks already written, at each scan's own size.
+
+The masks scored are exactly those ``edge-seg`` writes (same preprocessing, inference, resize, threshold
+and opening); metrics come from :mod:`edge_runtime.core.metrics`, the code training uses for its
+validation Dice. Used by ``edge-seg-eval`` (:mod:`edge_runtime.evaluate`) and by the export's threshold choice.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.core.metrics import as_dict, scan_metrics, summarise
+from edge_runtime.core.segmenter import Segmenter
+from edge_runtime.core.thresholds import threshold_label
+from edge_runtime.errors import ScanError, SetupError
+from edge_runtime.files.pairs import files_by_stem, pair_by_stem
+from edge_runtime.files.scans import read_scan
+
+
+def _truth(path: Path) -> np.ndarray:
+    mask = read_scan(path).frames[0]
+    return (mask.max(axis=2) if mask.ndim == 3 else mask) > 127
+
+
+def evaluate(
+    segmenter: Segmenter, images: Path, masks: Path, thresholds: list[float], with_hd95: bool = True
+) -> tuple[dict[str, dict], list[dict]]:
+    """Summary per threshold (keyed by its label) and per-scan rows, running ``segmenter`` on ``images``."""
+    per_t: dict[float, list] = {t: [] for t in thresholds}
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    pairs = pair_by_stem(images, masks)
+    for ip, mp in pairs:
+        image, truth = read_scan(ip).frames[0], _truth(mp)
+        if truth.shape != image.shape[:2]:
+            raise ScanError(mp, f"mask is {truth.shape[::-1]} but its scan is {image.shape[:2][::-1]} (w x h)")
+        result = segmenter.segment(image, thresholds)
+        for t in thresholds:
+            m = scan_metrics(result.masks[t], truth, with_hd95)
+            per_t[t].append(m)
+            rows.append({"scan": ip.name, "threshold": t, **as_dict(m)})
+    seconds = time.perf_counter() - t0
+    summary = {threshold_label(t): summarise(v) for t, v in per_t.items()}
+    for s in summary.values():
+        s["seconds"] = round(seconds, 2)
+    return summary, rows
+
+
+def evaluate_written(predicted: Path, masks: Path, with_hd95: bool = True) -> tuple[dict, list[dict]]:
+    """Score masks already written by ``edge-seg`` (single-threshold layout) against the truth."""
+    per_scan, rows = [], []
+    truths = files_by_stem(masks)
+    if not truths:
+        raise SetupError(f"no masks in {masks}")
+    if not predicted.is_dir():
+        raise SetupError(f"{predicted} is not a folder")
+    for stem, mp in truths.items():
+        pp = predicted / f"{stem}.png"
+        if not pp.is_file():
+            raise SetupError(f"no predicted mask {pp} for {mp.name}")
+        pred, truth = _truth(pp), _truth(mp)
+        if pred.shape != truth.shape:
+            raise ScanError(pp, f"mask is {pred.shape[::-1]} but its truth {mp.name} is {truth.shape[::-1]} (w x h)")
+        m = scan_metrics(pred, truth, with_hd95)
+        per_scan.append(m)
+        rows.append({"scan": mp.name, **as_dict(m)})
+    return {"written": summarise(per_scan)}, rows

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,38 +29,73 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def serial_stages(scans: list[Path], model: OnnxModel, work: Path) -> dict[str, float]:
-    """Median milliseconds per scan for each stage, one scan at a time on one thread (no overlap)."""
+def session_startup(path: Path, repeats: int = 5) -> dict[str, float]:
+    """Milliseconds to open a one-thread session on ``path`` and run its first scan: the first time, then the median.
+
+    The first figure includes reading the file from disk (or the page cache); the session options
+    are the CLI's (``OnnxModel(path, threads=1)``).
+    """
+    times, first = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        m = OnnxModel(path, threads=1)
+        t1 = time.perf_counter()
+        m.predict(np.zeros((1, *m.info.size, m.info.channels), np.float32))
+        t2 = time.perf_counter()
+        times.append((t1 - t0) * 1000.0)
+        first.append((t2 - t1) * 1000.0)
+    return {
+        "open_first_ms": times[0],
+        "open_ms": _median(times[1:] or times),
+        "first_run_ms": _median(first[1:] or first),
+    }
+
+
+def _mark(wall: list[float], cpu: list[float]) -> None:
+    wall.append(time.perf_counter())
+    cpu.append(time.thread_time())
+
+
+def serial_stages(scans: list[Path], model: OnnxModel, work: Path) -> dict[str, dict[str, float]]:
+    """Median wall and CPU milliseconds per scan for each stage, one scan at a time on one thread (no overlap).
+
+    CPU is this thread's own (``time.thread_time``), so another process's load does not count, but the
+    kernel's work for this thread (the fsyncs' system calls) does.
+    """
     seg = Segmenter(model)
     names = ["read", "sha256", "decode", "preprocess", "inference", "postprocess", "encode", "write", "write_nofsync"]
     times: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     out = work / "serial"
     out.mkdir(parents=True, exist_ok=True)
     seg.predict(np.zeros((1, *model.info.size, model.info.channels), np.float32))  # warm-up
     for i, path in enumerate(scans):
-        t = [time.perf_counter()]
+        t, c = [time.perf_counter()], [time.thread_time()]
+        mark = partial(_mark, t, c)
         data, _ = read_bytes(path)
-        t.append(time.perf_counter())
+        mark()
         hashlib.sha256(data).hexdigest()
-        t.append(time.perf_counter())
+        mark()
         pixels = decode_image(data, path)
-        t.append(time.perf_counter())
+        mark()
         tensor = seg.preprocess(pixels)
-        t.append(time.perf_counter())
+        mark()
         prob = seg.predict(tensor[None])[0]
-        t.append(time.perf_counter())
+        mark()
         mask = seg.postprocess(prob, pixels.shape[:2]).masks[seg.threshold]
-        t.append(time.perf_counter())
+        mark()
         png = encode_png(mask)
-        t.append(time.perf_counter())
+        mark()
         write_atomic(out / f"{i:04d}.png", png, fsync=True)
-        t.append(time.perf_counter())
+        mark()
         write_atomic(out / f"{i:04d}-n.png", png, fsync=False)
-        t.append(time.perf_counter())
-        for k, a, b in zip(names, t, t[1:], strict=False):
+        mark()
+        for k, a, b, ca, cb in zip(names, t, t[1:], c, c[1:], strict=False):
             times[k].append((b - a) * 1000.0)
-    res = {k: _median(v) for k, v in times.items()}  # the files stay until the caller removes ``work``
-    res["total"] = sum(res[k] for k in names if k != "write_nofsync")
+            cpu[k].append((cb - ca) * 1000.0)
+    # the files stay until the caller removes ``work``
+    res = {k: {"ms": _median(times[k]), "cpu_ms": _median(cpu[k])} for k in names}
+    res["total"] = {f: sum(res[k][f] for k in names if k != "write_nofsync") for f in ("ms", "cpu_ms")}
     return res
 
 
@@ -81,16 +118,20 @@ def pipeline_steady(
     seg.predict(np.zeros((batch_size, *model.info.size, model.info.channels), np.float32))  # warm-up
     opencv_on_caller_threads()  # as the CLI sets it (oneshot.open_job)
     rels = list(iter_scans(in_dir))
-    walls, stage_sums, ok = [], {}, 0
+    walls: list[float] = []
+    cpus: list[float] = []
+    stage_sums: dict[str, list[float]] = {}
+    ok = 0
     for r in range(repeats):
         out = Path(tempfile.mkdtemp(prefix=f"steady{r}-", dir=work))
         ledger = Ledger(out)
         proc = Processor(seg, in_dir, out, JobOptions((seg.threshold,), batch_size, fsync), ledger)
         proc.workers = workers
         os.sync()  # the last run's masks go to disk now, not by writeback during this one
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _process_cpu()
         outcomes = list(proc.process(rels))
         walls.append(time.perf_counter() - t0)
+        cpus.append(_process_cpu() - c0)
         ledger.close()
         ok = sum(o.status == "ok" for o in outcomes)
         for o in outcomes:
@@ -107,7 +148,14 @@ def pipeline_steady(
         "ms_per_scan": wall * 1000.0 / len(rels),
         "stages_ms": {k: float(np.mean(v)) for k, v in stage_sums.items()},
         "walls_s": walls,
+        "cpu_ms_per_scan": _median(cpus) * 1000.0 / len(rels),
     }
+
+
+def _process_cpu() -> float:
+    """This process's user + system CPU seconds so far, all threads."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
 
 
 def inference_bound(

@@ -11,6 +11,7 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,7 @@ from edge_runtime.layout import iter_scans
 from edge_runtime.ledger import Ledger
 from edge_runtime.model import OnnxModel
 from edge_runtime.pipeline import JobOptions, Processor, opencv_on_caller_threads
-from edge_runtime.scanio import decode_image, encode_png, read_bytes, write_atomic
+from edge_runtime.scanio import decode_image, encode_png, read_bytes, sync_dirs, write_atomic
 from edge_runtime.segmenter import Segmenter
 
 
@@ -196,3 +197,51 @@ def preprocessed(scans: list[Path], model: OnnxModel) -> np.ndarray:
     """The model's input tensors for ``scans``, stacked NHWC."""
     seg = Segmenter(model)
     return np.stack([seg.preprocess(decode_image(read_bytes(p)[0], p)) for p in scans])
+
+
+def durability_costs(work: Path, n: int = 200, batch_size: int = JobOptions.batch_size) -> dict[str, dict[str, float]]:
+    """Wall and thread-CPU ms a scan of what makes a mask durable and recorded, beside the mask write itself.
+
+    As ``Processor`` does it: a "begin" and a "done" ledger record a scan, the mask written atomically
+    with fsync, one fsync of the masks' folder and one of the ledger a batch (``batch_size`` scans),
+    and the scan's old error file removed. Records are shaped like the pipeline's (same keys).
+    """
+    out = Path(tempfile.mkdtemp(prefix="durable-", dir=work))
+    ledger = Ledger(out)
+    png = encode_png(np.zeros((360, 560), np.uint8))
+    names = ["ledger", "mask_write", "mask_write_nofsync", "folder_fsync", "ledger_fsync", "error_unlink"]
+    wall: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
+
+    def timed(key: str, fn: Callable[..., object], *args: object, per: int = 1) -> None:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        fn(*args)
+        wall[key].append((time.perf_counter() - t0) * 1000.0 / per)
+        cpu[key].append((time.thread_time() - c0) * 1000.0 / per)
+
+    for start in range(0, n, batch_size):
+        rels = [f"scan{i:05d}.png" for i in range(start, min(n, start + batch_size))]
+        for rel in rels:
+            base = {
+                "rel": rel,
+                "size": 123456,
+                "mtime_ns": time.time_ns(),
+                "sha256": hashlib.sha256(rel.encode()).hexdigest(),
+                "sig": "0123456789abcdef",
+                "model": "0123456789abcdef",
+                "frames": 1,
+                "outputs": [rel],
+            }
+            timed("ledger", ledger.append, {**base, "event": "begin"})
+            timed("mask_write", write_atomic, out / rel, png, True)
+            timed("mask_write_nofsync", write_atomic, out / f"n-{rel}", png, False)
+            timed("ledger", ledger.append, {**base, "event": "done"})
+            timed("error_unlink", (out / f"{rel}.error.txt").unlink, True)
+        timed("folder_fsync", sync_dirs, [out], per=len(rels))
+        timed("ledger_fsync", ledger.sync, per=len(rels))
+    ledger.close()
+    res: dict[str, dict[str, float]] = {}
+    for k in names:
+        per_scan = 2 if k == "ledger" else 1  # two records a scan
+        res[k] = {"ms": _median(wall[k]) * per_scan, "cpu_ms": _median(cpu[k]) * per_scan}
+    return res

@@ -163,6 +163,19 @@ def report(r: dict) -> str:
         f"Besides the model ({s['inference']['cpu_ms']:.2f} ms of CPU), the stages cost {rest:.2f} ms of CPU a scan; "
         f"the largest is **{labels[top]}: {others[top]:.2f} ms**.",
     ]
+    if r.get("durability"):
+        d = r["durability"]
+        dlabels = {
+            "ledger": "ledger: a begin and a done record",
+            "mask_write": "mask: atomic write with fsync",
+            "mask_write_nofsync": "(mask: atomic write without fsync)",
+            "folder_fsync": "folder fsync, one a batch, per scan",
+            "ledger_fsync": "ledger fsync, one a batch, per scan",
+            "error_unlink": "old error file removed",
+        }
+        out += ["", "What makes a mask durable and recorded (560 x 360 empty mask, median per scan):", ""]
+        rows = [[dlabels[k], f"{v['ms']:.3f}", f"{v['cpu_ms']:.3f}"] for k, v in d.items()]
+        out.append(table(["step", "wall ms/scan", "CPU ms/scan"], rows))
     out += ["", f"In the pipeline (`Processor.process`, {n} scans, session warm; mean of `Outcome.timings`, ms/scan;"]
     out.append("stages run concurrently on different threads, so they add up to more than the wall time per scan):")
     out.append("")

@@ -395,6 +395,7 @@ def main() -> None:
         print("stage breakdown, steady state and the inference bound ...", file=sys.stderr)
         staged = sorted(in_n.iterdir())
         r["serial"] = inprocess.serial_stages(staged, cli_model, work)
+        r["durability"] = inprocess.durability_costs(work)
         tensors = inprocess.preprocessed(staged, model)
         # Both ways of spending the cores on inference alone; the report divides by the faster. The
         # pipeline and the bound are measured in alternation, so a drift in the machine's speed (a

@@ -1,6 +1,6 @@
 """PNG encoding of masks: OpenCV's default filters vs the runtime's settings (RLE, no row filter).
 
-    python bench/encode.py            # masks the bundled model writes for 64 DDTI test scans
+    python -m bench.encode            # masks the bundled model writes for 64 DDTI test scans
 
 Prints ms per mask and bytes per mask for each setting. Figures are printed, never asserted.
 """
@@ -8,15 +8,14 @@ Prints ms per mask and bytes per mask for each setting. Figures are printed, nev
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import cv2
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if __name__ == "__main__" and not __package__:  # `python bench/encode.py`: run as `python -m bench.encode`
+    from common import run_as_module  # type: ignore[import-not-found]  # (this file's folder is on sys.path)
+
+    run_as_module("bench.encode")
 
 SETTINGS = {
     "OpenCV default (level 1, adaptive filters)": [cv2.IMWRITE_PNG_COMPRESSION, 1],
@@ -25,8 +24,8 @@ SETTINGS = {
 
 
 def main() -> None:
+    from bench.common import ddti_root, pick_scans
     from bench.report import table
-    from bench.run import ddti_root, pick_scans
     from edge_runtime.core.segmenter import Segmenter
     from edge_runtime.files import scans as scanio
     from edge_runtime.files.scans import read_scan

@@ -14,6 +14,7 @@ class Run:
     masks: int
     peak_rss_mb: float
     returncode: int
+    cpu_s: float = float("nan")  # the process's user + system CPU (wait4), start-up included
 
 
 def med(runs: list[Run], field: str) -> float:
@@ -71,7 +72,7 @@ def report(r: dict) -> str:
     if e2e:
         out += [f"## 1. End to end, {n} scans: process start -> last mask", ""]
         rows = []
-        for name in ("seed", "edge-seg"):
+        for name in PIPELINE_NAMES:
             if name not in e2e:
                 continue
             runs = [Run(**x) for x in e2e[name]]
@@ -82,21 +83,31 @@ def report(r: dict) -> str:
                     f"{last:.2f}",
                     f"{n / last:.1f}",
                     f"{med(runs, 'wall_s'):.2f}",
+                    f"{med(runs, 'cpu_s') * 1000.0 / n:.1f}",
                     spread(runs, "last_mask_s"),
                 ]
             )
-        out.append(table(["pipeline", "to last mask (s)", "scans/s", "to exit (s)", "range to last mask (s)"], rows))
-        if "seed" in e2e and "edge-seg" in e2e:
-            ratio = med([Run(**x) for x in e2e["seed"]], "last_mask_s") / med(
-                [Run(**x) for x in e2e["edge-seg"]], "last_mask_s"
+        heads = ["pipeline", "to last mask (s)", "scans/s", "to exit (s)", "CPU ms/scan (user+sys)", "range (s)"]
+        out.append(table(heads, rows))
+        out += ["", "CPU: the whole process's user + system time (its rusage), start-up included, over the scans."]
+        if "edge-seg" in e2e:
+            mine = med([Run(**x) for x in e2e["edge-seg"]], "last_mask_s")
+            for name, label, goal in (("blog", "the blog's FCN pipeline", 10), ("seed", "same-architecture Keras", 4)):
+                if name in e2e:
+                    ratio = med([Run(**x) for x in e2e[name]], "last_mask_s") / mine
+                    r["targets"].append(
+                        (f"one-shot e2e vs {label}, start-up included", f"{ratio:.1f}x", f">= {goal}x", ratio >= goal)
+                    )
+                    out.append(f"edge-seg / {PIPELINE_NAMES[name]} scans/s: **{ratio:.1f}x**")
+            cpu = med([Run(**x) for x in e2e["edge-seg"]], "cpu_s") * 1000.0 / n
+            r["targets"].append(
+                (f"CPU per scan e2e, start-up included, {n} scans", f"{cpu:.1f} ms", "<= 10 ms", cpu <= 10)
             )
-            r["targets"].append(("one-shot e2e vs seed, start-up included", f"{ratio:.1f}x", ">= 5x", ratio >= 5))
-            out += ["", f"edge-seg / seed scans/s: **{ratio:.1f}x**"]
         out.append("")
     if cold:
         out += ["## 2. Cold start: process start -> first mask, one scan", ""]
         rows = []
-        for name in ("seed", "edge-seg"):
+        for name in PIPELINE_NAMES:
             if name not in cold:
                 continue
             runs = [Run(**x) for x in cold[name]]
@@ -111,12 +122,20 @@ def report(r: dict) -> str:
         out.append(table(["pipeline", "to first mask (s)", "to exit (s)", "range (s)"], rows))
         if "edge-seg" in cold:
             c = med([Run(**x) for x in cold["edge-seg"]], "first_mask_s")
-            r["targets"].append(("cold start to first mask", f"{c:.2f} s", "<= 0.5 s", c <= 0.5))
+            r["targets"].append(("cold start to first mask", f"{c:.2f} s", "<= 0.25 s", c <= 0.25))
+        su = model.get("session_startup_ms")
+        if su:
+            out += [
+                "",
+                f"Session start-up of the model file ({model['precision']}, {model['file_mb']:.2f} MB), one thread: "
+                f"{su['open_first_ms']:.0f} ms to open it the first time in this process (importing onnxruntime "
+                f"included), then {su['open_ms']:.0f} ms (median); its first scan {su['first_run_ms']:.1f} ms.",
+            ]
         out.append("")
 
     s, p = r["serial"], r["steady"]
     out += ["## 3. Stage breakdown (edge-seg)", ""]
-    out.append("One scan at a time on one thread, no overlap (median ms per scan):")
+    out.append("One scan at a time on one thread, no overlap (median ms per scan; CPU = the thread's own time):")
     out.append("")
     labels = {
         "read": "read file",
@@ -130,7 +149,33 @@ def report(r: dict) -> str:
         "write_nofsync": "(atomic write without fsync)",
         "total": "total (without the row in brackets)",
     }
-    out.append(table(["stage", "ms/scan"], [[labels[k], f"{v:.2f}"] for k, v in s.items()]))
+    out.append(
+        table(
+            ["stage", "wall ms/scan", "CPU ms/scan"],
+            [[labels[k], f"{v['ms']:.2f}", f"{v['cpu_ms']:.2f}"] for k, v in s.items()],
+        )
+    )
+    others = {k: v["cpu_ms"] for k, v in s.items() if k not in ("inference", "total", "write_nofsync")}
+    top = max(others, key=lambda k: others[k])
+    rest = s["total"]["cpu_ms"] - s["inference"]["cpu_ms"]
+    out += [
+        "",
+        f"Besides the model ({s['inference']['cpu_ms']:.2f} ms of CPU), the stages cost {rest:.2f} ms of CPU a scan; "
+        f"the largest is **{labels[top]}: {others[top]:.2f} ms**.",
+    ]
+    if r.get("durability"):
+        d = r["durability"]
+        dlabels = {
+            "ledger": "ledger: a begin and a done record",
+            "mask_write": "mask: atomic write with fsync",
+            "mask_write_nofsync": "(mask: atomic write without fsync)",
+            "folder_fsync": "folder fsync, one a batch, per scan",
+            "ledger_fsync": "ledger fsync, one a batch, per scan",
+            "error_unlink": "old error file removed",
+        }
+        out += ["", "What makes a mask durable and recorded (560 x 360 empty mask, median per scan):", ""]
+        rows = [[dlabels[k], f"{v['ms']:.3f}", f"{v['cpu_ms']:.3f}"] for k, v in d.items()]
+        out.append(table(["step", "wall ms/scan", "CPU ms/scan"], rows))
     out += ["", f"In the pipeline (`Processor.process`, {n} scans, session warm; mean of `Outcome.timings`, ms/scan;"]
     out.append("stages run concurrently on different threads, so they add up to more than the wall time per scan):")
     out.append("")
@@ -142,7 +187,12 @@ def report(r: dict) -> str:
         "write": "PNG encode + atomic write",
     }
     out.append(table(["stage", "ms/scan"], [[plabels.get(k, k), f"{v:.2f}"] for k, v in p["stages_ms"].items()]))
-    out += ["", f"Wall: {p['ms_per_scan']:.2f} ms/scan = **{p['scans_per_s']:.1f} scans/s** steady state", ""]
+    cpu_steady = f", {p['cpu_ms_per_scan']:.1f} ms of CPU a scan (all threads)" if "cpu_ms_per_scan" in p else ""
+    out += [
+        "",
+        f"Wall: {p['ms_per_scan']:.2f} ms/scan = **{p['scans_per_s']:.1f} scans/s** steady state{cpu_steady}",
+        "",
+    ]
     if r.get("steady_rounds"):
         xs = r["steady_rounds"]
         out[-2] += f" (median of {len(xs)} rounds after a warm-up pass; range {min(xs):.1f}-{max(xs):.1f})."
@@ -183,12 +233,13 @@ def report(r: dict) -> str:
         f"{model['parameters']} parameters, {model['gmac']} GMAC/scan.",
         "",
     ]
-    r["targets"].append(("steady-state e2e / inference bound", f"{share:.1%}", ">= 85%", share >= 0.85))
-    r["targets"].append(("model ms/scan at batch 1", f"{latency:.1f} ms", "<= 25 ms", latency <= 25))
+    # The share of the bound and the model's latency are diagnostics now (issue 14), not targets.
 
     out += ["## 5. Memory and installed size", ""]
     rows = []
-    for name in ("seed", "edge-seg"):
+    for name in PIPELINE_NAMES:
+        if name not in e2e and name not in r.get("sizes", {}):
+            continue
         row = [PIPELINE_NAMES[name]]
         row.append(f"{med([Run(**x) for x in e2e[name]], 'peak_rss_mb'):.0f}" if name in e2e else "-")
         row.append(f"{med([Run(**x) for x in cold[name]], 'peak_rss_mb'):.0f}" if name in cold else "-")
@@ -203,14 +254,16 @@ def report(r: dict) -> str:
     for name, size in r.get("sizes", {}).items():
         big = ", ".join(f"{k} {v:.0f}" for k, v in size["largest_mb"].items())
         out.append(f"\n{PIPELINE_NAMES[name]}: `pip install {' '.join(size['requirements'])}`; largest (MB): {big}")
-    if "edge-seg" in r.get("sizes", {}):
-        mb = r["sizes"]["edge-seg"]["site_packages_mb"]
-        r["targets"].append(("runtime-only environment installed", f"{mb:.0f} MB", "<= 150 MB", mb <= 150))
     out.append("")
 
-    out += ["## Targets (issue 5)", ""]
+    out += ["## Targets (issue 14; printed, never asserted)", ""]
     out.append(table(["target", "measured", "goal", ""], [[a, b_, c, met(d)] for a, b_, c, d in r["targets"]]))
+    out += ["", "Dice unchanged within 0.005 on `test`: `python -m bench.precision` (model card figures)."]
     return "\n".join(out)
 
 
-PIPELINE_NAMES = {"seed": "seed (TF/Keras, per-scan predict)", "edge-seg": "edge-seg IN --out OUT"}
+PIPELINE_NAMES = {
+    "blog": "blog: seed-fcn, one batch predict (TF/Keras)",
+    "seed": "seed: same architecture, per-scan predict (TF/Keras)",
+    "edge-seg": "edge-seg IN --out OUT",
+}

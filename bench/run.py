@@ -1,20 +1,23 @@
-"""edge-seg benchmark suite (issue 5): one command, one table. Figures are printed, never asserted.
+"""edge-seg benchmark suite (issues 5 and 14): one command, one table. Figures are printed, never asserted.
 
-    python bench/run.py                 # 100 DDTI scans, 3 repeats: e2e, cold start, stages, bound, RSS
-    python bench/run.py --sizes         # also installed size of a runtime-only venv vs a TensorFlow one
-    python bench/run.py --n 20 --repeats 1 --skip-seed   # quick look while tuning
+    python -m bench.run                 # 100 DDTI scans, 3 repeats: e2e, CPU, cold start, stages, bound, RSS
+    python bench/run.py                 # the same (see bench/common.py)
+    python -m bench.run --model runs/int8/ddti-fcn-int8.onnx   # another model, an int8 one too
+    python -m bench.run --sizes         # also installed size of a runtime-only venv vs a TensorFlow one
+    python -m bench.run --n 20 --repeats 1 --skip-seed   # quick look while tuning
 
-Scans come from the DDTI splits (test, then val, then train, sorted by name) at ../shared/data/ddti
-beside the repository, or EDGE_SEG_DDTI; they are copied into a temporary folder, never into the repo.
+Scans come from the DDTI splits (test, then val, then train, sorted by name), see bench/common.py.
 The model is the bundled one (``--model`` for another); its architecture and input size are read from
-its metadata, and the seed pipeline runs an untrained Keras model of the same architecture and size.
-See bench/README.md for what each figure means.
+its metadata. Two seed pipelines run beside edge-seg: the blog's own FCN (``seed-fcn``) with the blog's
+one batch ``model.predict``, and an untrained Keras model of the ONNX model's architecture and size
+with one ``predict`` a scan. See bench/README.md for what each figure means.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -27,41 +30,18 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH = Path(__file__).resolve().parent
+if __name__ == "__main__" and not __package__:  # `python bench/run.py`: run as `python -m bench.run`
+    from common import run_as_module  # type: ignore[import-not-found]  # (this file's folder is on sys.path)
+
+    run_as_module("bench.run")
+
+from bench.common import REPO, ddti_root, pick_scans, stage_scans
+from bench.report import Run, report
+
 #: Where edge_runtime is imported from: this checkout, or another one given with --runtime (A/B runs).
 RUNTIME = REPO
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # `python bench/run.py` uses this checkout's edge_runtime
-
-from bench.report import Run, report  # noqa: E402
-
-SPLITS = ("test", "val", "train")
-
-
-# -- inputs ------------------------------------------------------------------------------------------
-def ddti_root() -> Path:
-    return Path(os.environ.get("EDGE_SEG_DDTI", REPO.parent / "shared" / "data" / "ddti"))
-
-
-def pick_scans(root: Path, n: int) -> list[Path]:
-    """The first ``n`` scans of test, then val, then train (sorted by name): the same set every run."""
-    found: list[Path] = []
-    for split in SPLITS:
-        folder = root / split / "image"
-        if folder.is_dir():
-            found += sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
-    if not found:
-        sys.exit(f"no DDTI scans under {root}/{{{','.join(SPLITS)}}}/image (set EDGE_SEG_DDTI)")
-    return found[:n]
-
-
-def stage_scans(scans: list[Path], dest: Path) -> Path:
-    """Copy scans flat into ``dest`` as ``<split>_<name>`` (both pipelines read the same folder)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for p in scans:
-        shutil.copy2(p, dest / f"{p.parent.parent.name}_{p.name}")
-    return dest
+#: The blog's own network and input, for the seed pipeline that runs it as the blog does.
+BLOG_ARCH, BLOG_INPUT = "seed-fcn", (128, 128, 3)
 
 
 # -- the machine -------------------------------------------------------------------------------------
@@ -89,7 +69,7 @@ def versions() -> dict[str, str]:
         "opencv": cv2.__version__,
         "numpy": numpy.__version__,
         "edge-seg": __version__,
-        "edge_runtime from": str(Path(edge_runtime.__file__).parent),
+        "edge_runtime from": str(Path(edge_runtime.__file__).resolve().parent),
     }
 
 
@@ -163,7 +143,10 @@ def with_priority(nice: int) -> None:
     if os.environ.get("EDGE_SEG_BENCH_PRIORITY") or not Path("/proc/self/autogroup").exists():
         return
     env = {**os.environ, "EDGE_SEG_BENCH_PRIORITY": str(nice)}
-    sys.exit(subprocess.call([sys.executable, *sys.argv], env=env, start_new_session=True))
+    spec = sys.modules["__main__"].__spec__  # the benchmarks run as modules (bench/common.py)
+    module = spec.name if spec else "bench.run"
+    cmd = [sys.executable, "-m", module, *sys.argv[1:]]
+    sys.exit(subprocess.call(cmd, env=env, start_new_session=True))
 
 
 def apply_priority() -> str:
@@ -185,7 +168,7 @@ def timed_run(cmd: list[str], out_dir: Path, log: Path, env: dict[str, str]) -> 
     with open(log, "wb") as fh:
         t0 = time.time()
         p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=out_dir.parent)
-        _, status, usage = os.wait4(p.pid, 0)
+        _, status, usage = os.wait4(p.pid, 0)  # the child's own rusage: its CPU time and peak RSS
         t_exit = time.time()
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
@@ -201,6 +184,7 @@ def timed_run(cmd: list[str], out_dir: Path, log: Path, env: dict[str, str]) -> 
         masks=len(mtimes),
         peak_rss_mb=usage.ru_maxrss / 1024.0,  # KiB on Linux
         returncode=p.returncode,
+        cpu_s=usage.ru_utime + usage.ru_stime,
     )
 
 
@@ -216,6 +200,22 @@ def child_env() -> dict[str, str]:
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(RUNTIME), str(REPO), env.get("PYTHONPATH", "")]))
     return env
+
+
+def runtime_only(checkout: Path) -> Path:
+    """A folder holding only ``checkout``'s ``edge_runtime`` (a symlink), to put first on PYTHONPATH.
+
+    For ``--runtime``: the other checkout's runtime is measured, with this checkout's benchmarks.
+    """
+    if not (checkout / "edge_runtime" / "__init__.py").is_file():
+        sys.exit(f"--runtime {checkout}: no edge_runtime package there")
+    tag = hashlib.sha256(str(checkout).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"edge-seg-bench-runtime-{tag}"
+    folder.mkdir(exist_ok=True)
+    link = folder / "edge_runtime"
+    if not link.exists():
+        link.symlink_to(checkout / "edge_runtime", target_is_directory=True)
+    return folder
 
 
 # -- installed sizes -----------------------------------------------------------------------------------
@@ -290,18 +290,23 @@ def main() -> None:
         help="run in a session of its own at raised CPU priority (root; for a machine busy with other jobs)",
     )
     args = p.parse_args()
+    if args.runtime:
+        global RUNTIME
+        RUNTIME = runtime_only(args.runtime.resolve())
+        if os.environ.get("EDGE_SEG_BENCH_RUNTIME") != str(RUNTIME):  # start again with it first on PYTHONPATH
+            os.environ["EDGE_SEG_BENCH_RUNTIME"] = str(RUNTIME)
+            from bench.common import run_as_module
+
+            run_as_module("bench.run", [RUNTIME])
     if args.priority:
         with_priority(-19)
     priority = apply_priority()
-    if args.runtime:
-        global RUNTIME
-        RUNTIME = args.runtime.resolve()
-        sys.path.insert(0, str(RUNTIME))
 
     from bench import inprocess
     from edge_runtime.core.model import OnnxModel, available_cores, default_model_path
 
     model_path = (args.model or default_model_path()).resolve()
+    startup = inprocess.session_startup(model_path)  # before anything else warms the file's pages
     model = OnnxModel(model_path)  # one run on all the cores: the lowest latency for a single scan
     cli_model = OnnxModel(model_path, threads=1)  # what the edge-seg CLI runs: one thread a run, a run per core
     cores = available_cores()
@@ -327,6 +332,9 @@ def main() -> None:
             "input": f"{h}x{w}x{c}",
             "parameters": f"{params:,}" if params else "?",
             "gmac": f"{macs / 1e9:.2f}" if macs else "?",
+            "precision": meta.get("precision", "fp32"),
+            "file_mb": model_path.stat().st_size / 1e6,
+            "session_startup_ms": startup,
         },
         "targets": [],
     }
@@ -343,29 +351,20 @@ def main() -> None:
         sizes = sorted({f"{x[1]}x{x[0]}" for x in (_shape(s) for s in scans)})
         r["scan_sizes"] = "W x H: " + ", ".join(sizes)
 
-        pipelines = {"edge-seg": lambda i, o: [*edge_seg_cmd(), str(i), "--out", str(o)]}
+        pipelines = {"edge-seg": lambda i, o: [*edge_seg_cmd(), str(i), "--out", str(o), "--model", str(model_path)]}
         if not args.skip_seed:
-            keras_model = work / "seed.keras"
-            print(f"building a Keras {arch} {h}x{w}x{c} for the seed pipeline ...", file=sys.stderr)
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(BENCH / "seed_pipeline.py"),
-                    "--build",
-                    arch,
-                    str(h),
-                    str(w),
-                    str(c),
-                    str(keras_model),
-                ],
-                check=True,
-                env=env,
-                stdout=subprocess.DEVNULL,
-            )
-            seed = [sys.executable, str(BENCH / "seed_pipeline.py")]
+            seed = [sys.executable, "-m", "bench.seed_pipeline"]
+            blog_model, same_model = work / "blog.keras", work / "seed.keras"
+            for a, (bh, bw, bc), dest in ((BLOG_ARCH, BLOG_INPUT, blog_model), (arch, (h, w, c), same_model)):
+                print(f"building a Keras {a} {bh}x{bw}x{bc} for the seed pipelines ...", file=sys.stderr)
+                build = [*seed, "--build", a, str(bh), str(bw), str(bc), str(dest)]
+                subprocess.run(build, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
             thr = str(model.info.threshold)
             pipelines = {
-                "seed": lambda i, o: [*seed, str(i), str(o), "--model", str(keras_model), "--threshold", thr],
+                "blog": lambda i, o: (
+                    [*seed, str(i), str(o), "--model", str(blog_model), "--threshold", thr, "--batch-predict"]
+                ),
+                "seed": lambda i, o: [*seed, str(i), str(o), "--model", str(same_model), "--threshold", thr],
                 **pipelines,
             }
 
@@ -396,6 +395,7 @@ def main() -> None:
         print("stage breakdown, steady state and the inference bound ...", file=sys.stderr)
         staged = sorted(in_n.iterdir())
         r["serial"] = inprocess.serial_stages(staged, cli_model, work)
+        r["durability"] = inprocess.durability_costs(work)
         tensors = inprocess.preprocessed(staged, model)
         # Both ways of spending the cores on inference alone; the report divides by the faster. The
         # pipeline and the bound are measured in alternation, so a drift in the machine's speed (a

@@ -1,7 +1,7 @@
 """Soak benchmark for ``edge-seg --watch``: many scans, several writers, bad files, kill -9 and restarts.
 
-    python bench/soak.py                      # 2,000 scans, 4 writers, 3 kills (a few minutes)
-    python bench/soak.py --scans 300 --kills 2
+    python -m bench.soak                      # 2,000 scans, 4 writers, 3 kills (a few minutes)
+    python -m bench.soak --scans 300 --kills 2
 
 Scans are synthetic (the demo generator) and real (DDTI frames from ../shared/data/ddti, or
 $EDGE_SEG_DDTI), copied into a temporary IN at bench time. Writers deliver them in bursts, each scan
@@ -32,12 +32,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if __name__ == "__main__" and not __package__:  # `python bench/soak.py`: run as `python -m bench.soak`
+    from common import run_as_module  # type: ignore[import-not-found]  # (this file's folder is on sys.path)
 
-from edge_runtime.demo import synthetic_scan  # noqa: E402
+    run_as_module("bench.soak")
 
-DDTI = Path(os.environ.get("EDGE_SEG_DDTI", REPO.parent / "shared" / "data" / "ddti"))
+from bench.common import REPO, ddti_root
+from edge_runtime.demo import synthetic_scan
+
+DDTI = ddti_root()
 
 
 @dataclass

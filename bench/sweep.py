@@ -1,7 +1,8 @@
 """Tuning aid: the steady-state pipeline and the inference bound under different runtime settings.
 
-    python bench/sweep.py                       # workers, session threads, spinning, batch size, fsync
-    python bench/sweep.py --n 50 --repeats 5
+    python -m bench.sweep                       # workers, session threads, spinning, batch size, fsync
+    python -m bench.sweep --n 50 --repeats 5
+    python -m bench.sweep --model runs/int8/ddti-fcn-int8.onnx   # the same for another (an int8) model
 
 Each row changes one setting from the runtime's defaults; scans/s are medians over ``--repeats``.
 Printed only: the figures steer the defaults in edge_runtime (see bench/README.md, tuning log).
@@ -15,9 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if __name__ == "__main__" and not __package__:  # `python bench/sweep.py`: run as `python -m bench.sweep`
+    from common import run_as_module  # type: ignore[import-not-found]  # (this file's folder is on sys.path)
+
+    run_as_module("bench.sweep")
 
 
 def main() -> None:
@@ -30,16 +32,9 @@ def main() -> None:
     p.add_argument("--work", type=Path, help="as bench/run.py --work")
     args = p.parse_args()
 
+    from bench.common import ddti_root, pick_scans, stage_scans
     from bench.report import table
-    from bench.run import (
-        apply_priority,
-        busy_processes,
-        ddti_root,
-        file_create_ms,
-        pick_scans,
-        stage_scans,
-        with_priority,
-    )
+    from bench.run import apply_priority, busy_processes, file_create_ms, with_priority
 
     if args.priority:
         with_priority(-19)

@@ -3,6 +3,11 @@
 The model's facts (input size, preprocessing, default threshold, morphology, training data and
 validation Dice, tool versions) go into the file's metadata; the export only succeeds once the ONNX
 model matches the Keras one on real scans.
+
+With ``--precision int8`` the fp32 model is exported and checked as above (and kept beside the output
+as ``<out stem>.fp32.onnx``), then quantized (:mod:`export.quantize`) and checked against it on the
+labelled validation folder (:func:`export.parity.check_int8_parity`). ``--from-onnx`` quantizes an
+existing fp32 ONNX file instead, without TensorFlow.
 """
 
 from __future__ import annotations
@@ -23,13 +28,18 @@ EPILOG = """example:
   edge-seg-export runs/seed/model.keras --out runs/seed/model.onnx
 (reads runs/seed/training.json for the threshold chosen on validation and the training facts,
 and checks parity on the validation scans named there)
+  edge-seg-export runs/seed/model.keras --out runs/seed/model.onnx --precision int8
+(also writes runs/seed/model.fp32.onnx, calibrates on the record's training folder)
+  edge-seg-export --from-onnx model.onnx --precision int8 --out model-int8.onnx \\
+      --calibration ../shared/data/ddti/train --int8-parity ../shared/data/ddti/val
+(no TensorFlow; the folders default to those in model.onnx's training metadata)
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = type("F", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {})
     p = argparse.ArgumentParser(prog="edge-seg-export", description=__doc__, epilog=EPILOG, formatter_class=fmt)
-    p.add_argument("keras_model", type=Path, help="model.keras written by edge-seg-train")
+    p.add_argument("keras_model", type=Path, nargs="?", help="model.keras written by edge-seg-train")
     p.add_argument("--out", type=Path, required=True, help="the ONNX file to write")
     p.add_argument("--record", type=Path, help="training record (default: training.json beside the model)")
     p.add_argument("--name", help="model name for the metadata (default: from the training record)")
@@ -49,8 +59,91 @@ def build_parser() -> argparse.ArgumentParser:
         help="flip: average with the mirrored scan inside the graph (2x inference); the default threshold is then "
         "chosen again on the validation folder unless --threshold is given",
     )
+    q = p.add_argument_group("int8")
+    q.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="precision of the model written")
+    q.add_argument("--int8", dest="precision", action="store_const", const="int8", help="same as --precision int8")
+    q.add_argument("--from-onnx", type=Path, help="quantize this fp32 ONNX file (no Keras model, no TensorFlow)")
+    q.add_argument(
+        "--calibration",
+        type=Path,
+        help="training scans to calibrate on (default: the training folder in the record or the fp32 metadata)",
+    )
+    q.add_argument("--calibration-count", type=int, default=32, help="calibration scans (every k-th by name)")
+    q.add_argument("--no-pre-process", action="store_true", help="skip onnxruntime's quant_pre_process")
+    q.add_argument(
+        "--int8-parity",
+        type=Path,
+        help="labelled folder (image/ + mask/) for the int8 vs fp32 check (default: the validation folder)",
+    )
+    q.add_argument("--fp32-out", type=Path, help="where the fp32 parent goes (default: <out stem>.fp32.onnx)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def _training_folder(meta: dict, split: str) -> Path | None:
+    """The ``split`` folder named in a model's training metadata, if any."""
+    folder = (((meta.get("training") or {}).get("data") or {}).get(split) or {}).get("folder")
+    return Path(folder) if folder else None
+
+
+def _int8_inputs_problem(calibration: Path | None, labelled: Path | None, count: int) -> str | None:
+    """Why the int8 step could not run with these folders (None when it can), checked before any work."""
+    from edge_runtime.errors import SetupError
+    from export.quantize import calibration_files
+
+    if calibration is None:
+        return "int8 needs training scans to calibrate on: pass --calibration DIR (the record names none)"
+    if labelled is None or not (labelled / "image").is_dir() or not (labelled / "mask").is_dir():
+        return f"the int8 parity check needs a labelled folder (image/ + mask/): pass --int8-parity DIR ({labelled})"
+    try:
+        calibration_files(calibration, count)
+    except SetupError as exc:
+        return str(exc)
+    return None
+
+
+def quantize_checked(
+    fp32_path: Path, out: Path, calibration: Path | None, labelled: Path | None, count: int, pre_process: bool
+) -> int:
+    """Quantize ``fp32_path`` into ``out`` if the int8 model holds its val Dice; exit status (0, 1 or 2)."""
+    from edge_runtime.errors import ModelError, ScanError, SetupError
+    from edge_runtime.files.durable import write_atomic
+    from export.parity import check_int8_parity
+    from export.quantize import quantize, read_metadata
+
+    try:
+        meta = read_metadata(fp32_path)
+        calibration = calibration or _training_folder(meta, "train")
+        labelled = labelled or _training_folder(meta, "val")
+        if calibration is None or labelled is None:
+            log.error(
+                "%s names no %s folder in its metadata: pass %s",
+                fp32_path,
+                "training" if calibration is None else "validation",
+                "--calibration DIR" if calibration is None else "--int8-parity DIR",
+            )
+            return 2
+        tmp = out.with_name(f".{out.name}.int8")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            quantize(fp32_path, tmp, calibration, count, pre_process)
+            report = check_int8_parity(fp32_path, tmp, labelled)
+            if not report.ok:
+                log.error("int8 parity check FAILED: %s", report.describe())
+                return 1
+            log.info("int8 parity ok: %s", report.describe())
+            write_atomic(out, tmp.read_bytes())
+        finally:
+            tmp.unlink(missing_ok=True)
+    except SetupError as exc:
+        log.error("%s", exc)
+        return 2
+    except (ModelError, ScanError) as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("wrote %s (%.2f MB, int8; fp32 parent %s)", out, out.stat().st_size / 1e6, fp32_path)
+    log.info("use it:  edge-seg IN --out OUT --model %s", out)
+    return 0
 
 
 def choose_threshold_on(onnx_path: Path, labelled: Path) -> float:
@@ -82,6 +175,24 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.from_onnx is not None:
+        if args.precision != "int8" or args.keras_model is not None:
+            log.error("--from-onnx quantizes an fp32 ONNX file: give --precision int8 and no Keras model")
+            return 2
+        if not args.from_onnx.is_file():
+            log.error("%s: no such model file", args.from_onnx)
+            return 2
+        return quantize_checked(
+            args.from_onnx,
+            args.out,
+            args.calibration,
+            args.int8_parity,
+            args.calibration_count,
+            not args.no_pre_process,
+        )
+    if args.keras_model is None:
+        log.error("give a model.keras to export (or --from-onnx FILE with --precision int8)")
+        return 2
     try:
         import onnx
         import tf2onnx  # noqa: F401
@@ -116,14 +227,29 @@ def main(argv: list[str] | None = None) -> int:
         log.error("parity check needs real scans: pass --parity-scans DIR (looked for %s)", parity_dir)
         return 2
 
+    fp32_out = args.out
+    labelled = args.int8_parity or (Path(cfg["val_dir"]) if cfg.get("val_dir") else None)
+    calibration = args.calibration or (Path(cfg["train_dir"]) if cfg.get("train_dir") else None)
+    if args.precision == "int8":  # the fp32 parent is written and checked first, then quantized into --out
+        fp32_out = args.fp32_out or args.out.with_name(f"{args.out.stem}.fp32.onnx")
+        problem = _int8_inputs_problem(calibration, labelled, args.calibration_count)
+        if problem:  # before the conversion, not after it
+            log.error("%s", problem)
+            return 2
+
+    def metadata(threshold: float) -> dict:
+        meta = build_metadata(model, record, name, version, threshold, args.opset, args.tta)
+        meta["precision"] = "fp32"
+        return meta
+
     t0 = time.time()
     model = load_keras(args.keras_model)
     if args.tta == "flip":
         model = with_flip_tta(model)
     proto = to_onnx(model, args.opset)
-    attach_metadata(proto, build_metadata(model, record, name, version, threshold, args.opset, args.tta))
+    attach_metadata(proto, metadata(threshold))
     onnx.checker.check_model(proto)
-    tmp = args.out.with_name(f".{args.out.name}.parity")
+    tmp = fp32_out.with_name(f".{fp32_out.name}.parity")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, tmp)
     try:
@@ -131,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             # The record's threshold was chosen for the plain model: choose again, on the same validation
             # folder, with the graph as exported and the runtime's own scoring.
             threshold = choose_threshold_on(tmp, Path(cfg["val_dir"]) if cfg.get("val_dir") else parity_dir)
-            attach_metadata(proto, build_metadata(model, record, name, version, threshold, args.opset, args.tta))
+            attach_metadata(proto, metadata(threshold))
             onnx.save(proto, tmp)
         images = parity_images(parity_dir, args.parity_count)
         thresholds = sorted({*COMPARE_THRESHOLDS, float(threshold)})
@@ -140,15 +266,19 @@ def main(argv: list[str] | None = None) -> int:
             log.error("parity check FAILED: %s", report.describe())
             return 1
         log.info("parity ok: %s", report.describe())
-        write_atomic(args.out, tmp.read_bytes())
+        write_atomic(fp32_out, tmp.read_bytes())
     except (ModelError, ScanError, SetupError) as exc:
         log.error("%s", exc)
         return 1
     finally:
         tmp.unlink(missing_ok=True)
-    size = args.out.stat().st_size
-    log.info("wrote %s (%.2f MB) in %.1f s; threshold %g", args.out, size / 1e6, time.time() - t0, threshold)
-    log.info("use it:  edge-seg IN --out OUT --model %s", args.out)
+    size = fp32_out.stat().st_size
+    log.info("wrote %s (%.2f MB) in %.1f s; threshold %g", fp32_out, size / 1e6, time.time() - t0, threshold)
+    if args.precision == "int8":
+        return quantize_checked(
+            fp32_out, args.out, calibration, labelled, args.calibration_count, not args.no_pre_process
+        )
+    log.info("use it:  edge-seg IN --out OUT --model %s", fp32_out)
     return 0
 
 

@@ -64,3 +64,95 @@ def check_parity(keras_model, onnx_path: Path, images: list[np.ndarray], thresho
         for t in thresholds:
             differing[t] += int(np.count_nonzero(mo[t] != mk[t]))
     return ParityReport(len(images), float(diff.max()), float(diff.mean()), differing)
+
+
+# -- int8 against its fp32 parent ----------------------------------------------------------------------
+#: The largest change of mean val Dice (int8 - fp32, against the truth) an int8 export may make.
+MAX_DICE_CHANGE = 0.005
+
+
+@dataclass
+class Int8ParityReport:
+    """int8 vs fp32 on a labelled folder, masks at scan size at the model's default threshold."""
+
+    scans: int
+    threshold: float
+    dice_int8_vs_fp32: float  #: mean over scans of Dice(int8 mask, fp32 mask)
+    dice_fp32: float  #: mean Dice of the fp32 masks against the truth
+    dice_int8: float  #: the same for int8
+    max_abs_prob_diff: float  #: max |p_int8 - p_fp32| over all scan-size probabilities
+    presence_max_abs_diff: float | None = None  #: max |presence_int8 - presence_fp32|, None without presence
+    presence_decisions_changed: int | None = None  #: scans whose presence decision differs
+
+    @property
+    def dice_change(self) -> float:
+        return self.dice_int8 - self.dice_fp32
+
+    @property
+    def ok(self) -> bool:
+        return abs(self.dice_change) <= MAX_DICE_CHANGE
+
+    def describe(self) -> str:
+        text = (
+            f"{self.scans} scans at threshold {self.threshold:g}: mean Dice int8 vs fp32 masks "
+            f"{self.dice_int8_vs_fp32:.4f}; Dice against the truth fp32 {self.dice_fp32:.4f}, int8 "
+            f"{self.dice_int8:.4f}, change {self.dice_change:+.4f} (limit +-{MAX_DICE_CHANGE}); "
+            f"max |p_int8 - p_fp32| {self.max_abs_prob_diff:.3f}"
+        )
+        if self.presence_max_abs_diff is not None:
+            text += (
+                f"; presence max |int8 - fp32| {self.presence_max_abs_diff:.4f}, "
+                f"{self.presence_decisions_changed} decision(s) changed"
+            )
+        return text
+
+
+def _truth(path: Path) -> np.ndarray:
+    mask = read_scan(path).frames[0]
+    return (mask.max(axis=2) if mask.ndim == 3 else mask) > 127
+
+
+def _presence_decision(seg: Segmenter, presence: float) -> bool:
+    # Models with a presence head carry its threshold in their metadata (read by ModelInfo).
+    threshold = getattr(seg.info, "presence_threshold", None)
+    return presence >= (0.5 if threshold is None else float(threshold))
+
+
+def check_int8_parity(fp32_path: Path, int8_path: Path, labelled: Path) -> Int8ParityReport:
+    """Run both models on every scan of ``labelled`` (image/ + mask/) through the public ``Segmenter`` API."""
+    from edge_runtime.core.metrics import scan_metrics
+    from edge_runtime.errors import SetupError
+    from edge_runtime.files.pairs import pair_by_stem as paired
+
+    if not (labelled / "image").is_dir() or not (labelled / "mask").is_dir():
+        raise SetupError(f"the int8 parity check needs {labelled}/image and {labelled}/mask")
+    fp32, int8 = Segmenter(fp32_path), Segmenter(int8_path)
+    threshold = fp32.threshold
+    if int8.threshold != threshold:
+        raise SetupError(f"{int8_path} has default threshold {int8.threshold:g}, its parent {threshold:g}")
+    agree, d_fp32, d_int8, max_prob = [], [], [], 0.0
+    presence_diffs: list[float] = []
+    changed = 0
+    for image_path, mask_path in paired(labelled / "image", labelled / "mask"):
+        image, truth = read_scan(image_path).frames[0], _truth(mask_path)
+        a, b = fp32.segment(image), int8.segment(image)
+        ma, mb = a.masks[threshold], b.masks[threshold]
+        agree.append(scan_metrics(mb, ma, with_hd95=False).dice)
+        d_fp32.append(scan_metrics(ma, truth, with_hd95=False).dice)
+        d_int8.append(scan_metrics(mb, truth, with_hd95=False).dice)
+        max_prob = max(max_prob, float(np.abs(a.probability - b.probability).max()))
+        pa, pb = getattr(a, "presence", None), getattr(b, "presence", None)
+        if pa is not None and pb is not None:
+            presence_diffs.append(abs(float(pa) - float(pb)))
+            changed += _presence_decision(fp32, pa) != _presence_decision(int8, pb)
+    report = Int8ParityReport(
+        scans=len(agree),
+        threshold=threshold,
+        dice_int8_vs_fp32=float(np.mean(agree)),
+        dice_fp32=float(np.mean(d_fp32)),
+        dice_int8=float(np.mean(d_int8)),
+        max_abs_prob_diff=max_prob,
+        presence_max_abs_diff=max(presence_diffs) if presence_diffs else None,
+        presence_decisions_changed=changed if presence_diffs else None,
+    )
+    return report

@@ -166,28 +166,41 @@ def test_empty_prediction_of_a_nodule_is_a_miss():
     assert m.missed
 
 
-def test_summary_leaves_nans_out_and_counts_misses_over_scans_with_a_nodule():
+def test_summary_leaves_nans_out_and_scores_overlap_on_positives_and_detection_on_all():
     empty = np.zeros((64, 64), bool)
     per_scan = [
         scan_metrics(square(10, 10, 20), square(10, 10, 20)),  # perfect
         scan_metrics(square(10, 15, 20), square(10, 10, 20)),  # dice 0.75, hd95 5
         scan_metrics(empty, square(10, 10, 20)),  # missed: precision and hd95 undefined
-        scan_metrics(empty, empty),  # no nodule, none found: dice 1, precision undefined
+        scan_metrics(empty, empty),  # no nodule, none found: a true negative
+        scan_metrics(square(0, 0, 8), empty),  # no nodule, one found: a false-positive frame of 64 px
     ]
     s = summarise(per_scan)
-    assert s["scans"] == 4
-    assert s["dice_mean"] == pytest.approx((1 + 0.75 + 0 + 1) / 4)
-    assert s["dice_median"] == pytest.approx(0.875)
-    assert s["iou_mean"] == pytest.approx((1 + 0.6 + 0 + 1) / 4)
+    assert (s["scans"], s["positives"], s["negatives"]) == (5, 3, 2)
+    # overlap over the three positive scans only
+    assert s["dice_mean"] == pytest.approx((1 + 0.75 + 0) / 3)
+    assert s["dice_median"] == pytest.approx(0.75)
+    assert s["iou_mean"] == pytest.approx((1 + 0.6 + 0) / 3)
     assert s["precision_mean"] == pytest.approx((1 + 0.75) / 2)
-    assert s["precision_undefined"] == 2
+    assert s["precision_undefined"] == 1
     assert s["recall_mean"] == pytest.approx((1 + 0.75 + 0) / 3)
-    assert s["hd95_mean"] == pytest.approx(2.5, abs=1e-4) and s["hd95_undefined"] == 2
+    assert s["hd95_mean"] == pytest.approx(2.5, abs=1e-4) and s["hd95_undefined"] == 1
+    # image level
+    assert s["sensitivity"] == pytest.approx(2 / 3)
+    assert (s["fp_frames"], s["fp_share"], s["specificity"]) == (1, 0.5, 0.5)
+    assert s["fp_area_mean"] == 64 and s["fp_area_share_mean"] == pytest.approx(64 / 64**2)
+    assert s["view_dice_mean"] == pytest.approx((1 + 0.75 + 0 + 1 + 0) / 5)
     assert s["missed"] == 1 and s["missed_share"] == pytest.approx(1 / 3)
-    # only scans without a nodule: nothing can be missed, and every mean of an undefined metric is NaN
-    none = summarise([scan_metrics(empty, empty), scan_metrics(square(1, 1, 4), empty)])
-    assert none["missed"] == 0 and none["missed_share"] == 0.0
-    assert math.isnan(none["recall_mean"]) and math.isnan(none["hd95_mean"]) and none["hd95_undefined"] == 2
+
+
+def test_summary_of_a_nodule_free_folder_is_its_false_positive_figures():
+    empty = np.zeros((32, 32), bool)
+    s = summarise([scan_metrics(empty, empty), scan_metrics(square(2, 2, 4, (32, 32)), empty)])
+    assert (s["positives"], s["negatives"], s["fp_frames"]) == (0, 2, 1)
+    assert math.isnan(s["dice_mean"]) and math.isnan(s["sensitivity"])
+    assert s["specificity"] == 0.5 and s["fp_area_mean"] == 16
+    assert s["missed"] == 0 and s["missed_share"] == 0.0  # nothing can be missed without a nodule
+    assert math.isnan(s["recall_mean"]) and math.isnan(s["hd95_mean"])
 
 
 def test_different_shapes_are_refused_and_hd95_can_be_skipped():
@@ -288,15 +301,18 @@ def test_console_json_has_command_model_summary_and_per_scan_rows(console_run, t
         assert s["scans"] == len(SCANS)
         mine = [r for r in rows if r["threshold"] == float(label)]
         assert len(mine) == len(SCANS)
-        # the summary is the mean / median of the per-scan rows
-        assert s["dice_mean"] == pytest.approx(np.mean([r["dice"] for r in mine]), abs=1e-12)
-        assert s["iou_median"] == pytest.approx(np.median([r["iou"] for r in mine]), abs=1e-12)
+        # overlap is the mean / median of the positive scans' rows; the nodule-free scan is a true negative
+        pos = [r for r in mine if r["truth_pixels"] > 0]
+        assert s["dice_mean"] == pytest.approx(np.mean([r["dice"] for r in pos]), abs=1e-12)
+        assert s["iou_median"] == pytest.approx(np.median([r["iou"] for r in pos]), abs=1e-12)
+        assert s["view_dice_mean"] == pytest.approx(np.mean([r["dice"] for r in mine]), abs=1e-12)
+        assert (s["negatives"], s["fp_frames"], s["specificity"], s["sensitivity"]) == (1, 0, 1.0, 1.0)
         # the tiny model finds every dark nodule, and finds nothing in the normal scan
         assert s["dice_mean"] > 0.8 and s["iou_mean"] > 0.7
         assert s["precision_mean"] > 0.95 and s["recall_mean"] > 0.7
         assert 0 < s["hd95_mean"] < 20
         assert s["missed"] == 0 and s["missed_share"] == 0.0
-        assert s["precision_undefined"] == 1 and s["hd95_undefined"] == 1  # the normal scan
+        assert s["precision_undefined"] == 0 and s["hd95_undefined"] == 0  # the normal scan: not in overlap
         by_scan = {r["scan"]: r for r in mine}
         normal = by_scan.pop("normal.png")
         assert normal["dice"] == 1.0 and normal["predicted_pixels"] == 0 and normal["truth_pixels"] == 0
@@ -328,7 +344,7 @@ def test_thresholds_are_chosen_with_threshold(labelled, tiny_model, tmp_path, ca
     assert sorted(report["summary"]) == ["0.3", "0.7"]
     assert report["command"] == shlex.join(["edge-seg-eval", *argv])
     assert all(math.isnan(r["hd95"]) for r in report["per_scan"])
-    assert all(s["hd95_undefined"] == len(SCANS) for s in report["summary"].values())
+    assert all(s["hd95_undefined"] == s["positives"] for s in report["summary"].values())
     # a lower threshold gives bigger masks
     assert report["summary"]["0.3"]["recall_mean"] > report["summary"]["0.7"]["recall_mean"]
 

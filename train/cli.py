@@ -15,7 +15,7 @@ then export it:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from train.models import ARCHITECTURES
+    from train.models import architecture_names
 
     p = argparse.ArgumentParser(
         prog="edge-seg-train", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", help="validation folder (image/ + mask/); without it a random fraction is held out")
     p.add_argument("--val-fraction", type=float, default=0.15, help="held-out fraction when --val is not given")
     p.add_argument("--out", required=True, help="folder for model.keras and training.json")
-    p.add_argument("--arch", default="seed-fcn", choices=sorted(ARCHITECTURES), help="architecture")
+    p.add_argument("--arch", default="seed-fcn", choices=architecture_names(), help="architecture")
     p.add_argument("--input-size", type=int, default=128, help="square model input size in pixels")
     p.add_argument("--epochs", type=int, default=100, help="maximum epochs")
     p.add_argument("--batch-size", type=int, default=16)
@@ -37,12 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--monitor",
         default="val_loss",
-        choices=["val_loss", "val_scan_dice"],
+        choices=["val_loss", "val_scan_dice", "val_view_dice"],
         help="what early stopping and the checkpoint watch",
     )
     p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
     p.add_argument("--augment", action="store_true", help="ultrasound augmentation (flips, affine, gamma, speckle)")
+    p.add_argument(
+        "--views",
+        action="store_true",
+        help="train on nodule-free and positive crops beside the frames, with an image-level presence output "
+        "(its threshold is chosen on --val's own views)",
+    )
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="stop after the first epoch that ends past this many minutes of training (0: no limit); the record "
+        "says how many epochs ran, and --epochs with that number reproduces the run",
+    )
     p.add_argument("--name", default="ddti-fcn", help="model name stored in the metadata")
     p.add_argument("--model-version", default="0.1.0", help="model version stored in the metadata")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -79,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         lr_schedule=args.lr_schedule,
         patience=args.patience,
         augment=args.augment,
+        views=args.views,
+        max_minutes=args.max_minutes,
         monitor=args.monitor,
         threads=args.threads,
         seed=args.seed,

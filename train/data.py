@@ -40,6 +40,7 @@ class Split:
     masks: list[np.ndarray] = field(repr=False)  #: bool masks at each scan's own size
     sizes: list[tuple[int, int]] = field(repr=False)  #: each scan's (height, width)
     fingerprint: str = ""
+    images: list[np.ndarray] = field(default_factory=list, repr=False)  #: the decoded scans (for cutting views)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -53,6 +54,7 @@ class Split:
             [self.masks[i] for i in idx],
             [self.sizes[i] for i in idx],
             self.fingerprint,
+            [self.images[i] for i in idx] if self.images else [],
         )
 
     def describe(self) -> dict:
@@ -101,6 +103,12 @@ def _read(path: Path) -> tuple[np.ndarray, bytes]:
     return decode_image(data, path), data
 
 
+def model_target(full: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The model-size training target (h, w) float32 0/1 of a scan-size bool mask (area resize, > 0.5)."""
+    h, w = size
+    return (cv2.resize(full.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0.5).astype(np.float32)
+
+
 def load_split(folder: str | Path, size: tuple[int, int], channels: int = 3, resize: str = "area") -> Split:
     """Load, check and preprocess a labelled folder. Masks: pixel value > 127 is nodule."""
     folder = Path(folder)
@@ -108,7 +116,7 @@ def load_split(folder: str | Path, size: tuple[int, int], channels: int = 3, res
     h, w = size
     x = np.empty((len(pairs), h, w, channels), np.float32)
     y = np.empty((len(pairs), h, w, 1), np.float32)
-    names, masks, sizes, errors = [], [], [], []
+    names, masks, sizes, errors, decoded = [], [], [], [], []
     digest = hashlib.sha256()
     for i, (ip, mp) in enumerate(pairs):
         try:
@@ -126,9 +134,9 @@ def load_split(folder: str | Path, size: tuple[int, int], channels: int = 3, res
             continue
         full = mask > 127
         x[i] = preprocess(image, size, channels, resize)
-        small = cv2.resize(full.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-        y[i, :, :, 0] = small > 0.5
+        y[i, :, :, 0] = model_target(full, size)
         names.append(ip.stem)
+        decoded.append(image)
         masks.append(full)
         sizes.append(image.shape[:2])
         for p, b in ((ip, ib), (mp, mb)):
@@ -137,7 +145,46 @@ def load_split(folder: str | Path, size: tuple[int, int], channels: int = 3, res
     if errors:
         raise DataError(f"{len(errors)} unreadable file(s) in {folder}:\n  " + "\n  ".join(errors[:20]))
     log.info("loaded %s: %d scans", folder, len(names))
-    return Split(folder, names, x, y, masks, sizes, digest.hexdigest())
+    return Split(folder, names, x, y, masks, sizes, digest.hexdigest(), decoded)
+
+
+def views_split(split: Split, kinds: tuple[str, ...], channels: int = 3, resize: str = "area") -> Split:
+    """The fixed views (:func:`train.views.fixed_views`) of each frame of ``split``, as a split of their own.
+
+    ``kinds``: "neg" (nodule-free, empty masks) and/or "pos" (the nodule at another zoom); names are
+    ``<frame>_<kind>``. Used for validation, so every choice made on ``val`` sees views of ``val`` only.
+    """
+    from train.views import crop, fixed_views
+
+    size = split.x.shape[1:3]
+    names, xs, ys, masks, sizes = [], [], [], [], []
+    for name, image, full in zip(split.names, split.images, split.masks, strict=True):
+        for kind, box in fixed_views(name, full).items():
+            if kind not in kinds:
+                continue
+            im, m = crop(image, box), crop(full, box)
+            names.append(f"{name}_{kind}")
+            xs.append(preprocess(im, size, channels, resize))
+            ys.append(model_target(m, size)[:, :, None])
+            masks.append(m)
+            sizes.append(m.shape[:2])
+    x = np.stack(xs) if xs else np.empty((0, *size, channels), np.float32)
+    y = np.stack(ys) if ys else np.empty((0, *size, 1), np.float32)
+    return Split(split.folder, names, x, y, masks, sizes, split.fingerprint, [])
+
+
+def concat(*splits: Split) -> Split:
+    """Several splits as one (validation frames and their views together)."""
+    return Split(
+        splits[0].folder,
+        [n for s in splits for n in s.names],
+        np.concatenate([s.x for s in splits]),
+        np.concatenate([s.y for s in splits]),
+        [m for s in splits for m in s.masks],
+        [hw for s in splits for hw in s.sizes],
+        splits[0].fingerprint,
+        [],
+    )
 
 
 def split_fraction(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:

@@ -75,10 +75,47 @@ def _block(x, filters: int, arch: Architecture, level: int, name: str):
     return _conv(x, filters, arch, separable, f"{name}_b")
 
 
-def get_model(name: str = "seed-fcn", img_size: Sequence[int] = (128, 128), channels: int = 3) -> keras.Model:
-    """Build architecture ``name`` for ``img_size`` = (height, width) inputs with ``channels`` channels."""
+#: Architectures built by a module of their own (``build(img_size, channels, presence) -> keras.Model``).
+EXTERNAL_ARCHITECTURES: dict[str, str] = {
+    "effl0-unet": "train.efficientnet",
+}
+
+PROBABILITY = "probability"  #: the per-pixel output: (N, h, w, 1) sigmoid
+PRESENCE = "presence"  #: the image-level "nodule present" output: (N, 1) sigmoid
+
+
+def architecture_names() -> list[str]:
+    return sorted({*ARCHITECTURES, *EXTERNAL_ARCHITECTURES})
+
+
+def presence_head(features, name: str = PRESENCE):
+    """Image-level "nodule present" score from encoder features (N, h, w, c): pooled, one hidden layer.
+
+    Average and max pooling side by side: the mean says "this view looks like thyroid with a nodule",
+    the max keeps a small nodule from being averaged away.
+    """
+    avg = layers.GlobalAveragePooling2D(name=f"{name}_avg")(features)
+    mx = layers.GlobalMaxPooling2D(name=f"{name}_max")(features)
+    x = layers.Concatenate(name=f"{name}_pool")([avg, mx])
+    x = layers.Dropout(0.3, name=f"{name}_dropout")(x)
+    x = layers.Dense(64, activation="relu", name=f"{name}_hidden")(x)
+    return layers.Dense(1, activation="sigmoid", name=name)(x)
+
+
+def get_model(
+    name: str = "seed-fcn", img_size: Sequence[int] = (128, 128), channels: int = 3, presence: bool = False
+) -> keras.Model:
+    """Build architecture ``name`` for ``img_size`` = (height, width) inputs with ``channels`` channels.
+
+    With ``presence`` the model has two outputs, a dict ``{"probability": (N, h, w, 1), "presence": (N, 1)}``;
+    without it, the probability map alone (the seed's shape).
+    """
+    if name in EXTERNAL_ARCHITECTURES:
+        import importlib
+
+        return importlib.import_module(EXTERNAL_ARCHITECTURES[name]).build(tuple(img_size), channels, presence)
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(architecture_names())}")
     arch = ARCHITECTURES[name]
     inputs = keras.Input((*img_size, channels), name="image")
     x = inputs
@@ -88,6 +125,7 @@ def get_model(name: str = "seed-fcn", img_size: Sequence[int] = (128, 128), chan
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
     x = _block(x, arch.filters[-1], arch, len(arch.filters) - 1, "bottom")
+    bottom = x
     if arch.dropout:
         x = layers.SpatialDropout2D(arch.dropout, name="bottom_dropout")(x)
     for level in reversed(range(len(arch.filters) - 1)):
@@ -95,7 +133,9 @@ def get_model(name: str = "seed-fcn", img_size: Sequence[int] = (128, 128), chan
         x = layers.Conv2DTranspose(f, arch.up_kernel, strides=2, padding="same", name=f"up{level}")(x)
         x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
         x = _block(x, f, arch, level, f"dec{level}")
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="probability")(x)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", name=PROBABILITY)(x)
+    if presence:
+        return keras.Model(inputs, {PROBABILITY: outputs, PRESENCE: presence_head(bottom)}, name=name)
     return keras.Model(inputs, outputs, name=name)
 
 

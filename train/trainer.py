@@ -1,8 +1,14 @@
 """Training: the seed recipe by default, with the improvements measured in the model card as options.
 
-Writes ``OUT_DIR/model.keras`` (best weights by validation loss) and ``OUT_DIR/training.json``
+Writes ``OUT_DIR/model.keras`` (best weights by the monitored figure) and ``OUT_DIR/training.json``
 (config, data folders with counts and fingerprints, per-epoch history, scan-resolution validation
-Dice, the threshold chosen on validation, versions, timings).
+Dice, the thresholds chosen on validation, versions, timings).
+
+With ``views`` the model gains an image-level "presence" output and trains on views cut from the
+frames (``train.views``) beside the frames themselves: each epoch draws, per frame and pass, the whole
+frame, a crop that holds its nodule at another zoom, or a nodule-free crop beside it (empty mask,
+presence 0). Validation then scores ``val``'s frames together with its fixed views, and the presence
+threshold is chosen there (``edge_runtime.evaluate.choose_presence_threshold``).
 """
 
 from __future__ import annotations
@@ -37,10 +43,15 @@ class TrainConfig:
     loss: str = "bce"
     lr_schedule: str = "none"  # none | cosine | plateau
     patience: int = 5
-    monitor: str = "val_loss"  # what early stopping and checkpointing watch: val_loss or val_scan_dice
+    monitor: str = "val_loss"  # what early stopping and checkpointing watch: val_loss, val_scan_dice, val_view_dice
     threads: int = 0  # TensorFlow intra-op threads (0: all cores)
     augment: bool = False
+    views: bool = False  # nodule-free and positive crops as training views, and the presence head
+    view_passes: int = 1  # with views: samples per frame and epoch
+    view_mix: tuple[float, float, float] = (0.4, 0.25, 0.35)  # with views: share of whole frames, positive, nodule-free
+    presence_weight: float = 0.5  # with views: weight of the presence loss beside the mask loss
     seed: int = 42
+    max_minutes: float = 0.0  # stop after the first epoch that ends past this much training time (0: no limit)
     morphology_size: int = 3
     name: str = "ddti-fcn"
     version: str = "0.1.0"
@@ -76,15 +87,38 @@ def _versions() -> dict[str, str]:
     }
 
 
+def time_limit(minutes: float):
+    """A callback that stops training after the first epoch ending past ``minutes`` of training."""
+    import keras
+
+    class _TimeLimit(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if time.time() - self.t0 > minutes * 60:
+                log.warning(
+                    "time limit of %g minutes reached after epoch %d: stopping (reproduce with --epochs %d)",
+                    minutes,
+                    epoch + 1,
+                    epoch + 1,
+                )
+                self.model.stop_training = True
+
+    return _TimeLimit()
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train one model as configured; returns the training record (also written to disk)."""
     import keras
 
-    from train.augment import AugmentConfig, augment_pair
-    from train.data import load_split, split_fraction
+    from edge_runtime.core.thresholds import choose_presence_threshold
+    from train.augment import AugmentConfig
+    from train.data import concat, load_split, split_fraction, views_split
     from train.losses import LOSSES, dice_at_half, iou_at_half
-    from train.models import count_macs, get_model
-    from train.validation import choose_threshold, score
+    from train.models import PRESENCE, PROBABILITY, count_macs, get_model
+    from train.sampling import ViewSampler
+    from train.validation import choose_threshold, predict, score
 
     set_seed(cfg.seed, cfg.threads)
     out = Path(cfg.out_dir)
@@ -95,48 +129,82 @@ def train(cfg: TrainConfig) -> dict:
         val_split = load_split(cfg.val_dir, size, cfg.channels, cfg.resize)
     else:
         train_split, val_split = split_fraction(train_split, cfg.val_fraction, cfg.seed)
+    # validation views: val's own frames cut the same way every run (never another split's)
+    val_neg = views_split(val_split, ("neg",), cfg.channels, cfg.resize) if cfg.views else None
+    val_pos = views_split(val_split, ("pos",), cfg.channels, cfg.resize) if cfg.views else None
 
-    model = get_model(cfg.architecture, size, cfg.channels)
+    model = get_model(cfg.architecture, size, cfg.channels, presence=cfg.views)
     macs = count_macs(model)
     log.info("%s: %s parameters, %.3f GMAC per scan", cfg.architecture, f"{model.count_params():,}", macs / 1e9)
-    steps = int(np.ceil(len(train_split) / cfg.batch_size))
+    samples = len(train_split) * (cfg.view_passes if cfg.views else 1)
+    steps = int(np.ceil(samples / cfg.batch_size))
     lr: float | keras.optimizers.schedules.LearningRateSchedule = cfg.learning_rate
     if cfg.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=cfg.epochs * steps, alpha=0.01)
-    model.compile(
-        optimizer=keras.optimizers.Adam(lr), loss=LOSSES[cfg.loss], metrics=["accuracy", dice_at_half, iou_at_half]
-    )
+    metrics = ["accuracy", dice_at_half, iou_at_half]
+    if cfg.views:
+        model.compile(
+            optimizer=keras.optimizers.Adam(lr),
+            loss={PROBABILITY: LOSSES[cfg.loss], PRESENCE: "binary_crossentropy"},
+            loss_weights={PROBABILITY: 1.0, PRESENCE: cfg.presence_weight},
+            metrics={PROBABILITY: metrics, PRESENCE: ["accuracy"]},
+        )
+        # no Keras validation pass: ScanDice scores val's frames and views once an epoch, and the
+        # schedule and early stopping watch those figures (a second pass would double validation's cost)
+        val_data = None
+        log.info(
+            "validation: %d frames, %d nodule-free views, %d positive crops", len(val_split), len(val_neg), len(val_pos)
+        )
+    else:
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=LOSSES[cfg.loss], metrics=metrics)
+        val_data = (val_split.x, val_split.y)
 
-    aug_cfg = AugmentConfig()
+    sampler = ViewSampler(train_split, cfg, AugmentConfig(), steps)
 
     class Batches(keras.utils.PyDataset):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rng = np.random.default_rng(cfg.seed)
-            self.order = self.rng.permutation(len(train_split))
-
         def __len__(self) -> int:
             return steps
 
         def __getitem__(self, i: int):
-            idx = self.order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            if not cfg.augment:
-                return train_split.x[idx], train_split.y[idx]
-            pairs = [augment_pair(train_split.x[j], train_split.y[j], self.rng, aug_cfg) for j in idx]
-            return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+            return sampler.batch(i)
 
         def on_epoch_end(self) -> None:
-            self.order = self.rng.permutation(len(train_split))
+            sampler.shuffle()
 
     class ScanDice(keras.callbacks.Callback):
-        """Adds val_scan_dice: mean Dice at P > 0.5 at scan resolution, as edge-seg-eval measures it."""
+        """val_scan_dice: mean Dice at P > 0.5 at scan resolution on val's frames, as edge-seg-eval measures it.
+
+        With views also val_view_dice: the mean Dice over val's frames and nodule-free views with the
+        presence gate at 0.5 (a nodule-free view scores 1 without a mask, 0 with one), and its parts.
+        """
 
         def on_epoch_end(self, epoch, logs=None):
-            probs = self.model.predict(val_split.x, batch_size=32, verbose=0)[..., 0]
+            probs, pres = predict(self.model, val_split.x)
             s = score(probs, val_split, (0.5,), cfg.morphology_size)[0.5]
             logs["val_scan_dice"] = s["dice_mean"]
             logs["val_scan_iou"] = s["iou_mean"]
-            log.info("epoch %d: val_loss %.4f  val_scan_dice@0.5 %.4f", epoch + 1, logs["val_loss"], s["dice_mean"])
+            val_loss = f"val_loss {logs['val_loss']:.4f}  " if "val_loss" in logs else ""
+            line = f"epoch {epoch + 1}: {val_loss}val_scan_dice@0.5 {s['dice_mean']:.4f}"
+            if cfg.views:
+                both = concat(val_split, val_neg)
+                probs_n, pres_n = predict(self.model, val_neg.x)
+                g = score(
+                    np.concatenate([probs, probs_n]),
+                    both,
+                    (0.5,),
+                    cfg.morphology_size,
+                    False,
+                    np.concatenate([pres, pres_n]),
+                    0.5,
+                )[0.5]
+                logs["val_view_dice"] = g["view_dice_mean"]
+                logs["val_sensitivity"] = g["sensitivity"]
+                logs["val_fp_share"] = g["fp_share"]
+                line += (
+                    f"  val_view_dice {g['view_dice_mean']:.4f} (gated Dice {g['dice_mean']:.4f}, "
+                    f"sensitivity {g['sensitivity']:.3f}, nodule-free views with a mask {g['fp_share']:.3f})"
+                )
+            log.info("%s", line)
 
     mode = "min" if cfg.monitor == "val_loss" else "max"
     callbacks = [
@@ -147,26 +215,41 @@ def train(cfg: TrainConfig) -> dict:
         keras.callbacks.ModelCheckpoint(str(out / "model.keras"), monitor=cfg.monitor, mode=mode, save_best_only=True),
         keras.callbacks.CSVLogger(str(out / "history.csv")),
     ]
+    if cfg.max_minutes:
+        callbacks.append(time_limit(cfg.max_minutes))
     if cfg.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-5))
+        plateau_on, plateau_mode = ("val_view_dice", "max") if cfg.views else ("val_loss", "min")
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=plateau_on, mode=plateau_mode, factor=0.5, patience=3, min_lr=1e-5
+            )
+        )
     t0 = time.time()
-    hist = model.fit(
-        Batches(), validation_data=(val_split.x, val_split.y), epochs=cfg.epochs, callbacks=callbacks, verbose=2
-    )
+    hist = model.fit(Batches(), validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
     seconds = time.time() - t0
-    model.save(out / "model.keras")  # the restored best weights (same as the best checkpoint)
+    # the best epoch's weights: restored by early stopping when it fired, read back from the checkpoint when
+    # the epoch or time limit ended the run first
+    model.load_weights(out / "model.keras")
+    model.save(out / "model.keras")
 
-    probs = model.predict(val_split.x, batch_size=32, verbose=0)[..., 0]
+    probs, pres = predict(model, val_split.x)
     threshold, sweep = choose_threshold(probs, val_split, cfg.morphology_size)
-    val_scores = score(probs, val_split, sorted({0.5, threshold, 0.85, 0.9, 0.95}), cfg.morphology_size, True)
+    report_t = sorted({0.5, threshold, 0.85, 0.9, 0.95})
+    val_scores = score(probs, val_split, report_t, cfg.morphology_size, True)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     best_epoch = int(np.argmin(history["val_loss"]) if mode == "min" else np.argmax(history[cfg.monitor])) + 1
+    epochs_run = len(history[cfg.monitor])
     record = {
-        "record_schema": 1,
+        "record_schema": 2,
         "config": asdict(cfg),
         "data": {"train": train_split.describe(), "val": val_split.describe()},
-        "model": {"architecture": cfg.architecture, "parameters": int(model.count_params()), "macs": macs},
-        "epochs_run": len(history["val_loss"]),
+        "model": {
+            "architecture": cfg.architecture,
+            "parameters": int(model.count_params()),
+            "macs": macs,
+            "outputs": [PROBABILITY, PRESENCE] if cfg.views else [PROBABILITY],
+        },
+        "epochs_run": epochs_run,
         "best_epoch": best_epoch,
         "history": history,
         "threshold": threshold,
@@ -175,8 +258,44 @@ def train(cfg: TrainConfig) -> dict:
         "val_dice": val_scores[threshold]["dice_mean"],
         "train_seconds": round(seconds, 1),
         "versions": _versions(),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if cfg.views:
+        probs_n, pres_n = predict(model, val_neg.x)
+        probs_p, pres_p = predict(model, val_pos.x)
+        presence_threshold, at = choose_presence_threshold(np.concatenate([pres, pres_p]), pres_n)
+        gated = {
+            kind: {
+                format(t, "g"): s
+                for t, s in score(pr, sp, report_t, cfg.morphology_size, False, ps, presence_threshold).items()
+            }
+            for kind, pr, ps, sp in (
+                ("frames", probs, pres, val_split),
+                ("nodule_free", probs_n, pres_n, val_neg),
+                ("positive_crops", probs_p, pres_p, val_pos),
+            )
+        }
+        record["presence_threshold"] = presence_threshold
+        record["presence_choice"] = {
+            "rule": "highest specificity on val's nodule-free views with sensitivity >= the minimum on val's "
+            "frames and positive crops; ties to the lowest threshold",
+            **at,
+        }
+        record["val_views"] = {
+            "counts": {"frames": len(val_split), "nodule_free": len(val_neg), "positive_crops": len(val_pos)},
+            "gated": gated,
+        }
+        record["val_dice"] = gated["frames"][format(threshold, "g")]["dice_mean"]
+        log.info(
+            "presence threshold %.2f chosen on validation: at mask threshold %.2f, frames Dice %.4f, sensitivity "
+            "%.3f; nodule-free views with a mask %.3f; positive crops detected %.3f",
+            presence_threshold,
+            threshold,
+            gated["frames"][format(threshold, "g")]["dice_mean"],
+            gated["frames"][format(threshold, "g")]["sensitivity"],
+            gated["nodule_free"][format(threshold, "g")]["fp_share"],
+            gated["positive_crops"][format(threshold, "g")]["sensitivity"],
+        )
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     (out / "training.json").write_text(json.dumps(record, indent=2, default=float))
     log.info(
         "best epoch %d of %d; threshold %.2f chosen on validation: val Dice %.4f (at 0.5: %.4f); %s",

@@ -8,6 +8,12 @@ Conventions (per scan, masks as bool arrays of the scan's own size):
 * HD95 is the 95th percentile of the symmetric boundary-to-boundary distances in pixels; NaN when
   either mask is empty. NaNs are left out of means and medians and counted separately.
 * A miss is a scan whose truth has a nodule and whose Dice is 0.
+
+A scan whose truth is empty (a nodule-free view) is a *negative*. Over a folder, Dice, IoU, precision,
+recall and HD95 are summarised over the *positive* scans only; negatives give the image-level figures:
+specificity (negatives with an empty mask), the false-positive share (negatives with any mask) and the
+area of those false masks. Sensitivity is the share of positives with any mask. ``view_dice_mean`` is
+the mean Dice over every scan with the both-empty-is-1 convention (one number for mixed folders).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ class ScanMetrics:
     hd95: float
     truth_pixels: int
     predicted_pixels: int
+    pixels: int = 0  #: the scan's pixel count (for false-positive area shares)
 
     @property
     def missed(self) -> bool:
@@ -64,22 +71,40 @@ def scan_metrics(pred: np.ndarray, truth: np.ndarray, with_hd95: bool = True) ->
     iou = 1.0 if union == 0 else inter / union
     precision = inter / np_ if np_ else math.nan
     recall = inter / nt if nt else math.nan
-    return ScanMetrics(dice, iou, precision, recall, hd95(p, t) if with_hd95 else math.nan, nt, np_)
+    hd = hd95(p, t) if with_hd95 else math.nan
+    return ScanMetrics(dice, iou, precision, recall, hd, nt, np_, int(p.size))
 
 
 def summarise(per_scan: list[ScanMetrics]) -> dict[str, float | int]:
-    """Mean and median of each metric over scans (NaNs left out), plus counts and the missed share."""
-    out: dict[str, float | int] = {"scans": len(per_scan)}
+    """Summary over scans: overlap on the positive scans, image-level figures on all of them.
+
+    Means and medians leave NaNs out; figures with nothing to count (sensitivity without positives,
+    specificity without negatives) are NaN.
+    """
+    positives = [m for m in per_scan if m.truth_pixels > 0]
+    negatives = [m for m in per_scan if m.truth_pixels == 0]
+    overlap = positives if positives or not negatives else []
+    out: dict[str, float | int] = {"scans": len(per_scan), "positives": len(positives), "negatives": len(negatives)}
     for name in ("dice", "iou", "precision", "recall", "hd95"):
-        values = np.array([getattr(m, name) for m in per_scan], dtype=np.float64)
+        values = np.array([getattr(m, name) for m in overlap], dtype=np.float64)
         finite = values[np.isfinite(values)]
         out[f"{name}_mean"] = float(finite.mean()) if finite.size else math.nan
         out[f"{name}_median"] = float(np.median(finite)) if finite.size else math.nan
         if name in ("precision", "hd95"):
             out[f"{name}_undefined"] = int(values.size - finite.size)
-    with_nodule = [m for m in per_scan if m.truth_pixels > 0]
-    out["missed"] = sum(m.missed for m in with_nodule)
-    out["missed_share"] = out["missed"] / len(with_nodule) if with_nodule else 0.0
+    out["missed"] = sum(m.missed for m in positives)
+    out["missed_share"] = out["missed"] / len(positives) if positives else 0.0
+    detected = sum(m.predicted_pixels > 0 for m in positives)
+    out["sensitivity"] = detected / len(positives) if positives else math.nan
+    flagged = [m for m in negatives if m.predicted_pixels > 0]
+    out["fp_frames"] = len(flagged)
+    out["fp_share"] = len(flagged) / len(negatives) if negatives else math.nan
+    out["specificity"] = 1.0 - out["fp_share"] if negatives else math.nan
+    out["fp_area_mean"] = float(np.mean([m.predicted_pixels for m in flagged])) if flagged else 0.0
+    out["fp_area_share_mean"] = (
+        float(np.mean([m.predicted_pixels / m.pixels for m in flagged if m.pixels])) if flagged else 0.0
+    )
+    out["view_dice_mean"] = float(np.mean([m.dice for m in per_scan])) if per_scan else math.nan
     return out
 
 

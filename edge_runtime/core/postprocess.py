@@ -75,3 +75,13 @@ def masks_for_scan(
     prob = probability_at_scan_size(probability, scan_hw)
     kernel = opening_kernel(scan_hw, probability.shape[:2], morphology_size)
     return prob, {t: mask_from_probability(prob, t, kernel) for t in thresholds}
+
+
+def gate(masks: dict[float, np.ndarray], presence: float | None, presence_threshold: float | None) -> dict:
+    """Empty masks when the model's image-level score says "no nodule" (``presence < presence_threshold``).
+
+    A model without a presence output (``presence`` None) or without a threshold leaves the masks as they are.
+    """
+    if presence is None or presence_threshold is None or presence >= presence_threshold:
+        return masks
+    return {t: np.zeros_like(m) for t, m in masks.items()}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+
 #: Thresholds tried when a default is chosen on validation data (by training, and by the export with --tta).
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 
@@ -30,3 +32,32 @@ def threshold_label(threshold: float) -> str:
 def best_threshold(dice_by_threshold: Mapping[float, float]) -> float:
     """The threshold with the highest mean Dice; ties go to the one nearest 0.5."""
     return max(dice_by_threshold, key=lambda t: (dice_by_threshold[t], -abs(t - 0.5)))
+
+
+#: The least image-level sensitivity a presence threshold chosen on validation data may give.
+MIN_SENSITIVITY = 0.975
+PRESENCE_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))  # 0.01 .. 0.99
+
+
+def choose_presence_threshold(
+    positive: np.ndarray, negative: np.ndarray, min_sensitivity: float = MIN_SENSITIVITY
+) -> tuple[float, dict[str, float]]:
+    """The presence threshold for "nodule present" (``score >= threshold``), chosen on validation scores.
+
+    The rule: the highest specificity on ``negative`` (nodule-free views) among the thresholds that keep
+    at least ``min_sensitivity`` of ``positive`` (views with a nodule); ties go to the lowest such
+    threshold, which misses fewest nodules. Returns the threshold and its sensitivity/specificity.
+    """
+    positive, negative = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
+    if positive.size == 0 or negative.size == 0:
+        raise ValueError("choosing a presence threshold needs both positive and nodule-free views")
+    best: tuple[float, float, float] | None = None
+    for t in PRESENCE_GRID:
+        sens = float(np.mean(positive >= t))
+        spec = float(np.mean(negative < t))
+        if sens >= min_sensitivity and (best is None or spec > best[2]):
+            best = (t, sens, spec)
+    if best is None:  # no threshold keeps the sensitivity: the lowest one keeps the most
+        t = PRESENCE_GRID[0]
+        best = (t, float(np.mean(positive >= t)), float(np.mean(negative < t)))
+    return best[0], {"sensitivity": best[1], "specificity": best[2]}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_runtime._version import __version__
-from edge_runtime.console import positive_int_arg, setup_logging, threshold_arg
+from edge_runtime.console import HelpFormatter, positive_int_arg, setup_logging, threshold_arg
 
 if TYPE_CHECKING:
     from edge_runtime.job.settings import RunSettings
@@ -39,8 +39,7 @@ one-shot runs OUT/run-summary.csv and OUT/run-provenance.json (fields: docs/OUTP
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = type("F", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {})
-    p = argparse.ArgumentParser(prog="edge-seg", description=__doc__, epilog=EPILOG, formatter_class=fmt)
+    p = argparse.ArgumentParser(prog="edge-seg", description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("input", nargs="?", type=Path, help="folder of scans to segment once (one-shot mode)")
     p.add_argument("--out", type=Path, help="output folder for masks (must not be inside the input folder)")
     p.add_argument("--watch", type=Path, metavar="IN", help="run as a daemon: process IN, then follow new scans")

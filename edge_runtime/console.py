@@ -19,6 +19,10 @@ from edge_runtime.core.thresholds import parse_threshold
 AS_IS = ("edge_runtime.job.outcome",)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Help as the tools write it: the description's own line breaks, and each option's default."""
+
+
 class ConsoleFormatter(logging.Formatter):
     """Per-scan lines and the summary as they are; other warnings and errors say what they are."""
 

@@ -27,7 +27,7 @@ DEMO_SCANS = 6
 
 def _smooth_field(rng: np.random.Generator, height: int, width: int, scale: int) -> np.ndarray:
     """Zero-mean, unit-variance random field varying over about ``scale`` pixels."""
-    f = rng.standard_normal((max(2, height // scale), max(2, width // scale))).astype(np.float32)
+    f: np.ndarray = rng.standard_normal((max(2, height // scale), max(2, width // scale))).astype(np.float32)
     f = cv2.resize(f, (width, height), interpolation=cv2.INTER_CUBIC)
     return (f - f.mean()) / (f.std() + 1e-6)
 
@@ -59,7 +59,7 @@ def synthetic_scan(rng: np.random.Generator, height: int = 360, width: int = 480
     inner = rng.uniform(0.45, 0.65) * (1 + 0.15 * _smooth_field(rng, h, w, 12))
     echo = tissue * np.where(mask, inner, 1.0)
     echo *= 1 - 0.6 * np.exp(-(((r - 1.0) / 0.05) ** 2))  # thin hypoechoic halo
-    speckle = rng.rayleigh(1.0, (h, w)).astype(np.float32)
+    speckle: np.ndarray = rng.rayleigh(1.0, (h, w)).astype(np.float32)
     speckle = cv2.GaussianBlur(speckle, (0, 0), sigmaX=1.2, sigmaY=0.9)
     image[top:bottom, left:right] = echo * speckle / speckle.mean() * 150.0
     image = np.clip(image, 0, 255).astype(np.uint8)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from edge_runtime._version import __version__
+from edge_runtime.console import HelpFormatter
 from edge_runtime.core.thresholds import parse_threshold
 from edge_runtime.errors import ScanError, SetupError
 from edge_runtime.scoring import evaluate, evaluate_written
@@ -48,11 +49,10 @@ def _fmt(fmt: str, v: float) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = type("F", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {})
     p = argparse.ArgumentParser(
         prog="edge-seg-eval",
         description=__doc__,
-        formatter_class=fmt,
+        formatter_class=HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("--images", type=Path, required=True, help="folder of scans")

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge_runtime.console import threshold_arg
+from edge_runtime.console import HelpFormatter, threshold_arg
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ and checks parity on the validation scans named there)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = type("F", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {})
-    p = argparse.ArgumentParser(prog="edge-seg-export", description=__doc__, epilog=EPILOG, formatter_class=fmt)
+    p = argparse.ArgumentParser(
+        prog="edge-seg-export", description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter
+    )
     p.add_argument("keras_model", type=Path, nargs="?", help="model.keras written by edge-seg-train")
     p.add_argument("--out", type=Path, required=True, help="the ONNX file to write")
     p.add_argument("--record", type=Path, help="training record (default: training.json beside the model)")

@@ -240,9 +240,9 @@ def test_runtime_never_imports_tensorflow(scans, tmp_path, tiny_model):
     code = f"""
 import importlib, pkgutil, sys
 import edge_runtime
-for m in pkgutil.iter_modules(edge_runtime.__path__):
-    if m.name not in ("__main__", "dicom"):
-        importlib.import_module("edge_runtime." + m.name)
+for m in pkgutil.walk_packages(edge_runtime.__path__, "edge_runtime."):
+    if m.name not in ("edge_runtime.__main__", "edge_runtime.files.dicom"):
+        importlib.import_module(m.name)
 from edge_runtime.cli import main
 rc = main([{str(scans)!r}, "--out", {str(tmp_path / "o")!r}, "--model", {str(tiny_model)!r}, "-q"])
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx", "tf_keras"))

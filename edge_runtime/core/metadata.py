@@ -99,11 +99,11 @@ def require(cond: bool, path: Path, what: str) -> None:
 
 def parse_metadata(raw: str | None, path: Path) -> dict[str, Any]:
     """Parse and check the ``edge_seg`` metadata JSON; raise :class:`ModelError` on anything unknown."""
-    require(
-        raw is not None,
-        path,
-        f"has no edge-seg metadata (metadata_props key {METADATA_KEY!r}); export it with edge-seg-export",
-    )
+    if raw is None:
+        raise ModelError(
+            f"model {path}: has no edge-seg metadata (metadata_props key {METADATA_KEY!r}); "
+            "export it with edge-seg-export"
+        )
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:

@@ -42,7 +42,8 @@ def probability_at_scan_size(probability: np.ndarray, scan_hw: tuple[int, int]) 
 
 def mask_from_probability(probability: np.ndarray, threshold: float, kernel: np.ndarray | None) -> np.ndarray:
     """Threshold (``P > threshold``) and open: uint8 mask, 0 = background, 255 = nodule."""
-    mask = cv2.compare(probability, float(threshold), cv2.CMP_GT)  # 255 where P > threshold, else 0
+    # 255 where P > threshold, else 0 (OpenCV's type stubs omit its scalar overload)
+    mask = cv2.compare(probability, float(threshold), cv2.CMP_GT)  # type: ignore[call-overload]
     if kernel is not None:
         open_in_place(mask, kernel)
     return mask

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Thresholds tried when a default is chosen on validation data (by training, and by the export with --tta).
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
@@ -48,6 +50,8 @@ def choose_presence_threshold(
     at least ``min_sensitivity`` of ``positive`` (views with a nodule); ties go to the lowest such
     threshold, which misses fewest nodules. Returns the threshold and its sensitivity/specificity.
     """
+    import numpy as np  # here, so that the command line's threshold parsing stays light
+
     positive, negative = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
     if positive.size == 0 or negative.size == 0:
         raise ValueError("choosing a presence threshold needs both positive and nodule-free views")

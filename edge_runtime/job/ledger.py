@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -58,16 +59,14 @@ class _Lock:
     def __init__(self, path: Path) -> None:
         self.fh = open(path, "a+")  # noqa: SIM115 - held for the life of the ledger
         try:
-            import fcntl
+            if sys.platform == "win32":
+                import msvcrt
 
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # Windows
-            import msvcrt
-
-            try:
                 msvcrt.locking(self.fh.fileno(), msvcrt.LK_NBLCK, 1)
-            except OSError:
-                self._held(path)
+            else:
+                import fcntl
+
+                fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._held(path)
         self.fh.seek(0)

@@ -30,7 +30,15 @@ log = logging.getLogger(__name__)
 SUMMARY_NAME = "run-summary.csv"
 PROVENANCE_NAME = "run-provenance.json"
 #: run-summary.csv's columns, in order (docs/OUTPUTS.md)
-SUMMARY_COLUMNS = ("path", "status", "frames", "threshold", "nodules", "largest_area_px", "largest_area_mm2")
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "path",
+    "status",
+    "frames",
+    "threshold",
+    "nodules",
+    "largest_area_px",
+    "largest_area_mm2",
+)
 SUMMARY_COLUMNS += ("max_probability", "ms", "outputs", "reason")
 
 

@@ -51,7 +51,7 @@ def find_nodules(
     spacing, which gives ``area_mm2`` (None when unknown).
     """
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    nodules = []
+    nodules: list[dict[str, Any]] = []
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
         inside = probability[y : y + h, x : x + w][labels[y : y + h, x : x + w] == i]

@@ -90,7 +90,7 @@ def _training_folder(meta: dict, split: str) -> Path | None:
 def _int8_inputs_problem(calibration: Path | None, labelled: Path | None, count: int) -> str | None:
     """Why the int8 step could not run with these folders (None when it can), checked before any work."""
     from edge_runtime.errors import SetupError
-    from export.quantize import calibration_files
+    from .quantize import calibration_files
 
     if calibration is None:
         return "int8 needs training scans to calibrate on: pass --calibration DIR (the record names none)"
@@ -109,8 +109,8 @@ def quantize_checked(
     """Quantize ``fp32_path`` into ``out`` if the int8 model holds its val Dice; exit status (0, 1 or 2)."""
     from edge_runtime.errors import ModelError, ScanError, SetupError
     from edge_runtime.files.durable import write_atomic
-    from export.parity import check_int8_parity
-    from export.quantize import quantize, read_metadata
+    from .parity import check_int8_parity
+    from .quantize import quantize, read_metadata
 
     try:
         meta = read_metadata(fp32_path)
@@ -203,14 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.core.metadata import COMPARE_THRESHOLDS
     from edge_runtime.errors import ModelError, ScanError, SetupError
     from edge_runtime.files.durable import write_atomic
-    from export.convert import (
+    from .convert import (
         attach_metadata,
         build_metadata,
         load_keras,
         to_onnx,
         with_flip_tta,
     )
-    from export.parity import check_parity, parity_images
+    from .parity import check_parity, parity_images
 
     if not args.keras_model.is_file():
         log.error("%s: no such model file", args.keras_model)

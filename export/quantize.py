@@ -147,7 +147,7 @@ def quantize(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from export.convert import attach_metadata
+    from .convert import attach_metadata
 
     fp32_meta = read_metadata(fp32_path)
     if fp32_meta.get("precision", "fp32") != "fp32":

@@ -15,7 +15,7 @@ then export it:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from train.models import architecture_names
+    from .models import architecture_names
 
     p = argparse.ArgumentParser(
         prog="edge-seg-train", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         logging.error("training needs TensorFlow: pip install 'edge-seg[train]'")
         return 2
-    from train.data import DataError
-    from train.trainer import TrainConfig, train
+    from .data import DataError
+    from .trainer import TrainConfig, train
 
     cfg = TrainConfig(
         train_dir=args.train,

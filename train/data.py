@@ -154,7 +154,7 @@ def views_split(split: Split, kinds: tuple[str, ...], channels: int = 3, resize:
     ``kinds``: "neg" (nodule-free, empty masks) and/or "pos" (the nodule at another zoom); names are
     ``<frame>_<kind>``. Used for validation, so every choice made on ``val`` sees views of ``val`` only.
     """
-    from train.views import crop, fixed_views
+    from .views import crop, fixed_views
 
     size = split.x.shape[1:3]
     names, xs, ys, masks, sizes = [], [], [], [], []

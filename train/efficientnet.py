@@ -311,7 +311,7 @@ def build(img_size: tuple[int, int], channels: int, presence: bool):
     import keras
     from keras import layers
 
-    from train.models import PRESENCE, PROBABILITY, presence_head
+    from .models import PRESENCE, PROBABILITY, presence_head
 
     h, w = img_size
     if h % 32 or w % 32:

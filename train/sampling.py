@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_runtime.core.preprocess import preprocess
-from train.augment import AugmentConfig, augment_pair
-from train.data import Split, model_target
-from train.views import crop, negative_box, positive_box
+from .augment import AugmentConfig, augment_pair
+from .data import Split, model_target
+from .views import crop, negative_box, positive_box
 
 if TYPE_CHECKING:
-    from train.trainer import TrainConfig
+    from .trainer import TrainConfig
 
 
 class ViewSampler:
@@ -62,7 +62,7 @@ class ViewSampler:
         y = np.stack([p[1] for p in pairs]).astype(np.float32, copy=False)
         if not self.cfg.views:
             return x, y
-        from train.models import PRESENCE, PROBABILITY
+        from .models import PRESENCE, PROBABILITY
 
         presence = y.reshape(len(y), -1).max(axis=1, keepdims=True)
         return x, {PROBABILITY: y, PRESENCE: presence}

@@ -113,12 +113,12 @@ def train(cfg: TrainConfig) -> dict:
     import keras
 
     from edge_runtime.core.thresholds import choose_presence_threshold
-    from train.augment import AugmentConfig
-    from train.data import concat, load_split, split_fraction, views_split
-    from train.losses import LOSSES, dice_at_half, iou_at_half
-    from train.models import PRESENCE, PROBABILITY, count_macs, get_model
-    from train.sampling import ViewSampler
-    from train.validation import choose_threshold, predict, score
+    from .augment import AugmentConfig
+    from .data import concat, load_split, split_fraction, views_split
+    from .losses import LOSSES, dice_at_half, iou_at_half
+    from .models import PRESENCE, PROBABILITY, count_macs, get_model
+    from .sampling import ViewSampler
+    from .validation import choose_threshold, predict, score
 
     set_seed(cfg.seed, cfg.threads)
     out = Path(cfg.out_dir)

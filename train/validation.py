@@ -15,8 +15,8 @@ import numpy as np
 from edge_runtime.core.metrics import scan_metrics, summarise
 from edge_runtime.core.postprocess import gate, masks_for_scan
 from edge_runtime.core.thresholds import THRESHOLD_GRID, best_threshold
-from train.data import Split
-from train.models import PRESENCE, PROBABILITY
+from .data import Split
+from .models import PRESENCE, PROBABILITY
 
 
 def predict(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

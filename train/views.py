@@ -170,7 +170,7 @@ def write_views(split: Path, out: Path) -> dict[str, int]:
     """Write ``split``'s fixed views into ``out/image`` + ``out/mask`` (``<id>_neg.png``, ``<id>_pos.png``)."""
     from edge_runtime.files.durable import write_atomic
     from edge_runtime.files.scans import decode_image, read_bytes
-    from train.data import pair_folder
+    from .data import pair_folder
 
     counts = {"frames": 0, "neg": 0, "pos": 0}
     for sub in ("image", "mask"):
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for image/ + mask/ of the views")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from train.data import DataError
+    from .data import DataError
 
     try:
         counts = write_views(args.split, args.out)

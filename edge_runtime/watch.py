@@ -1,6 +1,6 @@
 """``edge-seg --watch IN --out OUT``: the daemon that follows a folder of incoming scans.
 
-What it promises (docs/DESIGN.md, watch semantics):
+What it promises (contract 6 of docs/DESIGN.md):
 
 * At start, every scan under IN without an up-to-date output is processed; then new arrivals are
   followed (subfolders too), and a periodic rescan catches anything the events missed.

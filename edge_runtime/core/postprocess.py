@@ -1,4 +1,4 @@
-"""From the model's probability map to the mask a person sees (contract 3 of DESIGN.md).
+"""From the model's probability map to the mask a person sees (contract 3 of docs/DESIGN.md).
 
 The seed thresholds the 128 x 128 probability map and opens it (erode, then dilate) with a 3 x 3
 ellipse. Here the probability map is first resized (bilinear) to the scan's own size, thresholded there

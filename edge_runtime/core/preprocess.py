@@ -1,4 +1,4 @@
-"""Contract 1 of DESIGN.md: the one preprocessing function, shared by training and the runtime.
+"""Contract 1 of docs/DESIGN.md: the one preprocessing function, shared by training and the runtime.
 
 decode -> RGB -> resize to the model's input size -> per-image min-max to [0, 1] -> float32 NHWC.
 

@@ -1,4 +1,4 @@
-"""Durable files (contract 4 of docs/DESIGN.md): a file appears complete or not at all.
+"""Durable files (contract 5 of docs/DESIGN.md): a file appears complete or not at all.
 
 A file is written to a hidden temporary name in the same folder, flushed to disk, then renamed into
 place; :func:`sync_dirs` makes the renames themselves durable; :func:`sweep_temp_files` removes what a

@@ -1,4 +1,4 @@
-"""Which files under IN are scans, and whether IN and OUT can be used (contract 3 of docs/DESIGN.md).
+"""Which files under IN are scans, and whether IN and OUT can be used (contract 4 of docs/DESIGN.md).
 
 DICOM files are scans by suffix (``.dcm``, ``.dicom``) or, for names without a suffix or with a numeric
 one (``IM000001``, ``1.2.840.113619.2.1``, as scanners and PACS exports name them), by content: the

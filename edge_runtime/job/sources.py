@@ -73,7 +73,7 @@ class _Events(FileSystemEventHandler):
 
 
 class WatchedFolder:
-    """The daemon's source: scans under ``root`` as they become complete (watch semantics, docs/DESIGN.md).
+    """The daemon's source: scans under ``root`` as they become complete (contract 6 of docs/DESIGN.md).
 
     A scan is taken when a close-after-write or a rename into place says it is complete, or once its
     size and mtime have stayed unchanged for ``settle`` seconds. ``wanted(rel)`` says whether a scan

@@ -1,4 +1,4 @@
-"""Where a scan's outputs go (contract 3 of docs/DESIGN.md).
+"""Where a scan's outputs go (contract 4 of docs/DESIGN.md).
 
 Outputs for the scan ``IN/a/b/scan.jpg``:
 

@@ -90,6 +90,7 @@ def _training_folder(meta: dict, split: str) -> Path | None:
 def _int8_inputs_problem(calibration: Path | None, labelled: Path | None, count: int) -> str | None:
     """Why the int8 step could not run with these folders (None when it can), checked before any work."""
     from edge_runtime.errors import SetupError
+
     from .quantize import calibration_files
 
     if calibration is None:
@@ -109,6 +110,7 @@ def quantize_checked(
     """Quantize ``fp32_path`` into ``out`` if the int8 model holds its val Dice; exit status (0, 1 or 2)."""
     from edge_runtime.errors import ModelError, ScanError, SetupError
     from edge_runtime.files.durable import write_atomic
+
     from .parity import check_int8_parity
     from .quantize import quantize, read_metadata
 
@@ -203,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.core.metadata import COMPARE_THRESHOLDS
     from edge_runtime.errors import ModelError, ScanError, SetupError
     from edge_runtime.files.durable import write_atomic
+
     from .convert import (
         attach_metadata,
         build_metadata,

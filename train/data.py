@@ -18,6 +18,7 @@ import numpy as np
 
 from edge_runtime.core.preprocess import preprocess
 from edge_runtime.errors import ScanError
+from edge_runtime.files.pairs import PairingError, pair_by_stem
 from edge_runtime.files.scans import decode_image, read_bytes
 
 log = logging.getLogger(__name__)
@@ -61,41 +62,13 @@ class Split:
         return {"folder": str(self.folder), "scans": len(self), "fingerprint": self.fingerprint}
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder")
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.suffix.lower() not in LABEL_SUFFIXES:
-            continue
-        if p.stem in found:
-            raise DataError(f"{found[p.stem]} and {p} have the same stem: which one is meant?")
-        found[p.stem] = p
-    return found
-
-
 def pair_folder(folder: str | Path) -> list[tuple[Path, Path]]:
-    """Pairs (image, mask) under ``folder/image`` and ``folder/mask``, matched by file stem."""
+    """Pairs (image, mask) under ``folder/image`` and ``folder/mask``, matched by file stem, in natural order."""
     folder = Path(folder)
-    images, masks = _by_stem(folder / "image"), _by_stem(folder / "mask")
-    only_img = sorted(set(images) - set(masks))
-    only_mask = sorted(set(masks) - set(images))
-    problems = []
-    if only_img:
-        problems.append(f"{len(only_img)} image(s) without a mask: {', '.join(images[s].name for s in only_img[:10])}")
-    if only_mask:
-        problems.append(
-            f"{len(only_mask)} mask(s) without an image: {', '.join(masks[s].name for s in only_mask[:10])}"
-        )
-    if problems:
-        raise DataError(f"{folder}: " + "; ".join(problems))
-    if not images:
-        raise DataError(f"{folder}: no images found in {folder / 'image'}")
-    return [(images[s], masks[s]) for s in sorted(images, key=_natural)]
-
-
-def _natural(stem: str) -> tuple:
-    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+    try:
+        return pair_by_stem(folder / "image", folder / "mask", LABEL_SUFFIXES)
+    except PairingError as exc:
+        raise DataError(f"{folder}: {exc}") from None
 
 
 def _read(path: Path) -> tuple[np.ndarray, bytes]:

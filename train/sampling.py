@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_runtime.core.preprocess import preprocess
+
 from .augment import AugmentConfig, augment_pair
 from .data import Split, model_target
 from .views import crop, negative_box, positive_box

@@ -113,6 +113,7 @@ def train(cfg: TrainConfig) -> dict:
     import keras
 
     from edge_runtime.core.thresholds import choose_presence_threshold
+
     from .augment import AugmentConfig
     from .data import concat, load_split, split_fraction, views_split
     from .losses import LOSSES, dice_at_half, iou_at_half

@@ -15,6 +15,7 @@ import numpy as np
 from edge_runtime.core.metrics import scan_metrics, summarise
 from edge_runtime.core.postprocess import gate, masks_for_scan
 from edge_runtime.core.thresholds import THRESHOLD_GRID, best_threshold
+
 from .data import Split
 from .models import PRESENCE, PROBABILITY
 

@@ -170,6 +170,7 @@ def write_views(split: Path, out: Path) -> dict[str, int]:
     """Write ``split``'s fixed views into ``out/image`` + ``out/mask`` (``<id>_neg.png``, ``<id>_pos.png``)."""
     from edge_runtime.files.durable import write_atomic
     from edge_runtime.files.scans import decode_image, read_bytes
+
     from .data import pair_folder
 
     counts = {"frames": 0, "neg": 0, "pos": 0}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.layout import is_candidate_name
-from edge_runtime.postprocess import masks_for_scan
+from edge_runtime.postprocess import gate, masks_for_scan
 from edge_runtime.scanio import read_scan
 from edge_runtime.segmenter import Segmenter
 
@@ -51,16 +51,30 @@ def parity_images(folder: Path, limit: int) -> list[np.ndarray]:
 
 
 def check_parity(keras_model, onnx_path: Path, images: list[np.ndarray], thresholds) -> ParityReport:
+    """ONNX against Keras on ``images``: probabilities, presence scores (when the model has them) and masks.
+
+    The max/mean absolute differences cover the probability maps and the presence scores together; the
+    masks compared are the gated ones each side would write.
+    """
     seg = Segmenter(onnx_path)
     batch = np.stack([seg.preprocess(im) for im in images])
-    p_onnx = seg.predict(batch)
-    p_keras = np.asarray(keras_model.predict(batch, batch_size=16, verbose=0))[..., 0]
-    diff = np.abs(p_onnx - p_keras)
+    p_onnx, q_onnx = seg.run(batch)
+    out = keras_model.predict(batch, batch_size=16, verbose=0)
+    if isinstance(out, dict):
+        p_keras, q_keras = np.asarray(out["probability"])[..., 0], np.asarray(out["presence"])[:, 0]
+    else:
+        p_keras, q_keras = np.asarray(out)[..., 0], None
+    diffs = [np.abs(p_onnx - p_keras).ravel()]
+    if q_onnx is not None and q_keras is not None:
+        diffs.append(np.abs(q_onnx - q_keras))
+    diff = np.concatenate(diffs)
     differing = dict.fromkeys(thresholds, 0)
-    morph = seg.info.morphology_size
-    for po, pk, im in zip(p_onnx, p_keras, images, strict=True):
+    morph, pt = seg.info.morphology_size, seg.presence_threshold
+    for k, (po, pk, im) in enumerate(zip(p_onnx, p_keras, images, strict=True)):
         _, mo = masks_for_scan(po, im.shape[:2], thresholds, morph)
         _, mk = masks_for_scan(pk, im.shape[:2], thresholds, morph)
+        if q_onnx is not None and q_keras is not None:
+            mo, mk = gate(mo, float(q_onnx[k]), pt), gate(mk, float(q_keras[k]), pt)
         for t in thresholds:
             differing[t] += int(np.count_nonzero(mo[t] != mk[t]))
     return ParityReport(len(images), float(diff.max()), float(diff.mean()), differing)

@@ -126,12 +126,6 @@ def _truth(path: Path) -> np.ndarray:
     return (mask.max(axis=2) if mask.ndim == 3 else mask) > 127
 
 
-def _presence_decision(seg: Segmenter, presence: float) -> bool:
-    # Models with a presence head carry its threshold in their metadata (read by ModelInfo).
-    threshold = getattr(seg.info, "presence_threshold", None)
-    return presence >= (0.5 if threshold is None else float(threshold))
-
-
 def check_int8_parity(fp32_path: Path, int8_path: Path, labelled: Path) -> Int8ParityReport:
     """Run both models on every scan of ``labelled`` (image/ + mask/) through the public ``Segmenter`` API."""
     from edge_runtime.errors import SetupError
@@ -155,10 +149,9 @@ def check_int8_parity(fp32_path: Path, int8_path: Path, labelled: Path) -> Int8P
         d_fp32.append(scan_metrics(ma, truth, with_hd95=False).dice)
         d_int8.append(scan_metrics(mb, truth, with_hd95=False).dice)
         max_prob = max(max_prob, float(np.abs(a.probability - b.probability).max()))
-        pa, pb = getattr(a, "presence", None), getattr(b, "presence", None)
-        if pa is not None and pb is not None:
-            presence_diffs.append(abs(float(pa) - float(pb)))
-            changed += _presence_decision(fp32, pa) != _presence_decision(int8, pb)
+        if a.presence is not None and b.presence is not None:
+            presence_diffs.append(abs(a.presence - b.presence))
+            changed += a.nodule_present != b.nodule_present
     report = Int8ParityReport(
         scans=len(agree),
         threshold=threshold,

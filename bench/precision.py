@@ -1,7 +1,7 @@
 """fp32 against int8 side by side: Dice on a labelled split, ms a scan on one thread, session start-up, file size.
 
     python -m bench.precision runs/int8/ddti-fcn-int8.onnx              # against the bundled fp32 model
-    python -m bench.precision INT8.onnx --fp32 FP32.onnx --split val --rounds 9
+    python -m bench.precision INT8.onnx --fp32 FP32.onnx --split val --rounds 9 --priority
 
 Dice is ``edge-seg-eval``'s (``edge_runtime.evaluate.evaluate``: masks at scan size through the
 runtime's post-processing) at each model's default threshold. Speed is a one-thread session
@@ -74,7 +74,14 @@ def main() -> None:
     p.add_argument("--fp32", type=Path, help="its fp32 parent (default: the bundled model)")
     p.add_argument("--split", default="test", help="DDTI split for Dice and timing (default: test)")
     p.add_argument("--rounds", type=int, default=7, help="alternating timing rounds (median shown)")
+    p.add_argument("--priority", action="store_true", help="as bench.run --priority")
     args = p.parse_args()
+
+    from bench.run import apply_priority, with_priority
+
+    if args.priority:
+        with_priority(-19)
+    print(f"CPU priority {apply_priority()}")
 
     import cv2
 

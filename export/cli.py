@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="training scans to calibrate on (default: the training folder in the record or the fp32 metadata)",
     )
     q.add_argument("--calibration-count", type=int, default=32, help="calibration scans (every k-th by name)")
-    q.add_argument("--no-pre-process", action="store_true", help="skip onnxruntime's quant_pre_process")
+    q.add_argument(
+        "--pre-process", action="store_true", help="run onnxruntime's quant_pre_process first (no gain measured)"
+    )
     q.add_argument(
         "--int8-parity",
         type=Path,
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             args.calibration,
             args.int8_parity,
             args.calibration_count,
-            not args.no_pre_process,
+            args.pre_process,
         )
     if args.keras_model is None:
         log.error("give a model.keras to export (or --from-onnx FILE with --precision int8)")
@@ -279,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     size = fp32_out.stat().st_size
     log.info("wrote %s (%.2f MB) in %.1f s; threshold %g", fp32_out, size / 1e6, time.time() - t0, threshold)
     if args.precision == "int8":
-        return quantize_checked(
-            fp32_out, args.out, calibration, labelled, args.calibration_count, not args.no_pre_process
-        )
+        return quantize_checked(fp32_out, args.out, calibration, labelled, args.calibration_count, args.pre_process)
     log.info("use it:  edge-seg IN --out OUT --model %s", fp32_out)
     return 0
 

@@ -3,7 +3,8 @@
 
 ``tf2onnx.convert.from_keras`` breaks on Keras 3 (onnx/tensorflow-onnx#2329, #2348), so the model is
 wrapped in a ``tf.function`` with an explicit input signature (dynamic batch, named ``image``) and
-converted with ``from_function``. The single output is renamed ``probability``.
+converted with ``from_function``. The outputs are renamed ``probability`` (and ``presence`` for a
+model with the image-level head, whose threshold the metadata carries beside the mask threshold).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.core.metadata import INPUT_NAME, OUTPUT_NAME
+from edge_runtime.core.metadata import INPUT_NAME, OUTPUT_NAME, PRESENCE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +41,43 @@ def with_flip_tta(model):
     return keras.Model(inp, (plain + mirrored) * 0.5, name=f"{model.name}_fliptta")
 
 
+def has_presence(model) -> bool:
+    """Whether a Keras model has the image-level presence output beside the probability map."""
+    return isinstance(model.output, dict) and PRESENCE_NAME in model.output
+
+
 def to_onnx(model, opset: int = DEFAULT_OPSET):
-    """Convert a Keras model (NHWC float32 input, one sigmoid output) to an ``onnx.ModelProto``."""
+    """Convert a Keras model (NHWC float32 input, sigmoid output(s)) to an ``onnx.ModelProto``.
+
+    A model with dict outputs (``probability`` and ``presence``) gets graph outputs of those names, in
+    that order; a single-output model one output named ``probability``.
+    """
     import tensorflow as tf
     import tf2onnx
 
     _, h, w, c = model.inputs[0].shape
     spec = (tf.TensorSpec((None, h, w, c), tf.float32, name=INPUT_NAME),)
+    if has_presence(model):
+
+        def call(x):
+            out = model(x, training=False)
+            return tf.identity(out[OUTPUT_NAME], name="out_probability"), tf.identity(
+                out[PRESENCE_NAME], name="out_presence"
+            )
+
+        fn = tf.function(call, input_signature=spec)
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+        for index, name in enumerate((OUTPUT_NAME, PRESENCE_NAME)):
+            _rename_output(proto, name, index)
+        return proto
     fn = tf.function(lambda x: model(x, training=False), input_signature=spec)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
     _rename_output(proto, OUTPUT_NAME)
     return proto
 
 
-def _rename_output(proto, new: str) -> None:
-    old = proto.graph.output[0].name
+def _rename_output(proto, new: str, index: int = 0) -> None:
+    old = proto.graph.output[index].name
     for node in proto.graph.node:
         for i, name in enumerate(node.output):
             if name == old:
@@ -62,11 +85,18 @@ def _rename_output(proto, new: str) -> None:
         for i, name in enumerate(node.input):
             if name == old:
                 node.input[i] = new
-    proto.graph.output[0].name = new
+    proto.graph.output[index].name = new
 
 
 def build_metadata(
-    model, record: dict | None, name: str, version: str, threshold: float, opset: int, tta: str = "none"
+    model,
+    record: dict | None,
+    name: str,
+    version: str,
+    threshold: float,
+    opset: int,
+    tta: str = "none",
+    presence_threshold: float | None = None,
 ) -> dict[str, Any]:
     """The ``edge_seg`` metadata JSON for a model, from its training record when there is one."""
     import keras
@@ -109,6 +139,33 @@ def build_metadata(
             "val_dice_at_0.5": record["val"]["0.5"]["dice_mean"],
             "finished": record.get("finished"),
         }
+        if "presence_threshold" in record:
+            training["presence_threshold_chosen_on_val"] = record["presence_threshold"]
+            training["presence_choice"] = record.get("presence_choice")
+            counts = record.get("val_views", {}).get("counts")
+            gated = record.get("val_views", {}).get("gated", {})
+            key = format(record["threshold"], "g")
+            training["val_views"] = {
+                "counts": counts,
+                **{
+                    kind: {f: gated[kind][key].get(f) for f in ("dice_mean", "sensitivity", "fp_share")}
+                    for kind in gated
+                },
+            }
+    presence = None
+    if has_presence(model):
+        chosen = presence_threshold if presence_threshold is not None else (record or {}).get("presence_threshold")
+        if chosen is None:
+            raise ValueError(
+                "the model has a presence output but no presence threshold: train with --views or pass one"
+            )
+        presence = {
+            "name": PRESENCE_NAME,
+            "activation": "sigmoid",
+            "shape": "N,1",
+            "threshold": float(chosen),
+            "rule": "nodule present when presence >= threshold; otherwise every mask is empty",
+        }
     return model_metadata(
         name=name,
         version=version,
@@ -120,6 +177,7 @@ def build_metadata(
         resize=cfg.get("resize", "area"),
         morphology_size=int(cfg.get("morphology_size", 3)),
         training=training,
+        presence=presence,
         export={
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "opset": opset,

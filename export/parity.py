@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.core.postprocess import masks_for_scan
+from edge_runtime.core.postprocess import gate, masks_for_scan
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.files.scans import read_scan
 from edge_runtime.job.discovery import is_candidate_name
@@ -51,16 +51,30 @@ def parity_images(folder: Path, limit: int) -> list[np.ndarray]:
 
 
 def check_parity(keras_model, onnx_path: Path, images: list[np.ndarray], thresholds) -> ParityReport:
+    """ONNX against Keras on ``images``: probabilities, presence scores (when the model has them) and masks.
+
+    The max/mean absolute differences cover the probability maps and the presence scores together; the
+    masks compared are the gated ones each side would write.
+    """
     seg = Segmenter(onnx_path)
     batch = np.stack([seg.preprocess(im) for im in images])
-    p_onnx = seg.predict(batch)
-    p_keras = np.asarray(keras_model.predict(batch, batch_size=16, verbose=0))[..., 0]
-    diff = np.abs(p_onnx - p_keras)
+    p_onnx, q_onnx = seg.run(batch)
+    out = keras_model.predict(batch, batch_size=16, verbose=0)
+    if isinstance(out, dict):
+        p_keras, q_keras = np.asarray(out["probability"])[..., 0], np.asarray(out["presence"])[:, 0]
+    else:
+        p_keras, q_keras = np.asarray(out)[..., 0], None
+    diffs = [np.abs(p_onnx - p_keras).ravel()]
+    if q_onnx is not None and q_keras is not None:
+        diffs.append(np.abs(q_onnx - q_keras))
+    diff = np.concatenate(diffs)
     differing = dict.fromkeys(thresholds, 0)
-    morph = seg.info.morphology_size
-    for po, pk, im in zip(p_onnx, p_keras, images, strict=True):
+    morph, pt = seg.info.morphology_size, seg.presence_threshold
+    for k, (po, pk, im) in enumerate(zip(p_onnx, p_keras, images, strict=True)):
         _, mo = masks_for_scan(po, im.shape[:2], thresholds, morph)
         _, mk = masks_for_scan(pk, im.shape[:2], thresholds, morph)
+        if q_onnx is not None and q_keras is not None:
+            mo, mk = gate(mo, float(q_onnx[k]), pt), gate(mk, float(q_keras[k]), pt)
         for t in thresholds:
             differing[t] += int(np.count_nonzero(mo[t] != mk[t]))
     return ParityReport(len(images), float(diff.max()), float(diff.mean()), differing)
@@ -112,12 +126,6 @@ def _truth(path: Path) -> np.ndarray:
     return (mask.max(axis=2) if mask.ndim == 3 else mask) > 127
 
 
-def _presence_decision(seg: Segmenter, presence: float) -> bool:
-    # Models with a presence head carry its threshold in their metadata (read by ModelInfo).
-    threshold = getattr(seg.info, "presence_threshold", None)
-    return presence >= (0.5 if threshold is None else float(threshold))
-
-
 def check_int8_parity(fp32_path: Path, int8_path: Path, labelled: Path) -> Int8ParityReport:
     """Run both models on every scan of ``labelled`` (image/ + mask/) through the public ``Segmenter`` API."""
     from edge_runtime.core.metrics import scan_metrics
@@ -141,10 +149,9 @@ def check_int8_parity(fp32_path: Path, int8_path: Path, labelled: Path) -> Int8P
         d_fp32.append(scan_metrics(ma, truth, with_hd95=False).dice)
         d_int8.append(scan_metrics(mb, truth, with_hd95=False).dice)
         max_prob = max(max_prob, float(np.abs(a.probability - b.probability).max()))
-        pa, pb = getattr(a, "presence", None), getattr(b, "presence", None)
-        if pa is not None and pb is not None:
-            presence_diffs.append(abs(float(pa) - float(pb)))
-            changed += _presence_decision(fp32, pa) != _presence_decision(int8, pb)
+        if a.presence is not None and b.presence is not None:
+            presence_diffs.append(abs(a.presence - b.presence))
+            changed += a.nodule_present != b.nodule_present
     report = Int8ParityReport(
         scans=len(agree),
         threshold=threshold,

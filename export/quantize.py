@@ -2,9 +2,10 @@
 
 The settings are fixed (:data:`SETTINGS`): QDQ format, int8 weights per output channel (symmetric),
 uint8 activations (asymmetric), min-max calibration, every node type onnxruntime can quantize (so
-every output of the model, a presence head included). Before quantizing, onnxruntime's
-``quant_pre_process`` (shape inference and graph optimisation) runs on the fp32 graph unless
-``pre_process=False``.
+every output of the model, a presence head included). onnxruntime's ``quant_pre_process`` (shape
+inference and graph optimisation before quantizing) is off by default: on the bundled model it gave
+the same quantized graph, node for node, and the same speed (bench/README.md); ``pre_process=True``
+runs it.
 
 Calibration scans are training scans, never validation or test ones, and go through the runtime's
 own preprocessing (:meth:`edge_runtime.segmenter.Segmenter.preprocess` of the fp32 model), so the
@@ -132,12 +133,27 @@ def int8_metadata(
     return meta
 
 
+class _DropAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider")
+
+
+_ADVICE_FILTER = _DropAdvice()
+
+
+def _quiet_pre_process_advice() -> None:
+    """onnxruntime logs "Please consider to run pre-processing" on the root logger: measured and declined."""
+    root = logging.getLogger()  # (a logger's filters see the records logged on it, as onnxruntime's are)
+    if _ADVICE_FILTER not in root.filters:
+        root.addFilter(_ADVICE_FILTER)
+
+
 def quantize(
     fp32_path: Path,
     out: Path,
     calibration_folder: Path,
     count: int = DEFAULT_CALIBRATION_COUNT,
-    pre_process: bool = True,
+    pre_process: bool = False,
 ) -> dict[str, Any]:
     """Write the int8 model of ``fp32_path`` to ``out`` (not atomically: the caller checks parity first).
 
@@ -170,6 +186,7 @@ def quantize(
             # onnx's own shape inference; the symbolic one (for dynamic shapes beyond the batch axis)
             # needs sympy, which the export environment does not have, and this graph does not need.
             quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=True)
+        _quiet_pre_process_advice()
         quantize_static(
             str(source),
             str(out),

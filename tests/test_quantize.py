@@ -56,6 +56,24 @@ def _broken(fp32: Path, out: Path) -> Path:
     return out
 
 
+def _with_presence(fp32: Path, out: Path, threshold: float = 0.5) -> Path:
+    """The tiny model with a second output, presence = sigmoid of the largest pixel logit (its largest probability)."""
+    from onnx import TensorProto, helper
+
+    from edge_runtime.core.metadata import METADATA_KEY
+    from tests.helpers import tiny_metadata
+
+    proto = onnx.load(str(fp32))
+    proto.graph.node.append(helper.make_node("ReduceMax", ["logit"], ["top"], axes=[1, 2, 3], keepdims=0))
+    proto.graph.node.append(helper.make_node("Sigmoid", ["top"], ["presence"]))
+    proto.graph.output.append(helper.make_tensor_value_info("presence", TensorProto.FLOAT, ["N"]))
+    meta = tiny_metadata(presence={"name": "presence", "activation": "sigmoid", "threshold": threshold})
+    next(p for p in proto.metadata_props if p.key == METADATA_KEY).value = json.dumps(meta)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+    return out
+
+
 def test_calibration_set_is_every_kth_training_scan_by_name(folders):
     files = calibration_files(folders[0], 6)
     names = sorted(p.name for p in (folders[0] / "image").iterdir())
@@ -107,6 +125,27 @@ def test_int8_parity_holds_for_the_quantized_model(fp32, int8, folders):
     assert report.dice_int8_vs_fp32 > 0.9
     assert abs(report.dice_change) <= MAX_DICE_CHANGE
     assert report.presence_max_abs_diff is None  # the tiny model has no presence output
+
+
+def test_both_outputs_of_a_presence_model_are_quantized_and_compared(fp32, folders, tmp_path):
+    parent = _with_presence(fp32, tmp_path / "presence.onnx", threshold=0.9)
+    out = tmp_path / "presence-int8.onnx"
+    quantize(parent, out, folders[0], count=6)
+    seg = Segmenter(out)
+    assert seg.info.presence_output == "presence" and seg.presence_threshold == 0.9
+    proto = onnx.load(str(out))
+    assert [o.name for o in proto.graph.output] == ["probability", "presence"]
+    producers = {n.output[0]: n.op_type for n in proto.graph.node}
+    assert producers["presence"] == "DequantizeLinear"  # the presence head is quantized too
+    report = check_int8_parity(parent, out, folders[1])
+    assert report.presence_max_abs_diff is not None and report.presence_max_abs_diff < 0.05
+    assert report.presence_decisions_changed is not None and report.presence_decisions_changed >= 0
+    assert "presence max" in report.describe()
+    # a broken presence score (the threshold moved to where it says "no nodule" for every scan) is counted
+    broken = _with_presence(fp32, tmp_path / "presence-broken.onnx", threshold=0.999999)
+    worse = check_int8_parity(parent, broken, folders[1])
+    assert worse.presence_decisions_changed == sum(1 for _ in (folders[1] / "image").iterdir())
+    assert not worse.ok
 
 
 def test_int8_parity_fails_on_a_broken_model(fp32, folders, tmp_path):

@@ -89,6 +89,7 @@ def test_report_json_has_every_field_with_sensible_values(folder, tmp_path, tiny
             "version": "0.0.1",
             "file": "tiny.onnx",
             "sha256": file_sha256(tiny_model),
+            "presence_threshold": None,  # the tiny model has no presence output
         }
         assert report["thresholds"] == [0.5]
         assert {"read", "preprocess", "inference", "postprocess", "write", "overlay"} <= set(report["timings_ms"])
@@ -96,6 +97,7 @@ def test_report_json_has_every_field_with_sensible_values(folder, tmp_path, tiny
         (frame,) = report["frames"]
         assert frame["frame"] == 1 and frame["overlay"] == f"overlays/{stem}.png"
         assert 0.9 < frame["max_probability"] <= 1.0
+        assert frame["presence"] is None and frame["nodule_present"] is True
         (result,) = frame["results"]
         assert result["threshold"] == 0.5 and result["mask"] == f"{stem}.png"
         mask = cv2.imread(str(out / result["mask"]), cv2.IMREAD_UNCHANGED)

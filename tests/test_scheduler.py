@@ -59,13 +59,13 @@ class SlowFirstBatch:
         self._calls = 0
         self._lock = threading.Lock()
 
-    def predict(self, batch):
+    def run(self, batch):
         with self._lock:
             self._calls += 1
             first = self._calls == 1
         if first:
             time.sleep(0.3)
-        return self.model.predict(batch)
+        return self.model.run(batch)
 
 
 def test_several_workers_write_the_same_masks_in_input_order(folder, tmp_path, tiny_model):
@@ -104,7 +104,7 @@ def test_an_inference_failure_reaches_the_caller(folder, tmp_path, tiny_model):
         threads = 1
         info = job.segmenter.model.info
 
-        def predict(self, batch):
+        def run(self, batch):
             raise RuntimeError("onnxruntime fell over")
 
     job.segmenter.model = Broken()

@@ -20,6 +20,7 @@ METADATA_KEY = "edge_seg"
 SCHEMA_VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAME = "probability"
+PRESENCE_NAME = "presence"
 #: Thresholds a model's card compares beside its default.
 COMPARE_THRESHOLDS = (0.85, 0.9, 0.95)
 
@@ -38,8 +39,13 @@ def model_metadata(
     training: dict[str, Any] | None = None,
     export: dict[str, Any] | None = None,
     tta: str = "none",
+    presence: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``edge_seg`` metadata of a model (schema :data:`SCHEMA_VERSION`)."""
+    """The ``edge_seg`` metadata of a model (schema :data:`SCHEMA_VERSION`).
+
+    ``presence``: the image-level "nodule present" output of a model that has one (name, activation,
+    shape, threshold, rule), else None.
+    """
     return {
         "schema": SCHEMA_VERSION,
         "name": name,
@@ -55,6 +61,7 @@ def model_metadata(
             "color": "RGB" if channels == 3 else "gray",
         },
         "output": {"name": OUTPUT_NAME, "activation": "sigmoid", "shape": "N,H,W,1"},
+        "presence": presence,
         "preprocessing": {
             "function": "edge_runtime.core.preprocess.preprocess",
             "resize": resize,
@@ -133,6 +140,15 @@ def parse_metadata(raw: str | None, path: Path) -> dict[str, Any]:
             ),
             (int(post["morphology"]["size"]) >= 0, "negative morphology size"),
         ]
+        presence = meta.get("presence")
+        if presence is not None:
+            checks += [
+                (presence["activation"] == "sigmoid", f"presence activation {presence['activation']!r}"),
+                (
+                    0.0 < float(presence["threshold"]) < 1.0,
+                    f"presence threshold {presence['threshold']!r} not in (0, 1)",
+                ),
+            ]
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"model {path}: metadata is missing or has a malformed field ({exc!r})") from None
     for ok, what in checks:

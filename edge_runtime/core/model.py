@@ -63,6 +63,8 @@ class ModelInfo:
     threshold: float
     morphology_size: int
     metadata: dict[str, Any]
+    presence_output: str | None = None  #: the image-level "nodule present" output, when the model has one
+    presence_threshold: float | None = None  #: "nodule present" when presence >= this (chosen on validation)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -105,7 +107,19 @@ class OnnxModel:
             raise ModelError(f"model {path} is not a loadable ONNX model: {first}") from None
         meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        require(len(inputs) == 1 and len(outputs) == 1, path, "expected exactly one input and one output")
+        presence = meta.get("presence")
+        names = [o.name for o in outputs]
+        if presence is None:
+            require(len(inputs) == 1 and len(outputs) == 1, path, "expected exactly one input and one output")
+            prob_name, presence_name = names[0], None
+        else:
+            prob_name = str(meta["output"].get("name", "probability"))
+            presence_name = str(presence.get("name", "presence"))
+            require(
+                len(inputs) == 1 and sorted(names) == sorted({prob_name, presence_name}),
+                path,
+                f"expected one input and the outputs {prob_name!r} and {presence_name!r}, found {names}",
+            )
         h, w, c = int(meta["input"]["height"]), int(meta["input"]["width"]), int(meta["input"]["channels"])
         shape = list(inputs[0].shape)
         require(
@@ -119,7 +133,7 @@ class OnnxModel:
             name=str(meta.get("name", path.stem)),
             version=str(meta.get("version", "0")),
             input_name=inputs[0].name,
-            output_name=outputs[0].name,
+            output_name=prob_name,
             height=h,
             width=w,
             channels=c,
@@ -127,7 +141,10 @@ class OnnxModel:
             threshold=float(meta["postprocessing"]["threshold"]),
             morphology_size=int(meta["postprocessing"]["morphology"]["size"]),
             metadata=meta,
+            presence_output=presence_name,
+            presence_threshold=float(presence["threshold"]) if presence is not None else None,
         )
+        self._outputs = [prob_name] if presence_name is None else [prob_name, presence_name]
         require(
             not isinstance(shape[0], int) or shape[0] == 1,
             path,
@@ -135,12 +152,13 @@ class OnnxModel:
         )
         self._batch_one = isinstance(shape[0], int)
         log.info(
-            "model %s: input %dx%dx%d, threshold %g, onnxruntime %s, %s, %d intra-op thread(s)%s",
+            "model %s: input %dx%dx%d, threshold %g%s, onnxruntime %s, %s, %d intra-op thread(s)%s",
             self.info.describe(),
             h,
             w,
             c,
             self.info.threshold,
+            "" if presence is None else f", presence threshold {self.info.presence_threshold:g}",
             ort.__version__,
             ",".join(self.session.get_providers()),
             self.threads,
@@ -149,7 +167,16 @@ class OnnxModel:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a float32 NHWC batch; returns float32 ``(N, height, width)``."""
+        return self.run(batch)[0]
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probability maps ``(N, height, width)`` and presence scores ``(N,)`` (None without that output)."""
         if self._batch_one and batch.shape[0] != 1:
-            return np.concatenate([self.predict(batch[i : i + 1]) for i in range(batch.shape[0])])
-        out = self.session.run([self.info.output_name], {self.info.input_name: batch})[0]
-        return out.reshape(batch.shape[0], self.info.height, self.info.width).astype(np.float32, copy=False)
+            parts = [self.run(batch[i : i + 1]) for i in range(batch.shape[0])]
+            probs = np.concatenate([p for p, _ in parts])
+            pres = None if parts[0][1] is None else np.concatenate([q for _, q in parts if q is not None])
+            return probs, pres
+        out = self.session.run(self._outputs, {self.info.input_name: batch})
+        probs = out[0].reshape(batch.shape[0], self.info.height, self.info.width).astype(np.float32, copy=False)
+        pres = out[1].reshape(batch.shape[0]).astype(np.float32, copy=False) if len(out) > 1 else None
+        return probs, pres

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.core.model import ModelInfo, OnnxModel
-from edge_runtime.core.postprocess import masks_for_scan
+from edge_runtime.core.postprocess import gate, masks_for_scan
 from edge_runtime.core.preprocess import preprocess
 
 
@@ -25,6 +25,13 @@ class Segmentation:
 
     probability: np.ndarray  #: float32 (H, W), the model's probability of "nodule"
     masks: dict[float, np.ndarray]  #: threshold -> uint8 (H, W) mask, 0 background / 255 nodule
+    presence: float | None = None  #: the image-level "nodule present" score (None: the model has no such output)
+    nodule_present: bool = True  #: the model's image-level decision; False means every mask is empty
+
+    @property
+    def found(self) -> bool:
+        """Whether any mask has a nodule."""
+        return any(bool(m.any()) for m in self.masks.values())
 
 
 class Segmenter:
@@ -56,17 +63,35 @@ class Segmenter:
         info = self.info
         return preprocess(image, info.size, info.channels, info.resize)
 
+    @property
+    def presence_threshold(self) -> float | None:
+        """The model's image-level threshold ("nodule present" when presence >= it), or None without one."""
+        return self.info.presence_threshold
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Model-size probability maps ``(N, h, w)`` for a preprocessed NHWC batch."""
         return self.model.predict(batch)
 
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probability maps ``(N, h, w)`` and presence scores ``(N,)`` (None when the model has no presence output)."""
+        return self.model.run(batch)
+
     def postprocess(
-        self, probability: np.ndarray, scan_hw: tuple[int, int], thresholds: Sequence[float] | None = None
+        self,
+        probability: np.ndarray,
+        scan_hw: tuple[int, int],
+        thresholds: Sequence[float] | None = None,
+        presence: float | None = None,
     ) -> Segmentation:
-        """Scan-size probability and masks from one model-size probability map."""
+        """Scan-size probability and masks from one model-size probability map (and its presence score).
+
+        When the presence score is below the model's presence threshold, the model says "no nodule" and
+        every mask is empty; the probability map is kept as it is, for a person to look at.
+        """
         thresholds = tuple(thresholds) if thresholds else (self.threshold,)
         prob, masks = masks_for_scan(probability, scan_hw, thresholds, self.info.morphology_size)
-        return Segmentation(prob, masks)
+        present = presence is None or self.presence_threshold is None or presence >= self.presence_threshold
+        return Segmentation(prob, gate(masks, presence, self.presence_threshold), presence, present)
 
     def segment_batch(
         self, images: Sequence[np.ndarray], thresholds: Sequence[float] | None = None
@@ -75,8 +100,11 @@ class Segmenter:
         if not images:
             return []
         batch = np.stack([self.preprocess(im) for im in images])
-        probs = self.predict(batch)
-        return [self.postprocess(p, im.shape[:2], thresholds) for p, im in zip(probs, images, strict=True)]
+        probs, presence = self.run(batch)
+        scores = [None] * len(images) if presence is None else [float(q) for q in presence]
+        return [
+            self.postprocess(p, im.shape[:2], thresholds, q) for p, q, im in zip(probs, scores, images, strict=True)
+        ]
 
     def segment(self, image: np.ndarray, thresholds: Sequence[float] | None = None) -> Segmentation:
         """Segment one image (H x W gray, H x W x 3 RGB or H x W x 4 RGBA; 8 or 16 bit)."""

@@ -54,6 +54,9 @@ class Written:
     folders: list[Path]  #: where its outputs went, to fsync before it is recorded done
 
 
+#: One scan's inference result: (frames, h, w) probability maps and (frames,) presence scores or None.
+Prediction = tuple[np.ndarray, np.ndarray | None]
+
 #: What :meth:`Processor.work` gives back for each scan of a batch: its outcome, or the error that kept
 #: it from being read (which the scheduler turns into an error record or a ``changed`` outcome).
 Result = Outcome | ScanError
@@ -102,23 +105,25 @@ class Processor:
         tensors = frames[0][None] if len(frames) == 1 else np.stack(frames)  # infer() copies them into its batch
         return Loaded(rel, scan, tensors, {"read": (t1 - t0) * 1000.0, "preprocess": _ms(t1)})
 
-    def infer(self, items: list[Loaded]) -> list[np.ndarray]:
-        """Batched inference for several loaded scans; one (frames, h, w) array per scan."""
+    def infer(self, items: list[Loaded]) -> list[Prediction]:
+        """Batched inference for several loaded scans: per scan, its (frames, h, w) maps and presence scores."""
         t0 = time.perf_counter()
         batch = items[0].tensors if len(items) == 1 else np.concatenate([it.tensors for it in items])
         bs = max(1, self.options.batch_size)
-        chunks = [self.segmenter.predict(batch[i : i + bs]) for i in range(0, len(batch), bs)]
-        probs = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        chunks = [self.segmenter.run(batch[i : i + bs]) for i in range(0, len(batch), bs)]
+        probs = chunks[0][0] if len(chunks) == 1 else np.concatenate([c[0] for c in chunks])
+        presence = None if chunks[0][1] is None else np.concatenate([c[1] for c in chunks if c[1] is not None])
         per_frame = _ms(t0) / len(batch)
-        out, start = [], 0
+        out: list[Prediction] = []
+        start = 0
         for it in items:
             n = len(it.tensors)
-            out.append(probs[start : start + n])
+            out.append((probs[start : start + n], None if presence is None else presence[start : start + n]))
             it.timings["inference"] = per_frame * n
             start += n
         return out
 
-    def finish(self, item: Loaded, probs: np.ndarray) -> Outcome | Written:
+    def finish(self, item: Loaded, prediction: Prediction) -> Outcome | Written:
         """Post-process and write the outputs atomically; :meth:`record_done` then records the scan as done.
 
         Returns a ``skipped`` :class:`Outcome` when the same content was already done with this signature.
@@ -130,7 +135,12 @@ class Processor:
             return Outcome(rel, Status.SKIPPED, outputs, "content unchanged", item.timings)
         t0 = time.perf_counter()
         thresholds = self.spec.thresholds
-        segs = [self.segmenter.postprocess(p, f.shape[:2], thresholds) for p, f in zip(probs, scan.frames, strict=True)]
+        probs, presence = prediction
+        scores: list[float | None] = [None] * len(probs) if presence is None else [float(q) for q in presence]
+        segs = [
+            self.segmenter.postprocess(p, f.shape[:2], thresholds, q)
+            for p, q, f in zip(probs, scores, scan.frames, strict=True)
+        ]
         item.timings["postprocess"] = _ms(t0)
         planned = [(writer, writer.paths(rel, scan)) for writer in self.writers]
         outputs = [relative(self.out_dir, p) for _, paths in planned for p in paths]
@@ -198,9 +208,9 @@ class Processor:
             log.exception("unexpected error reading %s", rel)
             return ScanError(rel, f"unexpected error: {type(exc).__name__}: {exc}")
 
-    def _safe_finish(self, item: Loaded, probs: np.ndarray) -> Outcome | Written:
+    def _safe_finish(self, item: Loaded, prediction: Prediction) -> Outcome | Written:
         try:
-            return self.finish(item, probs)
+            return self.finish(item, prediction)
         except OSError as exc:
             return self.fail(item.rel, ScanError(item.rel, f"cannot write its outputs: {exc.strerror or exc}"))
         except Exception as exc:
@@ -216,8 +226,8 @@ class Processor:
         """
         got = [item if isinstance(item, ScanError) else self._safe_load(item) for item in batch]
         loaded = [g for g in got if isinstance(g, Loaded)]
-        probs = iter(self.infer(loaded) if loaded else [])
-        results = [self._safe_finish(g, next(probs)) if isinstance(g, Loaded) else g for g in got]
+        predictions = iter(self.infer(loaded) if loaded else [])
+        results = [self._safe_finish(g, next(predictions)) if isinstance(g, Loaded) else g for g in got]
         written = [r for r in results if isinstance(r, Written)]
         recorded = iter(self.record_done(written))
         return [next(recorded) if isinstance(r, Written) else r for r in results]

@@ -39,7 +39,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "largest_area_px",
     "largest_area_mm2",
 )
-SUMMARY_COLUMNS += ("max_probability", "ms", "outputs", "reason")
+SUMMARY_COLUMNS += ("max_probability", "presence", "nodule_present", "ms", "outputs", "reason")
 
 
 def _utc(t: float | None = None) -> str:

@@ -60,13 +60,22 @@ def to_display(image: np.ndarray) -> np.ndarray:
     return image.copy()
 
 
+NO_NODULE = "no nodule found"
+NO_NODULE_COLOUR = (255, 255, 255)
+
+
 def render_overlay(
-    image: np.ndarray, masks: Mapping[float, np.ndarray], thresholds: Sequence[float] | None = None, legend: bool = True
+    image: np.ndarray,
+    masks: Mapping[float, np.ndarray],
+    thresholds: Sequence[float] | None = None,
+    legend: bool = True,
+    presence: float | None = None,
 ) -> np.ndarray:
     """The scan (8-bit RGB) with each mask's outline in its threshold's colour, and a legend.
 
     ``masks`` maps threshold -> uint8 mask (0 / 255) at the scan's size; ``thresholds`` fixes the
-    colour order (default: ascending).
+    colour order (default: ascending). When no mask has a nodule the legend says "no nodule found"
+    (with the model's presence score when it has one), so an empty result is never a silent one.
     """
     canvas = to_display(image)
     h, w = canvas.shape[:2]
@@ -76,20 +85,35 @@ def render_overlay(
         contours, _ = cv2.findContours(masks[t], cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(canvas, contours, -1, colour_for(i), width, cv2.LINE_8)
     if legend:
-        draw_legend(canvas, [(f"P > {threshold_label(t)}", colour_for(i)) for i, t in enumerate(order)])
+        entries = [(f"P > {threshold_label(t)}", colour_for(i)) for i, t in enumerate(order)]
+        if not any(bool(masks[t].any()) for t in order):
+            text = NO_NODULE if presence is None else f"{NO_NODULE} (presence {presence:.2f})"
+            draw_legend(canvas, [(text, NO_NODULE_COLOUR)], max_share=0.95)
+        else:
+            draw_legend(canvas, entries)
     return canvas
 
 
-def draw_legend(canvas: np.ndarray, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> None:
-    """Draw ``(label, colour)`` lines in a dark box in the top-right corner (skipped if it would not fit)."""
+def draw_legend(
+    canvas: np.ndarray, entries: Sequence[tuple[str, tuple[int, int, int]]], max_share: float = 0.5
+) -> None:
+    """Draw ``(label, colour)`` lines in a dark box in the top-right corner.
+
+    The box may take ``max_share`` of the scan's width and half its height; the text is made smaller
+    (down to a legible minimum) to fit, and the legend is skipped only when even that does not fit.
+    """
     h, w = canvas.shape[:2]
     scale = min(1.0, max(0.35, min(h, w) / 700))
-    thick = 1 if scale < 0.7 else 2
-    (tw, th), base = max((cv2.getTextSize(t, _FONT, scale, thick) for t, _ in entries), key=lambda s: s[0][0])
-    pad, swatch, row = max(3, th // 2), 2 * th, th + base + max(3, th // 2)
-    box_w, box_h = pad * 3 + swatch + tw, pad * 2 + row * len(entries)
-    if box_w > w // 2 or box_h > h // 2:
-        return
+    while True:
+        thick = 1 if scale < 0.7 else 2
+        (tw, th), base = max((cv2.getTextSize(t, _FONT, scale, thick) for t, _ in entries), key=lambda s: s[0][0])
+        pad, swatch, row = max(3, th // 2), 2 * th, th + base + max(3, th // 2)
+        box_w, box_h = pad * 3 + swatch + tw, pad * 2 + row * len(entries)
+        if box_w <= w * max_share and box_h <= h // 2:
+            break
+        if scale <= 0.3:
+            return
+        scale = max(0.3, scale * 0.85)
     x0, y0 = w - box_w - pad, pad
     cv2.rectangle(canvas, (x0, y0), (x0 + box_w, y0 + box_h), (0, 0, 0), cv2.FILLED)
     for i, (text, colour) in enumerate(entries):
@@ -103,7 +127,7 @@ class OverlayWriter:
 
     kind = "overlays"
     stage = "overlay"
-    signature = "overlay/1"
+    signature = "overlay/2"  # 2: "no nodule found" written on overlays without an outline
     folder = OVERLAY_DIR
 
     def __init__(self, setup: OutputSetup) -> None:
@@ -116,6 +140,6 @@ class OverlayWriter:
     def write(self, result: ScanResult) -> dict[str, Any]:
         thresholds = self.setup.thresholds
         for path, frame, seg in zip(result.paths, result.scan.frames, result.segmentations, strict=True):
-            picture = render_overlay(frame, seg.masks, thresholds)
+            picture = render_overlay(frame, seg.masks, thresholds, presence=seg.presence)
             write_atomic(path, encode_png(picture, path), fsync=self.setup.fsync)
         return {}

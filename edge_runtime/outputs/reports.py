@@ -94,6 +94,8 @@ def scan_report(setup: OutputSetup, result: ScanResult) -> dict[str, Any]:
                 "frame": i + 1,
                 "overlay": relative(out, overlay_path(out, rel, frame)) if overlays else None,
                 "max_probability": round(float(seg.probability.max()), 4),
+                "presence": None if seg.presence is None else round(float(seg.presence), 4),
+                "nodule_present": seg.nodule_present,
                 "results": results,
             }
         )
@@ -114,7 +116,13 @@ def scan_report(setup: OutputSetup, result: ScanResult) -> dict[str, Any]:
             "pixel_spacing_mm": [round(spacing[0], 6), round(spacing[1], 6)] if spacing else None,
             "pixel_spacing_source": scan.extra.get("pixel_spacing_source") if spacing else None,
         },
-        "model": {"name": info.name, "version": info.version, "file": info.path.name, "sha256": info.sha256},
+        "model": {
+            "name": info.name,
+            "version": info.version,
+            "file": info.path.name,
+            "sha256": info.sha256,
+            "presence_threshold": info.presence_threshold,
+        },
         "thresholds": list(thresholds),
         "timings_ms": {k: round(v, 2) for k, v in result.timings.items()},
         "frames": frames,
@@ -133,6 +141,8 @@ def summary_facts(report: dict[str, Any]) -> dict[str, Any]:
         "largest_area_px": largest["area_px"] if largest else 0,
         "largest_area_mm2": largest["area_mm2"] if largest else None,
         "max_probability": max(f["max_probability"] for f in report["frames"]),
+        "presence": max((f["presence"] for f in report["frames"] if f.get("presence") is not None), default=None),
+        "nodule_present": any(f.get("nodule_present", True) for f in report["frames"]),
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,26 +13,19 @@ DDTI = Path(os.environ.get("EDGE_SEG_DDTI", REPO.parent / "shared" / "data" / "d
 
 
 def tiny_metadata(size: int = 64, channels: int = 3, threshold: float = 0.5, **overrides) -> dict:
-    meta = {
-        "schema": 1,
-        "name": "tiny-dark-finder",
-        "version": "0.0.1",
-        "architecture": "test",
-        "input": {
-            "name": "image",
-            "height": size,
-            "width": size,
-            "channels": channels,
-            "layout": "NHWC",
-            "dtype": "float32",
-            "color": "RGB",
-        },
-        "output": {"name": "probability", "activation": "sigmoid", "shape": "N,H,W,1"},
-        "preprocessing": {"resize": "area", "normalisation": "minmax"},
-        "postprocessing": {"threshold": threshold, "morphology": {"op": "open", "shape": "ellipse", "size": 3}},
-        "training": None,
-        "export": {"opset": 17},
-    }
+    """The tiny model's metadata, built as the export builds a real model's; ``overrides`` replace top-level keys."""
+    from edge_runtime.core.metadata import model_metadata
+
+    meta = model_metadata(
+        name="tiny-dark-finder",
+        version="0.0.1",
+        architecture="test",
+        height=size,
+        width=size,
+        channels=channels,
+        threshold=threshold,
+        export={"opset": 17},
+    )
     for key, value in overrides.items():
         meta[key] = value
     return meta
@@ -53,6 +45,8 @@ def make_tiny_model(
     """
     import onnx
     from onnx import TensorProto, helper
+
+    from edge_runtime.core.metadata import METADATA_KEY, attach_metadata
 
     gs = graph_size or size
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, gs, gs, channels])
@@ -77,10 +71,12 @@ def make_tiny_model(
     model.ir_version = 8
     if metadata is None:
         metadata = tiny_metadata(size, channels)
-    if metadata != "":
+    if isinstance(metadata, dict):
+        attach_metadata(model, metadata)
+    elif metadata != "":  # a raw string: for tests of metadata the runtime must refuse
         entry = model.metadata_props.add()
-        entry.key = "edge_seg"
-        entry.value = metadata if isinstance(metadata, str) else json.dumps(metadata)
+        entry.key = METADATA_KEY
+        entry.value = metadata
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)

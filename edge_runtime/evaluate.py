@@ -108,24 +108,35 @@ def _truth(path: Path) -> np.ndarray:
 
 
 def evaluate(
-    segmenter, images: Path, masks: Path, thresholds: list[float], with_hd95: bool = True
+    segmenter, images: Path, masks: Path | None, thresholds: list[float], with_hd95: bool = True
 ) -> tuple[dict[str, dict], list[dict]]:
-    """Summary per threshold (keyed by its label) and per-scan rows, running ``segmenter`` on ``images``."""
+    """Summary per threshold (keyed by its label) and per-scan rows, running ``segmenter`` on ``images``.
+
+    ``masks`` None: every scan in ``images`` is nodule-free (its truth is an empty mask), so the figures
+    are the false-positive ones.
+    """
     from edge_runtime.layout import threshold_label
 
     per_t: dict[float, list] = {t: [] for t in thresholds}
     rows: list[dict] = []
     t0 = time.perf_counter()
-    pairs = paired(images, masks)
+    pairs: list[tuple[Path, Path | None]]
+    if masks is None:
+        pairs = [(p, None) for _, p in sorted(_by_stem(images).items())]
+        if not pairs:
+            raise SetupError(f"no images in {images}")
+    else:
+        pairs = list(paired(images, masks))
     for ip, mp in pairs:
-        image, truth = read_scan(ip).frames[0], _truth(mp)
+        image = read_scan(ip).frames[0]
+        truth = np.zeros(image.shape[:2], bool) if mp is None else _truth(mp)
         if truth.shape != image.shape[:2]:
             raise ScanError(mp, f"mask is {truth.shape[::-1]} but its scan is {image.shape[:2][::-1]} (w x h)")
         result = segmenter.segment(image, thresholds)
         for t in thresholds:
             m = scan_metrics(result.masks[t], truth, with_hd95)
             per_t[t].append(m)
-            rows.append({"scan": ip.name, "threshold": t, **as_dict(m)})
+            rows.append({"scan": ip.name, "threshold": t, "presence": result.presence, **as_dict(m)})
     seconds = time.perf_counter() - t0
     summary = {threshold_label(t): summarise(v) for t, v in per_t.items()}
     for s in summary.values():
@@ -155,7 +166,12 @@ def evaluate_written(predicted: Path, masks: Path, with_hd95: bool = True) -> tu
 
 
 def format_table(summary: dict[str, dict]) -> str:
-    head = f"{'threshold':>9}  {'scans':>5}  " + "  ".join(f"{m + ' mean/med':>17}" for m in METRICS) + "  missed"
+    """The console table: overlap on the scans with a nodule, then the image-level figures."""
+    any_negatives = any(s.get("negatives") for s in summary.values())
+    head = f"{'threshold':>9}  {'scans':>5}  " + ("with-nodule  " if any_negatives else "")
+    head += "  ".join(f"{m + ' mean/med':>17}" for m in METRICS) + "  missed"
+    if any_negatives:
+        head += "  sensitivity  nodule-free  with a mask"
     lines = [head]
     for label, s in summary.items():
         cells = []
@@ -163,7 +179,13 @@ def format_table(summary: dict[str, dict]) -> str:
             mean, med = s[f"{m}_mean"], s[f"{m}_median"]
             fmt = "{:7.2f}" if m == "hd95" else "{:7.4f}"
             cells.append(f"{_fmt(fmt, mean)} / {_fmt(fmt, med)}".rjust(17))
-        lines.append(f"{label:>9}  {s['scans']:>5}  " + "  ".join(cells) + f"  {s['missed_share']:6.1%}")
+        line = f"{label:>9}  {s['scans']:>5}  " + (f"{s['positives']:>11}  " if any_negatives else "")
+        line += "  ".join(cells)
+        line += f"  {s['missed_share']:6.1%}"
+        if any_negatives:
+            sens = "    n/a" if math.isnan(s["sensitivity"]) else f"{s['sensitivity']:7.1%}"
+            line += f"  {sens:>11}  {s['negatives']:>11}  {s['fp_share']:11.1%}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -181,7 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--images", type=Path, required=True, help="folder of scans")
     p.add_argument(
-        "--masks", type=Path, required=True, help="folder of true masks, paired by file stem (>127 = nodule)"
+        "--masks",
+        type=Path,
+        help="folder of true masks, paired by file stem (>127 = nodule; an all-zero mask is a nodule-free scan)",
+    )
+    p.add_argument(
+        "--nodule-free",
+        action="store_true",
+        help="every scan in --images is nodule-free (no --masks): score the false positives",
     )
     p.add_argument("--model", type=Path, help="ONNX model (default: the bundled model)")
     p.add_argument(
@@ -198,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.masks is None) == (not args.nodule_free):
+        parser.error("give --masks, or --nodule-free for a folder of nodule-free scans (not both)")
+    if args.predicted and args.nodule_free:
+        parser.error("--predicted needs --masks")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.predicted:
@@ -218,11 +252,17 @@ def main(argv: list[str] | None = None) -> int:
                 "version": seg.info.version,
                 "sha256": seg.info.sha256,
                 "default_threshold": seg.threshold,
+                "presence_threshold": seg.presence_threshold,
             }
     except (SetupError, ScanError) as exc:
         log.error("error: %s", exc)
         return 2
     sys.stdout.write(format_table(summary) + "\n")
+    if any(s.get("negatives") for s in summary.values()):
+        log.info(
+            "overlap figures are over the scans with a nodule (the 'with-nodule' column); 'with a mask' is the share "
+            "of nodule-free scans (all-zero truth) that got any mask"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

@@ -311,7 +311,7 @@ def main() -> None:
     cli_model = OnnxModel(model_path, threads=1)  # what the edge-seg CLI runs: one thread a run, a run per core
     cores = available_cores()
     meta = model.info.metadata
-    training = meta.get("training", {})
+    training = meta.get("training") or {}  # None for a model exported without a training record
     arch = meta.get("architecture") or training.get("architecture") or "seed-fcn"
     h, w, c = model.info.height, model.info.width, model.info.channels
     params = meta.get("parameters", training.get("parameters"))

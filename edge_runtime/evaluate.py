@@ -32,7 +32,12 @@ EPILOG = """example:
 
 
 def format_table(summary: dict[str, dict]) -> str:
-    head = f"{'threshold':>9}  {'scans':>5}  " + "  ".join(f"{m + ' mean/med':>17}" for m in METRICS) + "  missed"
+    """The console table: overlap on the scans with a nodule, then the image-level figures."""
+    any_negatives = any(s.get("negatives") for s in summary.values())
+    head = f"{'threshold':>9}  {'scans':>5}  " + ("with-nodule  " if any_negatives else "")
+    head += "  ".join(f"{m + ' mean/med':>17}" for m in METRICS) + "  missed"
+    if any_negatives:
+        head += "  sensitivity  nodule-free  with a mask"
     lines = [head]
     for label, s in summary.items():
         cells = []
@@ -40,7 +45,13 @@ def format_table(summary: dict[str, dict]) -> str:
             mean, med = s[f"{m}_mean"], s[f"{m}_median"]
             fmt = "{:7.2f}" if m == "hd95" else "{:7.4f}"
             cells.append(f"{_fmt(fmt, mean)} / {_fmt(fmt, med)}".rjust(17))
-        lines.append(f"{label:>9}  {s['scans']:>5}  " + "  ".join(cells) + f"  {s['missed_share']:6.1%}")
+        line = f"{label:>9}  {s['scans']:>5}  " + (f"{s['positives']:>11}  " if any_negatives else "")
+        line += "  ".join(cells)
+        line += f"  {s['missed_share']:6.1%}"
+        if any_negatives:
+            sens = "    n/a" if math.isnan(s["sensitivity"]) else f"{s['sensitivity']:7.1%}"
+            line += f"  {sens:>11}  {s['negatives']:>11}  {s['fp_share']:11.1%}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -57,7 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--images", type=Path, required=True, help="folder of scans")
     p.add_argument(
-        "--masks", type=Path, required=True, help="folder of true masks, paired by file stem (>127 = nodule)"
+        "--masks",
+        type=Path,
+        help="folder of true masks, paired by file stem (>127 = nodule; an all-zero mask is a nodule-free scan)",
+    )
+    p.add_argument(
+        "--nodule-free",
+        action="store_true",
+        help="every scan in --images is nodule-free (no --masks): score the false positives",
     )
     p.add_argument("--model", type=Path, help="ONNX model (default: the bundled model)")
     p.add_argument(
@@ -73,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.masks is None) == (not args.nodule_free):
+        parser.error("give --masks, or --nodule-free for a folder of nodule-free scans (not both)")
+    if args.predicted and args.nodule_free:
+        parser.error("--predicted needs --masks")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.predicted:
@@ -95,11 +118,17 @@ def main(argv: list[str] | None = None) -> int:
                 "version": seg.info.version,
                 "sha256": seg.info.sha256,
                 "default_threshold": seg.threshold,
+                "presence_threshold": seg.presence_threshold,
             }
     except (SetupError, ScanError) as exc:
         log.error("error: %s", exc)
         return 2
     sys.stdout.write(format_table(summary) + "\n")
+    if any(s.get("negatives") for s in summary.values()):
+        log.info(
+            "overlap figures are over the scans with a nodule (the 'with-nodule' column); 'with a mask' is the share "
+            "of nodule-free scans (all-zero truth) that got any mask"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

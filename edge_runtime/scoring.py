@@ -16,7 +16,7 @@ from edge_runtime.core.metrics import as_dict, scan_metrics, summarise
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.core.thresholds import threshold_label
 from edge_runtime.errors import ScanError, SetupError
-from edge_runtime.files.pairs import files_by_stem, pair_by_stem
+from edge_runtime.files.pairs import files_by_stem, natural_key, pair_by_stem
 from edge_runtime.files.scans import read_scan
 
 
@@ -26,22 +26,34 @@ def _truth(path: Path) -> np.ndarray:
 
 
 def evaluate(
-    segmenter: Segmenter, images: Path, masks: Path, thresholds: list[float], with_hd95: bool = True
+    segmenter: Segmenter, images: Path, masks: Path | None, thresholds: list[float], with_hd95: bool = True
 ) -> tuple[dict[str, dict], list[dict]]:
-    """Summary per threshold (keyed by its label) and per-scan rows, running ``segmenter`` on ``images``."""
+    """Summary per threshold (keyed by its label) and per-scan rows, running ``segmenter`` on ``images``.
+
+    ``masks`` None: every scan in ``images`` is nodule-free (its truth is an empty mask), so the figures
+    are the false-positive ones.
+    """
     per_t: dict[float, list] = {t: [] for t in thresholds}
     rows: list[dict] = []
     t0 = time.perf_counter()
-    pairs = pair_by_stem(images, masks)
+    pairs: list[tuple[Path, Path | None]]
+    if masks is None:
+        found = files_by_stem(images)
+        pairs = [(found[s], None) for s in sorted(found, key=natural_key)]
+        if not pairs:
+            raise SetupError(f"no images in {images}")
+    else:
+        pairs = list(pair_by_stem(images, masks))
     for ip, mp in pairs:
-        image, truth = read_scan(ip).frames[0], _truth(mp)
+        image = read_scan(ip).frames[0]
+        truth = np.zeros(image.shape[:2], bool) if mp is None else _truth(mp)
         if truth.shape != image.shape[:2]:
-            raise ScanError(mp, f"mask is {truth.shape[::-1]} but its scan is {image.shape[:2][::-1]} (w x h)")
+            raise ScanError(mp or ip, f"mask is {truth.shape[::-1]} but its scan is {image.shape[:2][::-1]} (w x h)")
         result = segmenter.segment(image, thresholds)
         for t in thresholds:
             m = scan_metrics(result.masks[t], truth, with_hd95)
             per_t[t].append(m)
-            rows.append({"scan": ip.name, "threshold": t, **as_dict(m)})
+            rows.append({"scan": ip.name, "threshold": t, "presence": result.presence, **as_dict(m)})
     seconds = time.perf_counter() - t0
     summary = {threshold_label(t): summarise(v) for t, v in per_t.items()}
     for s in summary.values():

@@ -38,10 +38,13 @@ def make_tiny_model(
     metadata: dict | str | None = None,
     batch: int | str = "N",
     graph_size: int | None = None,
+    presence_threshold: float | None = None,
 ) -> Path:
     """A real ONNX model that calls dark pixels nodule: P = sigmoid(40 * (0.12 - mean over channels)).
 
-    Smoothed by a 5x5 average pool, so speckle does not matter but a dark blob does.
+    Smoothed by a 5x5 average pool, so speckle does not matter but a dark blob does. With
+    ``presence_threshold`` it has a second output, ``presence`` (N, 1) = the map's maximum, and metadata
+    that gives it that threshold: a model with an image-level head, as ``edge-seg-train --views`` makes.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -62,15 +65,21 @@ def make_tiny_model(
         helper.make_node("Mul", ["centred", "gain"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], ["probability"]),
     ]
+    outputs = [y]
+    if presence_threshold is not None:
+        nodes.append(helper.make_node("ReduceMax", ["probability"], ["presence"], axes=[1, 2], keepdims=0))
+        outputs.append(helper.make_tensor_value_info("presence", TensorProto.FLOAT, [batch, 1]))
     inits = [
         helper.make_tensor("half", TensorProto.FLOAT, [], [0.12]),
         helper.make_tensor("gain", TensorProto.FLOAT, [], [40.0]),
     ]
-    graph = helper.make_graph(nodes, "tiny", [x], [y], inits)
+    graph = helper.make_graph(nodes, "tiny", [x], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if metadata is None:
         metadata = tiny_metadata(size, channels)
+        if presence_threshold is not None:
+            metadata["presence"] = {"name": "presence", "activation": "sigmoid", "threshold": presence_threshold}
     if isinstance(metadata, dict):
         attach_metadata(model, metadata)
     elif metadata != "":  # a raw string: for tests of metadata the runtime must refuse

@@ -172,11 +172,14 @@ def test_printed_table_shows_the_json_numbers(console_run):
     rows = {ln.split()[0]: ln for ln in res.stdout.strip().splitlines()[1:]}
     for label, s in report["summary"].items():
         cells = rows[label].split()
-        # threshold, scans, then "mean / median" for dice, iou, precision, recall, hd95, then missed
-        assert cells[2] == f"{s['dice_mean']:.4f}" and cells[4] == f"{s['dice_median']:.4f}"
-        assert cells[5] == f"{s['iou_mean']:.4f}"
-        assert cells[14] == f"{s['hd95_mean']:.2f}"
-        assert cells[-1] == f"{s['missed_share']:.1%}"
+        # threshold, scans, with a nodule (the folder holds a nodule-free scan), then "mean / median" for dice,
+        # iou, precision, recall, hd95, then missed, sensitivity, nodule-free scans and the share with a mask
+        assert cells[1] == str(s["scans"]) and cells[2] == str(s["positives"])
+        assert cells[3] == f"{s['dice_mean']:.4f}" and cells[5] == f"{s['dice_median']:.4f}"
+        assert cells[6] == f"{s['iou_mean']:.4f}"
+        assert cells[15] == f"{s['hd95_mean']:.2f}"
+        assert cells[-4] == f"{s['missed_share']:.1%}"
+        assert cells[-3] == f"{s['sensitivity']:.1%}" and cells[-2] == "1" and cells[-1] == f"{s['fp_share']:.1%}"
 
 
 def test_thresholds_are_chosen_with_threshold(labelled, tiny_model, tmp_path, capsys):
@@ -401,3 +404,25 @@ def test_real_ddti_scans_with_the_bundled_model(ddti, tmp_path, capsys):
     assert {r["scan"] for r in report["per_scan"]} == {f"{s}.png" for s in stems}
     # the bundled model is a real one: at its own threshold it finds most nodules
     assert report["summary"][default]["dice_mean"] > 0.3
+
+
+def test_a_nodule_free_folder_is_scored_as_false_positive_frames(tmp_path, tiny_model):
+    """Issue 13: --nodule-free scores every scan's mask as a false positive; Dice is not defined there."""
+    images = tmp_path / "free"
+    rng = np.random.default_rng(7)
+    for k in range(3):  # bright speckled tissue with nothing dark in it: the tiny model finds nothing
+        write_png(images / f"clear{k}.png", rng.integers(150, 220, (180, 240), dtype=np.uint8))
+    write_png(images / "dark.png", nodule_scan(180, 240, (120, 90), (40, 30), 1)[0])  # one false positive
+    out = tmp_path / "fp.json"
+    assert main(["--images", str(images), "--nodule-free", "--model", str(tiny_model), "--threshold", "0.5",
+                 "--json", str(out)]) == 0  # fmt: skip
+    s = json.loads(out.read_text())["summary"]["0.5"]
+    assert (s["scans"], s["positives"], s["negatives"], s["fp_frames"]) == (4, 0, 4, 1)
+    assert s["fp_share"] == 0.25 and s["specificity"] == 0.75 and s["fp_area_mean"] > 1000
+    assert math.isnan(s["dice_mean"]) and math.isnan(s["sensitivity"])
+
+
+def test_masks_and_nodule_free_are_one_or_the_other(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--images", str(tmp_path)])
+    assert exc.value.code == 2 and "--nodule-free" in capsys.readouterr().err

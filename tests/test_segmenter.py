@@ -79,3 +79,34 @@ def test_bundled_model_loads_and_has_metadata():
     assert 0 < seg.threshold < 1
     assert meta["training"]["data"]["train"]["scans"] > 0
     assert seg.info.path.stat().st_size < 10 * 1024 * 1024
+
+
+def test_a_presence_output_below_its_threshold_empties_every_mask(tmp_path):
+    """Issue 13: when the model's image-level score says "no nodule", the masks are empty."""
+    image, truth = synthetic(3)
+    keeps = Segmenter(make_tiny_model(tmp_path / "keeps.onnx", presence_threshold=0.5))
+    found = keeps.segment(image, [0.5, 0.9])
+    assert keeps.presence_threshold == 0.5 and found.presence is not None and found.presence > 0.9
+    assert found.nodule_present and found.found
+    assert (found.masks[0.5] > 0).sum() > 0.5 * truth.sum()
+    strict = Segmenter(make_tiny_model(tmp_path / "strict.onnx", presence_threshold=0.999999))
+    gated = strict.segment(image, [0.5, 0.9])
+    assert gated.presence == pytest.approx(found.presence) and not gated.nodule_present and not gated.found
+    assert all(m.dtype == np.uint8 and m.shape == image.shape[:2] and not m.any() for m in gated.masks.values())
+    # the probability map is kept as it is, for a person to look at
+    np.testing.assert_array_equal(gated.probability, found.probability)
+
+
+def test_a_model_without_presence_keeps_its_masks_and_reports_none(tiny_model):
+    image, _ = synthetic(4)
+    seg = Segmenter(tiny_model)
+    result = seg.segment(image)
+    assert seg.presence_threshold is None and result.presence is None and result.nodule_present and result.found
+
+
+def test_a_presence_output_the_metadata_does_not_name_is_refused(tmp_path):
+    meta = tiny_metadata()
+    meta["presence"] = {"name": "score", "activation": "sigmoid", "threshold": 0.5}
+    path = make_tiny_model(tmp_path / "bad.onnx", metadata=meta, presence_threshold=0.5)
+    with pytest.raises(ModelError, match="outputs 'probability' and 'score'"):
+        Segmenter(path)

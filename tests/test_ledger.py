@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,3 +40,10 @@ def test_a_scan_whose_outputs_were_written_before_a_crash_is_recorded_done_in_th
     assert third.recovered == 0
     assert third.up_to_date("a.png", 10, 1, "s") and not third.up_to_date("b.png", 10, 1, "s")
     assert sum(r["rel"] == "a.png" and r["event"] == "done" for r in records(out)) == 1
+
+
+def test_the_ledger_needs_no_image_decoding():
+    """It depends on the durable-files module, not on OpenCV (a status tool or a migration can use it alone)."""
+    code = "import sys, edge_runtime.job.ledger; print(sorted(m for m in ('cv2', 'numpy') if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert res.stdout.strip() == "[]"

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from edge_runtime.errors import SetupError
-from edge_runtime.files.scans import IMAGE_SUFFIXES
+from edge_runtime.files.formats import IMAGE_SUFFIXES
 
 SHOWN = 10  #: unpaired names listed in the message
 

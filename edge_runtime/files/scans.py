@@ -20,6 +20,7 @@ import numpy as np
 
 from edge_runtime import MAX_PIXELS
 from edge_runtime.errors import ScanError
+from edge_runtime.files.formats import DICOM_SUFFIXES, sniff_format
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +28,6 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 
 with contextlib.suppress(Exception):  # keep libpng/libjpeg warnings off the console; we report ourselves
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-
-#: Image suffixes read with OpenCV (lower case).
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-#: DICOM suffixes, read with pydicom when the ``dicom`` extra is installed.
-DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
 
 
 @dataclass
@@ -56,16 +44,6 @@ class Scan:
     format: str = ""
     #: reader-specific facts; DICOM: ``pixel_spacing_source`` and ``dicom`` (transfer syntax, photometric, bits)
     extra: dict = field(default_factory=dict)
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The image format named by the file's first bytes, or None if it is not one we know."""
-    for magic, name in _MAGIC:
-        if data.startswith(magic):
-            return name
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return "DICOM"
-    return None
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:

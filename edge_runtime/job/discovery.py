@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from edge_runtime.errors import SetupError
-from edge_runtime.files.scans import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from edge_runtime.core.thresholds import threshold_label
-from edge_runtime.files.scans import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
 #: The folder under OUT that holds the ledger, the status file and run records.
 STATE_DIR = ".edge-seg"

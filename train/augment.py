@@ -37,7 +37,7 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
     if rng.random() < cfg.affine_p:
         angle = rng.uniform(-cfg.rotate_deg, cfg.rotate_deg)
         scale = rng.uniform(1 - cfg.scale, 1 + cfg.scale)
-        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+        m = np.asarray(cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale), dtype=np.float64)
         m[:, 2] += rng.uniform(-cfg.shift, cfg.shift, 2) * (w, h)
         image = cv2.warpAffine(
             np.ascontiguousarray(image),

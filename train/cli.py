@@ -15,13 +15,13 @@ then export it:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edge_runtime.console import HelpFormatter
+
     from .models import architecture_names
 
     p = argparse.ArgumentParser(
-        prog="edge-seg-train", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="edge-seg-train", description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter
     )
-    d = argparse.ArgumentDefaultsHelpFormatter
-    p.formatter_class = type("F", (argparse.RawDescriptionHelpFormatter, d), {})
     p.add_argument("--train", required=True, help="folder with image/ and mask/ subfolders")
     p.add_argument("--val", help="validation folder (image/ + mask/); without it a random fraction is held out")
     p.add_argument("--val-fraction", type=float, default=0.15, help="held-out fraction when --val is not given")

@@ -148,6 +148,9 @@ def count_macs(model: keras.Model) -> int:
             cin = layer.input.shape[-1]
             k = layer.kernel_size[0] * layer.kernel_size[1]
             total += h * w * cin * (k + cout)
+        elif isinstance(layer, layers.DepthwiseConv2D):  # not a Conv2D subclass in Keras 3
+            _, h, w, cout = layer.output.shape
+            total += h * w * cout * layer.kernel_size[0] * layer.kernel_size[1]
         elif isinstance(layer, layers.Conv2DTranspose):
             _, h, w, cin = layer.input.shape
             cout = layer.filters

@@ -144,6 +144,7 @@ def train(cfg: TrainConfig) -> dict:
         lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=cfg.epochs * steps, alpha=0.01)
     metrics = ["accuracy", dice_at_half, iou_at_half]
     if cfg.views:
+        assert val_neg is not None and val_pos is not None
         model.compile(
             optimizer=keras.optimizers.Adam(lr),
             loss={PROBABILITY: LOSSES[cfg.loss], PRESENCE: "binary_crossentropy"},
@@ -261,8 +262,10 @@ def train(cfg: TrainConfig) -> dict:
         "versions": _versions(),
     }
     if cfg.views:
+        assert val_neg is not None and val_pos is not None
         probs_n, pres_n = predict(model, val_neg.x)
         probs_p, pres_p = predict(model, val_pos.x)
+        assert pres is not None and pres_n is not None and pres_p is not None, "a --views model has a presence output"
         presence_threshold, at = choose_presence_threshold(np.concatenate([pres, pres_p]), pres_n)
         gated = {
             kind: {

@@ -49,3 +49,22 @@ def test_several_thresholds_get_distinct_colours_and_a_legend():
     corner = picture[:50, 300:]
     assert (corner == 0).all(axis=-1).mean() > 0.4  # the legend's dark box, top right
     assert has_colour(corner, PALETTE[0]).any() and has_colour(corner, PALETTE[1]).any()
+
+
+@pytest.mark.parametrize("width", [245, 560])  # DDTI's narrowest and widest frames
+def test_an_overlay_without_an_outline_says_no_nodule_found(width):
+    """Issue 13: an empty result is never a silent one: the legend says "no nodule found" (in white)."""
+    image = np.full((360, width), 120, np.uint8)
+    empty = {0.4: np.zeros((360, width), np.uint8), 0.9: np.zeros((360, width), np.uint8)}
+    picture = render_overlay(image, empty, presence=0.03)
+    changed = np.any(picture != 120, axis=2)
+    assert changed.any(), "nothing was drawn"
+    ys, xs = np.nonzero(changed)
+    assert ys.max() < 360 // 2 and xs.min() > width * 0.02  # a box in the top-right part
+    white = np.all(picture == 255, axis=2)
+    assert white.sum() > 50  # the text
+    for colour in PALETTE[:2]:  # no threshold swatch: the legend is the message, not the colour key
+        assert not np.all(picture == colour, axis=2).any()
+    with_score = changed.sum()
+    plain = np.any(render_overlay(image, empty) != 120, axis=2).sum()
+    assert with_score > plain  # "(presence 0.03)" is written too

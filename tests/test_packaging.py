@@ -45,3 +45,13 @@ def test_both_names_import(name):
         [sys.executable, "-c", f"import {name}.cli"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_edge_seg_train_without_the_training_extra_names_it():
+    """Issue 15: `edge-seg-train --help` in a runtime-only install said ModuleNotFoundError: 'keras'."""
+    # keras and tensorflow made unimportable, as in an install without the [train] extra
+    code = "import sys; sys.modules['keras'] = None; sys.modules['tensorflow'] = None\n"
+    code += "from train.cli import main; sys.exit(main(['--help']))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 2
+    assert "pip install 'edge-seg[train]'" in res.stderr and "Traceback" not in res.stderr

@@ -62,7 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+TRAIN_EXTRA = "edge-seg-train needs the training extra (TensorFlow, Keras, tf2onnx): pip install 'edge-seg[train]'"
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        import keras  # noqa: F401 -- the parser lists the architectures, which are Keras models
+    except ImportError:
+        sys.stderr.write(f"error: {TRAIN_EXTRA}\n")
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import tensorflow  # noqa: F401
     except ImportError:
-        logging.error("training needs TensorFlow: pip install 'edge-seg[train]'")
+        logging.error("%s", TRAIN_EXTRA)
         return 2
     from .data import DataError
     from .trainer import TrainConfig, train

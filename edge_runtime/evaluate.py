@@ -31,7 +31,7 @@ EPILOG = """example:
 """
 
 
-def format_table(summary: dict[str, dict]) -> str:
+def format_table(summary: dict[str, dict], with_hd95: bool = True) -> str:
     """The console table: overlap on the scans with a nodule, then the image-level figures."""
     any_negatives = any(s.get("negatives") for s in summary.values())
     head = f"{'threshold':>9}  {'scans':>5}  " + ("with-nodule  " if any_negatives else "")
@@ -42,6 +42,9 @@ def format_table(summary: dict[str, dict]) -> str:
     for label, s in summary.items():
         cells = []
         for m in METRICS:
+            if m == "hd95" and not with_hd95:
+                cells.append("skipped".rjust(17))  # --no-hd95: not computed, rather than "nan / nan"
+                continue
             mean, med = s[f"{m}_mean"], s[f"{m}_median"]
             fmt = "{:7.2f}" if m == "hd95" else "{:7.4f}"
             cells.append(f"{_fmt(fmt, mean)} / {_fmt(fmt, med)}".rjust(17))
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SetupError, ScanError) as exc:
         log.error("error: %s", exc)
         return 2
-    sys.stdout.write(format_table(summary) + "\n")
+    sys.stdout.write(format_table(summary, not args.no_hd95) + "\n")
     if any(s.get("negatives") for s in summary.values()):
         log.info(
             "overlap figures are over the scans with a nodule (the 'with-nodule' column); 'with a mask' is the share "

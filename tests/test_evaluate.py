@@ -189,6 +189,8 @@ def test_thresholds_are_chosen_with_threshold(labelled, tiny_model, tmp_path, ca
     assert main(argv) == 0
     table = capsys.readouterr().out.strip().splitlines()
     assert [ln.split()[0] for ln in table[1:]] == ["0.3", "0.7"]  # sorted, once each; not the model's own 0.5
+    # issue 15: a skipped HD95 says so instead of "nan / nan"
+    assert all("skipped" in ln and "nan" not in ln for ln in table[1:])
     report = json.loads(out.read_text())
     assert sorted(report["summary"]) == ["0.3", "0.7"]
     assert report["command"] == shlex.join(["edge-seg-eval", *argv])

@@ -78,11 +78,16 @@ def masks_for_scan(
     return prob, {t: mask_from_probability(prob, t, kernel) for t in thresholds}
 
 
+def nodule_present(presence: float | None, presence_threshold: float | None) -> bool:
+    """The model's image-level decision: ``presence >= presence_threshold``; True without a score or threshold."""
+    return presence is None or presence_threshold is None or presence >= presence_threshold
+
+
 def gate(masks: dict[float, np.ndarray], presence: float | None, presence_threshold: float | None) -> dict:
     """Empty masks when the model's image-level score says "no nodule" (``presence < presence_threshold``).
 
     A model without a presence output (``presence`` None) or without a threshold leaves the masks as they are.
     """
-    if presence is None or presence_threshold is None or presence >= presence_threshold:
+    if nodule_present(presence, presence_threshold):
         return masks
     return {t: np.zeros_like(m) for t, m in masks.items()}

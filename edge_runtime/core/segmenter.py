@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.core.model import ModelInfo, OnnxModel
-from edge_runtime.core.postprocess import gate, masks_for_scan
+from edge_runtime.core.postprocess import gate, masks_for_scan, nodule_present
 from edge_runtime.core.preprocess import preprocess
 
 
@@ -90,7 +90,7 @@ class Segmenter:
         """
         thresholds = tuple(thresholds) if thresholds else (self.threshold,)
         prob, masks = masks_for_scan(probability, scan_hw, thresholds, self.info.morphology_size)
-        present = presence is None or self.presence_threshold is None or presence >= self.presence_threshold
+        present = nodule_present(presence, self.presence_threshold)
         return Segmentation(prob, gate(masks, presence, self.presence_threshold), presence, present)
 
     def segment_batch(

@@ -200,3 +200,34 @@ def test_flip_tta_export_averages_the_scan_and_its_mirror(trained, ddti, tmp_pat
     expected = (seg_plain.predict(x) + seg_plain.predict(x[:, :, ::-1].copy())[:, :, ::-1]) / 2
     np.testing.assert_allclose(seg_tta.predict(x), expected, atol=1e-5)
     assert np.abs(seg_tta.predict(x) - seg_plain.predict(x)).max() > 1e-3  # it is not the plain model
+
+
+def test_views_training_chooses_a_presence_threshold_and_exports_two_outputs(ddti, tmp_path):
+    """Issue 13: --views trains the presence head, scores val's own views, and the export carries both outputs."""
+    from edge_runtime.core.segmenter import Segmenter
+    from train.trainer import TrainConfig, train
+
+    tr = _subset(ddti / "train", tmp_path / "train", 24)
+    va = _subset(ddti / "val", tmp_path / "val", 8)
+    out = tmp_path / "run"
+    cfg = TrainConfig(
+        train_dir=str(tr), val_dir=str(va), out_dir=str(out), architecture="unet5-bn", input_size=32,
+        loss="dice_bce", epochs=1, batch_size=8, views=True, monitor="val_view_dice",
+    )  # fmt: skip
+    record = train(cfg)
+    assert record["model"]["outputs"] == ["probability", "presence"]
+    assert 0 < record["presence_threshold"] < 1
+    assert record["val_views"]["counts"] == {"frames": 8, "nodule_free": 8, "positive_crops": 8}
+    assert {"frames", "nodule_free", "positive_crops"} == set(record["val_views"]["gated"])
+    assert "val_view_dice" in record["history"]
+    onnx_path = out / "model.onnx"
+    res = subprocess.run(
+        [sys.executable, "-m", "export", str(out / "model.keras"), "--out", str(onnx_path), "--parity-count", "4"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    seg = Segmenter(onnx_path)
+    assert seg.info.presence_output == "presence" and seg.presence_threshold == record["presence_threshold"]
+    result = seg.segment(cv2.imread(str(next((va / "image").iterdir())), cv2.IMREAD_GRAYSCALE))
+    assert result.presence is not None and 0 <= result.presence <= 1
+    assert result.nodule_present == (result.presence >= seg.presence_threshold)

@@ -133,6 +133,8 @@ def train(cfg: TrainConfig) -> dict:
     # validation views: val's own frames cut the same way every run (never another split's)
     val_neg = views_split(val_split, ("neg",), cfg.channels, cfg.resize) if cfg.views else None
     val_pos = views_split(val_split, ("pos",), cfg.channels, cfg.resize) if cfg.views else None
+    # what val_view_dice scores: val's frames and its nodule-free views together (built once, not every epoch)
+    val_frames_and_free = concat(val_split, val_neg) if val_neg is not None else None
 
     model = get_model(cfg.architecture, size, cfg.channels, presence=cfg.views)
     macs = count_macs(model)
@@ -188,11 +190,11 @@ def train(cfg: TrainConfig) -> dict:
             val_loss = f"val_loss {logs['val_loss']:.4f}  " if "val_loss" in logs else ""
             line = f"epoch {epoch + 1}: {val_loss}val_scan_dice@0.5 {s['dice_mean']:.4f}"
             if cfg.views:
-                both = concat(val_split, val_neg)
+                assert val_frames_and_free is not None
                 probs_n, pres_n = predict(self.model, val_neg.x)
                 g = score(
                     np.concatenate([probs, probs_n]),
-                    both,
+                    val_frames_and_free,
                     (0.5,),
                     cfg.morphology_size,
                     False,

@@ -118,3 +118,14 @@ def test_input_size_must_divide_by_32():
 
     with pytest.raises(ValueError, match="divisible by 32"):
         build((100, 100), 3, presence=False)
+
+
+def test_architecture_resolves_in_the_installed_package():
+    """``edge-seg-train --arch effl0-unet`` runs from the installed ``edge_seg_train``, where ``train`` is
+    no package name (the console script once failed with "No module named 'train'")."""
+    import importlib
+
+    installed = pytest.importorskip("edge_seg_train.models")
+    module = importlib.import_module(installed.EXTERNAL_ARCHITECTURES["effl0-unet"], installed.__package__)
+    assert module.__name__ == "edge_seg_train.efficientnet"
+    assert callable(module.build)

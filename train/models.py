@@ -77,7 +77,7 @@ def _block(x, filters: int, arch: Architecture, level: int, name: str):
 
 #: Architectures built by a module of their own (``build(img_size, channels, presence) -> keras.Model``).
 EXTERNAL_ARCHITECTURES: dict[str, str] = {
-    "effl0-unet": "train.efficientnet",
+    "effl0-unet": ".efficientnet",  # relative: the package installs as edge_seg_train
 }
 
 PROBABILITY = "probability"  #: the per-pixel output: (N, h, w, 1) sigmoid
@@ -113,7 +113,7 @@ def get_model(
     if name in EXTERNAL_ARCHITECTURES:
         import importlib
 
-        return importlib.import_module(EXTERNAL_ARCHITECTURES[name]).build(tuple(img_size), channels, presence)
+        return importlib.import_module(EXTERNAL_ARCHITECTURES[name], __package__).build(tuple(img_size), channels, presence)
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(architecture_names())}")
     arch = ARCHITECTURES[name]

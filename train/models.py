@@ -113,7 +113,8 @@ def get_model(
     if name in EXTERNAL_ARCHITECTURES:
         import importlib
 
-        return importlib.import_module(EXTERNAL_ARCHITECTURES[name], __package__).build(tuple(img_size), channels, presence)
+        module = importlib.import_module(EXTERNAL_ARCHITECTURES[name], __package__)
+        return module.build(tuple(img_size), channels, presence)
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(architecture_names())}")
     arch = ARCHITECTURES[name]

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_runtime._version import __version__
-from edge_runtime.console import HelpFormatter, positive_int_arg, setup_logging, threshold_arg
+from edge_runtime.console import (
+    HelpFormatter,
+    ae_title_arg,
+    listen_arg,
+    peer_arg,
+    positive_int_arg,
+    setup_logging,
+    threshold_arg,
+)
 
 if TYPE_CHECKING:
     from edge_runtime.job.settings import RunSettings
@@ -98,6 +106,53 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="full rescan interval, to catch anything the events missed",
     )
+    d = p.add_argument_group('DICOM node (watch mode; README: "A DICOM node")')
+    d.add_argument(
+        "--dicom-listen",
+        type=listen_arg,
+        metavar="[HOST:]PORT",
+        help="receive scans by DICOM C-STORE (a storage SCP) into IN/<StudyInstanceUID>/<SOPInstanceUID>.dcm",
+    )
+    d.add_argument("--ae-title", type=ae_title_arg, default="EDGESEG", help="this node's AE title")
+    d.add_argument(
+        "--allow-ae",
+        type=ae_title_arg,
+        nargs="+",
+        metavar="AE",
+        help="accept associations only from these calling AE titles (None: any)",
+    )
+    d.add_argument(
+        "--max-associations", type=positive_int_arg, default=4, metavar="N", help="concurrent associations accepted"
+    )
+    d.add_argument(
+        "--max-instance-mb", type=positive_int_arg, default=512, metavar="MB", help="largest instance accepted"
+    )
+    d.add_argument(
+        "--min-free-mb",
+        type=positive_int_arg,
+        default=1024,
+        metavar="MB",
+        help="refuse new instances (out of resources) when less than this is free on IN's disk",
+    )
+    d.add_argument(
+        "--dicom-results",
+        action="store_true",
+        help="for each DICOM scan also write a DICOM SEG and SR (TID 1500): OUT/dicom/<relative path>.seg.dcm, .sr.dcm",
+    )
+    d.add_argument(
+        "--send-to",
+        type=peer_arg,
+        metavar="AET@HOST:PORT",
+        help="C-STORE the SEG and SR to this PACS (implies --dicom-results); they wait in an outbox in "
+        "OUT/.edge-seg/ and are retried with back-off until the PACS takes them",
+    )
+    d.add_argument(
+        "--send-retry",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="first retry of a failed send after this long, each further one twice as long (at most 10 minutes)",
+    )
     p.add_argument(
         "--demo",
         type=Path,
@@ -119,13 +174,15 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         DAEMON_BATCH_SIZE,
         FOLDER_BATCH_SIZE,
         JobRequest,
+        NodeOptions,
         RunOptions,
         RunSettings,
         WatchOptions,
     )
 
     daemon = args.watch is not None
-    outputs = tuple(kind for kind, asked in (("overlays", args.overlay), ("reports", args.report)) if asked)
+    asked = (("overlays", args.overlay), ("reports", args.report), ("dicom", args.dicom_results or args.send_to))
+    outputs = tuple(kind for kind, wanted in asked if wanted)
     job = JobRequest(args.model, tuple(args.threshold) if args.threshold else None, outputs)
     run = RunOptions(
         workers=args.threads + 1 if args.threads else None,  # None: one per available core, plus one
@@ -134,11 +191,21 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         force=args.force,
     )
     watch = WatchOptions(args.settle, args.polling, args.rescan)
+    node = NodeOptions(
+        listen=args.dicom_listen,
+        ae_title=args.ae_title,
+        allow_ae=tuple(args.allow_ae or ()),
+        max_associations=args.max_associations,
+        max_instance_mb=args.max_instance_mb,
+        min_free_mb=args.min_free_mb,
+        send_to=args.send_to,
+        retry=args.send_retry,
+    )
     if args.demo is not None:  # the demo writes its scans into DIR/scans, and masks by default into DIR/masks
         in_dir, out_dir = args.demo / "scans", args.out or args.demo / "masks"
     else:
         in_dir, out_dir = args.watch if daemon else args.input, args.out
-    return RunSettings(in_dir, out_dir, job, run, watch, tuple(argv))
+    return RunSettings(in_dir, out_dir, job, run, watch, node, tuple(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give one of: IN (one-shot), --watch IN (daemon) or --demo")
     if args.demo is None and args.out is None:
         parser.error("--out OUT is required")
+    if (args.dicom_listen or args.send_to) and args.watch is None:
+        parser.error("--dicom-listen and --send-to are for the daemon: add --watch IN")
+    if args.send_retry <= 0:
+        parser.error("--send-retry must be positive")
     setup_logging(args.verbose, args.quiet, args.log_file)
 
     from edge_runtime.errors import SetupError

@@ -37,6 +37,7 @@ from edge_runtime.job.outcome import Outcome, Status, log_outcome, log_summary
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import WatchedFolder
 from edge_runtime.memory import release_free_memory, settle_allocator
+from edge_runtime.node import Node, open_node
 from edge_runtime.outputs.layout import STATE_DIR
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ TRIM_EVERY = 10.0  # at most this often, freed memory goes back to the OS when t
 class Daemon:
     """Processes the scans of a :class:`WatchedFolder` as they become complete, until stopped."""
 
-    def __init__(self, job: Job, folder: WatchedFolder, rescan: float = 60.0) -> None:
+    def __init__(self, job: Job, folder: WatchedFolder, rescan: float = 60.0, node: Node | None = None) -> None:
         self.job = job
+        self.node = node or Node()
         self.folder = folder
         self.rescan_every = rescan
         self.stop_requested = threading.Event()
@@ -85,6 +87,7 @@ class Daemon:
             "queued": self.folder.queued(),
             "last_error": self.last_error,
             "ledger": job.ledger.counts(),
+            **self.node.status(),  # the DICOM listener and the outbox, when there are
         }
         try:
             write_atomic(job.out_dir / STATE_DIR / STATUS_NAME, json.dumps(status, indent=2) + "\n", fsync=False)
@@ -98,6 +101,7 @@ class Daemon:
             self.folder.requeue(outcome.rel)
             return
         log_outcome(outcome)
+        self.node.on_outcome(outcome)
         if outcome.status == Status.OK:
             self.done += 1
         elif outcome.status == Status.FAILED:
@@ -182,7 +186,12 @@ def run_watch(settings: RunSettings) -> int:
     folder = WatchedFolder(
         job.in_dir, lambda rel: job.planner.needs_work(rel, retry_failed=False), watch.settle, watch.polling
     )
-    daemon = Daemon(job, folder, rescan=watch.rescan)
+    try:
+        node = open_node(job, settings.node, verbose=logging.getLogger().isEnabledFor(logging.DEBUG))
+    except BaseException:
+        job.close()
+        raise
+    daemon = Daemon(job, folder, rescan=watch.rescan, node=node)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log_summary(f"{signal.Signals(signum).name} received: finishing the scans in hand, then stopping")
@@ -193,4 +202,5 @@ def run_watch(settings: RunSettings) -> int:
     try:
         return daemon.run()
     finally:
+        node.close()
         job.close()

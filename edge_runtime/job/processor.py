@@ -211,6 +211,8 @@ class Processor:
     def _safe_finish(self, item: Loaded, prediction: Prediction) -> Outcome | Written:
         try:
             return self.finish(item, prediction)
+        except ScanError as exc:  # a writer found the scan unfit for its output (e.g. DICOM results)
+            return self.fail(item.rel, ScanError(item.rel, exc.reason))
         except OSError as exc:
             return self.fail(item.rel, ScanError(item.rel, f"cannot write its outputs: {exc.strerror or exc}"))
         except Exception as exc:

@@ -6,6 +6,7 @@
 * :class:`RunOptions` -- how to run it: workers, batch size, fsync, force. None of them changes a byte
   of the outputs, so none is in the signature.
 * :class:`WatchOptions` -- the daemon's timing (``--watch``).
+* :class:`NodeOptions`  -- the daemon as a DICOM node: its listener and where results are sent.
 * :class:`RunSettings`  -- all of them, with IN, OUT and the command line.
 """
 
@@ -31,7 +32,7 @@ class JobRequest:
 
     model: Path | None = None  #: None: the bundled model
     thresholds: tuple[float, ...] | None = None  #: None: the model's own default
-    #: outputs besides the masks (``"overlays"``, ``"reports"``)
+    #: outputs besides the masks (``"overlays"``, ``"reports"``, ``"dicom"``)
     outputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -99,6 +100,41 @@ class WatchOptions:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """A DICOM application entity on the network: ``AET@HOST:PORT``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """The daemon as a DICOM node (``--dicom-listen``, ``--send-to``); None of it changes the outputs."""
+
+    #: where the storage SCP listens (``--dicom-listen [HOST:]PORT``); None: no listener
+    listen: tuple[str, int] | None = None
+    ae_title: str = "EDGESEG"
+    #: calling AE titles accepted (``--allow-ae``); empty: any
+    allow_ae: tuple[str, ...] = ()
+    max_associations: int = 4
+    max_instance_mb: int = 512
+    #: new instances are refused (out of resources) when less than this is free under IN
+    min_free_mb: int = 1024
+    #: where SEG and SR go (``--send-to AET@HOST:PORT``); None: they stay in OUT
+    send_to: Peer | None = None
+    #: the first retry of a failed send waits this long, each further one twice as long (up to 10 minutes)
+    retry: float = 5.0
+
+    @property
+    def active(self) -> bool:
+        return self.listen is not None or self.send_to is not None
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """Everything a run was asked to do, as the command line said it."""
 
@@ -107,5 +143,6 @@ class RunSettings:
     job: JobRequest = JobRequest()
     run: RunOptions = RunOptions()
     watch: WatchOptions = WatchOptions()
+    node: NodeOptions = NodeOptions()
     #: the command line, for the run's provenance record
     argv: tuple[str, ...] = ()

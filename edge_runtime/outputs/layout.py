@@ -8,6 +8,7 @@ Outputs for the scan ``IN/a/b/scan.jpg``:
 * an unreadable scan:  ``OUT/a/b/scan.jpg.error.txt`` (the reason, for a person to read)
 * with ``--overlay``:  ``OUT/overlays/a/b/scan.png`` (all thresholds in one picture; ``scan_f0001.png``, ...)
 * with ``--report``:   ``OUT/reports/a/b/scan.json`` (findings; docs/OUTPUTS.md describes every field)
+* with ``--dicom-results``, for DICOM scans: ``OUT/dicom/a/b/scan.seg.dcm`` and ``scan.sr.dcm``
 * the run's own state: ``OUT/.edge-seg/`` (ledger, lock, status file)
 """
 
@@ -25,6 +26,8 @@ STATE_DIR = ".edge-seg"
 #: The folders under OUT for overlays (``--overlay``) and findings (``--report``).
 OVERLAY_DIR = "overlays"
 REPORT_DIR = "reports"
+#: The folder under OUT for DICOM results (``--dicom-results``: SEG and SR).
+DICOM_DIR = "dicom"
 
 
 def output_path(
@@ -63,6 +66,11 @@ def overlay_path(out_dir: Path, rel: str, frame: int | None = None) -> Path:
 def report_path(out_dir: Path, rel: str) -> Path:
     """Where the findings of scan ``rel`` go: ``OUT/reports/<relative folder>/<stem>.json``."""
     return _beside(out_dir / REPORT_DIR, rel, None, ".json")
+
+
+def dicom_result_path(out_dir: Path, rel: str, kind: str) -> Path:
+    """Where the DICOM ``kind`` (``seg`` or ``sr``) of scan ``rel`` goes: ``OUT/dicom/<folder>/<stem>.<kind>.dcm``."""
+    return _beside(out_dir / DICOM_DIR, rel, None, f".{kind}.dcm")
 
 
 def relative(out_dir: Path, path: Path) -> str:

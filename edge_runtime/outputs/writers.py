@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from edge_runtime.outputs.base import OutputSetup, OutputWriter
+from edge_runtime.outputs.dicom_results import DicomResultsWriter
 from edge_runtime.outputs.masks import MaskWriter
 from edge_runtime.outputs.overlays import OverlayWriter
 from edge_runtime.outputs.reports import ReportWriter
 
 #: The outputs made besides the masks, by kind, in the order they are written (overlays before the
 #: report, which names them).
-EXTRAS: dict[str, type[OverlayWriter] | type[ReportWriter]] = {"overlays": OverlayWriter, "reports": ReportWriter}
+EXTRAS: dict[str, type[OverlayWriter] | type[ReportWriter] | type[DicomResultsWriter]] = {
+    "overlays": OverlayWriter,
+    "reports": ReportWriter,
+    "dicom": DicomResultsWriter,
+}
 
 
 def extras_signature(kinds: tuple[str, ...]) -> str:

@@ -17,10 +17,10 @@ import pytest
 pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 
-from pydicom import dcmread  # noqa: E402
+from pydicom import dcmread
 
-from tests.dicomnet import dciodvfy_errors, free_port, need_tool, wait_for  # noqa: E402
-from tests.helpers import us_ids, write_dicom  # noqa: E402
+from tests.dicomnet import dciodvfy_errors, free_port, need_tool, wait_for
+from tests.helpers import us_ids, write_dicom
 
 N_SCANS = 3
 
@@ -51,13 +51,10 @@ def test_dcmtk_peers_send_scans_and_receive_valid_seg_and_sr(tmp_path, ddti):
     )
     log = tmp_path / "daemon.log"
     fh = open(log, "w")  # noqa: SIM115
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge_runtime", "--watch", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
-        + ["--dicom-listen", f"127.0.0.1:{listen}", "--allow-ae", "ECHOSCU", "STORESCU"]
-        + ["--send-to", f"PACS@127.0.0.1:{pacs_port}", "--settle", "0.5"],
-        stdout=fh,
-        stderr=fh,
-    )
+    cmd = [sys.executable, "-m", "edge_runtime", "--watch", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    cmd += ["--dicom-listen", f"127.0.0.1:{listen}", "--allow-ae", "ECHOSCU", "STORESCU"]
+    cmd += ["--send-to", f"PACS@127.0.0.1:{pacs_port}", "--settle", "0.5"]
+    daemon = subprocess.Popen(cmd, stdout=fh, stderr=fh)
     try:
         wait_for(lambda: "watching" in log.read_text() or daemon.poll() is not None, "the daemon to start", 120)
         assert daemon.poll() is None, log.read_text()

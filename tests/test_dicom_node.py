@@ -18,13 +18,13 @@ import pytest
 pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 
-from pydicom import dcmread  # noqa: E402
+from pydicom import dcmread
 
-from edge_runtime.job.settings import Peer  # noqa: E402
-from edge_runtime.net.outbox import SENT_LOG, Outbox, _key  # noqa: E402
-from edge_runtime.net.scp import StorageSCP  # noqa: E402
-from tests.dicomnet import Pacs, echo, free_port, store, wait_for  # noqa: E402
-from tests.helpers import nodule_scan, us_ids, write_dicom  # noqa: E402
+from edge_runtime.job.settings import Peer
+from edge_runtime.net.outbox import SENT_LOG, Outbox, _key
+from edge_runtime.net.scp import StorageSCP
+from tests.dicomnet import Pacs, echo, free_port, store, wait_for
+from tests.helpers import nodule_scan, us_ids, write_dicom
 
 OUT_OF_RESOURCES = 0xA700
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
@@ -170,7 +170,7 @@ def test_a_restart_with_a_full_outbox_sends_it_and_nothing_twice(tmp_path):
     first.stop()
     # A kill after the PACS took the first result but before its entry was removed: it is not sent again.
     sop0 = str(dcmread(out / paths[0]).SOPInstanceUID)
-    first._record_sent(paths[0], sop0, first._stat(paths[0]))  # noqa: SLF001
+    first._record_sent(paths[0], sop0, first._stat(paths[0]))
     (out / ".edge-seg" / "outbox" / f"{_key(paths[0])}.json").write_text(
         json.dumps({"path": paths[0], "queued": time.time()})
     )  # its entry, as the kill left it

@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("highdicom")
 
-from pydicom import dcmread  # noqa: E402
+from pydicom import dcmread
 
-from edge_runtime.cli import main  # noqa: E402
-from tests.dicomnet import dciodvfy_errors  # noqa: E402
-from tests.helpers import nodule_scan, us_ids, write_dicom, write_png  # noqa: E402
+from edge_runtime.cli import main
+from tests.dicomnet import dciodvfy_errors
+from tests.helpers import nodule_scan, us_ids, write_dicom, write_png
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"

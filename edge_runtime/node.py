@@ -9,6 +9,7 @@ that the scan's SEG and SR join the outbox once the scan is recorded done, and s
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from edge_runtime.job.assemble import Job
@@ -50,6 +51,18 @@ class Node:
             self.listener.stop()
         if self.outbox is not None:
             self.outbox.stop()
+
+
+def prepare_inbox(in_dir: Path) -> None:
+    """With ``--dicom-listen`` IN is the listener's inbox: make it when it does not exist yet."""
+    if not in_dir.exists():
+        try:
+            in_dir.mkdir(parents=True)
+        except OSError as exc:
+            from edge_runtime.errors import SetupError
+
+            raise SetupError(f"cannot create the input folder {in_dir}: {exc.strerror or exc}") from None
+        log.info("created the input folder %s for the DICOM listener", in_dir)
 
 
 def open_node(job: Job, options: NodeOptions, verbose: bool = False) -> Node:

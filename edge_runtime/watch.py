@@ -37,7 +37,7 @@ from edge_runtime.job.outcome import Outcome, Status, log_outcome, log_summary
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import WatchedFolder
 from edge_runtime.memory import release_free_memory, settle_allocator
-from edge_runtime.node import Node, open_node
+from edge_runtime.node import Node, open_node, prepare_inbox
 from edge_runtime.outputs.layout import STATE_DIR
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,8 @@ def run_watch(settings: RunSettings) -> int:
     if settings.run.force:
         raise SetupError("--force is for one-shot runs; to redo everything, stop the daemon and run once with --force")
     settle_allocator()  # before the worker threads exist: RSS falls back after bursts (edge_runtime.memory)
+    if settings.node.listen is not None:
+        prepare_inbox(settings.in_dir)
     job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run, daemon=True)
     watch = settings.watch
     folder = WatchedFolder(

@@ -241,7 +241,7 @@ class Daemon:
 
 @pytest.mark.slow
 def test_daemon_receives_segments_and_sends_results_even_across_a_kill(tmp_path, tiny_model):
-    (tmp_path / "in").mkdir()
+    # IN does not exist yet: with --dicom-listen the daemon makes it (it is the listener's inbox)
     listen, pacs_port = free_port(), free_port()
     args = ("--dicom-listen", f"127.0.0.1:{listen}", "--send-to", f"PACS@127.0.0.1:{pacs_port}", "--send-retry", "0.3")
     daemon = Daemon(tmp_path, tiny_model, *args)

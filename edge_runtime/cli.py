@@ -36,13 +36,16 @@ EPILOG = """examples:
   edge-seg scans/ --out masks/ --threshold 0.85 0.9 0.95   one folder per threshold
   edge-seg scans/ --out masks/ --overlay --report     also outlines to look at and findings as JSON
   edge-seg --watch /data/incoming --out /data/masks  run as a daemon (see README: systemd unit)
+  edge-seg --watch in/ --out out/ --dicom-listen 11112 --send-to PACS@10.0.0.5:104
+                                                     a DICOM node: scans by C-STORE in, SEG and SR to PACS
   edge-seg --demo                                    try it without any scans of your own
 
 Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png.
 A scan that cannot be read gets OUT/<relative path>.error.txt with the reason.
 Scans: PNG, JPEG, BMP, TIFF; DICOM (.dcm, .dicom, or by content) with pip install "edge-seg[dicom]".
 --overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, and for
-one-shot runs OUT/run-summary.csv and OUT/run-provenance.json (fields: docs/OUTPUTS.md).
+one-shot runs OUT/run-summary.csv and OUT/run-provenance.json (fields: docs/OUTPUTS.md);
+--dicom-results: OUT/dicom/<relative path>.seg.dcm and .sr.dcm for each DICOM scan.
 """
 
 

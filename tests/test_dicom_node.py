@@ -130,6 +130,7 @@ def test_more_associations_than_allowed_are_rejected(tmp_path, scp, caplog):
         first.release()
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the bad UID is the point
 def test_instances_whose_uids_cannot_name_a_file_are_refused(tmp_path, scp):
     port = scp().address[1]
     src = instance(tmp_path / "send" / "a.dcm", StudyInstanceUID="../../etc")
@@ -180,6 +181,23 @@ def test_outbox_retries_until_the_pacs_comes_up_and_sends_each_result_once(tmp_p
         box.stop()
     assert not list((out / ".edge-seg" / "outbox").glob("*.json"))
     assert len((out / ".edge-seg" / "outbox" / SENT_LOG).read_text().splitlines()) == 3
+
+
+def test_a_failure_status_from_the_pacs_is_retried(tmp_path):
+    out = tmp_path / "out"
+    pacs = Pacs(status=0xA700)  # out of resources
+    try:
+        box = Outbox(out, out / ".edge-seg", Peer("PACS", "127.0.0.1", pacs.port), retry=0.1)
+        [path] = results(out, 1)
+        box.add([path])
+        assert box.send_due() == 0
+        assert "C-STORE failed with status 0xA700" in box.stats()["last_error"]["reason"]
+        assert box.stats()["waiting"] == 1 and pacs.uids() == []
+        pacs.status = 0x0000
+        wait_for(lambda: time.time() >= box.due(now=time.time() + 60)[0].next_try, "the back-off")
+        assert box.send_due() == 1 and pacs.uids() == [str(dcmread(out / path).SOPInstanceUID)]
+    finally:
+        pacs.close()
 
 
 def test_a_restart_with_a_full_outbox_sends_it_and_nothing_twice(tmp_path):

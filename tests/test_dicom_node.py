@@ -96,6 +96,16 @@ def test_an_unknown_calling_ae_is_refused_and_logged(tmp_path, scp, caplog):
     assert store(port, [src], calling="SCANNER") == [0]
 
 
+def test_an_association_that_can_send_nothing_is_logged_with_the_reason(tmp_path, scp, caplog):
+    port = scp().address[1]
+    ct = instance(tmp_path / "send" / "ct.dcm", SOPClassUID="1.2.840.10008.5.1.4.1.1.2", Modality="CT")
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.net.scp"):
+        assert store(port, [ct]) == [-1]
+        wait_for(lambda: "none of its SOP classes" in caplog.text, "the refusal to be logged")
+    assert "refused from AE 'SCANNER': none of its SOP classes / transfer syntaxes is accepted" in caplog.text
+    assert "1.2.840.10008.5.1.4.1.1.2" in caplog.text
+
+
 def test_too_large_and_disk_nearly_full_are_refused_as_out_of_resources(tmp_path, scp, caplog):
     src = instance(tmp_path / "send" / "a.dcm")
     small = scp(max_instance_mb=1)

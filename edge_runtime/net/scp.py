@@ -157,9 +157,18 @@ class StorageSCP:
             self.last_refusal = {"ae": calling, "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def _on_accepted(self, event: Any) -> None:
+        assoc = event.assoc
+        calling = str(assoc.requestor.ae_title).strip()
         with self._lock:
             self.counts["associations"] += 1
-        log.debug("DICOM association from AE %r at %s", event.assoc.requestor.ae_title, event.assoc.requestor.address)
+        log.debug("DICOM association from AE %r at %s", calling, assoc.requestor.address)
+        if not assoc.accepted_contexts and assoc.rejected_contexts:  # it can send nothing: say why
+            offered = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
+            self._refuse(
+                calling,
+                f"none of its SOP classes / transfer syntaxes is accepted ({', '.join(offered[:5])}"
+                f"{', ...' if len(offered) > 5 else ''}); this node takes ultrasound and secondary capture images",
+            )
 
     def _on_rejected(self, event: Any) -> None:
         calling = str(event.assoc.requestor.ae_title).strip()

@@ -11,7 +11,7 @@ Refused, each with one log line naming the calling AE title and the reason: asso
 titles not in ``--allow-ae``, associations beyond ``--max-associations`` (pynetdicom rejects both),
 instances over ``--max-instance-mb`` and instances that would leave less than ``--min-free-mb`` free
 on IN's disk (status 0xA700, out of resources: the sender may retry later), instances whose UIDs
-cannot name a file (0xA900).
+cannot name a file (0xA900), and associations none of whose SOP classes it takes (logged only).
 """
 
 from __future__ import annotations

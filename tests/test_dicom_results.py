@@ -97,9 +97,16 @@ def test_without_pixel_spacing_areas_are_in_pixels(tmp_path, tiny_model):
     assert got[0][0] == np.count_nonzero(mask)
 
 
-def test_a_cine_loop_without_frame_of_reference_gets_a_sr_per_frame_and_no_seg(tmp_path, tiny_model):
+@pytest.mark.parametrize("frame_of_reference", [False, True], ids=["no-frame-of-reference", "uid-only"])
+def test_a_cine_loop_without_frame_of_reference_gets_a_sr_per_frame_and_no_seg(
+    tmp_path, tiny_model, frame_of_reference
+):
+    from pydicom.uid import generate_uid
+
     frames = [nodule_scan(seed=s)[0] for s in range(3)]
-    write_dicom(tmp_path / "in" / "loop.dcm", frames, us_region_cm=(0.01, 0.01), SOPClassUID=US_MULTIFRAME, **us_ids())
+    more = {"FrameOfReferenceUID": generate_uid()} if frame_of_reference else {}
+    ids = us_ids(**more)
+    write_dicom(tmp_path / "in" / "loop.dcm", frames, us_region_cm=(0.01, 0.01), SOPClassUID=US_MULTIFRAME, **ids)
     assert run(tmp_path / "in", tmp_path / "out", tiny_model) == 0
     assert not (tmp_path / "out" / "dicom" / "loop.seg.dcm").exists()
     sr = dcmread(tmp_path / "out" / "dicom" / "loop.sr.dcm")

@@ -3,7 +3,7 @@
 For the scan ``IN/a/b/scan.dcm``: ``OUT/dicom/a/b/scan.seg.dcm`` (:mod:`edge_runtime.outputs.seg`)
 and ``OUT/dicom/a/b/scan.sr.dcm`` (:mod:`edge_runtime.outputs.sr`), made from the masks at the
 job's lowest threshold. Scans that are not DICOM get neither (there is nothing to reference). A
-multi-frame scan without a frame of reference (a cine loop) gets the SR alone: highdicom cannot write
+multi-frame scan without a coordinate system (a cine loop) gets the SR alone: highdicom cannot write
 its SEG (issue #284), and a SEG of the wrong geometry is worse than none; its masks are in OUT as
 for any scan, and the SR outlines each frame's nodules on the source frames.
 """
@@ -52,7 +52,7 @@ class DicomResultsWriter:
         self.threshold = setup.thresholds[0]
 
     def paths(self, rel: str, scan: Scan) -> list[Path]:
-        """``[seg, sr]`` for a DICOM scan (``[sr]`` for a cine loop without a frame of reference), else none."""
+        """``[seg, sr]`` for a DICOM scan (``[sr]`` for a cine loop without a coordinate system), else none."""
         from edge_runtime.outputs.seg import seg_supported
 
         header = scan.extra.get("dicom_header")

@@ -5,9 +5,10 @@ writes the Referenced Series Sequence), names the model as the segment's algorit
 family "Artificial Intelligence") and holds one frame per source frame, empty frames included, so a
 viewer shows "no nodule" rather than nothing.
 
-highdicom refuses a multi-frame source without a Frame of Reference UID (ultrasound cine loops,
-highdicom issue #284): :func:`seg_supported` says so beforehand, and such a scan gets a SR without a
-SEG (docs/OUTPUTS.md).
+highdicom refuses a multi-frame source whose frames are not placed in a coordinate system (its message:
+"Only a single frame is supported when the source image has no Frame of Reference UID"; ultrasound
+cine loops, highdicom issue #284): :func:`seg_supported` asks highdicom's own test beforehand, and
+such a scan gets a SR without a SEG (docs/OUTPUTS.md).
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ MANUFACTURER = "edge-seg"
 
 
 def seg_supported(source: Any) -> bool:
-    """Whether highdicom can write a SEG for this source: single-frame, or a frame of reference."""
-    return int(source.get("NumberOfFrames", 1) or 1) == 1 or "FrameOfReferenceUID" in source
+    """Whether highdicom can write a SEG for this source: single-frame, or frames placed in a coordinate
+    system (a Frame of Reference UID *and* image positions; an ultrasound loop has at most the UID)."""
+    from highdicom.spatial import get_image_coordinate_system
+
+    return int(source.get("NumberOfFrames", 1) or 1) == 1 or get_image_coordinate_system(source) is not None
 
 
 def algorithm(model: ModelInfo) -> Any:

@@ -5,7 +5,8 @@ unless ``--model``) between a pynetdicom client (the "ultrasound machine") and a
 SCP (the "PACS"), both in this process, so that one clock stamps the send and the arrivals. DDTI scans
 are wrapped as single-frame ultrasound DICOM in a temporary folder and sent one at a time, each once
 the previous one's results are in (latency, not throughput). The first instance is shown apart: it
-pays for highdicom's first use in the daemon.
+pays for highdicom's first use in the daemon. The daemon runs with ``--report``: its findings give
+the scan's own stage times (read to SEG and SR written), the rest is pick-up, queueing and network.
 
     python -m bench.dicom_node [--n 20] [--model M] [--jpeg]
 """
@@ -18,6 +19,7 @@ if __package__ in (None, ""):  # python bench/dicom_node.py: run as a module of 
     run_as_module("bench.dicom_node")
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -109,7 +111,7 @@ def main() -> None:
         listen, pacs_port = _free_port(), _free_port()
         pacs = Pacs(pacs_port)
         cmd = [sys.executable, "-m", "edge_runtime", "--watch", str(work / "in"), "--out", str(work / "out")]
-        cmd += ["--dicom-listen", f"127.0.0.1:{listen}", "--send-to", f"PACS@127.0.0.1:{pacs_port}"]
+        cmd += ["--dicom-listen", f"127.0.0.1:{listen}", "--send-to", f"PACS@127.0.0.1:{pacs_port}", "--report"]
         cmd += ["--model", str(args.model)] if args.model else []
         log = open(work / "daemon.log", "w")  # noqa: SIM115
         daemon = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)
@@ -133,7 +135,10 @@ def main() -> None:
                 if not status or status.Status != 0:
                     raise SystemExit(f"C-STORE of {src.name} failed: {status}")
                 t_seg, t_sr = pacs.wait(str(ds.SOPInstanceUID))
-                rows.append((t_ack - t0, t_seg - t0, t_sr - t0))
+                # The daemon's own account of the scan (its findings report): stage times, SEG and SR included.
+                report = work / "out" / "reports" / str(ds.StudyInstanceUID) / f"{ds.SOPInstanceUID}.json"
+                stages = json.loads(report.read_text())["timings_ms"]
+                rows.append((t_ack - t0, t_seg - t0, t_sr - t0, sum(stages.values()) / 1000, stages["dicom"] / 1000))
         finally:
             daemon.terminate()
             daemon.wait(60)
@@ -148,7 +153,14 @@ def main() -> None:
     print(f"first instance: ack {first[0] * 1000:.0f} ms, SEG at PACS {first[1]:.2f} s, SR at PACS {first[2]:.2f} s")
     if rest:
         print(f"{'the other ' + str(len(rest)):>16}  {'median':>8} {'p90':>8} {'max':>8}")
-        for i, what in enumerate(("C-STORE acknowledged", "SEG at the PACS", "SR at the PACS")):
+        whats = (
+            "C-STORE acknowledged",
+            "SEG at the PACS",
+            "SR at the PACS",
+            "daemon: scan's stages",
+            "of which SEG+SR",
+        )
+        for i, what in enumerate(whats):
             vals = [r[i] for r in rest]
             print(f"{what:>22}  {statistics.median(vals):7.3f}s {_pct(vals, 0.9):7.3f}s {max(vals):7.3f}s")
 

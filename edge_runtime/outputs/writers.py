@@ -8,12 +8,12 @@ from edge_runtime.outputs.masks import MaskWriter
 from edge_runtime.outputs.overlays import OverlayWriter
 from edge_runtime.outputs.reports import ReportWriter
 
-#: The outputs made besides the masks, by kind, in the order they are written (overlays before the
-#: report, which names them).
+#: The outputs made besides the masks, by kind, in the order they are written (overlays and DICOM
+#: results before the report, which names the overlays and times both).
 EXTRAS: dict[str, type[OverlayWriter] | type[ReportWriter] | type[DicomResultsWriter]] = {
     "overlays": OverlayWriter,
-    "reports": ReportWriter,
     "dicom": DicomResultsWriter,
+    "reports": ReportWriter,
 }
 
 

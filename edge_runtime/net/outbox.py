@@ -232,7 +232,10 @@ class Outbox:
                 code = int(getattr(status, "Status", -1)) if status else -1
                 if code == 0 or 0xB000 <= code <= 0xBFFF:  # success, or success with a warning
                     with self._lock:
-                        self._record_sent(entry.path, str(ds.SOPInstanceUID), stat)
+                        try:
+                            self._record_sent(entry.path, str(ds.SOPInstanceUID), stat)
+                        except OSError as exc:  # not sent again by this process; after a restart it would be
+                            log.warning("outbox: cannot record %s as sent: %s", entry.path, exc.strerror or exc)
                         self._entries.pop(entry.path, None)
                         self.sent_since_start += 1
                     sent += 1
@@ -260,7 +263,10 @@ class Outbox:
                 e.attempts += 1
                 e.next_try = now + min(MAX_WAIT, self.retry * 2 ** (e.attempts - 1))
                 e.last_error = reason
-                self._save(e)
+                try:
+                    self._save(e)
+                except OSError as exc:  # the back-off then lives in memory only; the entry itself is on disk
+                    log.warning("outbox: cannot update %s's entry: %s", e.path, exc.strerror or exc)
         wait = min(e.next_try for e in entries) - now
         log.warning("outbox: %d result(s) not sent, %s; next try in %.0f s", len(entries), reason, wait)
 

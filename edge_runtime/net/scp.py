@@ -198,7 +198,11 @@ class StorageSCP:
         if size > self.max_bytes:
             self._refuse(calling, f"instance {sop} of {size:,} bytes is over --max-instance-mb {self.max_bytes >> 20}")
             return OUT_OF_RESOURCES
-        free = shutil.disk_usage(self.in_dir).free
+        try:
+            free = shutil.disk_usage(self.in_dir).free
+        except OSError as exc:  # IN unmounted or gone
+            self._refuse(calling, f"instance {sop}: cannot check the disk under {self.in_dir}: {exc.strerror or exc}")
+            return OUT_OF_RESOURCES
         if free - size < self.min_free:
             self._refuse(
                 calling,

@@ -96,9 +96,9 @@ def listen_arg(text: str) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0", _port(port, text))
 
 
-def peer_arg(text: str):  # -> edge_runtime.job.settings.Peer (imported late: the CLI starts fast)
+def peer_arg(text: str):  # -> edge_runtime.net.peer.Peer (imported late: the CLI starts fast)
     """argparse type for ``AET@HOST:PORT``."""
-    from edge_runtime.job.settings import Peer
+    from edge_runtime.net.peer import Peer
 
     aet, at, address = text.partition("@")
     host, colon, port = address.rpartition(":")

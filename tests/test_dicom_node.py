@@ -20,8 +20,8 @@ pytest.importorskip("highdicom")
 
 from pydicom import dcmread
 
-from edge_runtime.job.settings import Peer
 from edge_runtime.net.outbox import SENT_LOG, Outbox, _key
+from edge_runtime.net.peer import Peer
 from edge_runtime.net.scp import StorageSCP
 from tests.dicomnet import Pacs, echo, free_port, store, wait_for
 from tests.helpers import nodule_scan, us_ids, write_dicom

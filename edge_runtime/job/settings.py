@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edge_runtime.core.model import ModelInfo
 from edge_runtime.errors import SetupError
+from edge_runtime.net.peer import Peer
 from edge_runtime.outputs.writers import EXTRAS, extras_signature
 
 #: Scans per inference run in a one-shot run (a folder: throughput); a daemon takes one (latency).
@@ -97,18 +98,6 @@ class WatchOptions:
             raise SetupError("--settle must not be negative")
         if self.polling is not None and self.polling <= 0:
             raise SetupError("--polling interval must be positive")
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A DICOM application entity on the network: ``AET@HOST:PORT``."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge_runtime.files.durable import write_atomic
-
-if TYPE_CHECKING:
-    from edge_runtime.job.settings import Peer
+from edge_runtime.net.peer import Peer
 
 log = logging.getLogger(__name__)
 

@@ -210,6 +210,25 @@ def test_a_failure_status_from_the_pacs_is_retried(tmp_path):
         pacs.close()
 
 
+def test_a_pacs_that_does_not_take_the_sop_class_is_a_failed_try_not_a_crash(tmp_path, caplog):
+    from pynetdicom import AE
+
+    out = tmp_path / "out"
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context("1.2.840.10008.5.1.4.1.1.2")  # CT only
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        box = Outbox(out, out / ".edge-seg", Peer("PACS", "127.0.0.1", server.server_address[1]), retry=60)
+        box.add(results(out, 1))
+        with caplog.at_level(logging.WARNING, logger="edge_runtime.net.outbox"):
+            assert box.send_due() == 0
+        assert box.stats()["waiting"] == 1 and box.stats()["failed_tries"] == 1
+        assert "the PACS accepts none of the SOP classes offered (1.2.840" in box.stats()["last_error"]["reason"]
+        assert "1 result(s) not sent" in caplog.text
+    finally:
+        server.shutdown()
+
+
 def test_a_restart_with_a_full_outbox_sends_it_and_nothing_twice(tmp_path):
     out = tmp_path / "out"
     port = free_port()

@@ -216,7 +216,13 @@ class Outbox:
             ae.add_requested_context(sop_class, syntax)
         assoc = ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title)
         if not assoc.is_established:
-            why = "association rejected" if assoc.is_rejected else "cannot connect (PACS down?)"
+            if assoc.is_rejected:
+                why = "association rejected (is the PACS's AE title right, and does it know ours?)"
+            elif assoc.rejected_contexts:
+                offered = ", ".join(sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts}))
+                why = f"the PACS accepts none of the SOP classes offered ({offered})"
+            else:
+                why = "cannot connect (PACS down?)"
             self._failed([e for e, _, _ in datasets], f"{self.peer}: {why}")
             return 0
         sent = 0
@@ -226,7 +232,12 @@ class Outbox:
             for entry, ds, stat in datasets:
                 if self._stop.is_set():
                     break
-                status = assoc.send_c_store(ds)
+                try:
+                    status = assoc.send_c_store(ds)
+                except ValueError as exc:  # the PACS accepted no presentation context for this SOP class
+                    failed.append(entry)
+                    reason = f"{self.peer}: {str(exc).strip().splitlines()[0]}"
+                    continue
                 code = int(getattr(status, "Status", -1)) if status else -1
                 if code == 0 or 0xB000 <= code <= 0xBFFF:  # success, or success with a warning
                     with self._lock:

@@ -8,7 +8,9 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
+from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from edge_runtime.job.assemble import open_job
+from edge_runtime.job.discovery import describe_skipped
 from edge_runtime.job.outcome import Outcome, Status, log_failures, log_outcome, log_summary
 from edge_runtime.job.run_record import RunRecord
 from edge_runtime.job.settings import RunSettings
@@ -33,12 +35,12 @@ def run_once(settings: RunSettings) -> int:
     force = settings.run.force
     record = RunRecord(job, ["edge-seg", *settings.argv]) if "reports" in job.spec.outputs else None
     record_failed = False
+    skipped: Counter[str] = Counter()
     try:
-        rels = list_folder(job.in_dir)
+        rels = list_folder(job.in_dir, skipped)
         if not rels:
-            log.warning(
-                "no scans found under %s (looked for .png .jpg .jpeg .bmp .tif .tiff .dcm .dicom)", settings.in_dir
-            )
+            suffixes = " ".join(sorted(IMAGE_SUFFIXES | DICOM_SUFFIXES))
+            log.warning("no scans found under %s (looked for %s and DICOM by content)", settings.in_dir, suffixes)
         todo = [r for r in rels if force or job.planner.needs_work(r)]
         counts: Counter = Counter({Status.SKIPPED: len(rels) - len(todo)})
         if record is not None:
@@ -65,6 +67,8 @@ def run_once(settings: RunSettings) -> int:
     finally:
         job.close()
     log_summary(summary_line(counts, time.perf_counter() - t0, settings.out_dir))
+    if skipped:
+        log_summary(f"not scans, left alone: {describe_skipped(skipped)} (-v names them)")
     if failures:
         log_failures(failures)
         return 1

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,9 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 100_000  # distinct files waiting; beyond it new events are dropped and left to the rescan
 
 
-def list_folder(in_dir: Path) -> list[str]:
-    """The one-shot source: every scan under ``in_dir``, listed once, sorted."""
-    return list(iter_scans(in_dir))
+def list_folder(in_dir: Path, skipped: Counter[str] | None = None) -> list[str]:
+    """The one-shot source: every scan under ``in_dir``, listed once, sorted; ``skipped`` counts the rest."""
+    return list(iter_scans(in_dir, skipped=skipped))
 
 
 @dataclass

@@ -10,6 +10,10 @@ from edge_runtime.job.ledger import Ledger
 from edge_runtime.outputs.base import OutputWriter
 from edge_runtime.outputs.layout import output_key
 
+#: How the error records of scans that failed for want of a writable OUT begin (older versions recorded
+#: a full disk as the scan's error).
+WRITE_FAILURES = ("cannot write its outputs", "cannot record its outputs", "cannot write its error record")
+
 
 class Planner:
     """Decides from the ledger whether a scan needs work, and reserves each scan's output names.
@@ -31,6 +35,7 @@ class Planner:
         self.thresholds = thresholds
         self.folders = [(w.folder, w.kind) for w in writers if w.folder]
         self._claims: dict[str, str] = {}
+        self._write_retried: set[str] = set()
         for rel in ledger.done_rels():
             self._claims.setdefault(output_key(rel), rel)
 
@@ -42,7 +47,14 @@ class Planner:
             return True  # let the processor report it
         if self.ledger.up_to_date(rel, st.st_size, st.st_mtime_ns, self.signature):
             return False
-        return retry_failed or not self.ledger.known_failure(rel, st.st_size, st.st_mtime_ns)
+        if retry_failed or not self.ledger.known_failure(rel, st.st_size, st.st_mtime_ns):
+            return True
+        # Failing to write (OUT full, say) is not the scan's fault: tried again once by each new process.
+        reason = str((self.ledger.get(rel) or {}).get("reason", ""))
+        if reason.startswith(WRITE_FAILURES) and rel not in self._write_retried:
+            self._write_retried.add(rel)
+            return True
+        return False
 
     def claim(self, rel: str) -> None:
         """Reserve the scan's output names; raise :class:`ScanError` if another scan in IN already writes them."""

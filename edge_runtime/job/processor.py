@@ -9,6 +9,7 @@ nor how batches are spread (:mod:`edge_runtime.job.scheduler`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -20,7 +21,7 @@ import numpy as np
 
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.errors import ScanError
-from edge_runtime.files.durable import sync_dirs, write_atomic
+from edge_runtime.files.durable import sync_dirs, unwritable, write_atomic
 from edge_runtime.files.scans import Scan, read_scan
 from edge_runtime.job.ledger import Ledger, ScanState
 from edge_runtime.job.outcome import Outcome, Status
@@ -174,12 +175,23 @@ class Processor:
         for w in written:
             try:
                 self.ledger.done(w.state, w.outcome.outputs)
-                error_path(self.out_dir, w.outcome.rel).unlink(missing_ok=True)
-                outcomes.append(w.outcome)
             except OSError as exc:
                 reason = f"cannot record its outputs: {exc.strerror or exc}"
-                outcomes.append(self.fail(w.outcome.rel, ScanError(w.outcome.rel, reason)))
+                outcomes.append(self._write_failure(w.outcome.rel, exc, reason))
+                continue
+            with contextlib.suppress(OSError):  # a stale error record; the next success removes it
+                error_path(self.out_dir, w.outcome.rel).unlink(missing_ok=True)
+            outcomes.append(w.outcome)
         return outcomes
+
+    def _write_failure(self, rel: str, exc: OSError, reason: str) -> Outcome:
+        """An output the scan could not have written: a pause for OUT (nothing recorded), or the scan's error."""
+        problem = unwritable(exc)
+        if problem is None:
+            return self.fail(rel, ScanError(rel, reason))
+        detail = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        facts = {"problem": problem, "path": os.fsdecode(exc.filename) if exc.filename else None}
+        return Outcome(rel, Status.UNWRITTEN, [], f"{problem} ({detail})", facts=facts)
 
     def fail(self, rel: str, exc: ScanError) -> Outcome:
         """Record a scan that could not be processed: error file beside its mask, ledger record."""
@@ -192,9 +204,15 @@ class Processor:
         text = f"scan: {rel}\nreason: {exc.reason}\ntime: {now}\nsize: {size} bytes\n"
         try:
             write_atomic(error_path(self.out_dir, rel), text, fsync=self.options.fsync)
+            self.ledger.error(rel, size, mtime, exc.reason)
         except OSError as err:
+            if unwritable(err) is not None:  # recorded once OUT can be written again
+                return self._write_failure(rel, err, f"cannot write its error record: {err.strerror or err}")
             log.error("cannot write the error record for %s: %s", rel, err)
-        self.ledger.error(rel, size, mtime, exc.reason)
+            try:
+                self.ledger.error(rel, size, mtime, exc.reason)
+            except OSError as err2:
+                return self._write_failure(rel, err2, f"cannot record its error: {err2.strerror or err2}")
         return Outcome(rel, Status.FAILED, [], exc.reason)
 
     # -- one batch ------------------------------------------------------------------------------------
@@ -212,7 +230,7 @@ class Processor:
         try:
             return self.finish(item, prediction)
         except OSError as exc:
-            return self.fail(item.rel, ScanError(item.rel, f"cannot write its outputs: {exc.strerror or exc}"))
+            return self._write_failure(item.rel, exc, f"cannot write its outputs: {exc.strerror or exc}")
         except Exception as exc:
             log.exception("unexpected error writing the outputs of %s", item.rel)
             return self.fail(item.rel, ScanError(item.rel, f"unexpected error: {type(exc).__name__}: {exc}"))

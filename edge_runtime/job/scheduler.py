@@ -67,12 +67,20 @@ class Scheduler:
         while ahead:
             yield [ahead.popleft() for _ in range(min(size, len(ahead)))]
 
-    def process(self, rels: Iterable[str], defer: Callable[[str], bool] | None = None) -> Iterator[Outcome]:
+    def process(
+        self,
+        rels: Iterable[str],
+        defer: Callable[[str], bool] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Outcome]:
         """Process ``rels`` (which the caller has decided need work), yielding outcomes in input order.
 
         ``defer(rel)``, when given and true for a scan that cannot be read, turns its failure into a
         ``changed`` outcome with no error record: the watcher uses it for files that were modified a
         moment ago and may still be incomplete, and retries them once they have settled.
+
+        ``stop()``, when given, is asked before each batch is handed out: once true, no more are, and
+        the batches already out are finished and yielded (the rest of ``rels`` is left untouched).
         """
 
         def settle(results: list[Result]) -> Iterator[Outcome]:
@@ -87,6 +95,8 @@ class Scheduler:
         pending: deque[Future[list[Result]]] = deque()
         with self.executor(self.workers) as pool:
             for batch in self.batches(rels):
+                if stop is not None and stop():
+                    break
                 pending.append(pool.submit(self.processor.work, batch))
                 while pending and (pending[0].done() or len(pending) > 2 * self.workers):
                     yield from settle(pending.popleft().result())

@@ -201,6 +201,13 @@ class WatchedFolder:
         with self._lock:
             self._pending[rel] = _Pending(st.st_size, st.st_mtime_ns, time.monotonic(), False)
 
+    def retry_now(self) -> None:
+        """Take every waiting scan at once, as if it had just been closed after writing (OUT is back)."""
+        with self._lock:
+            for entry in self._pending.values():
+                entry.ready = True
+        self.wake.set()
+
     def rescan(self) -> int:
         """Queue every scan under IN that needs work; returns how many were queued."""
         if not self.root.is_dir():

@@ -59,7 +59,7 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
         sweep_temp_files(out_dir)
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
         planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers)
-        processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir)
+        processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir, planner)
         scheduler = Scheduler(processor, planner, options.workers)
     except BaseException:
         ledger.close()

@@ -25,6 +25,7 @@ from edge_runtime.files.durable import sync_dirs, unwritable, write_atomic
 from edge_runtime.files.scans import Scan, read_scan
 from edge_runtime.job.ledger import Ledger, ScanState
 from edge_runtime.job.outcome import Outcome, Status
+from edge_runtime.job.plan import Planner
 from edge_runtime.job.settings import JobSpec, RunOptions
 from edge_runtime.outputs.base import OutputWriter, ScanResult
 from edge_runtime.outputs.layout import error_path, relative
@@ -79,6 +80,7 @@ class Processor:
         ledger: Ledger,
         in_dir: Path,
         out_dir: Path,
+        planner: Planner | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.spec = spec
@@ -88,6 +90,8 @@ class Processor:
         self.in_dir = in_dir
         self.out_dir = out_dir
         self.signature = spec.signature
+        #: reserves each scan's output names before they are written (none: no check, for tests and tools)
+        self.planner = planner
 
     # -- stages -------------------------------------------------------------------------------------
     def load(self, rel: str) -> Loaded:
@@ -145,6 +149,11 @@ class Processor:
         item.timings["postprocess"] = _ms(t0)
         planned = [(writer, writer.paths(rel, scan)) for writer in self.writers]
         outputs = [relative(self.out_dir, p) for _, paths in planned for p in paths]
+        if self.planner is not None:
+            try:
+                self.planner.reserve(rel, outputs)  # another scan's outputs of the same name: refused
+            except ScanError as exc:
+                return self.fail(rel, exc)
         state = ScanState(
             rel=rel,
             size=scan.size,
@@ -247,5 +256,10 @@ class Processor:
         predictions = iter(self.infer(loaded) if loaded else [])
         results = [self._safe_finish(g, next(predictions)) if isinstance(g, Loaded) else g for g in got]
         written = [r for r in results if isinstance(r, Written)]
-        recorded = iter(self.record_done(written))
-        return [next(recorded) if isinstance(r, Written) else r for r in results]
+        try:
+            recorded = iter(self.record_done(written))
+            return [next(recorded) if isinstance(r, Written) else r for r in results]
+        finally:
+            if self.planner is not None:  # recorded or given up: the ledger speaks for them now
+                for g in loaded:
+                    self.planner.release(g.rel)

@@ -248,11 +248,17 @@ class Daemon:
                             for outcome in scheduler.process(todo, defer=fresh.__contains__):
                                 self._handle(outcome)
                     now = time.monotonic()
+                    if folder.missing and folder.root.is_dir():  # IN is back: look at once
+                        folder.rescan_now.set()
                     if folder.rescan_now.is_set() or now - last_rescan >= self.rescan_every:
                         folder.rescan_now.clear()
                         last_rescan = now
                         folder.rescan()
-                    if not observer.is_alive():
+                    if folder.reattach.is_set():  # IN was removed and made again
+                        folder.reattach.clear()
+                        observer.stop()
+                        observer = folder.start_observer()
+                    elif not observer.is_alive():
                         log.error("the file-system observer stopped; restarting it")
                         observer = folder.start_observer()
                         folder.request_rescan()

@@ -95,6 +95,8 @@ class WatchedFolder:
         self._warned: set[str] = set()
         self._overflow_warned = False
         self.observer_kind = ""
+        self.missing = False  #: IN was gone at the last rescan
+        self.reattach = threading.Event()  #: IN came back: the observer must watch it anew
 
     # -- events ------------------------------------------------------------------------------------
     def _rel(self, path: str | bytes) -> str | None:
@@ -211,8 +213,14 @@ class WatchedFolder:
     def rescan(self) -> int:
         """Queue every scan under IN that needs work; returns how many were queued."""
         if not self.root.is_dir():
-            log.warning("input folder %s is not available; will look again", self.root)
+            if not self.missing:  # once, until it is back
+                log.warning("input folder %s is not available; will look again", self.root)
+            self.missing = True
             return 0
+        if self.missing:
+            self.missing = False
+            self.reattach.set()  # the observer's watches went with the old folder
+            log.warning("input folder %s is available again", self.root)
         n = 0
         for rel in iter_scans(self.root, warned=self._warned):
             with self._lock:

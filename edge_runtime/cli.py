@@ -149,11 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give one of: IN (one-shot), --watch IN (daemon) or --demo")
     if args.demo is None and args.out is None:
         parser.error("--out OUT is required")
-    setup_logging(args.verbose, args.quiet, args.log_file)
-
     from edge_runtime.errors import SetupError
 
     try:
+        setup_logging(args.verbose, args.quiet, args.log_file)
         settings = settings_from_args(args, _argv(argv))
         if args.demo is not None:
             from edge_runtime.demo import run_demo

@@ -230,3 +230,11 @@ def test_the_status_file_is_rewritten_in_place_when_the_disk_is_too_full_for_a_n
         d.daemon.blocked = None
         monkeypatch.undo()
         d.stop()
+
+
+def test_a_log_file_that_cannot_be_opened_is_a_setup_error_of_one_line(tmp_path, tiny_model, capfd):
+    src = tmp_path / "in"
+    write_png(src / "x.png", synthetic(1)[0])
+    assert main([str(src), "--out", str(tmp_path / "out"), "--model", str(tiny_model), "--log-file", str(src)]) == 2
+    err = capfd.readouterr().err
+    assert err.strip() == f"error: cannot write the log file {src}: Is a directory"

@@ -101,8 +101,7 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
     multi = fmt in MULTI_IMAGE_FORMATS or (fmt == "PNG" and is_animated_png(data))
     try:
         if multi:
-            ok, images = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED)
-            decoded = list(images) if ok else []
+            decoded = _decode_pages(buf, name)
         else:
             one = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
             decoded = [] if one is None else [one]
@@ -132,6 +131,26 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
         if len(kinds) > 1:
             raise ScanError(name, f"its {len(frames)} {fmt} pages mix gray and colour or bit depths; split them")
     return frames
+
+
+def _decode_pages(buf: np.ndarray, name: str | Path) -> list[np.ndarray]:
+    """Every page or frame, but never more than :data:`MAX_TOTAL_PIXELS` pixels' worth in memory.
+
+    The first page gives the size; then at most as many pages as fit in the limit, and one more to tell
+    whether there are too many (so a file of a thousand large pages is refused, not decoded whole).
+    """
+    ok, first = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED, None, (0, 1))
+    if not ok or not first or first[0] is None or first[0].size == 0:
+        return []
+    fits = max(1, MAX_TOTAL_PIXELS // (first[0].shape[0] * first[0].shape[1]))
+    ok, images = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED, None, (0, fits + 1))
+    if not ok:
+        return []
+    if len(images) > fits:
+        h, w = first[0].shape[:2]
+        limit = f"over the limit of {MAX_TOTAL_PIXELS:,} in all"
+        raise ScanError(name, f"too large: more than {fits} images of {w} x {h} pixels, {limit}")
+    return list(images)
 
 
 def _to_rgb(pixels: np.ndarray, name: str | Path) -> np.ndarray:

@@ -235,6 +235,18 @@ class Processor:
             log.exception("unexpected error reading %s", rel)
             return ScanError(rel, f"unexpected error: {type(exc).__name__}: {exc}")
 
+    def _safe_infer(self, items: list[Loaded]) -> list[Prediction | ScanError]:
+        """infer(); if the batch fails (onnxruntime out of memory, say), each scan alone, and a scan that
+        still fails gets a ScanError rather than taking its batch and the run down."""
+        try:
+            return list(self.infer(items))
+        except Exception as exc:
+            if len(items) == 1:
+                log.debug("inference failed for %s", items[0].rel, exc_info=True)  # its FAIL line says why
+                return [ScanError(items[0].rel, f"inference failed: {type(exc).__name__}: {exc}")]
+            log.warning("inference failed for a batch of %d scans (%s); trying them one by one", len(items), exc)
+            return [r for it in items for r in self._safe_infer([it])]
+
     def _safe_finish(self, item: Loaded, prediction: Prediction) -> Outcome | Written:
         try:
             return self.finish(item, prediction)
@@ -253,8 +265,14 @@ class Processor:
         """
         got = [item if isinstance(item, ScanError) else self._safe_load(item) for item in batch]
         loaded = [g for g in got if isinstance(g, Loaded)]
-        predictions = iter(self.infer(loaded) if loaded else [])
-        results = [self._safe_finish(g, next(predictions)) if isinstance(g, Loaded) else g for g in got]
+        predictions = iter(self._safe_infer(loaded) if loaded else [])
+        results: list[Outcome | Written | ScanError] = []
+        for g in got:
+            if not isinstance(g, Loaded):
+                results.append(g)
+                continue
+            prediction = next(predictions)
+            results.append(prediction if isinstance(prediction, ScanError) else self._safe_finish(g, prediction))
         written = [r for r in results if isinstance(r, Written)]
         try:
             recorded = iter(self.record_done(written))

@@ -1,0 +1,36 @@
+"""Exceptions that used to escape and end a run with a traceback (issue 15): each is now one scan's FAIL line."""
+
+from __future__ import annotations
+
+from edge_runtime.cli import main
+from edge_runtime.core.segmenter import Segmenter
+from tests.helpers import synthetic, write_png
+
+
+def test_a_failing_inference_batch_is_retried_scan_by_scan_and_the_one_that_fails_gets_a_fail_line(
+    tmp_path, tiny_model, monkeypatch, capfd
+):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(4):
+        write_png(src / f"s{i}.png", synthetic(i, 100 + 10 * i, 120)[0])
+    real = Segmenter.run
+
+    def flaky(self, batch):
+        if len(batch) > 1:
+            raise RuntimeError("onnxruntime: failed to allocate memory")  # a big batch is too much
+        return real(self, batch)
+
+    monkeypatch.setattr(Segmenter, "run", flaky)
+    argv = [str(src), "--out", str(out), "--model", str(tiny_model), "--batch-size", "4", "--threads", "1"]
+    assert main(argv) == 0
+    err = capfd.readouterr().err
+    assert "trying them one by one" in err and err.count("ok   ") == 4 and "Traceback" not in err
+
+    def always(self, batch):
+        raise RuntimeError("onnxruntime: bad input")
+
+    monkeypatch.setattr(Segmenter, "run", always)
+    assert main([*argv, "--force"]) == 1
+    err = capfd.readouterr().err
+    assert "FAIL s0.png: inference failed: RuntimeError: onnxruntime: bad input" in err
+    assert "done: 0 segmented, 0 up to date, 4 failed" in err and "Traceback" not in err

@@ -32,7 +32,8 @@ EPILOG = """examples:
 
 Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png.
 A scan that cannot be read gets OUT/<relative path>.error.txt with the reason.
-Scans: PNG, JPEG, BMP, TIFF; DICOM (.dcm, .dicom, or by content) with pip install "edge-seg[dicom]".
+Scans: PNG, JPEG, BMP, TIFF, WEBP, GIF, JPEG 2000; DICOM (.dcm, .dicom, or by content) with
+pip install "edge-seg[dicom]". TIFF pages and GIF/WEBP frames are frames: OUT/<name>_f0001.png, ...
 --overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, and for
 one-shot runs OUT/run-summary.csv and OUT/run-provenance.json (fields: docs/OUTPUTS.md).
 """

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path, PurePosixPath
 
 from edge_runtime.errors import ScanError
+from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from edge_runtime.job.ledger import Ledger
 from edge_runtime.outputs.base import OutputWriter
 from edge_runtime.outputs.layout import scan_stem
@@ -23,8 +24,9 @@ class Planner:
     Output names follow the scan's name stem (contract 4), so scans can collide: ``x.png`` and ``x.jpg``
     both write ``x.png``; the frames of ``cine.dcm`` are ``cine_f0001.png``, ... which a scan named
     ``cine_f0002.png`` writes too. :meth:`reserve` is asked once a scan is read and its output files
-    are known, before any is written: a file that another scan in IN wrote (its ledger record says so)
-    or is writing now is refused, naming both. A scan that cannot be read reserves nothing, so it
+    are known, before any is written: a file that another scan in IN wrote (its ledger record says so;
+    the names that could have written it are built from the file names, the folder is not listed) or
+    is writing now is refused, naming both. A scan that cannot be read reserves nothing, so it
     never keeps a good one from its name. :func:`group_key` lets the scheduler keep scans that may
     collide in one batch, in :func:`collision_order`, so which one keeps the name does not depend on
     thread timing: the scan whose own name is its mask's (``x.png``), then sort order.
@@ -48,7 +50,6 @@ class Planner:
         self._write_retried: set[str] = set()
         self._mutex = threading.Lock()
         self._writing: dict[str, set[str]] = {}  # scans between reserve() and release(): their outputs
-        self._listings: dict[str, tuple[int, dict[str, list[str]]]] = {}  # IN folder -> (mtime, group -> names)
 
     def needs_work(self, rel: str, retry_failed: bool = True) -> bool:
         """False when the scan's outputs are up to date (or, unless ``retry_failed``, it failed as it is)."""
@@ -89,7 +90,7 @@ class Planner:
             for other, theirs in self._writing.items():  # being written now (a few scans: all of them)
                 if other != rel and mine & theirs:
                     raise ScanError(rel, _collision(rel, other, min(mine & theirs)))
-            for other in self._rivals(rel):  # written before: what the ledger says of the likely ones
+            for other in self._rivals(rel, mine):  # written before: what the ledger says of the likely ones
                 if other in self._writing:
                     continue
                 rec = self.ledger.get(other)
@@ -105,31 +106,26 @@ class Planner:
         with self._mutex:
             self._writing.pop(rel, None)
 
-    def _rivals(self, rel: str) -> list[str]:
-        """The other scans in the same IN folder whose outputs could be named like ``rel``'s."""
-        relp = PurePosixPath(rel)
-        folder = "" if str(relp.parent) == "." else str(relp.parent)
-        path = self.in_dir / folder
-        try:
-            mtime = path.stat().st_mtime_ns
-        except OSError:
-            return []
-        cached = self._listings.get(folder)
-        if cached is None or cached[0] != mtime:
-            groups: dict[str, list[str]] = {}
-            try:
-                with os.scandir(path) as entries:
-                    for entry in entries:
-                        groups.setdefault(group_key(entry.name), []).append(entry.name)
-            except OSError:
-                return []
-            cached = (mtime, groups)
-            self._listings[folder] = cached
-        prefix = f"{folder}/" if folder else ""
-        return [prefix + n for n in cached[1].get(group_key(relp.name), []) if prefix + n != rel]
+    def _rivals(self, rel: str, outputs: set[str]) -> list[str]:
+        """The names other scans in ``rel``'s IN folder would need to write one of ``outputs``.
+
+        Built from the outputs' stems, not by listing the folder (a busy folder changes all the time):
+        ``x_f0002.png`` is written by a scan ``x_f0002.<suffix>`` or by the multi-frame ``x.<suffix>``;
+        suffixes in lower or upper case, and the bare stem (a DICOM file named by its UID).
+        """
+        stems: set[str] = set()
+        for out in outputs:
+            stem = os.path.splitext(PurePosixPath(out).name)[0]
+            stems.update((stem, _FRAME.sub("", stem)))
+        parent = PurePosixPath(rel).parent
+        prefix = "" if str(parent) == "." else f"{parent}/"
+        names = [prefix + stem + sfx for stem in stems for sfx in _SUFFIX_FORMS] + [prefix + st for st in stems]
+        return [n for n in names if n != rel]
 
 
 _FRAME = re.compile(r"_f\d{4}$")
+#: Scan suffixes as names carry them (``x.png``, ``X.PNG``).
+_SUFFIX_FORMS = sorted({f for sfx in IMAGE_SUFFIXES | DICOM_SUFFIXES for f in (sfx, sfx.upper())})
 
 
 def group_key(name: str) -> str:

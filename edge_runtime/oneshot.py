@@ -57,8 +57,10 @@ def run_once(settings: RunSettings) -> int:
                 record.add(Outcome(rel, Status.SKIPPED, list(rec.get("outputs", [])), "up to date"))
         failures: list[Outcome] = []
         with StopSignals("finishing the batches in hand, then stopping") as stop:
-            # Once OUT stops taking writes (disk full, ...), every scan after would fail too: no new batches.
-            halt = lambda: blocked is not None or stop.requested.is_set()  # noqa: E731
+
+            def halt() -> bool:  # once OUT stops taking writes (disk full, ...), every scan after fails too
+                return blocked is not None or stop.requested.is_set()
+
             for outcome in _progress(job.scheduler.process(todo, stop=halt), len(todo)):
                 if outcome.status == Status.CHANGED:  # one-shot does not wait: report it
                     outcome.status = Status.FAILED

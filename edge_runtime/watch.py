@@ -86,7 +86,7 @@ class Daemon:
         self.failed = 0
         self.last_error: dict | None = None
         self.blocked: Blocked | None = None
-        self._write_tries: dict[str, int] = {}  # scans that OUT would not take, tries since the last probe passed
+        self._write_tries: dict[str, int] = {}  # scans OUT would not take: how often in a row
         self._status_warned = False
         self._loop_error: str | None = None  # the last unexpected error, logged in full once
         self.stop_reason = ""

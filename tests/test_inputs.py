@@ -144,3 +144,20 @@ def test_a_tiff_of_too_many_pages_is_refused_before_it_is_decoded_whole(monkeypa
         decode_frames(buf.tobytes(), "x.tif")
     monkeypatch.setattr(scanio, "MAX_TOTAL_PIXELS", 6 * 40 * 50)
     assert len(decode_frames(buf.tobytes(), "x.tif")) == 6
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_named_like_a_scan_is_refused_not_waited_on_forever(tmp_path, tiny_model):
+    import os
+    import subprocess
+    import sys
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_png(src / "a.png", synthetic(1)[0])
+    os.mkfifo(src / "pipe.png")
+    os.mkfifo(src / "IM0001")  # no suffix: looked at for a DICOM marker
+    cmd = [sys.executable, "-m", "edge_runtime", str(src), "--out", str(out), "--model", str(tiny_model)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert "FAIL pipe.png: not a regular file (a named pipe), not a scan" in res.stderr
+    assert (out / "a.png").exists() and "Traceback" not in res.stderr

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,8 +169,12 @@ def _to_rgb(pixels: np.ndarray, name: str | Path) -> np.ndarray:
 def read_bytes(path: Path) -> tuple[bytes, os.stat_result]:
     """Read a whole file, refusing ones over :data:`MAX_FILE_BYTES`; errors name the file."""
     try:
-        with open(path, "rb") as fh:
+        # Non-blocking open, so that a FIFO named like a scan is refused rather than waited on forever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ScanError(path, f"not a regular file ({_file_kind(st.st_mode)}), not a scan")
             if st.st_size > MAX_FILE_BYTES:
                 raise ScanError(path, f"file too large: {st.st_size:,} bytes is over the limit of {MAX_FILE_BYTES:,}")
             # Ask for the size fstat gave (+1, to see growth): read(n) allocates n bytes up front, and
@@ -184,6 +189,16 @@ def read_bytes(path: Path) -> tuple[bytes, os.stat_result]:
     except OSError as exc:
         raise ScanError(path, f"cannot read the file: {exc.strerror or exc}") from None
     return data, st
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a directory" if stat.S_ISDIR(mode) else "not a file"
 
 
 def read_scan(path: str | Path) -> Scan:

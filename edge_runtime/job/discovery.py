@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -57,8 +58,11 @@ def may_be_unsuffixed_dicom(name: str) -> bool:
 
 def has_dicom_marker(path: Path) -> bool:
     """True if the file holds ``DICM`` at byte 128 (the DICOM file preamble)."""
-    try:
-        with open(path, "rb") as fh:
+    try:  # non-blocking: a named pipe must not hang the listing
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return False
             head = fh.read(132)
     except OSError:
         return False

@@ -30,7 +30,8 @@ class ConsoleFormatter(logging.Formatter):
         text = super().format(record)
         if record.levelno >= logging.WARNING and record.name not in AS_IS:
             text = f"{record.levelname.lower()}: {text}"
-        return text
+        # A file name that is not UTF-8 is shown escaped (``bad\udcffname.png``), whatever the stream's encoding.
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | None = None) -> None:
@@ -51,7 +52,9 @@ def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | N
     if log_file:
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=10 << 20, backupCount=5, encoding="utf-8")
+            fh = logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=10 << 20, backupCount=5, encoding="utf-8", errors="backslashreplace"
+            )
         except OSError as exc:
             from edge_runtime.errors import SetupError
 

@@ -161,3 +161,24 @@ def test_a_named_pipe_named_like_a_scan_is_refused_not_waited_on_forever(tmp_pat
     assert res.returncode == 1, res.stderr
     assert "FAIL pipe.png: not a regular file (a named pipe), not a scan" in res.stderr
     assert (out / "a.png").exists() and "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="file names of any bytes are a Linux thing")
+def test_file_names_that_are_not_utf8_are_processed_and_reported(tmp_path, tiny_model, capfd):
+    import os
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    good = os.path.join(os.fsencode(src), b"good\xfe.png")
+    with open(good, "wb") as fh:
+        fh.write(encoded(".png", synthetic(1)[0]))
+    with open(os.path.join(os.fsencode(src), b"bad\xffname.png"), "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n broken")
+    assert run(src, "--out", out, "--model", tiny_model, "--report", "--overlay") == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "FAIL bad\\udcffname.png: truncated PNG" in err
+    names = set(os.listdir(os.fsencode(out)))
+    assert {b"good\xfe.png", b"bad\xffname.png.error.txt", b"run-summary.csv"} <= names
+    with open(os.path.join(os.fsencode(out), b"bad\xffname.png.error.txt"), "rb") as fh:
+        assert b"scan: bad\xffname.png" in fh.read()
+    assert run(src, "--out", out, "--model", tiny_model, "--report", "--overlay") == 1  # the ledger reads back

@@ -28,8 +28,8 @@ def write_atomic(path: str | Path, data: bytes | str, fsync: bool = True) -> Non
     system), are flushed to disk, then ``os.replace`` moves them into place.
     """
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
+    if isinstance(data, str):  # a file name that is not UTF-8 (surrogate-escaped) is written as its own bytes
+        data = data.encode("utf-8", "surrogateescape")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

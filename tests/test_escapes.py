@@ -34,3 +34,19 @@ def test_a_failing_inference_batch_is_retried_scan_by_scan_and_the_one_that_fail
     err = capfd.readouterr().err
     assert "FAIL s0.png: inference failed: RuntimeError: onnxruntime: bad input" in err
     assert "done: 0 segmented, 0 up to date, 4 failed" in err and "Traceback" not in err
+
+
+def test_a_scan_removed_after_it_was_listed_is_no_bad_scan_for_the_watcher(tmp_path, tiny_model):
+    from edge_runtime.job.assemble import open_job
+    from edge_runtime.job.outcome import Status
+    from edge_runtime.job.settings import JobRequest, RunOptions
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_png(src / "kept.png", synthetic(1)[0])
+    job = open_job(src, out, JobRequest(tiny_model), RunOptions(workers=1, batch_size=2))
+    try:
+        outcomes = list(job.scheduler.process(["kept.png", "gone.png"]))
+    finally:
+        job.close()
+    assert [o.status for o in outcomes] == [Status.OK, Status.CHANGED]  # the watcher requeues, finds it gone
+    assert not (out / "gone.png.error.txt").exists()

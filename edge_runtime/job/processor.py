@@ -98,7 +98,12 @@ class Processor:
         """Read, hash, decode and preprocess one scan (thread-safe). Raises ScanError."""
         path = self.in_dir / rel
         t0 = time.perf_counter()
-        scan = read_scan(path)
+        try:
+            scan = read_scan(path)
+        except ScanError as exc:
+            if not os.path.lexists(path):  # removed after it was listed: not a bad scan (the watcher drops it)
+                raise ScanChanged(rel, "the file disappeared before it could be read") from None
+            raise exc from None
         t1 = time.perf_counter()
         try:
             st = os.stat(path)

@@ -34,8 +34,13 @@ def run_once(settings: RunSettings) -> int:
 
     0 all done, 1 some failed, 2 OUT stopped taking writes (disk full, ...: the run stops at once, the
     scans not done are done by the next run), 128 + N when stopped by signal N (SIGTERM 143, SIGHUP 129,
-    SIGINT 130) after the batches in hand.
+    SIGINT 130) after the batches in hand (or before the first, when the signal comes during start-up).
     """
+    with StopSignals("finishing the batches in hand, then stopping") as stop:
+        return _run_once(settings, stop)
+
+
+def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     t0 = time.perf_counter()
     job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run)
     force = settings.run.force
@@ -56,22 +61,21 @@ def run_once(settings: RunSettings) -> int:
                 rec = job.ledger.get(rel) or {}
                 record.add(Outcome(rel, Status.SKIPPED, list(rec.get("outputs", [])), "up to date"))
         failures: list[Outcome] = []
-        with StopSignals("finishing the batches in hand, then stopping") as stop:
 
-            def halt() -> bool:  # once OUT stops taking writes (disk full, ...), every scan after fails too
-                return blocked is not None or stop.requested.is_set()
+        def halt() -> bool:  # once OUT stops taking writes (disk full, ...), every scan after fails too
+            return blocked is not None or stop.requested.is_set()
 
-            for outcome in _progress(job.scheduler.process(todo, stop=halt), len(todo)):
-                if outcome.status == Status.CHANGED:  # one-shot does not wait: report it
-                    outcome.status = Status.FAILED
-                if outcome.status == Status.UNWRITTEN:
-                    blocked = blocked or outcome
-                log_outcome(outcome)
-                counts[outcome.status] += 1
-                if outcome.status == Status.FAILED:
-                    failures.append(outcome)
-                if record is not None:
-                    record.add(outcome)
+        for outcome in _progress(job.scheduler.process(todo, stop=halt), len(todo)):
+            if outcome.status == Status.CHANGED:  # one-shot does not wait: report it
+                outcome.status = Status.FAILED
+            if outcome.status == Status.UNWRITTEN:
+                blocked = blocked or outcome
+            log_outcome(outcome)
+            counts[outcome.status] += 1
+            if outcome.status == Status.FAILED:
+                failures.append(outcome)
+            if record is not None:
+                record.add(outcome)
         cut_short = blocked is not None or stop.requested.is_set()
         if record is not None and not cut_short:
             try:

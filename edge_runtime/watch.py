@@ -312,17 +312,17 @@ def run_watch(settings: RunSettings) -> int:
     if settings.run.force:
         raise SetupError("--force is for one-shot runs; to redo everything, stop the daemon and run once with --force")
     settle_allocator()  # before the worker threads exist: RSS falls back after bursts (edge_runtime.memory)
-    job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run, daemon=True)
-    watch = settings.watch
-    folder = WatchedFolder(
-        job.in_dir, lambda rel: job.planner.needs_work(rel, retry_failed=False), watch.settle, watch.polling
-    )
-    daemon = Daemon(job, folder, rescan=watch.rescan)
-
-    stop = StopSignals("finishing the scans in hand, then stopping")
-    stop.on_stop = lambda: daemon.request_stop(stop.name)
-    with stop:
+    with StopSignals("finishing the scans in hand, then stopping") as stop:
+        job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run, daemon=True)
         try:
+            watch = settings.watch
+            folder = WatchedFolder(
+                job.in_dir, lambda rel: job.planner.needs_work(rel, retry_failed=False), watch.settle, watch.polling
+            )
+            daemon = Daemon(job, folder, rescan=watch.rescan)
+            stop.on_stop = lambda: daemon.request_stop(stop.name)
+            if stop.requested.is_set():  # a signal during start-up
+                daemon.request_stop(stop.name)
             return daemon.run()
         finally:
             job.close()

@@ -41,6 +41,7 @@ from edge_runtime._version import __version__
 from edge_runtime.errors import ScanError
 from edge_runtime.files.durable import probe_writable, rewrite_in_place, unwritable, write_atomic
 from edge_runtime.job.assemble import Job, open_job
+from edge_runtime.job.discovery import describe_skipped
 from edge_runtime.job.outcome import Outcome, Status, log_outcome, log_summary
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import WatchedFolder
@@ -227,6 +228,8 @@ class Daemon:
         queued = folder.rescan()
         if queued:
             log.info("%d scan(s) without up-to-date masks found at start", queued)
+        if folder.skipped:
+            log.info("not scans, left alone: %s (-v names them)", describe_skipped(folder.skipped))
         last_rescan = last_status = time.monotonic()
         status_dirty = worked = False
         last_trim = 0.0

@@ -44,3 +44,17 @@ def test_a_scan_removed_before_it_is_read_is_no_error(dirs, tiny_model):  # noqa
         assert d.stop() == 0
     assert "FAIL" not in d.text() and "Traceback" not in d.text()
     assert not list(out.glob("gone*"))
+
+
+def test_files_that_are_not_scans_are_counted_at_start_and_named_once_with_v(dirs, tiny_model):  # noqa: F811
+    src, out = dirs
+    (src / "notes.txt").write_text("x")
+    (src / "a.png").write_bytes(scan_bytes(1))
+    d = Daemon(src, out, tiny_model, "-v")  # --rescan 3
+    try:
+        wait_for(lambda: (out / "a.png").exists(), "the mask")
+        time.sleep(7)  # two rescans more
+    finally:
+        assert d.stop() == 0
+    assert "not scans, left alone: 1 .txt files" in d.text()
+    assert d.text().count("not a scan: notes.txt") == 1

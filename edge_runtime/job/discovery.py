@@ -114,7 +114,7 @@ def iter_scans(
     Folder symlinks are not followed; a file symlink that leads outside ``in_dir`` is skipped and
     reported once (``warned`` remembers which, across calls). Every other file that is not a scan is
     counted in ``skipped`` by reason (:func:`skip_reason`; a hidden folder counts once, unopened) and
-    named at debug level.
+    named at debug level (once per ``warned``).
     """
     warned = set() if warned is None else warned
     skipped = Counter() if skipped is None else skipped
@@ -123,15 +123,14 @@ def iter_scans(
         rel_dir = PurePosixPath(Path(dirpath).relative_to(in_dir).as_posix())
         for d in dirnames:
             if d.startswith("."):
-                skipped["hidden folders"] += 1
-                log.debug("not a scan: %s/ (hidden folder, not looked into)", rel_dir / d)
+                _skip(skipped, f"{rel_dir / d}/", "hidden folders", warned)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             full = Path(dirpath) / name
             rel = str(rel_dir / name) if str(rel_dir) != "." else name
             by_name = is_candidate_name(name, dicom)
             if not by_name and not (dicom and may_be_unsuffixed_dicom(name)):
-                _skip(skipped, rel, skip_reason(name))
+                _skip(skipped, rel, skip_reason(name), warned)
                 continue
             if full.is_symlink() and not inside(root, full):  # checked before its content is ever opened
                 skipped["symbolic links leading outside IN"] += 1
@@ -142,12 +141,15 @@ def iter_scans(
             if by_name or has_dicom_marker(full):
                 yield rel
             else:
-                _skip(skipped, rel, "no suffix and no DICOM marker" if "." not in name else skip_reason(name))
+                reason = "no suffix and no DICOM marker" if "." not in name else skip_reason(name)
+                _skip(skipped, rel, reason, warned)
 
 
-def _skip(skipped: Counter[str], rel: str, reason: str) -> None:
+def _skip(skipped: Counter[str], rel: str, reason: str, named: set[str]) -> None:
     skipped[reason] += 1
-    log.debug("not a scan: %s", rel)
+    if rel not in named:  # once per ``warned`` set: a daemon's rescans do not name it again
+        named.add(rel)
+        log.debug("not a scan: %s", rel)
 
 
 def skip_reason(name: str) -> str:

@@ -96,6 +96,7 @@ class WatchedFolder:
         self._overflow_warned = False
         self.observer_kind = ""
         self.missing = False  #: IN was gone at the last rescan
+        self.skipped: Counter[str] = Counter()  #: files the last rescan found that are not scans, by reason
         self.reattach = threading.Event()  #: IN came back: the observer must watch it anew
 
     # -- events ------------------------------------------------------------------------------------
@@ -222,7 +223,8 @@ class WatchedFolder:
             self.reattach.set()  # the observer's watches went with the old folder
             log.warning("input folder %s is available again", self.root)
         n = 0
-        for rel in iter_scans(self.root, warned=self._warned):
+        self.skipped = Counter()
+        for rel in iter_scans(self.root, warned=self._warned, skipped=self.skipped):
             with self._lock:
                 if rel in self._pending:
                     continue

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
-from edge_runtime.job.assemble import open_job
+from edge_runtime.job.assemble import close_job, open_job
 from edge_runtime.job.discovery import describe_skipped
 from edge_runtime.job.outcome import Outcome, Status, log_failures, log_outcome, log_summary
 from edge_runtime.job.run_record import RunRecord
@@ -85,7 +85,7 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
                 log.error("cannot write the run summary and provenance: %s", exc)
                 record_failed = True
     finally:
-        job.close()
+        closed = close_job(job)
     log_summary(summary_line(counts, time.perf_counter() - t0, settings.out_dir))
     if skipped:
         log_summary(f"not scans, left alone: {describe_skipped(skipped)} (-v names them)")
@@ -101,6 +101,8 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
             blocked.reason,
             not_done,
         )
+        return 2
+    if not closed:
         return 2
     if stop.signum is not None:
         log_summary(f"stopped by {stop.name}: {not_done} scan(s) not done, which the next run does")

@@ -40,7 +40,7 @@ from pathlib import Path
 from edge_runtime._version import __version__
 from edge_runtime.errors import ScanError
 from edge_runtime.files.durable import probe_writable, rewrite_in_place, unwritable, write_atomic
-from edge_runtime.job.assemble import Job, open_job
+from edge_runtime.job.assemble import Job, close_job, open_job
 from edge_runtime.job.discovery import describe_skipped
 from edge_runtime.job.outcome import Outcome, Status, log_outcome, log_summary
 from edge_runtime.job.settings import RunSettings
@@ -298,6 +298,8 @@ class Daemon:
             observer.join(timeout=5)
             try:
                 job.ledger.sync()
+            except OSError as exc:  # the records are in the kernel still; close_job says it if they stay there
+                log.debug("cannot sync the ledger: %s", exc)
             finally:
                 self.write_status(state, exit_info or {"time": _iso(time.time()), "reason": self.stop_reason})
         log_summary(f"stopped: {self.done} segmented, {self.failed} failed since start")
@@ -326,6 +328,7 @@ def run_watch(settings: RunSettings) -> int:
             stop.on_stop = lambda: daemon.request_stop(stop.name)
             if stop.requested.is_set():  # a signal during start-up
                 daemon.request_stop(stop.name)
-            return daemon.run()
+            code = daemon.run()
         finally:
-            job.close()
+            closed = close_job(job)
+        return code if closed else 1  # the unit file restarts it, to redo what it could not record

@@ -47,6 +47,21 @@ def wait_for(cond, what: str, timeout: float = TIMEOUT) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def whole_records(text: str) -> list[dict]:
+    """The complete JSON records in a ledger's text, also where the full disk glued one to a torn one
+    (the ledger's own handling of such lines is branch ledger's; here only what the records say)."""
+    decoder, found, pos = json.JSONDecoder(), [], 0
+    while (start := text.find("{", pos)) >= 0:
+        try:
+            obj, pos = decoder.raw_decode(text, start)
+        except ValueError:
+            pos = start + 1
+            continue
+        if isinstance(obj, dict) and "rel" in obj:
+            found.append(obj)
+    return found
+
+
 def put_scan(path: Path, seed: int) -> None:
     path.write_bytes(cv2.imencode(".png", synthetic(seed, 220, 260)[0])[1].tobytes())
 
@@ -118,3 +133,33 @@ def test_a_full_disk_pauses_the_daemon_and_it_resumes_when_space_returns(tmp_pat
         code = proc.wait(TIMEOUT)
     assert code == 0, text()
     assert not os.path.exists(out / "a0.png")  # the tmpfs went away with the daemon's namespace
+
+
+@pytest.mark.slow
+def test_a_one_shot_run_on_a_full_disk_stops_with_one_message_and_exit_2_and_the_next_run_does_the_rest(
+    tmp_path, tiny_model
+):
+    if not _namespaces_work(tmp_path):
+        pytest.skip("cannot mount a tmpfs in a private mount namespace here (unshare -rm)")
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    for i in range(30):
+        put_scan(src / f"s{i:02d}.png", i)
+    run = [sys.executable, "-m", "edge_runtime", str(src), "--out", str(out), "--model", str(tiny_model), "--overlay"]
+    q = shlex.quote(str(out))
+    script = (
+        f"mount -t tmpfs -o size=200k tmpfs {q} && {shlex.join(run)} 2>&1; echo rc=$?; "
+        f"mount -o remount,size=20m {q} && {shlex.join(run)} 2>&1; echo rc=$?; "
+        f"cat {q}/.edge-seg/ledger.jsonl > {shlex.quote(str(tmp_path / 'ledger.jsonl'))}"
+    )
+    res = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    first, second = res.stdout.split("rc=", 1)[0], res.stdout.split("rc=", 1)[1]
+    assert res.stdout.count("rc=") == 2 and "rc=2" in res.stdout and "rc=0" in res.stdout, res.stdout
+    assert f"error: cannot write to {out}: disk full" in first and "not done, which the next run does" in first
+    assert "Traceback" not in res.stdout and "FAIL" not in res.stdout
+    lines = whole_records((tmp_path / "ledger.jsonl").read_text())
+    assert not [r for r in lines if r.get("event") == "error"]
+    done = {r["rel"] for r in lines if r.get("event") == "done"}
+    assert done == {f"s{i:02d}.png" for i in range(30)}
+    assert "done: 0 segmented" not in second

@@ -60,6 +60,7 @@ RETRY_MAX = 60.0  # ... up to this
 #: A scan OUT would not take this many times in a row, each after the probe said OUT takes writes
 #: again, is the scan's own problem (a folder in the way, say): it gets an error record.
 MAX_WRITE_TRIES = 3
+ERROR_WAIT_FIRST = 1.0  # seconds the loop waits after an unexpected error, doubling up to RETRY_MAX
 
 
 @dataclass
@@ -233,7 +234,7 @@ class Daemon:
         last_rescan = last_status = time.monotonic()
         status_dirty = worked = False
         last_trim = 0.0
-        error_wait = 1.0
+        error_wait = ERROR_WAIT_FIRST
         self.write_status()
         batch = scheduler.batch_size * scheduler.workers  # a burst keeps every worker busy
         state, exit_info = "stopped", None
@@ -280,7 +281,7 @@ class Daemon:
                             release_free_memory()
                         folder.wake.wait(min(wait, 1.0) if status_dirty else wait)
                         folder.wake.clear()
-                    self._loop_error, error_wait = None, 1.0
+                    self._loop_error, error_wait = None, ERROR_WAIT_FIRST
                 except Exception as exc:  # the daemon must not die of one bad scan or a passing I/O error
                     what = f"{type(exc).__name__}: {exc}"
                     if what != self._loop_error:  # in full once; the same error again is one line at debug

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_runtime._version import __version__
-from edge_runtime.console import HelpFormatter, positive_int_arg, setup_logging, threshold_arg
+from edge_runtime.console import HelpFormatter, outputs_doc, positive_int_arg, setup_logging, threshold_arg
 
 if TYPE_CHECKING:
     from edge_runtime.job.settings import RunSettings
@@ -25,22 +25,34 @@ log = logging.getLogger(__name__)
 
 EPILOG = """examples:
   edge-seg scans/ --out masks/                       masks at the model's default threshold
+  edge-seg scan.png --out masks/                     one file: masks/scan.png
   edge-seg scans/ --out masks/ --threshold 0.85 0.9 0.95   one folder per threshold
   edge-seg scans/ --out masks/ --overlay --report     also outlines to look at and findings as JSON
   edge-seg --watch /data/incoming --out /data/masks  run as a daemon (see README: systemd unit)
   edge-seg --demo                                    try it without any scans of your own
 
-Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png.
+Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png
+(one file given: OUT/<its name>.png, recorded in OUT's ledger under its name, as if its folder were IN).
 A scan that cannot be read gets OUT/<relative path>.error.txt with the reason.
 Scans: PNG, JPEG, BMP, TIFF; DICOM (.dcm, .dicom, or by content) with pip install "edge-seg[dicom]".
 --overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, and for
-one-shot runs OUT/run-summary.csv and OUT/run-provenance.json (fields: docs/OUTPUTS.md).
+one-shot runs OUT/run-summary.csv and OUT/run-provenance.json.
+Console: up to 20 scans, a line each; more, a progress bar on a terminal, otherwise a progress line at
+every tenth (-v: a line each). --watch lines start with the time, except under journald (which adds it).
+Every output file and field: {outputs}
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-seg", description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
-    p.add_argument("input", nargs="?", type=Path, help="folder of scans to segment once (one-shot mode)")
+    p = argparse.ArgumentParser(
+        prog="edge-seg", description=__doc__, epilog=EPILOG.format(outputs=outputs_doc()), formatter_class=HelpFormatter
+    )
+    p.add_argument(
+        "input",
+        nargs="?",
+        type=Path,
+        help="a folder of scans, or one scan file, to segment once (one-shot mode)",
+    )
     p.add_argument("--out", type=Path, help="output folder for masks (must not be inside the input folder)")
     p.add_argument("--watch", type=Path, metavar="IN", help="run as a daemon: process IN, then follow new scans")
     p.add_argument("--model", type=Path, help="ONNX model exported by edge-seg-export (default: the bundled model)")
@@ -107,14 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="write synthetic ultrasound scans into DIR/scans and segment them into DIR/masks",
     )
     p.add_argument("--log-file", type=Path, help="also log to this file (rotated at 10 MB, 5 kept)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the summary")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug output (also lists skipped scans)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors, warnings and the summary")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="a line for every scan (also the skipped ones) and debug output"
+    )
     p.add_argument("--version", action="version", version=f"edge-seg {__version__}")
     return p
 
 
 def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings:
     """The typed settings of a run, built once from the parsed command line."""
+    from edge_runtime.errors import SetupError
     from edge_runtime.job.settings import (
         DAEMON_BATCH_SIZE,
         FOLDER_BATCH_SIZE,
@@ -138,7 +153,12 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         in_dir, out_dir = args.demo / "scans", args.out or args.demo / "masks"
     else:
         in_dir, out_dir = args.watch if daemon else args.input, args.out
-    return RunSettings(in_dir, out_dir, job, run, watch, tuple(argv))
+    scan = None
+    if not daemon and args.demo is None and in_dir.is_file():  # single-file mode: the file's folder is IN
+        in_dir, scan = in_dir.parent, in_dir.name
+    elif daemon and in_dir.is_file():
+        raise SetupError(f"--watch follows a folder, and {in_dir} is a file; to segment it once: edge-seg {in_dir}")
+    return RunSettings(in_dir, out_dir, job, run, watch, tuple(argv), scan)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give one of: IN (one-shot), --watch IN (daemon) or --demo")
     if args.demo is None and args.out is None:
         parser.error("--out OUT is required")
-    setup_logging(args.verbose, args.quiet, args.log_file)
+    setup_logging(args.verbose, args.quiet, args.log_file, timestamps=args.watch is not None)
 
     from edge_runtime.errors import SetupError
 

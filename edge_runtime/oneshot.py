@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from edge_runtime.job.assemble import open_job
-from edge_runtime.job.outcome import Outcome, Status, log_failures, log_outcome, log_summary
+from edge_runtime.job.outcome import Outcome, Status, log_failures, log_summary
+from edge_runtime.job.progress import show_progress
 from edge_runtime.job.run_record import RunRecord
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import list_folder
@@ -17,24 +17,28 @@ from edge_runtime.job.sources import list_folder
 log = logging.getLogger(__name__)
 
 
-def summary_line(counts: Counter, seconds: float, out_dir: object) -> str:
+def summary_line(counts: Counter, seconds: float, out_dir: object, settings_changed: list[str] | None = None) -> str:
     done = counts[Status.OK]
     rate = f", {done / seconds:.1f} scans/s" if done and seconds > 0 else ""
+    changed = f"; OUT's settings changed: {'; '.join(settings_changed)}" if settings_changed else ""
     return (
         f"done: {done} segmented, {counts[Status.SKIPPED]} up to date, {counts[Status.FAILED]} failed "
-        f"in {seconds:.1f} s{rate}; masks in {out_dir}"
+        f"in {seconds:.1f} s{rate}; masks in {out_dir}{changed}"
     )
 
 
 def run_once(settings: RunSettings) -> int:
-    """Every scan under IN that needs work, then a summary; the exit code (0 all done, 1 some failed)."""
+    """Every scan under IN (or the one file of a single-file run) that needs work, then a summary.
+
+    Returns the exit code: 0 all done, 1 some failed.
+    """
     t0 = time.perf_counter()
-    job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run)
+    job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run, scan=settings.scan)
     force = settings.run.force
     record = RunRecord(job, ["edge-seg", *settings.argv]) if "reports" in job.spec.outputs else None
     record_failed = False
     try:
-        rels = list_folder(job.in_dir)
+        rels = [settings.scan] if settings.scan is not None else list_folder(job.in_dir)
         if not rels:
             log.warning(
                 "no scans found under %s (looked for .png .jpg .jpeg .bmp .tif .tiff .dcm .dicom)", settings.in_dir
@@ -46,10 +50,7 @@ def run_once(settings: RunSettings) -> int:
                 rec = job.ledger.get(rel) or {}
                 record.add(Outcome(rel, Status.SKIPPED, list(rec.get("outputs", [])), "up to date"))
         failures: list[Outcome] = []
-        for outcome in _progress(job.scheduler.process(todo), len(todo)):
-            if outcome.status == Status.CHANGED:  # one-shot does not wait: report it
-                outcome.status = Status.FAILED
-            log_outcome(outcome)
+        for outcome in show_progress(_no_waiting(job.scheduler.process(todo)), len(todo)):
             counts[outcome.status] += 1
             if outcome.status == Status.FAILED:
                 failures.append(outcome)
@@ -64,22 +65,16 @@ def run_once(settings: RunSettings) -> int:
                 record_failed = True
     finally:
         job.close()
-    log_summary(summary_line(counts, time.perf_counter() - t0, settings.out_dir))
+    log_summary(summary_line(counts, time.perf_counter() - t0, settings.out_dir, job.settings_changed))
     if failures:
         log_failures(failures)
         return 1
     return 1 if record_failed else 0
 
 
-def _progress(outcomes: Iterable[Outcome], total: int) -> Iterator[Outcome]:
-    """A tqdm progress bar on a terminal for more than a handful of scans; plain iteration otherwise."""
-    if total < 10 or not sys.stderr.isatty():
-        yield from outcomes
-        return
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    with logging_redirect_tqdm(), tqdm(total=total, unit="scan", dynamic_ncols=True, leave=False) as bar:
-        for outcome in outcomes:
-            bar.update(1)
-            yield outcome
+def _no_waiting(outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
+    """A scan modified while being read is a failure here: one-shot does not wait for it to settle."""
+    for outcome in outcomes:
+        if outcome.status == Status.CHANGED:
+            outcome.status = Status.FAILED
+        yield outcome

@@ -181,6 +181,7 @@ def _daemon_log(in_dir: Path, out_dir: Path, model: Path, log: Path, journal: bo
     return log.read_text()
 
 
+@pytest.mark.slow
 def test_watch_lines_carry_the_time_except_under_journald(tmp_path, tiny_model):
     """Issue 15: watch-mode console lines had no time stamps (journald adds them; a console does not)."""
     write_png(tmp_path / "in" / "a.png", synthetic(1, 96, 128)[0])

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from edge_runtime.job.assemble import open_job
-from edge_runtime.job.outcome import Outcome, Status, log_failures, log_summary
+from edge_runtime.job.outcome import Outcome, Status, log_failures, log_outcome, log_summary
 from edge_runtime.job.progress import show_progress
 from edge_runtime.job.run_record import RunRecord
 from edge_runtime.job.settings import RunSettings
@@ -45,10 +45,13 @@ def run_once(settings: RunSettings) -> int:
             )
         todo = [r for r in rels if force or job.planner.needs_work(r)]
         counts: Counter = Counter({Status.SKIPPED: len(rels) - len(todo)})
-        if record is not None:
+        if record is not None or log.isEnabledFor(logging.DEBUG):  # -v lists the up-to-date scans too
             for rel in sorted(set(rels) - set(todo)):
                 rec = job.ledger.get(rel) or {}
-                record.add(Outcome(rel, Status.SKIPPED, list(rec.get("outputs", [])), "up to date"))
+                skipped = Outcome(rel, Status.SKIPPED, list(rec.get("outputs", [])), "up to date")
+                log_outcome(skipped)
+                if record is not None:
+                    record.add(skipped)
         failures: list[Outcome] = []
         for outcome in show_progress(_no_waiting(job.scheduler.process(todo)), len(todo)):
             counts[outcome.status] += 1

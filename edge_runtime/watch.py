@@ -162,7 +162,10 @@ class Daemon:
             observer.join(timeout=5)
             job.ledger.sync()
             self.write_status("stopped")
-        log_summary(f"stopped: {self.done} segmented, {self.failed} failed since start")
+        changed = (
+            f"; OUT's settings changed at start: {'; '.join(job.settings_changed)}" if job.settings_changed else ""
+        )
+        log_summary(f"stopped: {self.done} segmented, {self.failed} failed since start{changed}")
         return 0
 
 

@@ -125,6 +125,10 @@ def test_a_small_run_lists_each_scan(tmp_path, tiny_model):
     assert res.returncode == 0
     assert sum(ln.startswith("ok ") for ln in res.stderr.splitlines()) == 3
     assert "progress:" not in res.stderr
+    res = edge_seg(tmp_path / "in", "--out", tmp_path / "out", "--model", tiny_model, "-v")  # -v: the skipped too
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("skip ")] == [
+        f"skip s{i}.png: up to date" for i in range(3)
+    ]
 
 
 def _on_a_terminal(*args: str | Path) -> str:
@@ -164,7 +168,7 @@ def test_on_a_terminal_the_failures_print_above_the_progress_bar(many, tmp_path,
 # -- watch mode: time stamps off journald ------------------------------------------------------------
 
 
-def _daemon_log(in_dir: Path, out_dir: Path, model: Path, log: Path, journal: bool) -> str:
+def _daemon_log(in_dir: Path, out_dir: Path, model: Path, log: Path, journal: bool, *extra: str) -> str:
     """Start a daemon with its stderr in ``log`` (``journal``: JOURNAL_STREAM names that file), stop it."""
     env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
     with open(log, "w") as fh:
@@ -172,7 +176,7 @@ def _daemon_log(in_dir: Path, out_dir: Path, model: Path, log: Path, journal: bo
             st = os.fstat(fh.fileno())
             env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
         cmd = [sys.executable, "-m", "edge_runtime", "--watch", str(in_dir), "--out", str(out_dir)]
-        proc = subprocess.Popen([*cmd, "--model", str(model)], stdout=fh, stderr=fh, env=env)
+        proc = subprocess.Popen([*cmd, "--model", str(model), *extra], stdout=fh, stderr=fh, env=env)
         end = time.monotonic() + 60
         while "ok " not in log.read_text() and proc.poll() is None and time.monotonic() < end:
             time.sleep(0.05)
@@ -190,7 +194,12 @@ def test_watch_lines_carry_the_time_except_under_journald(tmp_path, tiny_model):
     assert lines and all(STAMP.match(ln) for ln in lines), text
     assert any(STAMP.sub("", ln).startswith("ok   a.png -> a.png") for ln in lines)
     assert any(STAMP.sub("", ln).startswith("stopped: 1 segmented") for ln in lines)
+    # under journald, no stamps; and a daemon started with other settings says so at start and at the end
     write_png(tmp_path / "in" / "b.png", synthetic(2, 96, 128)[0])
-    text = _daemon_log(tmp_path / "in", tmp_path / "out", tiny_model, tmp_path / "journal.log", journal=True)
+    log = tmp_path / "journal.log"
+    text = _daemon_log(tmp_path / "in", tmp_path / "out", tiny_model, log, True, "--threshold", "0.9")
     assert not any(STAMP.match(ln) for ln in text.splitlines()), text
-    assert "\nok   b.png -> b.png" in text
+    assert re.search(r"^ok   [ab]\.png -> [ab]\.png", text, re.MULTILINE)
+    assert "was made with other settings (threshold 0.5 -> 0.9)" in text
+    stopped = r"^stopped: \d segmented, 0 failed since start; OUT's settings changed at start: threshold 0.5 -> 0.9$"
+    assert re.search(stopped, text, re.MULTILINE), text

@@ -157,7 +157,8 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
     if not daemon and args.demo is None and in_dir.is_file():  # single-file mode: the file's folder is IN
         in_dir, scan = in_dir.parent, in_dir.name
     elif daemon and in_dir.is_file():
-        raise SetupError(f"--watch follows a folder, and {in_dir} is a file; to segment it once: edge-seg {in_dir}")
+        once = f"edge-seg {in_dir} --out {out_dir}"
+        raise SetupError(f"--watch follows a folder, and {in_dir} is a file; to segment it once: {once}")
     return RunSettings(in_dir, out_dir, job, run, watch, tuple(argv), scan)
 
 

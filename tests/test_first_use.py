@@ -73,7 +73,7 @@ def test_one_dicom_file_gives_a_mask_per_frame(tmp_path, tiny_model, name):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"{stem}_f0001.png", f"{stem}_f0002.png"]
 
 
-@pytest.mark.parametrize("case", ["not_a_scan", "missing", "inside_out", "watch_a_file"])
+@pytest.mark.parametrize("case", ["not_a_scan", "missing", "inside_out", "watch_a_file", "out_a_mask_name"])
 def test_a_file_that_cannot_be_used_is_one_line_and_exit_2(tmp_path, tiny_model, case):
     out = tmp_path / "out"
     args: list[str | Path] = [tmp_path / "notes.txt", "--out", out]
@@ -84,16 +84,21 @@ def test_a_file_that_cannot_be_used_is_one_line_and_exit_2(tmp_path, tiny_model,
         args[0] = write_png(out / "scan.png", synthetic(1)[0])
     elif case == "watch_a_file":
         args = ["--watch", write_png(tmp_path / "scan.png", synthetic(1)[0]), "--out", out]
+    elif case == "out_a_mask_name":  # as rembg is called: `rembg i in.png out.png`
+        args = [write_png(tmp_path / "scan.jpeg", synthetic(1)[0]), "--out", tmp_path / "mask.png"]
     res = edge_seg(*args, "--model", tiny_model)
     expected = {
         "not_a_scan": "is not a scan: scans are",
         "missing": "nope.png does not exist",
         "inside_out": "is inside output folder",
         "watch_a_file": "--watch follows a folder",
+        "out_a_mask_name": f"--out is a folder, not a mask file: edge-seg {tmp_path / 'scan.jpeg'} --out "
+        f"{tmp_path / 'masks'} writes {tmp_path / 'masks' / 'scan.png'}",
     }[case]
     assert res.returncode == 2 and "Traceback" not in res.stderr
     line = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", res.stderr)  # --watch lines carry the time
     assert len(res.stderr.splitlines()) == 1 and line.startswith("error: ") and expected in line
+    assert not (tmp_path / "mask.png").exists()
 
 
 # -- Segmenter.segment(path) -------------------------------------------------------------------------

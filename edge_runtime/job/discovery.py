@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from edge_runtime.errors import SetupError
 from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from edge_runtime.outputs.layout import scan_stem
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ def check_folders(in_dir: Path, out_dir: Path, scan: str | None = None) -> tuple
     """
     if scan is not None:
         check_scan_file(in_dir / scan, out_dir)
+        if out_dir.suffix.lower() in IMAGE_SUFFIXES and not out_dir.is_dir():  # rembg's `i in.png out.png`
+            raise SetupError(
+                f"--out is a folder, not a mask file: edge-seg {in_dir / scan} --out {out_dir.parent / 'masks'} "
+                f"writes {out_dir.parent / 'masks' / scan_stem(scan)}.png"
+            )
     elif not in_dir.exists():
         raise SetupError(f"input {in_dir} does not exist")
     elif not in_dir.is_dir():
@@ -109,7 +115,7 @@ def check_scan_file(path: Path, out_dir: Path) -> None:
     if not is_candidate(path.name, root=path.parent):
         raise SetupError(
             f"input {path} is not a scan: scans are {' '.join(sorted(IMAGE_SUFFIXES | DICOM_SUFFIXES))} files, "
-            "or DICOM by content"
+            "or DICOM by content, and never hidden or temporary names"
         )
 
 

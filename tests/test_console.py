@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -72,8 +73,10 @@ def test_help_names_an_outputs_document_that_exists(tmp_path):
 def test_the_installed_package_has_the_outputs_document_its_help_names(tmp_path):
     """Issue 15: the help pointed at docs/OUTPUTS.md, which an installed package did not have."""
     pytest.importorskip("setuptools")  # the build backend, used as installed (no download)
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
-    build = [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w"]
+    wheels, target, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    skip = shutil.ignore_patterns(".*", "runs", "build", "*.egg-info", "__pycache__", "tests", "bench")
+    shutil.copytree(REPO, source, ignore=skip)  # setuptools writes build/ into the tree it builds
+    build = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w"]
     subprocess.run([*build, str(wheels)], check=True, capture_output=True, timeout=300, cwd=tmp_path)
     (wheel,) = wheels.glob("edge_seg-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

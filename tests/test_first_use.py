@@ -181,7 +181,7 @@ def test_a_run_with_other_settings_into_an_out_warns_and_says_so_in_the_summary(
     warning = [ln for ln in second.stderr.splitlines() if ln.startswith("warning: ")]
     assert len(warning) == 1, second.stderr
     assert "was made with other settings (threshold 0.5 -> 0.9)" in warning[0]
-    assert "the 3 scan(s) done before are redone, and their masks are replaced under the same names" in warning[0]
+    assert "scans done with those are redone, and their masks are replaced under the same names" in warning[0]
     summary = next(ln for ln in second.stderr.splitlines() if ln.startswith("done: "))
     assert summary.startswith("done: 3 segmented") and summary.endswith("OUT's settings changed: threshold 0.5 -> 0.9")
     settings = json.loads((tmp_path / "out" / ".edge-seg" / "settings.json").read_text())

@@ -67,7 +67,7 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
     ledger = Ledger(out_dir)  # takes the output folder's lock
     try:
         sweep_temp_files(out_dir)
-        changed = check_and_record(out_dir, spec, ledger.counts()["done"])
+        changed = check_and_record(out_dir, spec)
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
         planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers)
         processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir)

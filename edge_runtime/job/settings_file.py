@@ -3,8 +3,8 @@
 The ledger records each scan's job signature, a hash; this file keeps the settings behind it in words,
 as the last job into OUT used them: model (name, version, sha256), thresholds, outputs, opening size.
 A job whose settings differ says what changed (``threshold 0.5 -> 0.9``) once at start, as a warning,
-and a one-shot run says it again in its summary: the scans done before are redone, and where the
-layout stays (one threshold, as before) their masks are replaced under the same names.
+and a one-shot run says it again in its summary: the scans done with the earlier settings are redone
+(the ledger's signature decides), and where the layout stays their masks are replaced under the same names.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     if before.get("signature") == now["signature"]:
         return []
     said = []
-    old_model, new_model = before.get("model") or {}, now["model"]
+    old_model, new_model = before.get("model"), now["model"]
+    old_model = old_model if isinstance(old_model, dict) else {}
     if old_model.get("sha256") != new_model["sha256"]:
         said.append(f"model {_model(old_model)} -> {_model(new_model)}")
     for key, name in (("thresholds", "threshold"), ("outputs", "outputs"), ("opening", "opening size")):
@@ -51,11 +52,11 @@ def changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return said or ["output settings (another edge-seg version)"]
 
 
-def check_and_record(out_dir: Path, spec: JobSpec, done_before: int) -> list[str]:
+def check_and_record(out_dir: Path, spec: JobSpec) -> list[str]:
     """Compare this job's settings with the last ones used on ``out_dir`` and record this job's.
 
-    Returns what changed, in words, having warned about it once; ``done_before`` is how many scans the
-    ledger holds as done. Call it with OUT's lock held (after the ledger is opened).
+    Returns what changed, in words, having warned about it once. Call it with OUT's lock held (after
+    the ledger is opened).
     """
     path = out_dir / STATE_DIR / SETTINGS_NAME
     now = describe(spec)
@@ -70,13 +71,13 @@ def check_and_record(out_dir: Path, spec: JobSpec, done_before: int) -> list[str
         before = None
     said = changes(before, now) if before is not None else []
     if before is not None and said:
-        same_layout = (len(before.get("thresholds") or []) == 1) == (len(spec.thresholds) == 1)
+        old = before.get("thresholds")
+        same_layout = (isinstance(old, list) and len(old) == 1) == (len(spec.thresholds) == 1)
         what = "their masks are replaced under the same names" if same_layout else "the earlier files stay as they are"
         log.warning(
-            "%s was made with other settings (%s): the %d scan(s) done before are redone, and %s",
+            "%s was made with other settings (%s): scans done with those are redone, and %s",
             out_dir,
             "; ".join(said),
-            done_before,
             what,
         )
     if before is None or said:

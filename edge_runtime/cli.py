@@ -23,12 +23,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The systemd unit file, installed with the package (README: "Run it as a service").
+UNIT_FILE = Path(__file__).resolve().parent / "service" / "edge-seg.service"
+
 EPILOG = """examples:
   edge-seg scans/ --out masks/                       masks at the model's default threshold
   edge-seg scan.png --out masks/                     one file: masks/scan.png
   edge-seg scans/ --out masks/ --threshold 0.85 0.9 0.95   one folder per threshold
   edge-seg scans/ --out masks/ --overlay --report     also outlines to look at and findings as JSON
-  edge-seg --watch /data/incoming --out /data/masks  run as a daemon (see README: systemd unit)
+  edge-seg --watch /data/incoming --out /data/masks  run as a daemon
+                                                     (systemd unit: {unit})
   edge-seg --demo                                    try it without any scans of your own
 
 Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png
@@ -44,9 +48,8 @@ Every output file and field: {outputs}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="edge-seg", description=__doc__, epilog=EPILOG.format(outputs=outputs_doc()), formatter_class=HelpFormatter
-    )
+    epilog = EPILOG.format(outputs=outputs_doc(), unit=UNIT_FILE)
+    p = argparse.ArgumentParser(prog="edge-seg", description=__doc__, epilog=epilog, formatter_class=HelpFormatter)
     p.add_argument(
         "input",
         nargs="?",

@@ -67,6 +67,8 @@ def test_help_names_an_outputs_document_that_exists(tmp_path):
     found = re.search(r"Every output file and field: (\S+)", res.stdout)
     assert res.returncode == 0 and found, res.stdout[-600:]
     assert Path(found[1]).is_file() and Path(found[1]).name == "OUTPUTS.md"
+    unit = re.search(r"systemd unit: (\S+)\)", res.stdout)
+    assert unit and Path(unit[1]).is_file(), res.stdout  # not "see README", which is not installed
 
 
 @pytest.mark.slow
@@ -91,6 +93,8 @@ def test_the_installed_package_has_the_outputs_document_its_help_names(tmp_path)
     named = Path(re.search(r"Every output file and field: (\S+)", res.stdout)[1])
     assert named.is_file() and target in named.parents
     assert named.read_text() == (REPO / "docs" / "OUTPUTS.md").read_text()
+    unit = Path(re.search(r"systemd unit: (\S+)\)", res.stdout)[1])
+    assert unit.is_file() and target in unit.parents
 
 
 # -- -q and progress ---------------------------------------------------------------------------------

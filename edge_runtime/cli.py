@@ -42,7 +42,8 @@ Scans: PNG, JPEG, BMP, TIFF; DICOM (.dcm, .dicom, or by content) with pip instal
 --overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, and for
 one-shot runs OUT/run-summary.csv and OUT/run-provenance.json.
 Console: up to 20 scans, a line each; more, a progress bar on a terminal, otherwise a progress line at
-every tenth (-v: a line each). --watch lines start with the time, except under journald (which adds it).
+every tenth and every minute (-v: a line each). --watch lines start with the time, except under
+journald (which adds it).
 Every output file and field: {outputs}
 """
 

@@ -4,6 +4,8 @@ terminal, time stamps in watch mode. Real `edge-seg` processes: their stderr is 
 from __future__ import annotations
 
 import fcntl
+import itertools
+import logging
 import os
 import re
 import shutil
@@ -117,13 +119,32 @@ def test_without_a_terminal_a_large_run_prints_progress_lines_not_a_line_per_sca
     assert res.returncode == 1
     assert not [ln for ln in lines if ln.startswith("ok ")]
     progress = [ln for ln in lines if ln.startswith("progress: ")]
-    assert 1 <= len(progress) <= 10, progress
+    tenths = [f"progress: {n}/{SCANS + 1} scans" for n in (*range(5, SCANS + 1, 5), SCANS + 1)]  # ceil(46 / 10)
+    assert [p for p in progress if p.startswith(tuple(tenths))] and len(progress) < SCANS // 2, progress
     assert progress[-1].startswith(f"progress: {SCANS + 1}/{SCANS + 1} scans (100%), 1 failed")
     assert any(ln.startswith("FAIL bad.png: ") for ln in lines)
     assert any(ln.startswith(f"done: {SCANS} segmented") for ln in lines)
     # -v: a line per scan again
     res = edge_seg(many, "--out", tmp_path / "out2", "--model", tiny_model, "-v")
     assert sum(ln.startswith("ok ") for ln in res.stderr.splitlines()) == SCANS
+
+
+def test_progress_lines_come_at_every_tenth_and_at_least_every_minute(monkeypatch, caplog):
+    """A long run without a terminal says it is alive between its tenths (a clock that jumps 25 s a scan)."""
+    from edge_runtime.job import progress
+    from edge_runtime.job.outcome import Outcome, Status
+
+    clock = iter(range(0, 10_000, 25))
+    monkeypatch.setattr(progress.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(progress, "_terminal", lambda: False)
+    outcomes = [Outcome(f"s{i}.png", Status.OK, [f"s{i}.png"]) for i in range(100)]
+    with caplog.at_level(logging.INFO, logger="edge_runtime"):
+        assert list(progress.show_progress(outcomes, 100)) == outcomes
+    shown = [r.getMessage() for r in caplog.records if r.name == "edge_runtime.job.progress"]
+    done = [int(m.split()[1].split("/")[0]) for m in shown]
+    # 25 s a scan: the minute passes every third scan; the tenths (10, 20, ...) come as well
+    assert all(n in done for n in range(10, 101, 10)) and all(b - a <= 3 for a, b in itertools.pairwise([0, *done]))
+    assert not [r for r in caplog.records if r.getMessage().startswith("ok ") and r.levelno >= logging.INFO]
 
 
 def test_a_small_run_lists_each_scan(tmp_path, tiny_model):

@@ -4,7 +4,8 @@
 * More, on a terminal: a progress bar, with the ``FAIL`` lines printed above it (tqdm's
   ``logging_redirect_tqdm``: the bar is cleared, the line written, the bar drawn again below it).
 * More, without a terminal (a pipe, a file, a CI log, cron): a progress line at every tenth of the
-  scans, ``progress: 500/5000 scans (10%), 2 failed, 41.2 scans/s``, instead of 5,000 ``ok`` lines.
+  scans, ``progress: 500/5000 scans (10%), 2 failed, 41.2 scans/s``, instead of 5,000 ``ok`` lines,
+  and at least every :data:`EVERY_SECONDS` in between (a tenth of a long run can take an hour).
 
 ``FAIL`` lines are always printed; ``-q`` leaves only them, the summary and other warnings and errors.
 """
@@ -25,8 +26,10 @@ log = logging.getLogger(__name__)
 LIST_UP_TO = 20
 #: A progress bar needs at least this many scans to be worth drawing.
 BAR_FROM = 10
-#: Without a terminal, a progress line at every this-th share of the scans.
+#: Without a terminal, a progress line at every this-th share of the scans...
 STEPS = 10
+#: ... and at least this often (seconds).
+EVERY_SECONDS = 60.0
 
 
 def show_progress(outcomes: Iterable[Outcome], total: int) -> Iterator[Outcome]:
@@ -34,7 +37,7 @@ def show_progress(outcomes: Iterable[Outcome], total: int) -> Iterator[Outcome]:
     info = logging.getLogger("edge_runtime").isEnabledFor(logging.INFO)
     listed = total <= LIST_UP_TO or logging.getLogger("edge_runtime").isEnabledFor(logging.DEBUG)
     bar = info and total >= BAR_FROM and _terminal()
-    t0 = time.perf_counter()
+    t0 = last = time.monotonic()
     step = max(1, -(-total // STEPS))  # ceil: at most STEPS lines
     failed = 0
     with _bar(total) if bar else contextlib.nullcontext() as pbar:
@@ -43,8 +46,9 @@ def show_progress(outcomes: Iterable[Outcome], total: int) -> Iterator[Outcome]:
             failed += outcome.status == Status.FAILED
             if pbar is not None:
                 pbar.update(1)
-            elif not listed and (n % step == 0 or n == total):
-                seconds = time.perf_counter() - t0
+            elif not listed and (n % step == 0 or n == total or time.monotonic() - last >= EVERY_SECONDS):
+                last = time.monotonic()
+                seconds = last - t0
                 rate = f", {n / seconds:.1f} scans/s" if seconds > 0 else ""
                 log.info("progress: %d/%d scans (%.0f%%), %d failed%s", n, total, 100 * n / total, failed, rate)
             yield outcome

@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const=Path("edge-seg-demo"),
         metavar="DIR",
-        help="write synthetic ultrasound scans into DIR/scans and segment them into DIR/masks",
+        help="write synthetic ultrasound scans into DIR/scans, segment them into DIR/masks and draw what was "
+        "found into DIR/masks/overlays",
     )
     p.add_argument("--log-file", type=Path, help="also log to this file (rotated at 10 MB, 5 kept)")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors, warnings and the summary")

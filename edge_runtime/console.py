@@ -46,6 +46,10 @@ class ConsoleFormatter(logging.Formatter):
             record.message = f"{record.levelname.lower()}: {record.message}"
         return super().formatMessage(record)
 
+    def format(self, record: logging.LogRecord) -> str:
+        # A file name that is not UTF-8 is shown escaped (``bad\udcffname.png``), whatever the stream's encoding.
+        return super().format(record).encode("utf-8", "backslashreplace").decode("utf-8")
+
 
 def setup_logging(
     verbose: bool = False, quiet: bool = False, log_file: Path | None = None, timestamps: bool = False
@@ -55,7 +59,8 @@ def setup_logging(
     ``quiet``: warnings, errors and the run's closing lines (:data:`edge_runtime.job.outcome.SUMMARY`).
     ``timestamps``: each console line starts with the local time (``2026-12-01 11:40:02``), for a daemon
     run on a console; under journald (:func:`under_journald`), which stamps every line itself, they are
-    left out.
+    left out. Raises :class:`~edge_runtime.errors.SetupError` if the log file cannot be opened (the
+    console is set up).
     """
     level = logging.DEBUG if verbose else SUMMARY if quiet else logging.INFO
     root = logging.getLogger()
@@ -69,8 +74,15 @@ def setup_logging(
     console.setFormatter(ConsoleFormatter("%(asctime)s %(message)s" if stamped else "%(message)s", TIME_FORMAT))
     root.addHandler(console)
     if log_file:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=10 << 20, backupCount=5, encoding="utf-8")
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            fh = logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=10 << 20, backupCount=5, encoding="utf-8", errors="backslashreplace"
+            )
+        except OSError as exc:
+            from edge_runtime.errors import SetupError
+
+            raise SetupError(f"cannot write the log file {log_file}: {exc.strerror or exc}") from None
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         fh.edge_seg = True  # type: ignore[attr-defined]
         root.addHandler(fh)

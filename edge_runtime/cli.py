@@ -33,7 +33,8 @@ EPILOG = """examples:
 Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png.
 A scan that cannot be read gets OUT/<relative path>.error.txt with the reason.
 Scans: PNG, JPEG, BMP, TIFF; DICOM (.dcm, .dicom, or by content) with pip install "edge-seg[dicom]".
---overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, and for
+--overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, the review
+page OUT/index.html (every scan with its outline and findings, flagged ones first), and for
 one-shot runs OUT/run-summary.csv and OUT/run-provenance.json (fields: docs/OUTPUTS.md).
 """
 
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report",
         action="store_true",
-        help="also write the findings (nodules, areas, probabilities) as OUT/reports/<relative path>.json; "
+        help="also write the findings (nodules, areas, probabilities) as OUT/reports/<relative path>.json and "
+        "a review page, OUT/index.html, to open in a browser (implies --overlay); "
         "one-shot runs add OUT/run-summary.csv and OUT/run-provenance.json",
     )
     p.add_argument("--force", action="store_true", help="redo scans whose masks are already up to date")
@@ -125,7 +127,8 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
     )
 
     daemon = args.watch is not None
-    outputs = tuple(kind for kind, asked in (("overlays", args.overlay), ("reports", args.report)) if asked)
+    # --report: the findings and the review page, which shows the overlays
+    outputs = ("overlays", "reports", "review") if args.report else ("overlays",) if args.overlay else ()
     job = JobRequest(args.model, tuple(args.threshold) if args.threshold else None, outputs)
     run = RunOptions(
         workers=args.threads + 1 if args.threads else None,  # None: one per available core, plus one

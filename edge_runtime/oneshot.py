@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from edge_runtime.job.assemble import open_job
 from edge_runtime.job.outcome import Outcome, Status, log_failures, log_outcome, log_summary
+from edge_runtime.job.review import PageKeeper
 from edge_runtime.job.run_record import RunRecord
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import list_folder
@@ -32,6 +33,7 @@ def run_once(settings: RunSettings) -> int:
     job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run)
     force = settings.run.force
     record = RunRecord(job, ["edge-seg", *settings.argv]) if "reports" in job.spec.outputs else None
+    page = PageKeeper(job, ["edge-seg", *settings.argv]) if "review" in job.spec.outputs else None
     record_failed = False
     try:
         rels = list_folder(job.in_dir)
@@ -62,6 +64,10 @@ def run_once(settings: RunSettings) -> int:
             except OSError as exc:
                 log.error("cannot write the run summary and provenance: %s", exc)
                 record_failed = True
+        if page is not None:
+            ran = {"segmented": counts[Status.OK], "up to date": counts[Status.SKIPPED]}
+            ran["failed"] = counts[Status.FAILED]
+            record_failed = not page.write(ran, finished=True) or record_failed
     finally:
         job.close()
     log_summary(summary_line(counts, time.perf_counter() - t0, settings.out_dir))

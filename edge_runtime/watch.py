@@ -34,6 +34,7 @@ from edge_runtime._version import __version__
 from edge_runtime.files.durable import write_atomic
 from edge_runtime.job.assemble import Job, open_job
 from edge_runtime.job.outcome import Outcome, Status, log_outcome, log_summary
+from edge_runtime.job.review import PageKeeper
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import WatchedFolder
 from edge_runtime.memory import release_free_memory, settle_allocator
@@ -49,9 +50,10 @@ TRIM_EVERY = 10.0  # at most this often, freed memory goes back to the OS when t
 class Daemon:
     """Processes the scans of a :class:`WatchedFolder` as they become complete, until stopped."""
 
-    def __init__(self, job: Job, folder: WatchedFolder, rescan: float = 60.0) -> None:
+    def __init__(self, job: Job, folder: WatchedFolder, rescan: float = 60.0, page: PageKeeper | None = None) -> None:
         self.job = job
         self.folder = folder
+        self.page = page  #: the review page (--report), rewritten every few seconds when something changed
         self.rescan_every = rescan
         self.stop_requested = threading.Event()
         self.started = time.time()
@@ -98,6 +100,8 @@ class Daemon:
             self.folder.requeue(outcome.rel)
             return
         log_outcome(outcome)
+        if self.page is not None and outcome.status in (Status.OK, Status.FAILED):
+            self.page.changed()
         if outcome.status == Status.OK:
             self.done += 1
         elif outcome.status == Status.FAILED:
@@ -146,13 +150,18 @@ class Daemon:
                     if now - last_status >= STATUS_EVERY or (status_dirty and now - last_status >= 1.0):
                         last_status, status_dirty = now, False
                         self.write_status()
+                    if self.page is not None:
+                        self.page.maybe_write()
                     if todo:
                         worked = True
                     if not ready:
                         if worked and now - last_trim >= TRIM_EVERY:  # idle again after work
                             worked, last_trim = False, now
                             release_free_memory()
-                        folder.wake.wait(min(wait, 1.0) if status_dirty else wait)
+                        page_due = self.page.due_in() if self.page is not None else None
+                        if status_dirty:
+                            wait = min(wait, 1.0)
+                        folder.wake.wait(wait if page_due is None else min(wait, page_due + 0.05))
                         folder.wake.clear()
                 except Exception:  # the daemon must not die of one bad scan or a passing I/O error
                     log.exception("unexpected error in the watch loop; continuing")
@@ -162,6 +171,8 @@ class Daemon:
             observer.join(timeout=5)
             job.ledger.sync()
             self.write_status("stopped")
+            if self.page is not None:
+                self.page.write(finished=True)
         log_summary(f"stopped: {self.done} segmented, {self.failed} failed since start")
         return 0
 
@@ -182,7 +193,8 @@ def run_watch(settings: RunSettings) -> int:
     folder = WatchedFolder(
         job.in_dir, lambda rel: job.planner.needs_work(rel, retry_failed=False), watch.settle, watch.polling
     )
-    daemon = Daemon(job, folder, rescan=watch.rescan)
+    page = PageKeeper(job, ["edge-seg", *settings.argv], watch=True) if "review" in job.spec.outputs else None
+    daemon = Daemon(job, folder, rescan=watch.rescan, page=page)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log_summary(f"{signal.Signals(signum).name} received: finishing the scans in hand, then stopping")

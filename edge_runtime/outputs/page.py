@@ -1,0 +1,202 @@
+"""The review page (``--report``): ``OUT/index.html``, every scan of OUT as a card, flagged ones first.
+
+Rendered from what is on disk under OUT -- the findings reports (``OUT/reports/**.json``) and the error
+records (``OUT/**.error.txt``) -- so a rerun, or a daemon restarted, shows the whole of OUT, not only
+the scans of this process. When a scan has both (it failed after it had once been done, or the other
+way round), the newer file wins. The page is static: one HTML file per :data:`PAGE_SIZE` cards
+(``index.html``, ``index-2.html``, ...), with its CSS and JavaScript inline and nothing fetched from
+elsewhere, so it works opened from disk (``file://``) and offline. The template
+(``templates/review.html.j2``) is rendered by Jinja2 with autoescaping: file names and reasons are text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import jinja2
+
+from edge_runtime._version import __version__
+from edge_runtime.files.durable import write_atomic
+from edge_runtime.outputs.cards import FLAGS, Card, failed_card, report_card
+from edge_runtime.outputs.layout import PAGE_NAME, REPORT_DIR, STATE_DIR, plain_path, relative, thumbnail_path
+from edge_runtime.outputs.review import thumb_size
+
+log = logging.getLogger(__name__)
+
+#: Cards per page.
+PAGE_SIZE = 200
+ERROR_SUFFIX = ".error.txt"
+
+
+@dataclass
+class RunInfo:
+    """The run's summary at the top of the page."""
+
+    command: list[str]
+    started: float  #: time.time() when the run (or the daemon) started
+    mode: str = "one-shot"  #: or ``"watch"``
+    model: str = ""  #: ``name version (file)``
+    thresholds: list[str] = field(default_factory=list)
+    finished: float | None = None  #: None while a daemon runs
+    #: this run's own counts (``segmented``, ``up to date``, ``failed``), or empty
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def page_name(number: int) -> str:
+    """``index.html``, ``index-2.html``, ..."""
+    return PAGE_NAME if number == 1 else f"{PAGE_NAME.removesuffix('.html')}-{number}.html"
+
+
+def _url(path: str) -> str:
+    """A path relative to OUT as a relative URL (``#``, ``?``, ``%``, spaces, non-ASCII escaped)."""
+    return quote(path, safe="/")
+
+
+def _local(t: float | None) -> str:
+    return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("edge_runtime.outputs", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["url"] = _url
+    return env
+
+
+class ReviewPage:
+    """Collects the cards of OUT from disk and writes the review page's files.
+
+    Reads each report and error record once and keeps its card until the file changes, so a daemon
+    rewriting the page every few seconds reads only what is new.
+    """
+
+    def __init__(self, out_dir: Path, newest_first: bool = False, page_size: int = PAGE_SIZE, fsync: bool = True):
+        self.out_dir = out_dir
+        self.newest_first = newest_first
+        self.page_size = max(1, page_size)
+        self.fsync = fsync
+        self._cache: dict[str, tuple[tuple[int, int], Card | None]] = {}
+        self._template = _environment().get_template("review.html.j2")
+
+    # -- the cards ------------------------------------------------------------------------------------
+    def collect(self) -> list[Card]:
+        """Every scan with a report or an error record under OUT, in page order."""
+        cards: dict[str, Card] = {}
+        seen: set[str] = set()
+        for path in self._record_files():
+            card = self._card(path)
+            seen.add(str(path))
+            if card is not None and (card.rel not in cards or card.time_ns > cards[card.rel].time_ns):
+                cards[card.rel] = card
+        for gone in set(self._cache) - seen:
+            del self._cache[gone]
+        return sorted(cards.values(), key=self._order)
+
+    def _order(self, card: Card) -> tuple:
+        if self.newest_first:
+            return (not card.flags, -card.time_ns, card.rel)
+        return (card.rank, card.rel)
+
+    def _record_files(self) -> list[Path]:
+        """The reports under OUT/reports/ and the error records anywhere under OUT (hidden folders aside)."""
+        found = []
+        reports = self.out_dir / REPORT_DIR
+        for root, dirs, files in os.walk(self.out_dir):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d != STATE_DIR]
+            in_reports = Path(root).is_relative_to(reports)
+            for name in files:
+                if name.startswith("."):
+                    continue
+                if name.endswith(ERROR_SUFFIX) or (in_reports and name.endswith(".json")):
+                    found.append(Path(root) / name)
+        return found
+
+    def _card(self, path: Path) -> Card | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = (st.st_mtime_ns, st.st_size)
+        cached = self._cache.get(str(path))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        card = self._read(path, st.st_mtime_ns)
+        self._cache[str(path)] = (key, card)
+        return card
+
+    def _read(self, path: Path, mtime_ns: int) -> Card | None:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if path.name.endswith(ERROR_SUFFIX):
+                fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+                return failed_card(fields["scan"], fields.get("reason", "unknown"), mtime_ns)
+            return report_card(json.loads(text), mtime_ns)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            log.warning("review page: %s left out, it cannot be read: %s", relative(self.out_dir, path), exc)
+            return None
+
+    # -- the page -------------------------------------------------------------------------------------
+    def write(self, run: RunInfo) -> list[Path]:
+        """Write every page atomically (and remove pages left from a larger run); returns their paths."""
+        cards = self.collect()
+        pages = [cards[i : i + self.page_size] for i in range(0, len(cards), self.page_size)] or [[]]
+        flag_counts = Counter(f for c in cards for f in c.flags)
+        last_flagged = max((i + 1 for i, page in enumerate(pages) if any(c.flags for c in page)), default=0)
+        totals = {
+            "scans": len(cards),
+            "failed": flag_counts["failed"],
+            "with_nodule": sum(1 for c in cards if "failed" not in c.flags and "no-nodule" not in c.flags),
+            "no_nodule": flag_counts["no-nodule"],
+            "flagged": sum(1 for c in cards if c.flags),
+        }
+        written = []
+        for number, page in enumerate(pages, 1):
+            html = self._template.render(
+                run=run,
+                version=__version__,
+                out_name=self.out_dir.name,
+                cards=[self._view(c) for c in page],
+                flags=[(key, label, flag_counts[key]) for key, label in FLAGS.items()],
+                labels=FLAGS,
+                totals=totals,
+                page=number,
+                pages=[(n, page_name(n)) for n in range(1, len(pages) + 1)],
+                last_flagged=last_flagged,
+                newest_first=self.newest_first,
+                started=_local(run.started),
+                finished=_local(run.finished),
+                updated=_local(time.time()),
+                seconds=None if run.finished is None else run.finished - run.started,
+            )
+            path = self.out_dir / page_name(number)
+            write_atomic(path, html, fsync=self.fsync)
+            written.append(path)
+        number = len(pages) + 1
+        while (self.out_dir / page_name(number)).exists():  # a larger run's pages
+            with contextlib.suppress(OSError):
+                (self.out_dir / page_name(number)).unlink()
+            number += 1
+        return written
+
+    def _view(self, card: Card) -> dict:
+        """What the template needs of a card beyond its fields: its pictures' URLs and size."""
+        view: dict = {"card": card}
+        if "failed" not in card.flags:
+            out = self.out_dir
+            view["thumb"] = relative(out, thumbnail_path(out, card.rel))
+            view["plain"] = relative(out, plain_path(out, card.rel))
+            view["thumb_w"], view["thumb_h"] = thumb_size(card.height, card.width)
+        return view

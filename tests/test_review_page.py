@@ -321,3 +321,15 @@ def test_daemon_rewrites_the_page_newest_first_and_a_restart_shows_the_whole_run
     html = page.read_text(encoding="utf-8")
     assert 'data-scan="first.png"' in html and 'data-scan="second.png"' in html
     assert d.stop() == 0
+
+
+def test_the_template_ships_in_the_package():
+    import tomllib
+
+    from tests.helpers import REPO
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    templates = sorted((REPO / "edge_runtime" / "outputs").glob(data["edge_runtime.outputs"][0]))
+    assert [p.name for p in templates] == ["review.html.j2"]
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.lower().startswith("jinja2") for d in deps)  # a runtime dependency, not an extra

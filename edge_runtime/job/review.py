@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 #: A daemon rewrites the page at most this often (seconds), and only when a scan was done or failed.
 PAGE_EVERY = 5.0
+#: ... and waits at least this many times as long as the last write took, so that a large OUT's page
+#: (about 1 s for 2,000 scans, bench/README.md) never takes more than a sixth of the daemon's time.
+PAGE_SHARE = 5.0
 
 
 class PageKeeper:
@@ -33,6 +36,7 @@ class PageKeeper:
         self.every = every
         self.dirty = True
         self._last = float("-inf")
+        self._wait = every  #: seconds between rewrites: :attr:`every`, longer when the page is slow to write
 
     def write(self, counts: Mapping[str, int] | None = None, finished: bool = False) -> bool:
         """Write the page now; True when it was written."""
@@ -40,6 +44,7 @@ class PageKeeper:
             self.info.finished = time.time()
         if counts is not None:
             self.info.counts = dict(counts)
+        t0 = time.monotonic()
         try:
             pages = self.page.write(self.info)
         except OSError as exc:
@@ -47,6 +52,7 @@ class PageKeeper:
             return False
         finally:
             self._last = time.monotonic()
+            self._wait = max(self.every, PAGE_SHARE * (self._last - t0))
         self.dirty = False
         level = logging.DEBUG if self.info.mode == "watch" else logging.INFO
         log.log(level, "review page: %s (%d page%s)", pages[0], len(pages), "" if len(pages) == 1 else "s")
@@ -57,11 +63,11 @@ class PageKeeper:
         self.dirty = True
 
     def maybe_write(self) -> bool:
-        """Rewrite the page if it is out of date and the last write is :attr:`every` seconds old."""
-        if self.dirty and time.monotonic() - self._last >= self.every:
+        """Rewrite the page if it is out of date and the last write is old enough (:data:`PAGE_SHARE`)."""
+        if self.dirty and time.monotonic() - self._last >= self._wait:
             return self.write()
         return False
 
     def due_in(self) -> float | None:
         """Seconds until an out-of-date page is rewritten (None when it is up to date)."""
-        return max(0.0, self._last + self.every - time.monotonic()) if self.dirty else None
+        return max(0.0, self._last + self._wait - time.monotonic()) if self.dirty else None

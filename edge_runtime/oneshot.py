@@ -29,11 +29,11 @@ def summary_line(counts: Counter, seconds: float, out_dir: object) -> str:
 
 def run_once(settings: RunSettings) -> int:
     """Every scan under IN that needs work, then a summary; the exit code (0 all done, 1 some failed)."""
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run)
     force = settings.run.force
     record = RunRecord(job, ["edge-seg", *settings.argv]) if "reports" in job.spec.outputs else None
-    page = PageKeeper(job, ["edge-seg", *settings.argv]) if "review" in job.spec.outputs else None
+    page = PageKeeper(job, ["edge-seg", *settings.argv], started=started) if "review" in job.spec.outputs else None
     record_failed = False
     try:
         rels = list_folder(job.in_dir)

@@ -149,8 +149,10 @@ def test_flag_rules_at_the_lowest_threshold():
     assert flags_of(report([[1000]])) == []
     assert flags_of(report([[]])) == ["no-nodule"]
     assert flags_of(report([[1000]], mean=0.69)) == ["low-confidence"]
-    assert flags_of(report([[1000]], presence=0.45, presence_threshold=0.4)) == ["low-confidence"]
-    assert flags_of(report([[1000]], presence=0.55, presence_threshold=0.4)) == []
+    assert flags_of(report([[1000]], presence=0.6, presence_threshold=0.4)) == ["low-confidence"]
+    assert flags_of(report([[1000]], presence=0.7, presence_threshold=0.4)) == []  # 1.25 log-odds above
+    assert flags_of(report([[]], presence=0.05, presence_threshold=0.1)) == ["low-confidence", "no-nodule"]
+    assert flags_of(report([[]], presence=0.001, presence_threshold=0.1)) == ["no-nodule"]  # clearly none
     assert flags_of(report([[1000, 600]])) == ["several"]
     assert flags_of(report([[1000], [600]])) == []  # one component in each of two frames
     assert flags_of(report([[49]])) == ["small"]  # under 0.5 % of 10,000 px

@@ -23,12 +23,14 @@ PAGE_SHARE = 5.0
 class PageKeeper:
     """Writes the review page of ``job``; a failed write is logged, never raised (the scans are done)."""
 
-    def __init__(self, job: Job, argv: list[str], watch: bool = False, every: float = PAGE_EVERY) -> None:
+    def __init__(
+        self, job: Job, argv: list[str], watch: bool = False, every: float = PAGE_EVERY, started: float | None = None
+    ) -> None:
         info = job.spec.model
         self.page = ReviewPage(job.out_dir, newest_first=watch, fsync=job.options.fsync)
         self.info = RunInfo(
             command=argv,
-            started=time.time(),
+            started=time.time() if started is None else started,
             mode="watch" if watch else "one-shot",
             model=f"{info.name} {info.version} ({info.path.name})",
             thresholds=[f"{t:g}" for t in job.spec.thresholds],

@@ -6,7 +6,8 @@ all frames of the scan:
 * ``failed``          -- the scan could not be used (its error record's reason is shown);
 * ``low-confidence``  -- a nodule was found but the largest one's mean probability is under
   :data:`LOW_MEAN`, or the model's presence score is within :data:`PRESENCE_MARGIN` of its presence
-  threshold (either side: the image-level call was a close one);
+  threshold in log-odds, either side (the image-level call was a close one: for a threshold of 0.1,
+  a score from 0.04 to 0.23; of 0.5, from 0.27 to 0.73);
 * ``no-nodule``       -- no nodule in any frame (the model found none, or its presence output said none);
 * ``several``         -- more than one separate component in a frame;
 * ``small``           -- a nodule under :data:`SMALL_SHARE` of its frame's area;
@@ -17,6 +18,7 @@ Flagged cards sort first, in the order of :data:`FLAGS`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +35,7 @@ FLAGS: dict[str, str] = {
     "large": "very large area",
 }
 LOW_MEAN = 0.7
-PRESENCE_MARGIN = 0.1
+PRESENCE_MARGIN = 1.0  #: in log-odds: a factor e in the odds
 SMALL_SHARE = 0.005
 LARGE_SHARE = 0.25
 #: nodules listed per threshold on a card (the report has them all)
@@ -88,6 +90,11 @@ class Card:
         return min((order.index(f) for f in self.flags), default=len(order))
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
 def failed_card(rel: str, reason: str, time_ns: int) -> Card:
     return Card(rel, time_ns, ["failed"], reason=reason)
 
@@ -105,7 +112,7 @@ def flags_of(report: dict[str, Any]) -> list[str]:
         flags.add("low-confidence")
     if presence_threshold is not None:
         scores = [f["presence"] for f in report["frames"] if f.get("presence") is not None]
-        if any(abs(s - presence_threshold) < PRESENCE_MARGIN for s in scores):
+        if any(abs(_logit(s) - _logit(presence_threshold)) < PRESENCE_MARGIN for s in scores):
             flags.add("low-confidence")
     if not nodules:
         flags.add("no-nodule")

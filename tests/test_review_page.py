@@ -335,3 +335,27 @@ def test_the_template_ships_in_the_package():
     assert [p.name for p in templates] == ["review.html.j2"]
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(d.lower().startswith("jinja2") for d in deps)  # a runtime dependency, not an extra
+
+
+def test_a_multi_frame_scan_shows_the_frame_with_the_nodule(tmp_path, tiny_model):
+    pytest.importorskip("pydicom")
+    from tests.helpers import write_dicom
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_dicom(src / "cine.dcm", [tissue(seed=1), nodule_scan(240, 320, (160, 120), (50, 35), seed=2)[0]])
+    assert main([str(src), "--out", str(out), "--model", str(tiny_model), "--report"]) == 0
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "frame 2 of 2" in html and 'href="overlays/cine_f0002.png"' in html
+    thumb = cv2.cvtColor(cv2.imread(str(out / "overlays" / "cine.thumb.jpg")), cv2.COLOR_BGR2RGB).astype(int)
+    green = (thumb[..., 1] > 200) & (thumb[..., 0] < 80) & (thumb[..., 2] < 80)
+    assert green.sum() > 20  # the outline of frame 2 (frame 1 has none)
+
+
+def test_a_page_that_cannot_be_written_is_one_error_line_and_exit_1(tmp_path, tiny_model, caplog):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_png(src / "a.png", nodule_scan(240, 320, (160, 120), (50, 35), seed=1)[0])
+    (out / "index.html").mkdir(parents=True)  # in the way
+    assert main([str(src), "--out", str(out), "--model", str(tiny_model), "--report"]) == 1
+    lines = [r.getMessage() for r in caplog.records if "review page" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith(f"cannot write the review page {out / 'index.html'}: ")
+    assert (out / "a.png").exists() and (out / "reports" / "a.json").exists()  # the scans are done

@@ -82,6 +82,10 @@ class Card:
     model: str = ""  #: ``name version``
     overlay: str = ""  #: the shown frame's full overlay, relative to OUT
     created: str = ""
+    #: the review page's pictures, relative to OUT, and the thumbnail's size (set by the page)
+    thumb: str = ""
+    plain: str = ""
+    thumb_size: tuple[int, int] = (0, 0)
 
     @property
     def rank(self) -> int:

@@ -143,10 +143,15 @@ class ReviewPage:
             if path.name.endswith(ERROR_SUFFIX):
                 fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
                 return failed_card(fields["scan"], fields.get("reason", "unknown"), mtime_ns)
-            return report_card(json.loads(text), mtime_ns)
+            card = report_card(json.loads(text), mtime_ns)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             log.warning("review page: %s left out, it cannot be read: %s", relative(self.out_dir, path), exc)
             return None
+        out = self.out_dir
+        card.thumb = relative(out, thumbnail_path(out, card.rel))
+        card.plain = relative(out, plain_path(out, card.rel))
+        card.thumb_size = thumb_size(card.height, card.width)
+        return card
 
     # -- the page -------------------------------------------------------------------------------------
     def write(self, run: RunInfo) -> list[Path]:
@@ -168,7 +173,7 @@ class ReviewPage:
                 run=run,
                 version=__version__,
                 out_name=self.out_dir.name,
-                cards=[self._view(c) for c in page],
+                cards=page,
                 flags=[(key, label, flag_counts[key]) for key, label in FLAGS.items()],
                 labels=FLAGS,
                 totals=totals,
@@ -190,13 +195,3 @@ class ReviewPage:
                 (self.out_dir / page_name(number)).unlink()
             number += 1
         return written
-
-    def _view(self, card: Card) -> dict:
-        """What the template needs of a card beyond its fields: its pictures' URLs and size."""
-        view: dict = {"card": card}
-        if "failed" not in card.flags:
-            out = self.out_dir
-            view["thumb"] = relative(out, thumbnail_path(out, card.rel))
-            view["plain"] = relative(out, plain_path(out, card.rel))
-            view["thumb_w"], view["thumb_h"] = thumb_size(card.height, card.width)
-        return view

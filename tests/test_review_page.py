@@ -359,3 +359,26 @@ def test_a_page_that_cannot_be_written_is_one_error_line_and_exit_1(tmp_path, ti
     lines = [r.getMessage() for r in caplog.records if "review page" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith(f"cannot write the review page {out / 'index.html'}: ")
     assert (out / "a.png").exists() and (out / "reports" / "a.json").exists()  # the scans are done
+
+
+def test_a_daemon_rewrites_the_page_only_when_something_changed_and_not_more_often_than_asked(tmp_path, tiny_model):
+    from edge_runtime import Segmenter
+    from edge_runtime.job.assemble import build_job
+    from edge_runtime.job.review import PageKeeper
+    from edge_runtime.job.settings import JobRequest, RunOptions
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    job = build_job(Segmenter(tiny_model), src, out, JobRequest(outputs=("review",)), RunOptions())
+    try:
+        assert job.spec.outputs == ("overlays", "reports", "review")  # the page implies both
+        keeper = PageKeeper(job, ["edge-seg"], watch=True, every=3600.0)
+        assert keeper.maybe_write() and (out / "index.html").exists()  # at start
+        (out / "index.html").unlink()
+        assert not keeper.maybe_write() and keeper.due_in() is None  # nothing changed
+        keeper.changed()
+        assert not keeper.maybe_write() and not (out / "index.html").exists()  # too soon
+        assert 0 < keeper.due_in() <= 3600.0
+        assert keeper.write(finished=True) and "Daemon ran from" in (out / "index.html").read_text()
+    finally:
+        job.close()

@@ -342,10 +342,14 @@ def test_a_multi_frame_scan_shows_the_frame_with_the_nodule(tmp_path, tiny_model
     from tests.helpers import write_dicom
 
     src, out = tmp_path / "in", tmp_path / "out"
-    write_dicom(src / "cine.dcm", [tissue(seed=1), nodule_scan(240, 320, (160, 120), (50, 35), seed=2)[0]])
+    frames = [tissue(seed=1), nodule_scan(240, 320, (160, 120), (50, 35), seed=2)[0]]
+    write_dicom(src / "cine.dcm", frames, pixel_spacing=(0.1, 0.2))
     assert main([str(src), "--out", str(out), "--model", str(tiny_model), "--report"]) == 0
     html = (out / "index.html").read_text(encoding="utf-8")
     assert "frame 2 of 2" in html and 'href="overlays/cine_f0002.png"' in html
+    report = json.loads((out / "reports" / "cine.json").read_text())
+    nodule = report["frames"][1]["results"][0]["nodules"][0]
+    assert f"#1: {nodule['area_mm2']:.1f} mm² ({nodule['area_px']:,} px)" in html  # the area in mm² when known
     thumb = cv2.cvtColor(cv2.imread(str(out / "overlays" / "cine.thumb.jpg")), cv2.COLOR_BGR2RGB).astype(int)
     green = (thumb[..., 1] > 200) & (thumb[..., 0] < 80) & (thumb[..., 2] < 80)
     assert green.sum() > 20  # the outline of frame 2 (frame 1 has none)

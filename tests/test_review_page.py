@@ -180,12 +180,21 @@ def test_pages_of_a_few_hundred_cards_and_no_page_left_from_a_larger_run(run_dir
     _, out, expected = run_dir
     info = RunInfo(command=["edge-seg"], started=time.time(), finished=time.time())
     written = ReviewPage(out, page_size=3).write(info)
-    assert [p.name for p in written] == ["index.html", "index-2.html", "index-3.html"]
-    cards = [p.read_text(encoding="utf-8").count('class="card') for p in written]
+    assert [p.name for p in written[:3]] == ["index.html", "index-2.html", "index-3.html"]
+    cards = [p.read_text(encoding="utf-8").count('class="card') for p in written[:3]]
     assert cards == [3, 3, len(expected) - 6]
-    assert 'data-scan="bad.png"' in written[0].read_text(encoding="utf-8")  # failed scans first
+    first = written[0].read_text(encoding="utf-8")
+    assert 'data-scan="bad.png"' in first  # failed scans first
+    # more than one page: each flag has pages of its own, and its button leads there
+    flag_pages = ["index-failed.html", "index-no-nodule.html", "index-several.html", "index-large.html"]
+    assert [p.name for p in written[3:]] == flag_pages
+    assert 'href="index-no-nodule.html" data-flag="no-nodule"' in first
+    flagged = (out / "index-no-nodule.html").read_text(encoding="utf-8")
+    assert flagged.count('class="card') == 1 and 'data-scan="empty.png"' in flagged
+    assert '<body data-flag="no-nodule">' in flagged
+    assert page_name(2, "failed") == "index-failed-2.html"
     ReviewPage(out).write(info)
-    assert not (out / page_name(2)).exists() and not (out / page_name(3)).exists()
+    assert sorted(p.name for p in out.glob("index*.html")) == ["index.html"]  # none left from the larger run
 
 
 def test_the_page_fetches_nothing_from_elsewhere(run_dir):

@@ -4,7 +4,8 @@ Rendered from what is on disk under OUT -- the findings reports (``OUT/reports/*
 records (``OUT/**.error.txt``) -- so a rerun, or a daemon restarted, shows the whole of OUT, not only
 the scans of this process. When a scan has both (it failed after it had once been done, or the other
 way round), the newer file wins. The page is static: one HTML file per :data:`PAGE_SIZE` cards
-(``index.html``, ``index-2.html``, ...), with its CSS and JavaScript inline and nothing fetched from
+(``index.html``, ``index-2.html``, ...; with more than one, each flag's own, ``index-failed.html``,
+...), with its CSS and JavaScript inline and nothing fetched from
 elsewhere, so it works opened from disk (``file://``) and offline. The template
 (``templates/review.html.j2``) is rendered by Jinja2 with autoescaping: file names and reasons are text.
 """
@@ -50,9 +51,10 @@ class RunInfo:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def page_name(number: int) -> str:
-    """``index.html``, ``index-2.html``, ..."""
-    return PAGE_NAME if number == 1 else f"{PAGE_NAME.removesuffix('.html')}-{number}.html"
+def page_name(number: int, flag: str | None = None) -> str:
+    """``index.html``, ``index-2.html``, ...; a flag's own pages ``index-failed.html``, ``index-failed-2.html``."""
+    parts = [PAGE_NAME.removesuffix(".html"), *([flag] if flag else []), *([str(number)] if number > 1 else [])]
+    return "-".join(parts) + ".html"
 
 
 def _url(path: str) -> str:
@@ -155,11 +157,14 @@ class ReviewPage:
 
     # -- the page -------------------------------------------------------------------------------------
     def write(self, run: RunInfo) -> list[Path]:
-        """Write every page atomically (and remove pages left from a larger run); returns their paths."""
+        """Write every page atomically (and remove pages left from a larger run); returns their paths.
+
+        When the cards take more than one page, each flag gets its own pages too (``index-failed.html``,
+        ``index-failed-2.html``, ...), which the filter buttons then link to, so that a filter covers
+        the whole run; on a single page the filter is the page's own script.
+        """
         cards = self.collect()
-        pages = [cards[i : i + self.page_size] for i in range(0, len(cards), self.page_size)] or [[]]
         flag_counts = Counter(f for c in cards for f in c.flags)
-        last_flagged = max((i + 1 for i, page in enumerate(pages) if any(c.flags for c in page)), default=0)
         totals = {
             "scans": len(cards),
             "failed": flag_counts["failed"],
@@ -167,31 +172,43 @@ class ReviewPage:
             "no_nodule": flag_counts["no-nodule"],
             "flagged": sum(1 for c in cards if c.flags),
         }
+        split = len(cards) > self.page_size
+        views: list[tuple[str | None, list[Card]]] = [(None, cards)]
+        if split:
+            views += [(flag, [c for c in cards if flag in c.flags]) for flag in FLAGS if flag_counts[flag]]
+        common = {
+            "run": run,
+            "version": __version__,
+            "out_name": self.out_dir.name,
+            "flags": [(key, label, flag_counts[key], page_name(1, key)) for key, label in FLAGS.items()],
+            "labels": FLAGS,
+            "totals": totals,
+            "split": split,
+            "newest_first": self.newest_first,
+            "started": _local(run.started),
+            "finished": _local(run.finished),
+            "updated": _local(time.time()),
+            "seconds": None if run.finished is None else run.finished - run.started,
+        }
         written = []
-        for number, page in enumerate(pages, 1):
-            html = self._template.render(
-                run=run,
-                version=__version__,
-                out_name=self.out_dir.name,
-                cards=page,
-                flags=[(key, label, flag_counts[key]) for key, label in FLAGS.items()],
-                labels=FLAGS,
-                totals=totals,
-                page=number,
-                pages=[(n, page_name(n)) for n in range(1, len(pages) + 1)],
-                last_flagged=last_flagged,
-                newest_first=self.newest_first,
-                started=_local(run.started),
-                finished=_local(run.finished),
-                updated=_local(time.time()),
-                seconds=None if run.finished is None else run.finished - run.started,
-            )
-            path = self.out_dir / page_name(number)
-            write_atomic(path, html, fsync=self.fsync)
-            written.append(path)
-        number = len(pages) + 1
-        while (self.out_dir / page_name(number)).exists():  # a larger run's pages
-            with contextlib.suppress(OSError):
-                (self.out_dir / page_name(number)).unlink()
-            number += 1
+        for flag, subset in views:
+            pages = [subset[i : i + self.page_size] for i in range(0, len(subset), self.page_size)] or [[]]
+            last_flagged = max((i + 1 for i, page in enumerate(pages) if any(c.flags for c in page)), default=0)
+            for number, page in enumerate(pages, 1):
+                html = self._template.render(
+                    **common,
+                    flag=flag,
+                    cards=page,
+                    page=number,
+                    pages=[(n, page_name(n, flag)) for n in range(1, len(pages) + 1)],
+                    last_flagged=last_flagged if flag is None else 0,
+                )
+                path = self.out_dir / page_name(number, flag)
+                write_atomic(path, html, fsync=self.fsync)
+                written.append(path)
+        stem = PAGE_NAME.removesuffix(".html")
+        for old in self.out_dir.glob(f"{stem}-*.html"):  # a larger run's pages, or a flag's no longer needed
+            if old not in written:
+                with contextlib.suppress(OSError):
+                    old.unlink()
         return written

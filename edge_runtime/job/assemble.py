@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,10 @@ from edge_runtime.job.processor import Processor
 from edge_runtime.job.scheduler import Scheduler
 from edge_runtime.job.settings import JobRequest, JobSpec, RunOptions
 from edge_runtime.outputs.base import OutputSetup
+from edge_runtime.outputs.layout import STATE_DIR
 from edge_runtime.outputs.writers import make_writers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,7 +63,7 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
         sweep_temp_files(out_dir)
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
         planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers)
-        processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir)
+        processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir, planner)
         scheduler = Scheduler(processor, planner, options.workers)
     except BaseException:
         ledger.close()
@@ -76,3 +80,17 @@ def opencv_on_caller_threads() -> None:
     0.1-0.2 ms a scan (bench/README.md, tuning log). Process-wide, so the CLI calls it, not the library.
     """
     cv2.setNumThreads(1)
+
+
+def close_job(job: Job) -> bool:
+    """Close the job (the ledger's last records go to disk); False, with one line, if OUT would not take them."""
+    try:
+        job.close()
+    except OSError as exc:
+        log.error(
+            "cannot save the ledger's last records in %s: %s; the scans they record are done again by the next run",
+            job.out_dir / STATE_DIR,
+            exc.strerror or exc,
+        )
+        return False
+    return True

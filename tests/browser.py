@@ -155,11 +155,22 @@ class Browser:
         return result["result"].get("value")
 
     def click(self, selector: str) -> None:
-        """A real mouse click (pressed and released) in the middle of the first element matching ``selector``."""
-        box = self.js(
-            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView(); "
-            "const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        """A real mouse click (pressed and released) in the middle of the first element matching ``selector``.
+
+        Waits until that point of the window shows the element (scrolled into view, laid out, not
+        covered), so that the click lands on it.
+        """
+        where = (
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
+            "e.scrollIntoView({block: 'center'}); "
+            "const r = e.getBoundingClientRect(), x = r.x + r.width / 2, y = r.y + r.height / 2; "
+            "const hit = document.elementFromPoint(x, y); return hit && e.contains(hit) ? [x, y] : null; })()"
         )
+        deadline = time.monotonic() + TIMEOUT
+        while (box := self.js(where)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{selector} never showed at its own place in the window")
+            time.sleep(0.05)
         x, y = box
         for kind in ("mousePressed", "mouseReleased"):
             self.call("Input.dispatchMouseEvent", session=True, type=kind, x=x, y=y, button="left", clickCount=1)

@@ -58,8 +58,12 @@ def page_name(number: int, flag: str | None = None) -> str:
 
 
 def _url(path: str) -> str:
-    """A path relative to OUT as a relative URL (``#``, ``?``, ``%``, spaces, non-ASCII escaped)."""
-    return quote(path, safe="/")
+    """A path relative to OUT as a relative URL (``#``, ``?``, ``%``, spaces, non-ASCII escaped).
+
+    A name that is not UTF-8 (its bytes kept as surrogates) is escaped byte for byte, so the URL still
+    names the file.
+    """
+    return quote(path, safe="/", encoding="utf-8", errors="surrogateescape")
 
 
 def _local(t: float | None) -> str:
@@ -141,7 +145,7 @@ class ReviewPage:
 
     def _read(self, path: Path, mtime_ns: int) -> Card | None:
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            text = path.read_text(encoding="utf-8", errors="surrogateescape")  # a name's own bytes
             if path.name.endswith(ERROR_SUFFIX):
                 fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
                 return failed_card(fields["scan"], fields.get("reason", "unknown"), mtime_ns)
@@ -204,7 +208,8 @@ class ReviewPage:
                     last_flagged=last_flagged if flag is None else 0,
                 )
                 path = self.out_dir / page_name(number, flag)
-                write_atomic(path, html, fsync=self.fsync)
+                # a name that is not UTF-8 shows escaped (\udcff), as on the console; its URLs are exact
+                write_atomic(path, html.encode("utf-8", "backslashreplace"), fsync=self.fsync)
                 written.append(path)
         stem = PAGE_NAME.removesuffix(".html")
         for old in self.out_dir.glob(f"{stem}-*.html"):  # a larger run's pages, or a flag's no longer needed

@@ -314,7 +314,10 @@ class Daemon:
                 self.write_status(state, exit_info or {"time": _iso(time.time()), "reason": self.stop_reason})
             if self.page is not None and state != "crashed" and self.blocked is None:
                 self.page.write(finished=True)
-        log_summary(f"stopped: {self.done} segmented, {self.failed} failed since start")
+        changed = (
+            f"; OUT's settings changed at start: {'; '.join(job.settings_changed)}" if job.settings_changed else ""
+        )
+        log_summary(f"stopped: {self.done} segmented, {self.failed} failed since start{changed}")
         return 0
 
 

@@ -51,7 +51,8 @@ Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<sa
 A scan that cannot be read gets OUT/<relative path>.error.txt with the reason.
 Scans: PNG, JPEG, BMP, TIFF, WEBP, GIF, JPEG 2000; DICOM (.dcm, .dicom, or by content) with
 pip install "edge-seg[dicom]". TIFF pages and GIF/WEBP frames are frames: OUT/<name>_f0001.png, ...
---overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, and for
+--overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, the review
+page OUT/index.html (every scan with its outline and findings, flagged ones first), and for
 one-shot runs OUT/run-summary.csv and OUT/run-provenance.json; --dicom-results: OUT/dicom/<relative
 path>.seg.dcm and .sr.dcm for each DICOM scan.
 Console: up to 20 scans, a line each; more, a progress bar on a terminal, otherwise a progress line at
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report",
         action="store_true",
-        help="also write the findings (nodules, areas, probabilities) as OUT/reports/<relative path>.json; "
+        help="also write the findings (nodules, areas, probabilities) as OUT/reports/<relative path>.json and "
+        "a review page, OUT/index.html, to open in a browser (implies --overlay); "
         "one-shot runs add OUT/run-summary.csv and OUT/run-provenance.json",
     )
     p.add_argument("--force", action="store_true", help="redo scans whose masks are already up to date")
@@ -206,7 +208,13 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
     )
 
     daemon = args.watch is not None
-    asked = (("overlays", args.overlay), ("reports", args.report), ("dicom", args.dicom_results or args.send_to))
+    # --report: the findings and the review page, which shows the overlays
+    asked = (
+        ("overlays", args.overlay or args.report),
+        ("dicom", args.dicom_results or args.send_to),
+        ("reports", args.report),
+        ("review", args.report),
+    )
     outputs = tuple(kind for kind, wanted in asked if wanted)
     job = JobRequest(args.model, tuple(args.threshold) if args.threshold else None, outputs)
     run = RunOptions(

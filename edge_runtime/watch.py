@@ -43,6 +43,7 @@ from edge_runtime.files.durable import probe_writable, rewrite_in_place, unwrita
 from edge_runtime.job.assemble import Job, close_job, open_job
 from edge_runtime.job.discovery import describe_skipped
 from edge_runtime.job.outcome import Outcome, Status, log_outcome, log_summary
+from edge_runtime.job.review import PageKeeper
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import WatchedFolder
 from edge_runtime.memory import release_free_memory, settle_allocator
@@ -79,10 +80,18 @@ class Blocked:
 class Daemon:
     """Processes the scans of a :class:`WatchedFolder` as they become complete, until stopped."""
 
-    def __init__(self, job: Job, folder: WatchedFolder, rescan: float = 60.0, node: Node | None = None) -> None:
+    def __init__(
+        self,
+        job: Job,
+        folder: WatchedFolder,
+        rescan: float = 60.0,
+        node: Node | None = None,
+        page: PageKeeper | None = None,
+    ) -> None:
         self.job = job
         self.node = node or Node()
         self.folder = folder
+        self.page = page  #: the review page (--report), rewritten every few seconds when something changed
         self.rescan_every = rescan
         self.stop_requested = threading.Event()
         self.started = time.time()
@@ -166,6 +175,8 @@ class Daemon:
         self._write_tries.pop(outcome.rel, None)
         log_outcome(outcome)
         self.node.on_outcome(outcome)
+        if self.page is not None and outcome.status in (Status.OK, Status.FAILED):
+            self.page.changed()
         if outcome.status == Status.OK:
             self.done += 1
         elif outcome.status == Status.FAILED:
@@ -275,6 +286,8 @@ class Daemon:
                     if now - last_status >= STATUS_EVERY or (status_dirty and now - last_status >= 1.0):
                         last_status, status_dirty = now, False
                         self.write_status()
+                    if self.page is not None and self.blocked is None:  # (OUT takes no writes while blocked)
+                        self.page.maybe_write()
                     if todo:
                         worked = True
                     if self.blocked is not None:
@@ -283,7 +296,10 @@ class Daemon:
                         if worked and now - last_trim >= TRIM_EVERY:  # idle again after work
                             worked, last_trim = False, now
                             release_free_memory()
-                        folder.wake.wait(min(wait, 1.0) if status_dirty else wait)
+                        page_due = self.page.due_in() if self.page is not None else None
+                        if status_dirty:
+                            wait = min(wait, 1.0)
+                        folder.wake.wait(wait if page_due is None else min(wait, page_due + 0.05))
                         folder.wake.clear()
                     self._loop_error, error_wait = None, ERROR_WAIT_FIRST
                 except Exception as exc:  # the daemon must not die of one bad scan or a passing I/O error
@@ -307,6 +323,8 @@ class Daemon:
                 log.debug("cannot sync the ledger: %s", exc)
             finally:
                 self.write_status(state, exit_info or {"time": _iso(time.time()), "reason": self.stop_reason})
+            if self.page is not None and state != "crashed" and self.blocked is None:
+                self.page.write(finished=True)
         changed = (
             f"; OUT's settings changed at start: {'; '.join(job.settings_changed)}" if job.settings_changed else ""
         )
@@ -336,7 +354,8 @@ def run_watch(settings: RunSettings) -> int:
                 job.in_dir, lambda rel: job.planner.needs_work(rel, retry_failed=False), watch.settle, watch.polling
             )
             node = open_node(job, settings.node, verbose=logging.getLogger().isEnabledFor(logging.DEBUG))
-            daemon = Daemon(job, folder, rescan=watch.rescan, node=node)
+            page = PageKeeper(job, ["edge-seg", *settings.argv], watch=True) if "review" in job.spec.outputs else None
+            daemon = Daemon(job, folder, rescan=watch.rescan, node=node, page=page)
             stop.on_stop = lambda: daemon.request_stop(stop.name)
             if stop.requested.is_set():  # a signal during start-up
                 daemon.request_stop(stop.name)

@@ -33,7 +33,8 @@ class JobRequest:
 
     model: Path | None = None  #: None: the bundled model
     thresholds: tuple[float, ...] | None = None  #: None: the model's own default
-    #: outputs besides the masks (``"overlays"``, ``"reports"``, ``"dicom"``)
+    #: outputs besides the masks (``"overlays"``, ``"reports"``, ``"dicom"``, ``"review"``: the review page's
+    #: pictures, with ``--report``)
     outputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -43,7 +44,10 @@ class JobRequest:
 
     def resolve(self, model: ModelInfo) -> JobSpec:
         thresholds = tuple(sorted(set(self.thresholds))) if self.thresholds else (model.threshold,)
-        return JobSpec(model, thresholds, tuple(k for k in EXTRAS if k in self.outputs))
+        asked = set(self.outputs)
+        if "review" in asked:  # the review page shows the overlays and reads the findings
+            asked |= {"overlays", "reports"}
+        return JobSpec(model, thresholds, tuple(k for k in EXTRAS if k in asked))
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@ and DCMTK / dicom3tools lookups (tests skip with the reason when they are missin
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,12 @@ DCMTK_HINT = "not installed here (Debian: apt-get install dcmtk dicom3tools); .c
 
 
 def need_tool(name: str) -> str:
-    path = shutil.which(name)
+    """DCMTK's (or dicom3tools') ``name`` from PATH, never the Python environment's own script of that name:
+    pynetdicom installs ``echoscu``, ``storescu`` and ``storescp`` apps into the environment's bin folder,
+    which come first on PATH once it is activated and take other options."""
+    env_bins = {Path(sys.prefix, "bin").resolve(), Path(sys.executable).parent.resolve()}
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() not in env_bins]
+    path = shutil.which(name, path=os.pathsep.join(dirs))
     if path is None:
         pytest.skip(f"{name} {DCMTK_HINT}")
     return path

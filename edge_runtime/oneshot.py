@@ -39,6 +39,11 @@ def run_once(settings: RunSettings) -> int:
             log.warning(
                 "no scans found under %s (looked for .png .jpg .jpeg .bmp .tif .tiff .dcm .dicom)", settings.in_dir
             )
+        part = settings.run.part
+        if part is not None:
+            found = len(rels)
+            rels = [r for r in rels if part.owns(r)]
+            log.info("%s: %d of the %d scans under %s", part, len(rels), found, settings.in_dir)
         todo = [r for r in rels if force or job.planner.needs_work(r)]
         counts: Counter = Counter({Status.SKIPPED: len(rels) - len(todo)})
         if record is not None:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from edge_runtime import Segmenter
+from edge_runtime.job.ledger import read_history
 from tests.helpers import make_tiny_model, synthetic, tiny_metadata, write_png
 
 TIMEOUT = 60.0
@@ -81,8 +82,8 @@ def scan_bytes(seed: int, h: int = 220, w: int = 260) -> bytes:
 
 
 def ledger_records(out: Path) -> list[dict]:
-    path = out / ".edge-seg" / "ledger.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    """Every record the ledger was given, oldest first (rel, event, recovered)."""
+    return read_history(out)
 
 
 def done_count(out: Path, rel: str) -> int:

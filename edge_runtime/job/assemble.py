@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 
 from edge_runtime.core.segmenter import Segmenter
-from edge_runtime.files.durable import sweep_temp_files
 from edge_runtime.job.discovery import check_folders
 from edge_runtime.job.ledger import Ledger
 from edge_runtime.job.plan import Planner
@@ -54,11 +53,12 @@ def open_job(in_dir: Path, out_dir: Path, request: JobRequest, options: RunOptio
 def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobRequest, options: RunOptions) -> Job:
     """The job's parts around a loaded model, for folders already checked (``request.model`` is not read)."""
     spec = request.resolve(segmenter.info)
-    ledger = Ledger(out_dir)  # takes the output folder's lock
+    ledger = Ledger(
+        out_dir, options.part
+    )  # joins the output folder's writers (alone, it first clears what killed ones left)
     try:
-        sweep_temp_files(out_dir)
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
-        planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers)
+        planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers, options.part)
         processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir)
         scheduler = Scheduler(processor, planner, options.workers)
     except BaseException:

@@ -7,6 +7,7 @@ from pathlib import Path, PurePosixPath
 
 from edge_runtime.errors import ScanError
 from edge_runtime.job.ledger import Ledger
+from edge_runtime.job.parts import Part
 from edge_runtime.outputs.base import OutputWriter
 from edge_runtime.outputs.layout import output_key
 
@@ -20,22 +21,32 @@ class Planner:
         signature: the job signature (:attr:`edge_runtime.job.settings.JobSpec.signature`).
         thresholds: how many thresholds the job writes (with one, outputs go straight under OUT).
         writers: the job's output writers, whose folders under OUT input folders must not shadow.
+        part: the share of the scans this process does (``--num-parts``); the others never need work here.
     """
 
     def __init__(
-        self, in_dir: Path, ledger: Ledger, signature: str, thresholds: int, writers: list[OutputWriter]
+        self,
+        in_dir: Path,
+        ledger: Ledger,
+        signature: str,
+        thresholds: int,
+        writers: list[OutputWriter],
+        part: Part | None = None,
     ) -> None:
         self.in_dir = in_dir
         self.ledger = ledger
         self.signature = signature
         self.thresholds = thresholds
         self.folders = [(w.folder, w.kind) for w in writers if w.folder]
+        self.part = part
+        #: output keys claimed by this run; those of earlier runs are looked up in the ledger (a row at a time)
         self._claims: dict[str, str] = {}
-        for rel in ledger.done_rels():
-            self._claims.setdefault(output_key(rel), rel)
 
     def needs_work(self, rel: str, retry_failed: bool = True) -> bool:
-        """False when the scan's outputs are up to date (or, unless ``retry_failed``, it failed as it is)."""
+        """False when the scan's outputs are up to date (or, unless ``retry_failed``, it failed as it is),
+        or it is another part's."""
+        if self.part is not None and not self.part.owns(rel):
+            return False
         try:
             st = os.stat(self.in_dir / rel)
         except OSError:
@@ -56,7 +67,7 @@ class Planner:
                         f"rename the input folder {folder!r} or run without the {kind}",
                     )
         key = output_key(rel)
-        owner = self._claims.get(key)
+        owner = self._claims.get(key) or self.ledger.done_with_key(key, other_than=rel)
         if owner is not None and owner != rel and (self.in_dir / owner).exists():
             raise ScanError(
                 rel, f"its outputs would overwrite those of {owner} (same folder and name stem); rename one of the two"

@@ -171,14 +171,15 @@ class Processor:
         if self.options.fsync:
             sync_dirs([folder for w in written for folder in w.folders])
         outcomes = []
-        for w in written:
-            try:
-                self.ledger.done(w.state, w.outcome.outputs)
-                error_path(self.out_dir, w.outcome.rel).unlink(missing_ok=True)
-                outcomes.append(w.outcome)
-            except OSError as exc:
-                reason = f"cannot record its outputs: {exc.strerror or exc}"
-                outcomes.append(self.fail(w.outcome.rel, ScanError(w.outcome.rel, reason)))
+        with self.ledger.batch():  # one transaction for the batch's done records
+            for w in written:
+                try:
+                    self.ledger.done(w.state, w.outcome.outputs)
+                    error_path(self.out_dir, w.outcome.rel).unlink(missing_ok=True)
+                    outcomes.append(w.outcome)
+                except OSError as exc:
+                    reason = f"cannot record its outputs: {exc.strerror or exc}"
+                    outcomes.append(self.fail(w.outcome.rel, ScanError(w.outcome.rel, reason)))
         return outcomes
 
     def fail(self, rel: str, exc: ScanError) -> Outcome:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edge_runtime.core.model import ModelInfo
 from edge_runtime.errors import SetupError
+from edge_runtime.job.parts import Part
 from edge_runtime.outputs.writers import EXTRAS, extras_signature
 
 #: Scans per inference run in a one-shot run (a folder: throughput); a daemon takes one (latency).
@@ -81,6 +82,8 @@ class RunOptions:
     fsync: bool = True
     #: redo scans even when their outputs are up to date
     force: bool = False
+    #: ``--num-parts N --part-id K``: do only this share of the scans (None: all of them)
+    part: Part | None = None
 
 
 @dataclass(frozen=True)

@@ -108,37 +108,34 @@ from pathlib import Path
 from edge_runtime.job import ledger_migrate
 from edge_runtime.job.ledger import Ledger
 at = sys.argv[2]
-if at == "put":
-    calls = [0]
-    put = Ledger._put
-    def dying_put(self, rec):
-        calls[0] += 1
-        if calls[0] == 300:
-            os.kill(os.getpid(), signal.SIGKILL)
-        put(self, rec)
-    Ledger._put = dying_put
+if at == "store":
+    store = Ledger._store
+    def dying_store(self, records):
+        store(self, records)  # in the database's transaction, not committed
+        os.kill(os.getpid(), signal.SIGKILL)
+    Ledger._store = dying_store
 else:
     ledger_migrate._set_aside = lambda path: os.kill(os.getpid(), signal.SIGKILL)
 Ledger(Path(sys.argv[1]))
 """
 
 
-@pytest.mark.parametrize("at", ["put", "rename"])
+@pytest.mark.parametrize("at", ["store", "rename"])
 def test_a_kill_during_the_move_loses_nothing(tmp_path, at):
-    """kill -9 (for real) halfway through the records, or after the commit but before the old file is renamed."""
+    """kill -9 (for real) with the records stored but not committed, or after the commit, before the rename."""
     out = tmp_path / "out"
     lines = [json.dumps(jsonl_record(f"s{i:04d}.png")) + "\n" for i in range(1000)]
     path = write_jsonl(out, lines)
     res = subprocess.run([sys.executable, "-c", KILL_AT, str(out), at], capture_output=True, text=True, timeout=120)
     assert res.returncode == -signal.SIGKILL, res.stderr
-    if at == "put":
+    if at == "store":
         assert path.read_text() == "".join(lines)  # the old ledger is untouched
         assert read_records(out) == {}  # and the half-done transaction left nothing
     else:
         assert path.exists() and len(read_records(out)) == 1000
     ledger = Ledger(out)
     ledger.close()
-    assert ledger.migrated == (1000 if at == "put" else 0)  # "rename": only renamed, not read twice
+    assert ledger.migrated == (1000 if at == "store" else 0)  # "rename": only renamed, not read twice
     assert len(read_records(out)) == 1000 and not path.exists()
     assert len(read_history(out)) == 1000
 

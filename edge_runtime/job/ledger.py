@@ -58,11 +58,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scans (
     rel TEXT PRIMARY KEY,   -- the scan's POSIX path relative to IN
     event TEXT NOT NULL,    -- of its newest record: begin, done or error
-    okey TEXT NOT NULL,     -- edge_runtime.outputs.layout.output_key(rel)
     record TEXT NOT NULL    -- its newest record, as JSON
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS scans_event ON scans (event);
-CREATE INDEX IF NOT EXISTS scans_okey ON scans (okey);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     time_ns INTEGER NOT NULL,
@@ -155,7 +153,7 @@ class Ledger:
         alone = self._lock.exclusive
         if alone:
             try:
-                self.migrated = migrate_jsonl(self.dir, self._conn, self._put, _MIGRATED)
+                self.migrated = migrate_jsonl(self.dir, self._conn, self._store, _MIGRATED)
             except sqlite3.Error as exc:
                 raise SetupError(f"cannot move {self.dir / JSONL_NAME} into {self.path}: {exc}") from None
             except OSError as exc:
@@ -218,11 +216,13 @@ class Ledger:
 
     def done_with_key(self, key: str, other_than: str) -> str | None:
         """A scan other than ``other_than`` done with output key ``key`` (:func:`output_key`), if any."""
+        # The scans with that key are named the key itself or the key and a suffix: a range of the index.
         rows = self._query(
-            "SELECT rel FROM scans WHERE okey = ? AND event = 'done' AND rel <> ? ORDER BY rel LIMIT 1",
-            (key, other_than),
+            "SELECT rel FROM scans WHERE (rel = ? OR (rel >= ? AND rel < ?)) AND event = 'done' AND rel <> ? "
+            "ORDER BY rel",
+            (key, key + ".", key + "/", other_than),  # "/" sorts right after "."
         )
-        return rows[0][0] if rows else None
+        return next((rel for (rel,) in rows if output_key(rel) == key), None)
 
     def outputs_exist(self, rec: dict[str, Any]) -> bool:
         return all((self.out_dir / o).exists() for o in rec.get("outputs", []))
@@ -293,15 +293,17 @@ class Ledger:
 
     def _put(self, rec: dict[str, Any]) -> None:
         """Store one record (inside a transaction)."""
-        rel = rec["rel"]
-        text = json.dumps(rec, sort_keys=True)
-        self._conn.execute(
-            "INSERT OR REPLACE INTO scans (rel, event, okey, record) VALUES (?, ?, ?, ?)",
-            (rel, rec["event"], output_key(rel), text),
+        self._store([(rec, json.dumps(rec, sort_keys=True))])
+
+    def _store(self, records: list[tuple[dict[str, Any], str]]) -> None:
+        """Store records, each with its JSON text (inside a transaction)."""
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO scans (rel, event, record) VALUES (?, ?, ?)",
+            [(rec["rel"], rec["event"], text) for rec, text in records],
         )
-        self._conn.execute(
+        self._conn.executemany(
             "INSERT INTO events (time_ns, rel, event, recovered) VALUES (?, ?, ?, ?)",
-            (rec["time_ns"], rel, rec["event"], int(bool(rec.get("recovered")))),
+            [(rec.get("time_ns", 0), rec["rel"], rec["event"], int(bool(rec.get("recovered")))) for rec, _ in records],
         )
 
     def _append(self, rec: dict[str, Any], keep_time: bool = False) -> None:

@@ -57,9 +57,11 @@ def problem(rec: Any) -> str | None:
 
 
 def migrate_jsonl(
-    state_dir: Path, conn: sqlite3.Connection, put: Callable[[dict[str, Any]], None], done_key: str
+    state_dir: Path, conn: sqlite3.Connection, store: Callable[[list[tuple[dict[str, Any], str]]], None], done_key: str
 ) -> int:
-    """Move ``state_dir/ledger.jsonl`` into the database behind ``conn`` (``put`` stores one record).
+    """Move ``state_dir/ledger.jsonl`` into the database behind ``conn``.
+
+    ``store`` stores records, given with their JSON text, ten thousand at a time.
 
     Only call this while alone in the folder. Returns how many scans it brought over (0 if there was
     no old ledger). ``done_key`` names the note in the ``meta`` table that marks the migration done.
@@ -72,6 +74,7 @@ def migrate_jsonl(
         return 0
     lines = bad = 0
     first_bad = ""
+    chunk: list[tuple[dict[str, Any], str]] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -88,7 +91,11 @@ def migrate_jsonl(
                     bad += 1
                     first_bad = first_bad or f"line {lines}: {why}"
                     continue
-                put(rec)
+                chunk.append((rec, line.strip()))
+                if len(chunk) >= 10_000:
+                    store(chunk)
+                    chunk = []
+        store(chunk)
         scans = conn.execute("SELECT COUNT(*) FROM scans").fetchone()[0]
         conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (done_key, f"{lines} lines, {bad} skipped"))
         conn.execute("COMMIT")

@@ -1,6 +1,6 @@
 """The ledger's records: which are well-formed, and the one-time move of a JSON-lines ledger into SQLite.
 
-Until 0.x the ledger was ``OUT/.edge-seg/ledger.jsonl``, one JSON record a line, the newest record of
+Up to 0.3.0 the ledger was ``OUT/.edge-seg/ledger.jsonl``, one JSON record a line, the newest record of
 a scan winning. :func:`migrate_jsonl` reads it line by line (memory stays flat however long it is)
 into the SQLite ledger in one transaction, which also notes that it was done; only after that
 transaction is committed is the old file renamed to ``ledger.jsonl.migrated`` (kept, for whoever wants

@@ -6,7 +6,7 @@ that serialises their records). What still needs to know who else is there:
 * ``OUT/.edge-seg/lock`` -- every process holds it shared for its whole life; a process that gets it
   *exclusively* at start is alone, and may do what must not race a writer: migrate an old ledger,
   remove the temporary files a killed writer left. It then shares it like the others. (Versions
-  before 0.x held it exclusively for the whole run: they and this one keep each other out.)
+  up to 0.3.0 held it exclusively for the whole run: they and this one keep each other out.)
 * ``OUT/.edge-seg/sessions/<session>.lock`` -- each process holds its own exclusively. A session
   whose file can be locked by someone else is dead (killed, crashed): the scans it left half-done
   can be settled, even while other sessions run.

@@ -189,6 +189,28 @@ def test_two_processes_share_a_folder_only_with_different_parts_of_one_split(tmp
     Ledger(out).close()  # once they are gone, anyone may
 
 
+def test_an_older_version_holding_the_folder_is_named_and_a_settling_one_waited_for(tmp_path, monkeypatch):
+    import fcntl
+    import threading
+
+    from edge_runtime.job import locks
+
+    monkeypatch.setattr(locks, "OLD_VERSION_WAIT_S", 0.3)
+    out = tmp_path / "out"
+    (out / ".edge-seg").mkdir(parents=True)
+    with open(out / ".edge-seg" / "lock", "a+") as held:  # as 0.3.0 holds it: exclusively, its pid inside
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(SetupError, match=r"another edge-seg \(pid 4242\) is already writing .* up to 0.3.0"):
+            Ledger(out)
+        held.truncate(0)
+        held.write("4243 settling\n")  # a process alone, settling the folder: waited for, however long
+        held.flush()
+        threading.Timer(1.0, lambda: fcntl.flock(held.fileno(), fcntl.LOCK_UN)).start()
+        Ledger(out).close()
+
+
 def test_a_live_sessions_scans_are_left_alone_and_a_dead_ones_settled_while_others_run(tmp_path):
     out = tmp_path / "out"
     other = Ledger(out, Part(1, 2))  # keeps running throughout: nobody is ever alone

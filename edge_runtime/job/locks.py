@@ -35,8 +35,11 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "lock"
 SESSIONS_DIR = "sessions"
 REGISTER_NAME = ".register"
-#: how long a starting process waits for another one that is settling the folder alone
-SHARE_WAIT_S = 60.0
+#: how long a starting process waits for an exclusive holder that does not say it is settling the
+#: folder (an older version, which holds it for its whole run)
+OLD_VERSION_WAIT_S = 5.0
+#: what a process alone on the folder writes into the lock file after its pid while it settles it
+SETTLING = "settling"
 
 
 def _open(path: Path) -> IO[str]:
@@ -76,18 +79,24 @@ class FolderLock:
             self.exclusive = True
             self.fh.seek(0)
             self.fh.truncate()
-            self.fh.write(f"{os.getpid()}\n")
+            self.fh.write(f"{os.getpid()} {SETTLING}\n")
             self.fh.flush()
             return
-        deadline = time.monotonic() + SHARE_WAIT_S
+        deadline = time.monotonic() + OLD_VERSION_WAIT_S
+        said = False
         while not _try(self.fh, fcntl.LOCK_SH):
-            if time.monotonic() > deadline:
-                self.fh.seek(0)
-                pid = self.fh.read().strip() or "?"
+            self.fh.seek(0)
+            pid, _, what = self.fh.read().strip().partition(" ")
+            if what == SETTLING:  # a process alone, moving an old ledger in or sweeping: it will share
+                if not said:
+                    log.info("waiting for edge-seg (pid %s) to settle the output folder %s", pid, state_dir.parent)
+                    said = True
+                deadline = time.monotonic() + OLD_VERSION_WAIT_S
+            elif time.monotonic() > deadline:
                 self.fh.close()
                 raise SetupError(
-                    f"another edge-seg (pid {pid}) holds the output folder {state_dir.parent} for itself "
-                    "(an older version, which admits one process only); wait for it to end"
+                    f"another edge-seg (pid {pid or '?'}) is already writing to this output folder "
+                    f"({state_dir.parent}) and admits no other process (a version up to 0.3.0); wait for it to end"
                 )
             time.sleep(0.05)
 
@@ -109,6 +118,10 @@ class FolderLock:
             return
         import fcntl
 
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"{os.getpid()}\n")
+        self.fh.flush()
         fcntl.flock(self.fh.fileno(), fcntl.LOCK_SH)
         self.exclusive = False
 

@@ -140,7 +140,7 @@ def bench_one(tree: Path | None, label: str, out: Path, scans: list[Path], work:
     size = ledger_bytes(out / ".edge-seg")
     walls, rsss = [], []
     for r in range(repeats):
-        src = work / f"in-{label}-{r}"
+        src = work / f"in-{out.name}-{r}"
         src.mkdir()
         for i, scan in enumerate(scans):
             shutil.copy2(scan, src / f"new-{label}-{r}-{i}.png")

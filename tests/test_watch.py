@@ -303,6 +303,22 @@ def test_two_daemons_on_one_output_folder_are_refused(dirs, daemon, tiny_model):
     assert d.stop() == 0
 
 
+def test_two_daemons_with_a_part_each_share_one_output_folder(dirs, daemon):
+    from edge_runtime.job.parts import part_of
+
+    src, out = dirs
+    parts = [daemon("--num-parts", "2", "--part-id", str(k)) for k in range(2)]
+    names = [f"s{i}.png" for i in range(12)]
+    for i, nm in enumerate(names):
+        (src / nm).write_bytes(scan_bytes(60 + i))
+    wait_for(lambda: all((out / nm).exists() for nm in names), "every mask")
+    time.sleep(1.0)
+    assert [d.stop() for d in parts] == [0, 0]
+    for k, d in enumerate(parts):
+        assert d.ok_lines() == Counter({nm: 1 for nm in names if part_of(nm, 2) == k})  # its share, once
+    assert all(done_count(out, nm) == 1 for nm in names)
+
+
 def test_out_inside_in_is_refused(dirs, tiny_model):
     src, _ = dirs
     res = subprocess.run(

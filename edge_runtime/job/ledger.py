@@ -106,9 +106,12 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         else:
             conn.execute("SELECT 1 FROM scans LIMIT 1")
     except sqlite3.DatabaseError as exc:
-        raise SetupError(
-            f"ledger {path} cannot be opened ({exc}); move it away to start a new ledger (all scans are then redone)"
-        ) from None
+        if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            raise SetupError(
+                f"ledger {path} cannot be opened ({exc}); "
+                "move it away to start a new ledger (all scans are then redone)"
+            ) from None
+        raise SetupError(f"cannot open the ledger {path}: {exc}") from None
     return conn
 
 
@@ -160,7 +163,12 @@ class Ledger:
                 raise SetupError(f"cannot read {self.dir / JSONL_NAME}: {exc.strerror or exc}") from None
         elif (self.dir / JSONL_NAME).is_file():
             log.warning("ledger %s is not read while another edge-seg runs on this folder", self.dir / JSONL_NAME)
-        self.recovered = self._recover(alone)
+        try:
+            self.recovered = self._recover(alone)
+        except OSError as exc:
+            raise SetupError(
+                f"cannot settle the scans a killed run left in {self.path}: {exc.strerror or exc}"
+            ) from None
         if alone:
             self.session.sweep()
             sweep_temp_files(self.out_dir)

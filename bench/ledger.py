@@ -123,11 +123,24 @@ def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
         "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
         "print(json.dumps({'wall': wall, 'rss': rss, 'out': p.stdout.decode()}))\n"
     )
-    res = subprocess.run([sys.executable, "-c", helper, *cmd], env=env, capture_output=True, text=True)
+    # From a neutral folder: `python -c` and `-m` put the current folder first on sys.path, which from the
+    # checkout's root would import this checkout's edge_runtime even for "before".
+    res = subprocess.run(
+        [sys.executable, "-c", helper, *cmd], env=env, capture_output=True, text=True, cwd=tempfile.gettempdir()
+    )
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr[-2000:]}")
     got = json.loads(res.stdout)
     return got["wall"], got["rss"], got["out"]
+
+
+def check_tree(tree: Path | None, env: dict[str, str]) -> None:
+    """Make sure the tree under test is the one imported."""
+    code = "import edge_runtime.job.ledger as m; print(m.__file__)"
+    got = Path(measured([sys.executable, "-c", code], env)[2].strip()).resolve()
+    want = ((tree or REPO) / "edge_runtime" / "job" / "ledger.py").resolve()
+    if got != want:
+        raise SystemExit(f"imported {got}, not {want}")
 
 
 def ledger_bytes(state: Path) -> int:
@@ -137,6 +150,7 @@ def ledger_bytes(state: Path) -> int:
 def bench_one(tree: Path | None, label: str, out: Path, scans: list[Path], work: Path, repeats: int) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in [*([tree] if tree else []), REPO])
+    check_tree(tree, env)
     size = ledger_bytes(out / ".edge-seg")
     walls, rsss = [], []
     for r in range(repeats):

@@ -3,11 +3,11 @@ several processes on one OUT, a full disk."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -244,28 +244,16 @@ def test_a_live_sessions_scans_are_left_alone_and_a_dead_ones_settled_while_othe
 
 
 # -- a full disk ----------------------------------------------------------------------------------
-class _FullDisk:
-    """A connection whose checkpoint (the write of the database file) finds the disk full."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def execute(self, sql: str, *args: object) -> object:
-        if "wal_checkpoint" in sql:
-            raise sqlite3.OperationalError("database or disk is full")
-        return self.conn.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.conn, name)
-
-
 def test_a_full_disk_at_close_is_one_line_and_the_summary_still_comes(tmp_path, tiny_model, caplog, monkeypatch):
     import edge_runtime.job.ledger as ledger_mod
 
     src, out = tmp_path / "in", tmp_path / "out"
     write_png(src / "a.png", synthetic(1, 40, 50)[0])
-    connect = ledger_mod._connect
-    monkeypatch.setattr(ledger_mod, "_connect", lambda *a, **k: _FullDisk(connect(*a, **k)))
+
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ledger_mod, "_fsync", full)  # the log's fsync finds the disk full
     assert main([str(src), "--out", str(out), "--model", str(tiny_model)]) == 0
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].startswith("cannot flush the ledger ") and "No space left" in errors[0]

@@ -55,6 +55,11 @@ def test_a_scan_whose_outputs_were_written_before_a_crash_is_recorded_done(tmp_p
     third = Ledger(out)  # nothing left to recover: a is done in the database itself
     assert third.recovered == 0
     assert third.up_to_date("a.png", 10, 1, "s") and not third.up_to_date("b.png", 10, 1, "s")
+    third.error("b.png", 10, 1, "unreadable")
+    third.error("c.png", 10, 1, "unreadable")
+    assert third.counts() == {"done": 1, "failed": 2}
+    third.done(state("c.png"), ["c.png"])
+    assert third.counts() == {"done": 2, "failed": 1}
     third.close()
     assert done_events(out, "a.png") == 1
 

@@ -112,6 +112,9 @@ def check_every_mask_once(out: Path, rels: list[str]) -> None:
     assert {r["event"] for r in read_records(out).values()} == {"done"}
     with sqlite3.connect(out / ".edge-seg" / "ledger.sqlite") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        counted = dict(conn.execute("SELECT event, COUNT(*) FROM scans GROUP BY event").fetchall())
+        tallied = {e: n for e, n in conn.execute("SELECT event, n FROM tallies").fetchall() if n}
+        assert tallied == counted == {"done": len(rels)}  # the triggers' tallies agree with the rows
     assert not [p for p in out.rglob("*.tmp")], "temporary files left behind"
 
 

@@ -185,6 +185,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--before", default=BEFORE, help="commit with the JSON-lines ledger (default: %(default)s)")
     ap.add_argument("--work", type=Path, help="temporary folder (default: the system's)")
+    ap.add_argument("--skip-before", action="store_true", help="measure this checkout's ledger only")
     args = ap.parse_args()
     scans = pick_scans(ddti_root(), 2)
     work = Path(tempfile.mkdtemp(prefix="edge-seg-ledger-bench-", dir=args.work))
@@ -202,7 +203,7 @@ def main() -> int:
             code = MIGRATE
             mig_s, mig_rss, _ = measured([sys.executable, "-c", code, str(new_out)], env)
             (new_out / ".edge-seg" / "ledger.jsonl.migrated").unlink()
-            before = bench_one(before_tree, "before", old_out, scans, work, args.repeats)
+            before = None if args.skip_before else bench_one(before_tree, "before", old_out, scans, work, args.repeats)
             shutil.rmtree(old_out)
             after = bench_one(None, "after", new_out, scans, work, args.repeats)
             shutil.rmtree(new_out)
@@ -218,6 +219,8 @@ def main() -> int:
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n, before, after, _, _ in rows:
         for name, r in (("JSON lines (before)", before), ("SQLite (after)", after)):
+            if r is None:
+                continue
             print(
                 f"| {n:,} | {name} | {r['oneshot_s']:.2f} s | {r['oneshot_rss_mb']:.0f} MB | "
                 f"{r['open_s'] * 1000:.0f} ms | {r['open_rss_mb']:.0f} MB | {r['record_us']:.0f} us | "

@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-parts",
         type=positive_int_arg,
         metavar="N",
-        help="split the scans into N parts by a stable hash of their path, for N processes or machines "
-        "sharing one OUT (with --part-id)",
+        help="split the scans into N parts by a stable hash of their path (with --part-id); the N processes "
+        "may share one OUT on one machine (the ledger is SQLite in WAL mode: not over NFS/SMB)",
     )
     p.add_argument(
         "--part-id",

@@ -1,7 +1,9 @@
 """Sharding a job: ``--num-parts N --part-id K`` gives this process one Nth of the scans under IN.
 
-As nnU-Net's ``-num_parts/-part_id``: N processes (on one machine or several) each run with the same
-IN, OUT and N and their own K (0 to N-1), and together do every scan exactly once.
+As nnU-Net's ``-num_parts/-part_id``: N processes each run with the same IN and N and their own K
+(0 to N-1), and together do every scan exactly once. On one machine they may share one OUT (the
+ledger serialises their records); on several, each needs its own OUT (SQLite's WAL is not for
+network file systems).
 
 The split is by a stable hash, not by position in the sorted list: the first 8 bytes of the SHA-1 of
 the scan's output key (:func:`edge_runtime.outputs.layout.output_key`: its folder and name stem),

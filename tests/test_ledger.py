@@ -99,6 +99,9 @@ def test_a_jsonl_ledger_is_moved_in_once_skipping_lines_it_cannot_use(tmp_path, 
     assert ledger.migrated == 5
     assert ledger.up_to_date("s0.png", 10, 1, "s") and ledger.known_failure("s1.png", 10, 1)
     assert ledger.get("x.png") is None and ledger.get("torn.png") is None
+    assert ledger.counts() == {"done": 4, "failed": 1}  # counted once at the end of the move
+    ledger.error("s0.png", 10, 1, "unreadable")  # and kept from then on
+    assert ledger.counts() == {"done": 3, "failed": 2}
     ledger.close()
     assert "skipped 3 unusable line(s) (first: line 7: no 'size')" in caplog.text
     assert not path.exists() and path.with_name("ledger.jsonl.migrated").read_text() == "".join(lines)
@@ -139,6 +142,7 @@ def test_a_kill_during_the_move_loses_nothing(tmp_path, at):
     else:
         assert path.exists() and len(read_records(out)) == 1000
     ledger = Ledger(out)
+    assert ledger.counts() == {"done": 1000, "failed": 0}
     ledger.close()
     assert ledger.migrated == (1000 if at == "store" else 0)  # "rename": only renamed, not read twice
     assert len(read_records(out)) == 1000 and not path.exists()

@@ -66,13 +66,6 @@ CREATE INDEX IF NOT EXISTS scans_begun ON scans (rel) WHERE event = 'begin';
 -- how many scans are in each state, kept by the triggers (a count over a million rows takes a second)
 CREATE TABLE IF NOT EXISTS tallies (event TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO tallies VALUES ('begin', 0), ('done', 0), ('error', 0);
-CREATE TRIGGER IF NOT EXISTS scans_new AFTER INSERT ON scans BEGIN
-    UPDATE tallies SET n = n + 1 WHERE event = NEW.event;
-END;
-CREATE TRIGGER IF NOT EXISTS scans_moved AFTER UPDATE OF event ON scans WHEN OLD.event <> NEW.event BEGIN
-    UPDATE tallies SET n = n - 1 WHERE event = OLD.event;
-    UPDATE tallies SET n = n + 1 WHERE event = NEW.event;
-END;
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     time_ns INTEGER NOT NULL,
@@ -82,6 +75,20 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_TRIGGERS = [
+    """CREATE TRIGGER IF NOT EXISTS scans_new AFTER INSERT ON scans BEGIN
+        UPDATE tallies SET n = n + 1 WHERE event = NEW.event;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS scans_moved AFTER UPDATE OF event ON scans WHEN OLD.event <> NEW.event BEGIN
+        UPDATE tallies SET n = n - 1 WHERE event = OLD.event;
+        UPDATE tallies SET n = n + 1 WHERE event = NEW.event;
+    END""",
+]
+#: around the one-time migration, in its transaction: the tallies counted once at the end, not per row
+_BULK = (
+    ["DROP TRIGGER IF EXISTS scans_new", "DROP TRIGGER IF EXISTS scans_moved"],
+    ["UPDATE tallies SET n = (SELECT COUNT(*) FROM scans WHERE scans.event = tallies.event)", *_TRIGGERS],
+)
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,8 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # commits reach the kernel; sync() reaches the disk
             conn.executescript(_SCHEMA)
+            for sql in _TRIGGERS:
+                conn.execute(sql)
         else:
             conn.execute("SELECT 1 FROM scans LIMIT 1")
     except sqlite3.DatabaseError as exc:
@@ -168,7 +177,7 @@ class Ledger:
         alone = self._lock.exclusive
         if alone:
             try:
-                self.migrated = migrate_jsonl(self.dir, self._conn, self._store, _MIGRATED)
+                self.migrated = migrate_jsonl(self.dir, self._conn, self._store, _MIGRATED, _BULK)
             except sqlite3.Error as exc:
                 raise SetupError(f"cannot move {self.dir / JSONL_NAME} into {self.path}: {exc}") from None
             except OSError as exc:

@@ -57,11 +57,16 @@ def problem(rec: Any) -> str | None:
 
 
 def migrate_jsonl(
-    state_dir: Path, conn: sqlite3.Connection, store: Callable[[list[tuple[dict[str, Any], str]]], None], done_key: str
+    state_dir: Path,
+    conn: sqlite3.Connection,
+    store: Callable[[list[tuple[dict[str, Any], str]]], None],
+    done_key: str,
+    around: tuple[list[str], list[str]] = ([], []),
 ) -> int:
     """Move ``state_dir/ledger.jsonl`` into the database behind ``conn``.
 
-    ``store`` stores records, given with their JSON text, ten thousand at a time.
+    ``store`` stores records, given with their JSON text, ten thousand at a time; the statements of
+    ``around`` run in the same transaction before and after them.
 
     Only call this while alone in the folder. Returns how many scans it brought over (0 if there was
     no old ledger). ``done_key`` names the note in the ``meta`` table that marks the migration done.
@@ -77,6 +82,8 @@ def migrate_jsonl(
     chunk: list[tuple[dict[str, Any], str]] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
+        for sql in around[0]:
+            conn.execute(sql)
         with open(path, encoding="utf-8", errors="replace") as fh:
             for lines, line in enumerate(fh, 1):
                 if not line.strip():
@@ -96,6 +103,8 @@ def migrate_jsonl(
                     store(chunk)
                     chunk = []
         store(chunk)
+        for sql in around[1]:
+            conn.execute(sql)
         scans = conn.execute("SELECT COUNT(*) FROM scans").fetchone()[0]
         conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (done_key, f"{lines} lines, {bad} skipped"))
         conn.execute("COMMIT")

@@ -37,7 +37,8 @@ def test_the_split_covers_every_scan_exactly_once_and_keeps_a_scans_part_when_fi
 
 
 def test_scans_that_would_write_the_same_mask_fall_in_the_same_part():
-    assert len({part_of(f"a/x{s}", 5) for s in (".png", ".jpg", ".dcm")}) == 1
+    assert len({part_of(f"a/x{s}", 5) for s in (".png", ".jpg", ".dcm", "_f0002.png")}) == 1
+    assert len({part_of(f"{d}/x.png", 50) for d in "abcdefgh"}) > 1  # the folder counts
 
 
 @pytest.mark.parametrize(

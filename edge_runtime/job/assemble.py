@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from edge_runtime.job.processor import Processor
 from edge_runtime.job.scheduler import Scheduler
 from edge_runtime.job.settings import JobRequest, JobSpec, RunOptions
 from edge_runtime.outputs.base import OutputSetup
+from edge_runtime.outputs.layout import STATE_DIR
 from edge_runtime.outputs.writers import make_writers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,13 +57,12 @@ def open_job(in_dir: Path, out_dir: Path, request: JobRequest, options: RunOptio
 def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobRequest, options: RunOptions) -> Job:
     """The job's parts around a loaded model, for folders already checked (``request.model`` is not read)."""
     spec = request.resolve(segmenter.info)
-    ledger = Ledger(
-        out_dir, options.part
-    )  # joins the output folder's writers (alone, it first clears what killed ones left)
+    # Joins the output folder's writers (alone on it, it first clears what killed ones left).
+    ledger = Ledger(out_dir, options.part)
     try:
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
         planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers, options.part)
-        processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir)
+        processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir, planner)
         scheduler = Scheduler(processor, planner, options.workers)
     except BaseException:
         ledger.close()
@@ -76,3 +79,17 @@ def opencv_on_caller_threads() -> None:
     0.1-0.2 ms a scan (bench/README.md, tuning log). Process-wide, so the CLI calls it, not the library.
     """
     cv2.setNumThreads(1)
+
+
+def close_job(job: Job) -> bool:
+    """Close the job (the ledger's last records go to disk); False, with one line, if OUT would not take them."""
+    try:
+        job.close()
+    except OSError as exc:
+        log.error(
+            "cannot save the ledger's last records in %s: %s; the scans they record are done again by the next run",
+            job.out_dir / STATE_DIR,
+            exc.strerror or exc,
+        )
+        return False
+    return True

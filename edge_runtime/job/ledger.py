@@ -39,14 +39,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import SetupError
 from edge_runtime.files.durable import sweep_temp_files
 from edge_runtime.job.ledger_migrate import JSONL_NAME, migrate_jsonl
 from edge_runtime.job.locks import LOCK_NAME, FolderLock, Session
-from edge_runtime.job.parts import Part
-from edge_runtime.outputs.layout import STATE_DIR, output_key
+from edge_runtime.outputs.layout import STATE_DIR
+
+if TYPE_CHECKING:
+    from edge_runtime.job.parts import Part
 
 log = logging.getLogger(__name__)
 
@@ -243,16 +245,6 @@ class Ledger:
         """The scans whose newest record is ``done``."""
         return self.rels("done")
 
-    def done_with_key(self, key: str, other_than: str) -> str | None:
-        """A scan other than ``other_than`` done with output key ``key`` (:func:`output_key`), if any."""
-        # The scans with that key are named the key itself or the key and a suffix: a range of the index.
-        rows = self._query(
-            "SELECT rel FROM scans WHERE (rel = ? OR (rel >= ? AND rel < ?)) AND event = 'done' AND rel <> ? "
-            "ORDER BY rel",
-            (key, key + ".", key + "/", other_than),  # "/" sorts right after "."
-        )
-        return next((rel for (rel,) in rows if output_key(rel) == key), None)
-
     def outputs_exist(self, rec: dict[str, Any]) -> bool:
         return all((self.out_dir / o).exists() for o in rec.get("outputs", []))
 
@@ -359,17 +351,17 @@ class Ledger:
         """Make the records committed so far survive a power cut: one fsync of the write-ahead log (what
         ``synchronous=FULL`` would do at every commit; SQLite's own checkpoints sync the database file).
 
-        A failure (a full disk) is logged once, not raised: the records are committed, and the next
-        sync tries again. Returns whether everything is on disk.
+        A failure (a full disk) is not raised: the records are committed, the next sync tries again,
+        and :meth:`close` raises it if it lasts. Returns whether everything is on disk.
         """
         with self._mutex:
             if not self._dirty or self._closed:
                 return True
             try:
                 _fsync(self.path.with_name(self.path.name + "-wal"))
-            except OSError as exc:
+            except OSError as exc:  # close() raises it if it lasts, for the caller's one line
                 if not self._sync_failing:
-                    log.error("cannot flush the ledger %s to disk: %s", self.path, exc.strerror or exc)
+                    log.debug("cannot flush the ledger %s to disk: %s", self.path, exc.strerror or exc)
                 self._sync_failing = True
                 return False
             if self._sync_failing:
@@ -378,19 +370,26 @@ class Ledger:
             return True
 
     def close(self) -> None:
-        """Sync and let go of the folder; never raises (what cannot be flushed is logged)."""
+        """Sync and let go of the folder. Raises OSError if the last records could not be flushed to
+        disk (a full disk; they are committed, in the kernel): the caller says so in one line."""
         with self._mutex:
             if self._closed:
                 return
+            failed: OSError | None = None
             try:
-                self.sync()
-                self._conn.close()
+                if self._dirty:
+                    _fsync(self.path.with_name(self.path.name + "-wal"))
+                self._conn.close()  # the last connection checkpoints the log into the database
+            except OSError as exc:
+                failed = exc
             except sqlite3.Error as exc:
-                log.error("cannot close the ledger %s: %s", self.path, exc)
+                failed = _os_error(exc, self.path)
             finally:
                 self._closed = True
                 self.session.end()
                 self._lock.release()
+            if failed is not None:
+                raise failed
 
 
 def read_records(out_dir: Path) -> dict[str, dict[str, Any]]:

@@ -6,13 +6,14 @@ ledger serialises their records); on several, each needs its own OUT (SQLite's W
 network file systems).
 
 The split is by a stable hash, not by position in the sorted list: the first 8 bytes of the SHA-1 of
-the scan's output key (:func:`edge_runtime.outputs.layout.output_key`: its folder and name stem),
+the scan's folder and :func:`edge_runtime.job.plan.group_key` (its name stem without a frame number),
 modulo N. So
 
 * a scan keeps its part when other files are added to IN or removed (a sorted split would move most
   scans to another part, and a rerun of part K would redo scans part K+1 already did);
-* scans that would write the same outputs (``a/x.png`` and ``a/x.jpg``) fall in the same part, where
-  the planner refuses the second one, as a single process does;
+* scans that could write the same outputs (``a/x.png`` and ``a/x.jpg``; ``a/cine.dcm``, whose frames
+  are ``cine_f0002.png``, and ``a/cine_f0002.png``) fall in the same part, where the planner refuses
+  the second one as a single process does;
 * it is the same on every machine and Python (no ``hash()`` salt), so the parts agree.
 
 The shares are equal on average, not exactly.
@@ -22,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from edge_runtime.errors import SetupError
-from edge_runtime.outputs.layout import output_key
+from edge_runtime.job.plan import group_key
 
 
 @dataclass(frozen=True)
@@ -55,5 +57,6 @@ class Part:
 
 def part_of(rel: str, count: int) -> int:
     """Which of ``count`` parts the scan ``rel`` belongs to."""
-    digest = hashlib.sha1(output_key(rel).encode("utf-8"), usedforsecurity=False).digest()
+    relp = PurePosixPath(rel)
+    digest = hashlib.sha1(f"{relp.parent}/{group_key(relp.name)}".encode(), usedforsecurity=False).digest()
     return int.from_bytes(digest[:8], "big") % count

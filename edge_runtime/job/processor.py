@@ -9,6 +9,7 @@ nor how batches are spread (:mod:`edge_runtime.job.scheduler`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -20,10 +21,11 @@ import numpy as np
 
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.errors import ScanError
-from edge_runtime.files.durable import sync_dirs, write_atomic
+from edge_runtime.files.durable import sync_dirs, unwritable, write_atomic
 from edge_runtime.files.scans import Scan, read_scan
 from edge_runtime.job.ledger import Ledger, ScanState
 from edge_runtime.job.outcome import Outcome, Status
+from edge_runtime.job.plan import Planner
 from edge_runtime.job.settings import JobSpec, RunOptions
 from edge_runtime.outputs.base import OutputWriter, ScanResult
 from edge_runtime.outputs.layout import error_path, relative
@@ -78,6 +80,7 @@ class Processor:
         ledger: Ledger,
         in_dir: Path,
         out_dir: Path,
+        planner: Planner | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.spec = spec
@@ -87,13 +90,20 @@ class Processor:
         self.in_dir = in_dir
         self.out_dir = out_dir
         self.signature = spec.signature
+        #: reserves each scan's output names before they are written (none: no check, for tests and tools)
+        self.planner = planner
 
     # -- stages -------------------------------------------------------------------------------------
     def load(self, rel: str) -> Loaded:
         """Read, hash, decode and preprocess one scan (thread-safe). Raises ScanError."""
         path = self.in_dir / rel
         t0 = time.perf_counter()
-        scan = read_scan(path)
+        try:
+            scan = read_scan(path)
+        except ScanError as exc:
+            if not os.path.lexists(path):  # removed after it was listed: not a bad scan (the watcher drops it)
+                raise ScanChanged(rel, "the file disappeared before it could be read") from None
+            raise exc from None
         t1 = time.perf_counter()
         try:
             st = os.stat(path)
@@ -144,6 +154,11 @@ class Processor:
         item.timings["postprocess"] = _ms(t0)
         planned = [(writer, writer.paths(rel, scan)) for writer in self.writers]
         outputs = [relative(self.out_dir, p) for _, paths in planned for p in paths]
+        if self.planner is not None:
+            try:
+                self.planner.reserve(rel, outputs)  # another scan's outputs of the same name: refused
+            except ScanError as exc:
+                return self.fail(rel, exc)
         state = ScanState(
             rel=rel,
             size=scan.size,
@@ -175,12 +190,23 @@ class Processor:
             for w in written:
                 try:
                     self.ledger.done(w.state, w.outcome.outputs)
-                    error_path(self.out_dir, w.outcome.rel).unlink(missing_ok=True)
-                    outcomes.append(w.outcome)
                 except OSError as exc:
                     reason = f"cannot record its outputs: {exc.strerror or exc}"
-                    outcomes.append(self.fail(w.outcome.rel, ScanError(w.outcome.rel, reason)))
+                    outcomes.append(self._write_failure(w.outcome.rel, exc, reason))
+                    continue
+                with contextlib.suppress(OSError):  # a stale error record; the next success removes it
+                    error_path(self.out_dir, w.outcome.rel).unlink(missing_ok=True)
+                outcomes.append(w.outcome)
         return outcomes
+
+    def _write_failure(self, rel: str, exc: OSError, reason: str) -> Outcome:
+        """An output the scan could not have written: a pause for OUT (nothing recorded), or the scan's error."""
+        problem = unwritable(exc)
+        if problem is None:
+            return self.fail(rel, ScanError(rel, reason))
+        detail = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        facts = {"problem": problem, "path": os.fsdecode(exc.filename) if exc.filename else None}
+        return Outcome(rel, Status.UNWRITTEN, [], f"{problem} ({detail})", facts=facts)
 
     def fail(self, rel: str, exc: ScanError) -> Outcome:
         """Record a scan that could not be processed: error file beside its mask, ledger record."""
@@ -193,9 +219,15 @@ class Processor:
         text = f"scan: {rel}\nreason: {exc.reason}\ntime: {now}\nsize: {size} bytes\n"
         try:
             write_atomic(error_path(self.out_dir, rel), text, fsync=self.options.fsync)
+            self.ledger.error(rel, size, mtime, exc.reason)
         except OSError as err:
+            if unwritable(err) is not None:  # recorded once OUT can be written again
+                return self._write_failure(rel, err, f"cannot write its error record: {err.strerror or err}")
             log.error("cannot write the error record for %s: %s", rel, err)
-        self.ledger.error(rel, size, mtime, exc.reason)
+            try:
+                self.ledger.error(rel, size, mtime, exc.reason)
+            except OSError as err2:
+                return self._write_failure(rel, err2, f"cannot record its error: {err2.strerror or err2}")
         return Outcome(rel, Status.FAILED, [], exc.reason)
 
     # -- one batch ------------------------------------------------------------------------------------
@@ -209,11 +241,23 @@ class Processor:
             log.exception("unexpected error reading %s", rel)
             return ScanError(rel, f"unexpected error: {type(exc).__name__}: {exc}")
 
+    def _safe_infer(self, items: list[Loaded]) -> list[Prediction | ScanError]:
+        """infer(); if the batch fails (onnxruntime out of memory, say), each scan alone, and a scan that
+        still fails gets a ScanError rather than taking its batch and the run down."""
+        try:
+            return list(self.infer(items))
+        except Exception as exc:
+            if len(items) == 1:
+                log.debug("inference failed for %s", items[0].rel, exc_info=True)  # its FAIL line says why
+                return [ScanError(items[0].rel, f"inference failed: {type(exc).__name__}: {exc}")]
+            log.warning("inference failed for a batch of %d scans (%s); trying them one by one", len(items), exc)
+            return [r for it in items for r in self._safe_infer([it])]
+
     def _safe_finish(self, item: Loaded, prediction: Prediction) -> Outcome | Written:
         try:
             return self.finish(item, prediction)
         except OSError as exc:
-            return self.fail(item.rel, ScanError(item.rel, f"cannot write its outputs: {exc.strerror or exc}"))
+            return self._write_failure(item.rel, exc, f"cannot write its outputs: {exc.strerror or exc}")
         except Exception as exc:
             log.exception("unexpected error writing the outputs of %s", item.rel)
             return self.fail(item.rel, ScanError(item.rel, f"unexpected error: {type(exc).__name__}: {exc}"))
@@ -227,8 +271,19 @@ class Processor:
         """
         got = [item if isinstance(item, ScanError) else self._safe_load(item) for item in batch]
         loaded = [g for g in got if isinstance(g, Loaded)]
-        predictions = iter(self.infer(loaded) if loaded else [])
-        results = [self._safe_finish(g, next(predictions)) if isinstance(g, Loaded) else g for g in got]
+        predictions = iter(self._safe_infer(loaded) if loaded else [])
+        results: list[Outcome | Written | ScanError] = []
+        for g in got:
+            if not isinstance(g, Loaded):
+                results.append(g)
+                continue
+            prediction = next(predictions)
+            results.append(prediction if isinstance(prediction, ScanError) else self._safe_finish(g, prediction))
         written = [r for r in results if isinstance(r, Written)]
-        recorded = iter(self.record_done(written))
-        return [next(recorded) if isinstance(r, Written) else r for r in results]
+        try:
+            recorded = iter(self.record_done(written))
+            return [next(recorded) if isinstance(r, Written) else r for r in results]
+        finally:
+            if self.planner is not None:  # recorded or given up: the ledger speaks for them now
+                for g in loaded:
+                    self.planner.release(g.rel)

@@ -15,11 +15,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_runtime.core.model import ModelInfo
 from edge_runtime.errors import SetupError
-from edge_runtime.job.parts import Part
 from edge_runtime.outputs.writers import EXTRAS, extras_signature
+
+if TYPE_CHECKING:
+    from edge_runtime.job.parts import Part
 
 #: Scans per inference run in a one-shot run (a folder: throughput); a daemon takes one (latency).
 FOLDER_BATCH_SIZE = 4

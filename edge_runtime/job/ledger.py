@@ -226,19 +226,19 @@ class Ledger:
 
     def get(self, rel: str) -> dict[str, Any] | None:
         """The scan's newest record, or None."""
-        rows = self._query("SELECT record FROM scans WHERE rel = ?", (rel,))
+        rows = self._query("SELECT record FROM scans WHERE rel = ?", (_key(rel),))
         return json.loads(rows[0][0]) if rows else None
 
     def rels(self, event: str) -> Iterator[str]:
         """The scans whose newest record is ``event``, in sorted order, read a thousand at a time."""
-        last = ""
+        last: str | bytes = ""
         while True:
             rows = self._query(
                 "SELECT rel FROM scans WHERE event = ? AND rel > ? ORDER BY rel LIMIT 1000", (event, last)
             )
             if not rows:
                 return
-            yield from (r[0] for r in rows)
+            yield from (_rel(r[0]) for r in rows)
             last = rows[-1][0]
 
     def done_rels(self) -> Iterator[str]:
@@ -322,11 +322,14 @@ class Ledger:
         self._conn.executemany(
             "INSERT INTO scans (rel, event, record) VALUES (?, ?, ?) "
             "ON CONFLICT (rel) DO UPDATE SET event = excluded.event, record = excluded.record",
-            [(rec["rel"], rec["event"], text) for rec, text in records],
+            [(_key(rec["rel"]), rec["event"], text) for rec, text in records],
         )
         self._conn.executemany(
             "INSERT INTO events (time_ns, rel, event, recovered) VALUES (?, ?, ?, ?)",
-            [(rec.get("time_ns", 0), rec["rel"], rec["event"], int(bool(rec.get("recovered")))) for rec, _ in records],
+            [
+                (rec.get("time_ns", 0), _key(rec["rel"]), rec["event"], int(bool(rec.get("recovered"))))
+                for rec, _ in records
+            ],
         )
 
     def _append(self, rec: dict[str, Any], keep_time: bool = False) -> None:
@@ -396,7 +399,7 @@ def read_records(out_dir: Path) -> dict[str, dict[str, Any]]:
     """Every scan's newest record in OUT's ledger, read-only (for tools and tests; a run uses :class:`Ledger`)."""
     conn = _connect(out_dir / STATE_DIR / LEDGER_NAME, readonly=True)
     try:
-        return {rel: json.loads(text) for rel, text in conn.execute("SELECT rel, record FROM scans")}
+        return {_rel(rel): json.loads(text) for rel, text in conn.execute("SELECT rel, record FROM scans")}
     finally:
         conn.close()
 
@@ -408,7 +411,20 @@ def read_history(out_dir: Path) -> list[dict[str, Any]]:
         rows = conn.execute("SELECT rel, event, time_ns, recovered FROM events ORDER BY id").fetchall()
     finally:
         conn.close()
-    return [{"rel": r, "event": e, "time_ns": t, "recovered": bool(k)} for r, e, t, k in rows]
+    return [{"rel": _rel(r), "event": e, "time_ns": t, "recovered": bool(k)} for r, e, t, k in rows]
+
+
+def _key(rel: str) -> str | bytes:
+    """A path as the database keeps it: text, or its bytes for a name that is not UTF-8 (surrogate escapes)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return rel.encode("utf-8", "surrogateescape")
+    return rel
+
+
+def _rel(key: str | bytes) -> str:
+    return key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
 
 
 def _fsync(path: Path) -> None:

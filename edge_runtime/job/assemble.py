@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -15,6 +15,7 @@ from edge_runtime.job.plan import Planner
 from edge_runtime.job.processor import Processor
 from edge_runtime.job.scheduler import Scheduler
 from edge_runtime.job.settings import JobRequest, JobSpec, RunOptions
+from edge_runtime.job.settings_file import check_and_record
 from edge_runtime.outputs.base import OutputSetup
 from edge_runtime.outputs.layout import STATE_DIR
 from edge_runtime.outputs.writers import make_writers
@@ -35,18 +36,27 @@ class Job:
     planner: Planner
     processor: Processor
     scheduler: Scheduler
+    #: what differs from the settings OUT was made with, in words (:mod:`edge_runtime.job.settings_file`)
+    settings_changed: list[str] = field(default_factory=list)
 
     def close(self) -> None:
         self.ledger.close()
 
 
-def open_job(in_dir: Path, out_dir: Path, request: JobRequest, options: RunOptions, daemon: bool = False) -> Job:
+def open_job(
+    in_dir: Path,
+    out_dir: Path,
+    request: JobRequest,
+    options: RunOptions,
+    daemon: bool = False,
+    scan: str | None = None,
+) -> Job:
     """Check the folders, load the model and the ledger (which takes OUT's lock), and build the job's parts.
 
     ``daemon``: for ``--watch``, which idles most of the time: the session's idle threads sleep instead
-    of spinning.
+    of spinning. ``scan``: a single-file run on ``in_dir / scan`` (:func:`check_folders`).
     """
-    in_dir, out_dir = check_folders(in_dir, out_dir)
+    in_dir, out_dir = check_folders(in_dir, out_dir, scan)
     # One intra-op thread per session run, and a worker per core (plus one) taking whole batches
     # through the pipeline (Scheduler.process): cheaper than one run split over all cores (bench/README.md).
     segmenter = Segmenter(request.model, threads=1, spinning=not daemon)
@@ -60,6 +70,7 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
     # Joins the output folder's writers (alone on it, it first clears what killed ones left).
     ledger = Ledger(out_dir, options.part)
     try:
+        changed = check_and_record(out_dir, spec)
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
         planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers, options.part)
         processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir, planner)
@@ -67,7 +78,7 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
     except BaseException:
         ledger.close()
         raise
-    return Job(in_dir, out_dir, spec, options, segmenter, ledger, planner, processor, scheduler)
+    return Job(in_dir, out_dir, spec, options, segmenter, ledger, planner, processor, scheduler, changed)
 
 
 def opencv_on_caller_threads() -> None:

@@ -28,6 +28,7 @@ from edge_runtime.console import (
 )
 
 if TYPE_CHECKING:
+    from edge_runtime.job.parts import Part
     from edge_runtime.job.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
         "one-shot runs add OUT/run-summary.csv and OUT/run-provenance.json",
     )
     p.add_argument("--force", action="store_true", help="redo scans whose masks are already up to date")
+    p.add_argument(
+        "--num-parts",
+        type=positive_int_arg,
+        metavar="N",
+        help="split the scans into N parts by a stable hash of their path (with --part-id); the N processes "
+        "may share one OUT on one machine (the ledger is SQLite in WAL mode: not over NFS/SMB)",
+    )
+    p.add_argument(
+        "--part-id",
+        type=int,
+        metavar="K",
+        help="do only part K (0 to N-1) of --num-parts N; run records become OUT/run-summary.part-K-of-N.csv",
+    )
     p.add_argument(
         "--batch-size",
         type=positive_int_arg,
@@ -222,6 +236,7 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         # A daemon favours latency (one scan a run, the workers still side by side); a folder, throughput.
         batch_size=args.batch_size or (DAEMON_BATCH_SIZE if daemon else FOLDER_BATCH_SIZE),
         force=args.force,
+        part=_part(args.num_parts, args.part_id),
     )
     watch = WatchOptions(args.settle, args.polling, args.rescan)
     node = NodeOptions(
@@ -245,6 +260,18 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         once = f"edge-seg {in_dir} --out {out_dir}"
         raise SetupError(f"--watch follows a folder, and {in_dir} is a file; to segment it once: {once}")
     return RunSettings(in_dir, out_dir, job, run, watch, node, tuple(argv), scan)
+
+
+def _part(num_parts: int | None, part_id: int | None) -> Part | None:
+    """``--num-parts N --part-id K`` as a :class:`Part` (both or neither)."""
+    from edge_runtime.errors import SetupError
+    from edge_runtime.job.parts import Part
+
+    if num_parts is None and part_id is None:
+        return None
+    if num_parts is None or part_id is None:
+        raise SetupError("--num-parts N and --part-id K go together")
+    return Part(part_id, num_parts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,11 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
         if not rels:
             suffixes = " ".join(sorted(IMAGE_SUFFIXES | DICOM_SUFFIXES))
             log.warning("no scans found under %s (looked for %s and DICOM by content)", settings.in_dir, suffixes)
+        part = settings.run.part
+        if part is not None:
+            found = len(rels)
+            rels = [r for r in rels if part.owns(r)]
+            log.info("%s: %d of the %d scans under %s", part, len(rels), found, settings.in_dir)
         todo = [r for r in rels if force or job.planner.needs_work(r)]
         counts: Counter = Counter({Status.SKIPPED: len(rels) - len(todo)})
         skipped_before = counts[Status.SKIPPED]

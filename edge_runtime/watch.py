@@ -21,8 +21,9 @@ What it promises (contract 6 of docs/DESIGN.md):
   length, last error. After ``kill -9`` it still says ``running``: a monitor tells a dead daemon by a
   heartbeat older than a few ``heartbeat_every_s`` or a pid that is gone.
 
-Memory stays flat: the queue holds at most one entry per distinct pending file (capped), and the
-only state that grows is the ledger's one record per scan. The folder itself is followed by
+Memory stays flat: the queue holds at most one entry per distinct pending file (capped), the ledger
+stays on disk (SQLite, read a row at a time), and the only state that grows is the planner's note of
+the output names claimed since start. The folder itself is followed by
 :class:`edge_runtime.job.sources.WatchedFolder`; this module is the loop around it.
 """
 

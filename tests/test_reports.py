@@ -13,6 +13,7 @@ import pytest
 
 from edge_runtime.cli import main
 from edge_runtime.core.model import file_sha256
+from edge_runtime.job.ledger import read_records
 from edge_runtime.outputs.overlays import PALETTE
 from edge_runtime.outputs.reports import find_nodules, to_json
 from tests.helpers import nodule_scan, write_dicom, write_png
@@ -182,7 +183,7 @@ def test_a_crash_before_the_report_is_written_is_not_recorded_as_done(tmp_path, 
     monkeypatch.setattr(findings.ReportWriter, "write", die)
     assert run(src, "--out", out, "--model", tiny_model, "--report") == 130
     assert (out / "x.png").exists() and not (out / "reports" / "x.json").exists()
-    begin = [json.loads(x) for x in (out / ".edge-seg" / "ledger.jsonl").read_text().splitlines()][-1]
+    begin = read_records(out)["x.png"]
     assert begin["event"] == "begin" and "reports/x.json" in begin["outputs"]
     monkeypatch.undo()
     caplog.clear()

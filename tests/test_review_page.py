@@ -120,8 +120,9 @@ def test_report_writes_the_page_thumbnails_and_plain_views_beside_the_overlays(r
         assert max(thumb.shape[:2]) <= THUMB_SIZE < max(full.shape[:2])
         assert plain.shape == full.shape
         assert thumbnail_path(out, rel).stat().st_size < overlay.stat().st_size / 3
-    records = [json.loads(line) for line in (out / ".edge-seg" / "ledger.jsonl").read_text().splitlines()]
-    done = {r["rel"]: r for r in records if r["event"] == "done"}
+    from edge_runtime.job.ledger import read_records
+
+    done = {rel: r for rel, r in read_records(out).items() if r["event"] == "done"}
     assert "overlays/a.thumb.jpg" in done["a.png"]["outputs"]  # named in the ledger: a crash redoes them
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 
 from edge_runtime.core.segmenter import Segmenter
-from edge_runtime.files.durable import sweep_temp_files
 from edge_runtime.job.discovery import check_folders
 from edge_runtime.job.ledger import Ledger
 from edge_runtime.job.plan import Planner
@@ -68,12 +67,12 @@ def open_job(
 def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobRequest, options: RunOptions) -> Job:
     """The job's parts around a loaded model, for folders already checked (``request.model`` is not read)."""
     spec = request.resolve(segmenter.info)
-    ledger = Ledger(out_dir)  # takes the output folder's lock
+    # Joins the output folder's writers (alone on it, it first clears what killed ones left).
+    ledger = Ledger(out_dir, options.part)
     try:
-        sweep_temp_files(out_dir)
         changed = check_and_record(out_dir, spec)
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
-        planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers)
+        planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers, options.part)
         processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir, planner)
         scheduler = Scheduler(processor, planner, options.workers)
     except BaseException:

@@ -186,16 +186,17 @@ class Processor:
         if self.options.fsync:
             sync_dirs([folder for w in written for folder in w.folders])
         outcomes = []
-        for w in written:
-            try:
-                self.ledger.done(w.state, w.outcome.outputs)
-            except OSError as exc:
-                reason = f"cannot record its outputs: {exc.strerror or exc}"
-                outcomes.append(self._write_failure(w.outcome.rel, exc, reason))
-                continue
-            with contextlib.suppress(OSError):  # a stale error record; the next success removes it
-                error_path(self.out_dir, w.outcome.rel).unlink(missing_ok=True)
-            outcomes.append(w.outcome)
+        with self.ledger.batch():  # one transaction for the batch's done records
+            for w in written:
+                try:
+                    self.ledger.done(w.state, w.outcome.outputs)
+                except OSError as exc:
+                    reason = f"cannot record its outputs: {exc.strerror or exc}"
+                    outcomes.append(self._write_failure(w.outcome.rel, exc, reason))
+                    continue
+                with contextlib.suppress(OSError):  # a stale error record; the next success removes it
+                    error_path(self.out_dir, w.outcome.rel).unlink(missing_ok=True)
+                outcomes.append(w.outcome)
         return outcomes
 
     def _write_failure(self, rel: str, exc: OSError, reason: str) -> Outcome:

@@ -16,11 +16,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_runtime.core.model import ModelInfo
 from edge_runtime.errors import SetupError
 from edge_runtime.net.peer import Peer
 from edge_runtime.outputs.writers import EXTRAS, extras_signature
+
+if TYPE_CHECKING:
+    from edge_runtime.job.parts import Part
 
 #: Scans per inference run in a one-shot run (a folder: throughput); a daemon takes one (latency).
 FOLDER_BATCH_SIZE = 4
@@ -87,6 +91,8 @@ class RunOptions:
     fsync: bool = True
     #: redo scans even when their outputs are up to date
     force: bool = False
+    #: ``--num-parts N --part-id K``: do only this share of the scans (None: all of them)
+    part: Part | None = None
 
 
 @dataclass(frozen=True)

@@ -225,9 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     presence_threshold: float | None = None  # None: the record's (chosen again below for --tta)
+    chosen: dict | None = None  # what the export chose again, for the metadata
 
     def metadata(threshold: float) -> dict:
-        meta = build_metadata(model, record, name, version, threshold, args.opset, args.tta, presence_threshold)
+        meta = build_metadata(model, record, name, version, threshold, args.opset, args.tta, presence_threshold, chosen)
         meta["precision"] = "fp32"
         return meta
 
@@ -251,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                 attach_metadata(proto, metadata(threshold))
                 onnx.save(proto, tmp)
             threshold = choose_threshold_on(tmp, val_dir)
+            chosen = {"folder": str(val_dir), "reason": f"--tta {args.tta}", "threshold": threshold}
+            if presence_threshold is not None:
+                chosen["presence_threshold"] = presence_threshold
             attach_metadata(proto, metadata(threshold))
             onnx.save(proto, tmp)
         images = parity_images(parity_dir, args.parity_count)

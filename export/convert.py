@@ -104,8 +104,13 @@ def build_metadata(
     opset: int,
     tta: str = "none",
     presence_threshold: float | None = None,
+    chosen_at_export: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``edge_seg`` metadata JSON for a model, from its training record when there is one."""
+    """The ``edge_seg`` metadata JSON for a model, from its training record when there is one.
+
+    ``chosen_at_export``: the thresholds the export chose again on validation data (``--tta``), recorded
+    under ``export.thresholds_chosen_on_val`` beside the training record's own choices for the plain model.
+    """
     import keras
     import onnx
     import tensorflow as tf
@@ -193,6 +198,7 @@ def build_metadata(
             "keras": keras.__version__,
             "tf2onnx": tf2onnx.__version__,
             "onnx": onnx.__version__,
+            **({"thresholds_chosen_on_val": chosen_at_export} if chosen_at_export else {}),
         },
         tta=tta,
     )

@@ -81,7 +81,12 @@ def test_bundled_model_loads_and_has_metadata():
     assert seg.info.path.stat().st_size <= 20 * 1000 * 1000  # issue 13's budget for the bundled file
     # 0.3.0 onwards: an image-level presence output with its threshold chosen on validation
     assert seg.info.presence_output == "presence" and 0 < (seg.presence_threshold or 0) < 1
-    assert meta["training"]["presence_threshold_chosen_on_val"] == seg.presence_threshold
+    # chosen on val by training, or again by the export for a graph with test-time augmentation
+    chosen = meta["export"].get("thresholds_chosen_on_val") or {
+        "presence_threshold": meta["training"]["presence_threshold_chosen_on_val"],
+        "threshold": meta["training"]["threshold_chosen_on_val"],
+    }
+    assert chosen["presence_threshold"] == seg.presence_threshold and chosen["threshold"] == seg.threshold
 
 
 def test_a_presence_output_below_its_threshold_empties_every_mask(tmp_path):

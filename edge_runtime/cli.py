@@ -2,6 +2,7 @@
 
 One-shot:  edge-seg IN --out OUT          every scan under IN (subfolders too), then exit
 Daemon:    edge-seg --watch IN --out OUT  the same, then follow new scans until stopped
+Cluster:   edge-seg IN --out OUT --cluster tcp://SCHEDULER:8786   one-shot, on Dask workers
 Demo:      edge-seg --demo [DIR]          synthetic scans, segmented with the bundled model
 
 Exit codes: 0 all scans done, 1 some scans failed (the others are written), 2 usage or setup error.
@@ -28,6 +29,7 @@ EPILOG = """examples:
   edge-seg scans/ --out masks/ --threshold 0.85 0.9 0.95   one folder per threshold
   edge-seg scans/ --out masks/ --overlay --report     also outlines to look at and findings as JSON
   edge-seg --watch /data/incoming --out /data/masks  run as a daemon (see README: systemd unit)
+  edge-seg /nfs/scans --out /nfs/masks --cluster tcp://sched:8786   on a Dask cluster (see README)
   edge-seg --demo                                    try it without any scans of your own
 
 Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png.
@@ -74,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int_arg,
         help="CPU cores to keep busy: N + 1 worker threads each take a batch from file to masks with a "
         "one-thread model run (default: the cores this process may use)",
+    )
+    p.add_argument(
+        "--cluster",
+        type=cluster_arg,
+        metavar="ADDRESS",
+        help="one-shot on a Dask cluster: the scheduler's address (tcp://HOST:8786; start it with `dask scheduler` "
+        "and workers with `dask worker`), or local:N for N worker processes on this machine; IN and OUT must be "
+        'reached by every worker by the same path; needs pip install "edge-seg[cluster]"',
     )
     w = p.add_argument_group("watch mode")
     w.add_argument(
@@ -132,6 +142,7 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         # A daemon favours latency (one scan a run, the workers still side by side); a folder, throughput.
         batch_size=args.batch_size or (DAEMON_BATCH_SIZE if daemon else FOLDER_BATCH_SIZE),
         force=args.force,
+        cluster=args.cluster,
     )
     watch = WatchOptions(args.settle, args.polling, args.rescan)
     if args.demo is not None:  # the demo writes its scans into DIR/scans, and masks by default into DIR/masks
@@ -149,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give one of: IN (one-shot), --watch IN (daemon) or --demo")
     if args.demo is None and args.out is None:
         parser.error("--out OUT is required")
+    if args.cluster is not None and args.input is None:
+        parser.error("--cluster runs one-shot conversions (edge-seg IN --out OUT --cluster ...), not --watch or --demo")
     setup_logging(args.verbose, args.quiet, args.log_file)
 
     from edge_runtime.errors import SetupError
@@ -172,6 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.warning("interrupted; masks already written are complete")
         return 130
+
+
+def cluster_arg(value: str) -> str:
+    """argparse type for ``--cluster``: a Dask scheduler address or ``local:N``."""
+    from edge_runtime.job.cluster import parse_address
+
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _argv(argv: list[str] | None) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 
@@ -13,10 +14,14 @@ from edge_runtime.job.discovery import check_folders
 from edge_runtime.job.ledger import Ledger
 from edge_runtime.job.plan import Planner
 from edge_runtime.job.processor import Processor
+from edge_runtime.job.recorder import Recorder
 from edge_runtime.job.scheduler import Scheduler
 from edge_runtime.job.settings import JobRequest, JobSpec, RunOptions
 from edge_runtime.outputs.base import OutputSetup
 from edge_runtime.outputs.writers import make_writers
+
+if TYPE_CHECKING:
+    from edge_runtime.job.cluster import DaskExecutor
 
 
 @dataclass
@@ -32,9 +37,15 @@ class Job:
     planner: Planner
     processor: Processor
     scheduler: Scheduler
+    #: the Dask cluster the batches run on (``--cluster``), or None: threads of this process
+    cluster: DaskExecutor | None = None
 
     def close(self) -> None:
-        self.ledger.close()
+        try:
+            if self.cluster is not None:
+                self.cluster.close()
+        finally:
+            self.ledger.close()
 
 
 def open_job(in_dir: Path, out_dir: Path, request: JobRequest, options: RunOptions, daemon: bool = False) -> Job:
@@ -55,16 +66,34 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
     """The job's parts around a loaded model, for folders already checked (``request.model`` is not read)."""
     spec = request.resolve(segmenter.info)
     ledger = Ledger(out_dir)  # takes the output folder's lock
+    cluster = None
     try:
         sweep_temp_files(out_dir)
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
         planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers)
-        processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir)
-        scheduler = Scheduler(processor, planner, options.workers)
+        recorder = Recorder(ledger, in_dir, out_dir, spec.signature, options.fsync)
+        if options.cluster is None:
+            processor = Processor(segmenter, spec, options, writers, in_dir, out_dir, begin=ledger.begin)
+            scheduler = Scheduler(processor, planner, recorder, options.workers)
+        else:
+            from edge_runtime.job.cluster import SCANS_PER_TASK, connect
+
+            # The workers build their own processors; this one only gives the scheduler its settings.
+            processor = Processor(segmenter, spec, options, writers, in_dir, out_dir)
+            cluster = dask = connect(options.cluster, request, spec, options, in_dir, out_dir)
+            scheduler = Scheduler(
+                processor,
+                planner,
+                recorder,
+                dask.workers,
+                executor=lambda _workers: dask,
+                work=dask.work,
+                batch_size=max(SCANS_PER_TASK, options.batch_size),
+            )
     except BaseException:
         ledger.close()
         raise
-    return Job(in_dir, out_dir, spec, options, segmenter, ledger, planner, processor, scheduler)
+    return Job(in_dir, out_dir, spec, options, segmenter, ledger, planner, processor, scheduler, cluster)
 
 
 def opencv_on_caller_threads() -> None:

@@ -1,0 +1,94 @@
+"""Recording what the workers did: the ledger's done and error records, error files, outcomes.
+
+The workers (threads of this process, or Dask workers elsewhere) only write outputs
+(:meth:`edge_runtime.job.processor.Processor.work`); the one process that holds the ledger records
+their results here, batch by batch as they come back. A batch whose worker was lost is run again
+somewhere else and comes back once, so nothing is recorded twice, and nothing is recorded before its
+outputs are on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from edge_runtime.errors import ScanError
+from edge_runtime.files.durable import write_atomic
+from edge_runtime.job.ledger import Ledger
+from edge_runtime.job.outcome import Outcome, Status
+from edge_runtime.job.processor import Result, ScanChanged, Unchanged, WriteFailed, Written
+from edge_runtime.outputs.layout import error_path
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    """Turns a batch's results into ledger records and outcomes, for the scans under ``in_dir``."""
+
+    def __init__(self, ledger: Ledger, in_dir: Path, out_dir: Path, signature: str, fsync: bool = True) -> None:
+        self.ledger = ledger
+        self.in_dir = in_dir
+        self.out_dir = out_dir
+        self.signature = signature
+        self.fsync = fsync
+
+    def known(self, batch: Iterable[str | ScanError]) -> dict[str, str]:
+        """For the scans of a batch done already with this signature (outputs still there): their sha256.
+
+        A worker that reads the same bytes again writes nothing for them (a touched or copied-over file).
+        """
+        known = {}
+        for rel in batch:
+            if isinstance(rel, str):
+                rec = self.ledger.get(rel)
+                if rec and rec["event"] == "done" and rec["sig"] == self.signature and self.ledger.outputs_exist(rec):
+                    known[rel] = rec["sha256"]
+        return known
+
+    def record(self, results: list[Result], defer: Callable[[str], bool] | None = None) -> Iterator[Outcome]:
+        """Record one batch's results, in order, yielding each scan's outcome.
+
+        ``defer(rel)``, when given and true for a scan that could not be read, turns its failure into a
+        ``changed`` outcome with no error record (the watcher retries files modified a moment ago).
+        """
+        for res in results:
+            if isinstance(res, Written):
+                yield self.record_done(res)
+            elif isinstance(res, Unchanged):
+                outputs = self.ledger.touched(res.rel, res.size, res.mtime_ns)
+                yield Outcome(res.rel, Status.SKIPPED, outputs, "content unchanged", res.timings)
+            elif isinstance(res, ScanChanged) or (
+                defer is not None and not isinstance(res, WriteFailed) and defer(res.path)
+            ):
+                yield Outcome(res.path, Status.CHANGED, [], res.reason)  # maybe still being written
+            else:
+                yield self.fail(res.path, res)
+
+    def record_done(self, written: Written) -> Outcome:
+        """A scan whose outputs are on disk (the worker synced their folders): its done record."""
+        try:
+            self.ledger.done(written.state, written.outcome.outputs)
+            error_path(self.out_dir, written.outcome.rel).unlink(missing_ok=True)
+            return written.outcome
+        except OSError as exc:
+            reason = f"cannot record its outputs: {exc.strerror or exc}"
+            return self.fail(written.outcome.rel, ScanError(written.outcome.rel, reason))
+
+    def fail(self, rel: str, exc: ScanError) -> Outcome:
+        """Record a scan that could not be processed: error file beside its mask, ledger record."""
+        try:
+            st = os.stat(self.in_dir / rel)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        text = f"scan: {rel}\nreason: {exc.reason}\ntime: {now}\nsize: {size} bytes\n"
+        try:
+            write_atomic(error_path(self.out_dir, rel), text, fsync=self.fsync)
+        except OSError as err:
+            log.error("cannot write the error record for %s: %s", rel, err)
+        self.ledger.error(rel, size, mtime, exc.reason)
+        return Outcome(rel, Status.FAILED, [], exc.reason)

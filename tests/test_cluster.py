@@ -31,7 +31,7 @@ def cluster():
     """A scheduler and two worker processes (each under a nanny, which restarts a killed one)."""
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, scheduler_port=0
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", scheduler_port=0
         ) as lc,
         distributed.Client(lc) as client,
     ):
@@ -73,7 +73,7 @@ def test_cluster_outputs_are_byte_identical_to_one_shot(cluster, tmp_path, tiny_
 
 
 def _hold_after_writing(gate: str) -> None:
-    """On a worker: each batch writes its outputs, says so in ``gate``, then waits for ``gate/open``."""
+    """On a worker: each batch writes its outputs, starts one more, says so in ``gate``, waits for ``gate/open``."""
     from edge_runtime.job import processor
 
     real = processor.Processor.work
@@ -81,7 +81,13 @@ def _hold_after_writing(gate: str) -> None:
         return
 
     def work(self, batch, known=None):  # type: ignore[no-untyped-def]
+        import tempfile
+
         results = real(self, batch, known)
+        # ... and is in the middle of rewriting its first mask: write_atomic's temporary file, half written
+        first = self.out_dir / next(r for r in results if isinstance(r, processor.Written)).outcome.outputs[0]
+        fd, _ = tempfile.mkstemp(prefix=f".{first.name}.", suffix=".tmp", dir=first.parent)
+        os.write(fd, b"\x89PNG half a mask")
         Path(gate, f"written-{os.getpid()}-{time.monotonic_ns()}").touch()
         while not Path(gate, "open").exists():
             time.sleep(0.02)
@@ -100,7 +106,7 @@ def _release() -> None:
 
 def test_a_worker_killed_mid_batch_loses_and_repeats_nothing(cluster, tmp_path, tiny_model, monkeypatch):
     address, client = cluster
-    rels = scans(tmp_path / "in", 90)
+    rels = scans(tmp_path / "in", 64)
     assert run(tmp_path / "in", "--out", tmp_path / "one", "--model", tiny_model) == 0
     gate = tmp_path / "gate"
     gate.mkdir()
@@ -131,7 +137,8 @@ def test_a_worker_killed_mid_batch_loses_and_repeats_nothing(cluster, tmp_path, 
         victim = int(held[0].name.split("-")[1])
         assert victim in pids.values()
         assert not recorded  # the batch's outputs are written, and not one recorded yet
-        os.kill(victim, signal.SIGKILL)  # in the middle of its batch: written, not returned
+        assert list(out.rglob("*.tmp"))
+        os.kill(victim, signal.SIGKILL)  # in the middle of its batch: written, not returned, one file half written
     finally:
         (gate / "open").touch()
         client_run.join(timeout=300)
@@ -142,7 +149,7 @@ def test_a_worker_killed_mid_batch_loses_and_repeats_nothing(cluster, tmp_path, 
     with open(out / "run-summary.csv", newline="") as fh:
         rows = [r["path"] for r in csv.DictReader(fh)]
     assert sorted(rows) == sorted(rels)
-    assert not [p for p in out.rglob("*.tmp")], "temporary files left behind"
+    assert not list(out.rglob("*.tmp")), "temporary files left behind"
 
 
 def test_a_bad_scan_is_named_as_in_one_shot(cluster, tmp_path, tiny_model, capsys):
@@ -221,8 +228,12 @@ def test_cluster_addresses(capsys):
     assert "--cluster runs one-shot conversions" in capsys.readouterr().err
 
 
-def test_no_scheduler_is_one_line_and_exit_2(tmp_path, tiny_model, capsys):
+def test_no_scheduler_is_one_line_and_exit_2(tmp_path, tiny_model, capsys, monkeypatch):
     import socket
+
+    import edge_runtime.job.cluster as cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 1.0)  # Dask retries a refused connection until then
 
     with socket.socket() as s:  # a free port where nothing listens
         s.bind(("127.0.0.1", 0))

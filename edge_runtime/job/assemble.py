@@ -76,10 +76,11 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
             processor = Processor(segmenter, spec, options, writers, in_dir, out_dir, begin=ledger.begin)
             scheduler = Scheduler(processor, planner, recorder, options.workers)
         else:
-            from edge_runtime.job.cluster import SCANS_PER_TASK, connect
+            from edge_runtime.job.cluster import SCANS_PER_TASK, TAIL_SCANS_PER_TASK, connect
 
             # The workers build their own processors; this one only gives the scheduler its settings.
             processor = Processor(segmenter, spec, options, writers, in_dir, out_dir)
+            recorder.keep_outputs = True  # a worker lost mid-write leaves temporary files to sweep at the end
             cluster = dask = connect(options.cluster, request, spec, options, in_dir, out_dir)
             scheduler = Scheduler(
                 processor,
@@ -89,6 +90,7 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
                 executor=lambda _workers: dask,
                 work=dask.work,
                 batch_size=max(SCANS_PER_TASK, options.batch_size),
+                tail_size=TAIL_SCANS_PER_TASK,
             )
     except BaseException:
         ledger.close()

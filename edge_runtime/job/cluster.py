@@ -36,9 +36,18 @@ R = TypeVar("R")
 #: Scans per Dask task. The scheduler costs a few ms a task (bench/cluster.py); at 16 scans of ~20 ms
 #: of CPU each that is about 1% (bench/README.md, "On a Dask cluster").
 SCANS_PER_TASK = 16
+#: Scans per task at the end of a run, so that the workers finish together (the thread executor's is 1,
+#: which would make the scheduler's cost a task the cost a scan there).
+TAIL_SCANS_PER_TASK = 4
 #: Seconds to wait for the scheduler to answer, and for a first worker to join it.
-CONNECT_TIMEOUT = 20.0
+CONNECT_TIMEOUT = 10.0
 WORKER_TIMEOUT = 60.0
+
+
+def local_threads(workers: int) -> int:
+    """Threads a worker of ``local:N``: as for threads (:func:`edge_runtime.job.scheduler.default_workers`),
+    one per core it gets, plus one, so that a thread waiting on the disk does not leave a core idle."""
+    return max(1, available_cores() // workers) + 1
 
 
 def parse_address(value: str) -> str:
@@ -116,9 +125,7 @@ def connect(
     cluster = None
     if address.startswith("local:"):
         n = int(address.removeprefix("local:"))
-        cluster = LocalCluster(
-            n_workers=n, threads_per_worker=max(1, available_cores() // n), processes=True, dashboard_address=None
-        )
+        cluster = LocalCluster(n_workers=n, threads_per_worker=local_threads(n), processes=True, dashboard_address=":0")
         client = Client(cluster)
     else:
         try:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from edge_runtime.errors import ScanError
-from edge_runtime.files.durable import write_atomic
+from edge_runtime.files.durable import sweep_temp_files_of, write_atomic
 from edge_runtime.job.ledger import Ledger
 from edge_runtime.job.outcome import Outcome, Status
 from edge_runtime.job.processor import Result, ScanChanged, Unchanged, WriteFailed, Written
@@ -34,6 +34,9 @@ class Recorder:
         self.out_dir = out_dir
         self.signature = signature
         self.fsync = fsync
+        #: the outputs recorded done, while :attr:`keep_outputs` (for :meth:`sweep_leftovers`)
+        self.keep_outputs = False
+        self.outputs: list[Path] = []
 
     def known(self, batch: Iterable[str | ScanError]) -> dict[str, str]:
         """For the scans of a batch done already with this signature (outputs still there): their sha256.
@@ -71,11 +74,21 @@ class Recorder:
         """A scan whose outputs are on disk (the worker synced their folders): its done record."""
         try:
             self.ledger.done(written.state, written.outcome.outputs)
+            if self.keep_outputs:
+                self.outputs += [self.out_dir / o for o in written.outcome.outputs]
             error_path(self.out_dir, written.outcome.rel).unlink(missing_ok=True)
             return written.outcome
         except OSError as exc:
             reason = f"cannot record its outputs: {exc.strerror or exc}"
             return self.fail(written.outcome.rel, ScanError(written.outcome.rel, reason))
+
+    def sweep_leftovers(self) -> int:
+        """Remove what a worker lost in the middle of writing left: temporary files of the outputs recorded.
+
+        Only once every batch came back (their scans were written again, by another worker).
+        """
+        outputs, self.outputs = self.outputs, []
+        return sweep_temp_files_of(outputs)
 
     def fail(self, rel: str, exc: ScanError) -> Outcome:
         """Record a scan that could not be processed: error file beside its mask, ledger record."""

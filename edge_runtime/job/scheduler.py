@@ -45,6 +45,7 @@ class Scheduler:
         executor: Callable[[int], Executor] = ThreadExecutor,
         work: Work | None = None,
         batch_size: int | None = None,
+        tail_size: int = 1,
     ) -> None:
         self.processor = processor
         self.planner = planner
@@ -56,13 +57,15 @@ class Scheduler:
         self.work: Work = work or processor.work
         #: scans per batch (a Dask task carries more than one inference run's worth: bench/README.md)
         self.batch_size = max(1, batch_size or processor.options.batch_size)
+        #: scans per batch at the end of a long run (one for threads; a Dask task carries a few)
+        self.tail_size = max(1, min(tail_size, self.batch_size))
 
     def batches(self, rels: Iterable[str]) -> Iterator[list[str | ScanError]]:
         """The scans, claimed, in batches of ``batch_size`` (smaller ones at the end).
 
         So that the workers finish together, rather than one running a whole batch alone while the
-        other cores idle (bench/README.md, tuning log): a long run's last scans go one a batch; a
-        short run (a daemon's group) is split evenly over the workers.
+        other cores idle (bench/README.md, tuning log): a long run's last scans go ``tail_size`` (one)
+        a batch; a short run (a daemon's group) is split evenly over the workers.
         """
         bs, workers = self.batch_size, self.workers
         ahead: deque[str | ScanError] = deque()
@@ -76,7 +79,7 @@ class Scheduler:
             if len(ahead) >= bs * (workers + 1):
                 long_run = True
                 yield [ahead.popleft() for _ in range(bs)]
-        size = 1 if long_run else max(1, min(bs, -(-len(ahead) // workers)))
+        size = self.tail_size if long_run else max(1, min(bs, -(-len(ahead) // workers)))
         while ahead:
             yield [ahead.popleft() for _ in range(min(size, len(ahead)))]
 
@@ -99,3 +102,5 @@ class Scheduler:
             while pending:
                 yield from recorder.record(pending.popleft().result(), defer)
         recorder.ledger.sync()
+        if recorder.keep_outputs:
+            recorder.sweep_leftovers()

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable
+from concurrent.futures import CancelledError
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from edge_runtime._version import __version__
 from edge_runtime.core.model import available_cores
@@ -77,8 +79,17 @@ class DaskExecutor:
         self.cluster = cluster
         self.plugin = plugin
         self.probe = probe
-        #: threads over all workers at the start: how many batches run side by side
-        self.workers = max(1, sum(client.nthreads().values()))
+        self._threads = 0
+        self._counted = -1.0
+
+    @property
+    def workers(self) -> int:
+        """Threads over all workers, counted again at most once a second: workers may join or leave."""
+        now = time.monotonic()
+        if now - self._counted >= 1.0:
+            self._counted = now
+            self._threads = max(1, sum(self.client.nthreads().values()))
+        return self._threads
 
     @property
     def work(self) -> Callable[..., Any]:
@@ -88,8 +99,7 @@ class DaskExecutor:
         return partial(run_batch, plugin=self.plugin)
 
     def submit(self, fn: Callable[[A], R], item: A) -> Pending[R]:
-        future: Pending[R] = self.client.submit(fn, item, pure=False)
-        return future
+        return _Task(self.client.submit(fn, item, pure=False))
 
     def __enter__(self) -> DaskExecutor:
         return self
@@ -108,6 +118,29 @@ class DaskExecutor:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+class _Task(Generic[R]):
+    """A Dask future whose failure to come back at all is a one-line :class:`SetupError`."""
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+
+    def done(self) -> bool:
+        return bool(self.future.done())
+
+    def result(self) -> R:
+        from distributed import KilledWorker
+
+        try:
+            result: R = self.future.result()
+        except KilledWorker as exc:
+            raise SetupError(
+                f"Dask gave up on a batch of scans: every worker that ran it died ({exc}); see the workers' logs"
+            ) from None
+        except CancelledError:
+            raise SetupError("the Dask scheduler lost this run's tasks (did it stop?); run again to finish") from None
+        return result
 
 
 def connect(

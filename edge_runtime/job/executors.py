@@ -29,8 +29,10 @@ class Pending(Protocol[R_co]):
 class Executor(Protocol):
     """Runs work items somewhere; used as a context manager around a run."""
 
-    #: how many batches run side by side
-    workers: int
+    @property
+    def workers(self) -> int:
+        """How many batches run side by side (on a cluster: now, as workers come and go)."""
+        ...
 
     def submit(self, fn: Callable[[A], R], item: A) -> Pending[R]: ...
 

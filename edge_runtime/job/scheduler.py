@@ -97,7 +97,7 @@ class Scheduler:
             for batch in self.batches(rels):
                 known: Mapping[str, str] = recorder.known(batch)
                 pending.append(pool.submit(partial(self.work, known=known), batch))
-                while pending and (pending[0].done() or len(pending) > 2 * self.workers):
+                while pending and (pending[0].done() or len(pending) > 2 * pool.workers):
                     yield from recorder.record(pending.popleft().result(), defer)
             while pending:
                 yield from recorder.record(pending.popleft().result(), defer)

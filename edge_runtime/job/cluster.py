@@ -171,6 +171,8 @@ def connect(
     probe = out_dir / STATE_DIR / f"cluster-probe-{token[:12]}"
     executor = None
     try:
+        if not client.nthreads():
+            log.info("waiting up to %g s for a Dask worker to join %s", WORKER_TIMEOUT, address)
         try:
             client.wait_for_workers(1, timeout=WORKER_TIMEOUT)
         except TimeoutError:
@@ -192,7 +194,13 @@ def connect(
             probe_token=token,
         )
         name = f"edge-seg-{token[:12]}"
-        client.register_plugin(EdgeSegPlugin(brief), name=name)
+        try:
+            client.register_plugin(EdgeSegPlugin(brief), name=name)
+        except Exception as exc:  # a worker that cannot even unpickle it: no edge-seg, or a very different one
+            raise SetupError(
+                f"a Dask worker could not load the edge-seg plugin ({type(exc).__name__}: {exc}); "
+                f"install edge-seg[cluster] {__version__} on every worker"
+            ) from None
         executor = DaskExecutor(client, cluster, name, probe)
         for worker, state in sorted(client.run(worker_state, name, on_error="return").items()):
             if isinstance(state, BaseException):

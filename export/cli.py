@@ -151,27 +151,6 @@ def quantize_checked(
     return 0
 
 
-def choose_threshold_on(onnx_path: Path, labelled: Path) -> float:
-    """The threshold with the best mean scan-resolution Dice of ``onnx_path`` on ``labelled`` (image/ + mask/)."""
-    from edge_runtime.core.segmenter import Segmenter
-    from edge_runtime.core.thresholds import THRESHOLD_GRID, best_threshold, threshold_label
-    from edge_runtime.errors import SetupError
-    from edge_runtime.scoring import evaluate
-
-    if not (labelled / "image").is_dir() or not (labelled / "mask").is_dir():
-        raise SetupError(f"choosing the threshold needs {labelled}/image and {labelled}/mask")
-    summary, _ = evaluate(Segmenter(onnx_path), labelled / "image", labelled / "mask", list(THRESHOLD_GRID), False)
-    best = best_threshold({t: summary[threshold_label(t)]["dice_mean"] for t in THRESHOLD_GRID})
-    log.info(
-        "threshold %g chosen on %s: mean Dice %.4f (at 0.5: %.4f)",
-        best,
-        labelled,
-        summary[threshold_label(best)]["dice_mean"],
-        summary["0.5"]["dice_mean"],
-    )
-    return best
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -208,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.errors import ModelError, ScanError, SetupError
     from edge_runtime.files.durable import write_atomic
 
+    from .choose import choose_presence_on, choose_threshold_on
     from .convert import (
         attach_metadata,
         build_metadata,
+        has_presence,
         load_keras,
         to_onnx,
         with_flip_tta,
@@ -243,8 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", problem)
             return 2
 
+    presence_threshold: float | None = None  # None: the record's (chosen again below for --tta)
+
     def metadata(threshold: float) -> dict:
-        meta = build_metadata(model, record, name, version, threshold, args.opset, args.tta)
+        meta = build_metadata(model, record, name, version, threshold, args.opset, args.tta, presence_threshold)
         meta["precision"] = "fp32"
         return meta
 
@@ -260,9 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     onnx.save(proto, tmp)
     try:
         if args.tta != "none" and args.threshold is None:
-            # The record's threshold was chosen for the plain model: choose again, on the same validation
-            # folder, with the graph as exported and the runtime's own scoring.
-            threshold = choose_threshold_on(tmp, Path(cfg["val_dir"]) if cfg.get("val_dir") else parity_dir)
+            # The record's thresholds were chosen for the plain model: choose again, on the same validation
+            # folder, with the graph as exported and the runtime's own scoring (export/choose.py).
+            val_dir = Path(cfg["val_dir"]) if cfg.get("val_dir") else parity_dir
+            if has_presence(model):
+                presence_threshold, _ = choose_presence_on(tmp, val_dir)
+                attach_metadata(proto, metadata(threshold))
+                onnx.save(proto, tmp)
+            threshold = choose_threshold_on(tmp, val_dir)
             attach_metadata(proto, metadata(threshold))
             onnx.save(proto, tmp)
         images = parity_images(parity_dir, args.parity_count)

@@ -31,14 +31,21 @@ def with_flip_tta(model):
     """The model averaged with itself on the left-right mirrored scan (test-time augmentation).
 
     Built into the graph, so the ONNX file and its parity reference compute the same thing and the
-    runtime needs no change; it costs two forward passes per scan.
+    runtime needs no change; it costs two forward passes per scan. A model with the presence output
+    averages both outputs.
     """
     import keras
 
     inp = keras.Input(shape=tuple(model.inputs[0].shape[1:]), name=INPUT_NAME)
-    plain = model(inp)
-    mirrored = keras.ops.flip(model(keras.ops.flip(inp, axis=2)), axis=2)
-    return keras.Model(inp, (plain + mirrored) * 0.5, name=f"{model.name}_fliptta")
+    plain, mirror = model(inp), model(keras.ops.flip(inp, axis=2))
+    if not has_presence(model):
+        return keras.Model(inp, (plain + keras.ops.flip(mirror, axis=2)) * 0.5, name=f"{model.name}_fliptta")
+    # the mask is flipped back; the image-level score of a mirrored scan needs no flip
+    outputs = {
+        OUTPUT_NAME: (plain[OUTPUT_NAME] + keras.ops.flip(mirror[OUTPUT_NAME], axis=2)) * 0.5,
+        PRESENCE_NAME: (plain[PRESENCE_NAME] + mirror[PRESENCE_NAME]) * 0.5,
+    }
+    return keras.Model(inp, outputs, name=f"{model.name}_fliptta")
 
 
 def has_presence(model) -> bool:

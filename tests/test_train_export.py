@@ -231,3 +231,16 @@ def test_views_training_chooses_a_presence_threshold_and_exports_two_outputs(ddt
     result = seg.segment(cv2.imread(str(next((va / "image").iterdir())), cv2.IMREAD_GRAYSCALE))
     assert result.presence is not None and 0 <= result.presence <= 1
     assert result.nodule_present == (result.presence >= seg.presence_threshold)
+    # --tta flip on a presence model: both outputs averaged with the mirrored scan, both thresholds chosen again
+    from export import cli
+
+    tta = out / "tta.onnx"
+    assert cli.main([str(out / "model.keras"), "--out", str(tta), "--parity-count", "4", "--tta", "flip"]) == 0
+    seg_tta = Segmenter(tta)
+    x = np.stack([seg.preprocess(cv2.imread(str(p))) for p in sorted((va / "image").glob("*.png"))[:3]])
+    (p_plain, q_plain), (p_flip, q_flip) = seg.run(x), seg.run(x[:, :, ::-1].copy())
+    p_tta, q_tta = seg_tta.run(x)
+    np.testing.assert_allclose(p_tta, (p_plain + p_flip[:, :, ::-1]) / 2, atol=1e-5)
+    np.testing.assert_allclose(q_tta, (q_plain + q_flip) / 2, atol=1e-5)
+    assert seg_tta.info.metadata["test_time_augmentation"] == "flip"
+    assert 0 < seg_tta.presence_threshold < 1

@@ -31,7 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=100, help="maximum epochs")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--loss", default="bce", choices=["bce", "dice_bce"])
+    p.add_argument(
+        "--loss",
+        default="bce",
+        choices=["bce", "dice_bce", "dice_bce_nodule"],
+        help="dice_bce_nodule: dice_bce on the training images that hold a nodule only (with --views, the "
+        "presence output alone learns the nodule-free views)",
+    )
     p.add_argument("--lr-schedule", default="none", choices=["none", "cosine", "plateau"])
     p.add_argument("--patience", type=int, default=5, help="early stopping patience on validation loss")
     p.add_argument(

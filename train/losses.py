@@ -26,7 +26,28 @@ def dice_bce_loss(y_true, y_pred):
     return bce + soft_dice_loss(y_true, y_pred)
 
 
-LOSSES = {"bce": "binary_crossentropy", "dice_bce": dice_bce_loss}
+def _dice_bce_per_image(y_true, y_pred):
+    """BCE + (1 - soft Dice) for each image of the batch, shape (N,)."""
+    bce = ops.mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=(1, 2))
+    axes = (1, 2, 3)
+    inter = ops.sum(y_true * y_pred, axis=axes)
+    denom = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
+    return bce + 1.0 - (2.0 * inter + SMOOTH) / (denom + SMOOTH)
+
+
+def dice_bce_nodule_loss(y_true, y_pred):
+    """:func:`dice_bce_loss` over the images that hold a nodule only (0 for a batch without one).
+
+    With ``--views`` this splits the work: the mask output learns the outline given a nodule, and the
+    presence output alone learns the nodule-free views (the runtime empties the masks when it says "none").
+    Soft Dice on an empty truth rewards nothing but an all-zero map, which pulls every outline inwards.
+    """
+    has_nodule = ops.cast(ops.max(y_true, axis=(1, 2, 3)) > 0.5, y_pred.dtype)
+    per_image = _dice_bce_per_image(y_true, y_pred)
+    return ops.sum(has_nodule * per_image) / ops.maximum(ops.sum(has_nodule), 1.0)
+
+
+LOSSES = {"bce": "binary_crossentropy", "dice_bce": dice_bce_loss, "dice_bce_nodule": dice_bce_nodule_loss}
 
 
 def dice_at_half(y_true, y_pred):

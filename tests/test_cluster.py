@@ -246,3 +246,21 @@ def test_no_scheduler_is_one_line_and_exit_2(tmp_path, tiny_model, capsys, monke
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: cannot reach the Dask scheduler at tcp://127.0.0.1:{port}")
+
+
+def test_without_dask_cluster_says_what_to_install(tmp_path, tiny_model):
+    import subprocess
+    import sys
+
+    (tmp_path / "in").mkdir()
+    write_png(tmp_path / "in" / "a.png", synthetic(0, 40, 40)[0])
+    code = f"""
+import sys
+sys.modules["distributed"] = None  # as in an install without the [cluster] extra
+from edge_runtime.cli import main
+sys.exit(main([{str(tmp_path / "in")!r}, "--out", {str(tmp_path / "out")!r}, "--model", {str(tiny_model)!r},
+               "--cluster", "local:1"]))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == 'error: --cluster needs Dask: pip install "edge-seg[cluster]"'

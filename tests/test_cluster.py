@@ -70,6 +70,15 @@ def test_cluster_outputs_are_byte_identical_to_one_shot(cluster, tmp_path, tiny_
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "dask").rglob("*.png")}
     assert run(tmp_path / "in", "--out", tmp_path / "dask", *common, "--cluster", address) == 0
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "dask").rglob("*.png")} == before
+    # a scan touched (same bytes, new mtime): read on a worker, nothing written, recorded as it is now
+    os.utime(tmp_path / "in" / rels[1], ns=(1_000_000_000, 1_000_000_000))
+    assert run(tmp_path / "in", "--out", tmp_path / "dask", *common, "--cluster", address) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "dask").rglob("*.png")} == before
+    rec = Ledger(tmp_path / "dask")
+    try:
+        assert (rec.get(rels[1]) or {}).get("mtime_ns") == 1_000_000_000
+    finally:
+        rec.close()
 
 
 def _hold_after_writing(gate: str) -> None:

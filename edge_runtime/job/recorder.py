@@ -34,9 +34,9 @@ class Recorder:
         self.out_dir = out_dir
         self.signature = signature
         self.fsync = fsync
-        #: the outputs recorded done, while :attr:`keep_outputs` (for :meth:`sweep_leftovers`)
+        #: the outputs recorded done (POSIX paths under OUT), while :attr:`keep_outputs` (for :meth:`sweep_leftovers`)
         self.keep_outputs = False
-        self.outputs: list[Path] = []
+        self.outputs: set[str] = set()
 
     def known(self, batch: Iterable[str | ScanError]) -> dict[str, str]:
         """For the scans of a batch done already with this signature (outputs still there): their sha256.
@@ -75,7 +75,7 @@ class Recorder:
         try:
             self.ledger.done(written.state, written.outcome.outputs)
             if self.keep_outputs:
-                self.outputs += [self.out_dir / o for o in written.outcome.outputs]
+                self.outputs.update(written.outcome.outputs)
             error_path(self.out_dir, written.outcome.rel).unlink(missing_ok=True)
             return written.outcome
         except OSError as exc:
@@ -87,8 +87,8 @@ class Recorder:
 
         Only once every batch came back (their scans were written again, by another worker).
         """
-        outputs, self.outputs = self.outputs, []
-        return sweep_temp_files_of(outputs)
+        outputs, self.outputs = self.outputs, set()
+        return sweep_temp_files_of([self.out_dir / o for o in sorted(outputs)])
 
     def fail(self, rel: str, exc: ScanError) -> Outcome:
         """Record a scan that could not be processed: error file beside its mask, ledger record."""

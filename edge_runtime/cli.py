@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out OUT is required")
     if args.cluster is not None and args.input is None:
         parser.error("--cluster runs one-shot conversions (edge-seg IN --out OUT --cluster ...), not --watch or --demo")
+    if args.cluster is not None and args.threads is not None:
+        parser.error("--threads is for this machine; with --cluster, each worker's are `dask worker --nthreads N`")
     setup_logging(args.verbose, args.quiet, args.log_file)
 
     from edge_runtime.errors import SetupError

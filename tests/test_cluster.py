@@ -235,6 +235,9 @@ def test_cluster_addresses(capsys):
     with pytest.raises(SystemExit):
         main(["--watch", "in", "--out", "out", "--cluster", "local:1"])
     assert "--cluster runs one-shot conversions" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["in", "--out", "out", "--cluster", "local:1", "--threads", "2"])
+    assert "with --cluster, each worker's are `dask worker --nthreads N`" in capsys.readouterr().err
 
 
 def test_no_scheduler_is_one_line_and_exit_2(tmp_path, tiny_model, capsys, monkeypatch):

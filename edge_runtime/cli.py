@@ -34,7 +34,8 @@ EPILOG = """examples:
 
 Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png.
 A scan that cannot be read gets OUT/<relative path>.error.txt with the reason.
-Scans: PNG, JPEG, BMP, TIFF; DICOM (.dcm, .dicom, or by content) with pip install "edge-seg[dicom]".
+Scans: PNG, JPEG, BMP, TIFF, WEBP, GIF, JPEG 2000; DICOM (.dcm, .dicom, or by content) with
+pip install "edge-seg[dicom]". TIFF pages and GIF/WEBP frames are frames: OUT/<name>_f0001.png, ...
 --overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, and for
 one-shot runs OUT/run-summary.csv and OUT/run-provenance.json (fields: docs/OUTPUTS.md).
 """
@@ -164,11 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cluster runs one-shot conversions (edge-seg IN --out OUT --cluster ...), not --watch or --demo")
     if args.cluster is not None and args.threads is not None:
         parser.error("--threads is for this machine; with --cluster, each worker's are `dask worker --nthreads N`")
-    setup_logging(args.verbose, args.quiet, args.log_file)
-
     from edge_runtime.errors import SetupError
 
     try:
+        setup_logging(args.verbose, args.quiet, args.log_file)
         settings = settings_from_args(args, _argv(argv))
         if args.demo is not None:
             from edge_runtime.demo import run_demo

@@ -30,11 +30,15 @@ class ConsoleFormatter(logging.Formatter):
         text = super().format(record)
         if record.levelno >= logging.WARNING and record.name not in AS_IS:
             text = f"{record.levelname.lower()}: {text}"
-        return text
+        # A file name that is not UTF-8 is shown escaped (``bad\udcffname.png``), whatever the stream's encoding.
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | None = None) -> None:
-    """The console on stderr (and ``log_file``, rotated at 10 MB, 5 kept), at the level asked for."""
+    """The console on stderr (and ``log_file``, rotated at 10 MB, 5 kept), at the level asked for.
+
+    Raises :class:`~edge_runtime.errors.SetupError` if the log file cannot be opened (the console is set up).
+    """
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     root = logging.getLogger()
     root.setLevel(level)
@@ -46,8 +50,15 @@ def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | N
     console.setFormatter(ConsoleFormatter("%(message)s"))
     root.addHandler(console)
     if log_file:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=10 << 20, backupCount=5, encoding="utf-8")
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            fh = logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=10 << 20, backupCount=5, encoding="utf-8", errors="backslashreplace"
+            )
+        except OSError as exc:
+            from edge_runtime.errors import SetupError
+
+            raise SetupError(f"cannot write the log file {log_file}: {exc.strerror or exc}") from None
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         fh.edge_seg = True  # type: ignore[attr-defined]
         root.addHandler(fh)

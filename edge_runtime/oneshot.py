@@ -8,11 +8,14 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
-from edge_runtime.job.assemble import open_job
+from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from edge_runtime.job.assemble import close_job, open_job
+from edge_runtime.job.discovery import describe_skipped
 from edge_runtime.job.outcome import Outcome, Status, log_failures, log_outcome, log_summary
 from edge_runtime.job.run_record import RunRecord
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import list_folder
+from edge_runtime.stopping import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -27,35 +30,54 @@ def summary_line(counts: Counter, seconds: float, out_dir: object) -> str:
 
 
 def run_once(settings: RunSettings) -> int:
-    """Every scan under IN that needs work, then a summary; the exit code (0 all done, 1 some failed)."""
+    """Every scan under IN that needs work, then a summary; the exit code.
+
+    0 all done, 1 some failed, 2 OUT stopped taking writes (disk full, ...: the run stops at once, the
+    scans not done are done by the next run), 128 + N when stopped by signal N (SIGTERM 143, SIGHUP 129,
+    SIGINT 130) after the batches in hand (or before the first, when the signal comes during start-up).
+    """
+    with StopSignals("finishing the batches in hand, then stopping") as stop:
+        return _run_once(settings, stop)
+
+
+def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     t0 = time.perf_counter()
     job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run)
     force = settings.run.force
     record = RunRecord(job, ["edge-seg", *settings.argv]) if "reports" in job.spec.outputs else None
     record_failed = False
+    skipped: Counter[str] = Counter()
+    blocked: Outcome | None = None  # the first scan whose outputs OUT could not take
     try:
-        rels = list_folder(job.in_dir)
+        rels = list_folder(job.in_dir, skipped)
         if not rels:
-            log.warning(
-                "no scans found under %s (looked for .png .jpg .jpeg .bmp .tif .tiff .dcm .dicom)", settings.in_dir
-            )
+            suffixes = " ".join(sorted(IMAGE_SUFFIXES | DICOM_SUFFIXES))
+            log.warning("no scans found under %s (looked for %s and DICOM by content)", settings.in_dir, suffixes)
         todo = [r for r in rels if force or job.planner.needs_work(r)]
         counts: Counter = Counter({Status.SKIPPED: len(rels) - len(todo)})
+        skipped_before = counts[Status.SKIPPED]
         if record is not None:
             for rel in sorted(set(rels) - set(todo)):
                 rec = job.ledger.get(rel) or {}
                 record.add(Outcome(rel, Status.SKIPPED, list(rec.get("outputs", [])), "up to date"))
         failures: list[Outcome] = []
-        for outcome in _progress(job.scheduler.process(todo), len(todo)):
+
+        def halt() -> bool:  # once OUT stops taking writes (disk full, ...), every scan after fails too
+            return blocked is not None or stop.requested.is_set()
+
+        for outcome in _progress(job.scheduler.process(todo, stop=halt), len(todo)):
             if outcome.status == Status.CHANGED:  # one-shot does not wait: report it
                 outcome.status = Status.FAILED
+            if outcome.status == Status.UNWRITTEN:
+                blocked = blocked or outcome
             log_outcome(outcome)
             counts[outcome.status] += 1
             if outcome.status == Status.FAILED:
                 failures.append(outcome)
             if record is not None:
                 record.add(outcome)
-        if record is not None:
+        cut_short = blocked is not None or stop.requested.is_set()
+        if record is not None and not cut_short:
             try:
                 written = record.write(1 if failures else 0)
                 log.info("run summary: %s; provenance: %s", written[0], written[1].name)
@@ -63,10 +85,29 @@ def run_once(settings: RunSettings) -> int:
                 log.error("cannot write the run summary and provenance: %s", exc)
                 record_failed = True
     finally:
-        job.close()
+        closed = close_job(job)
     log_summary(summary_line(counts, time.perf_counter() - t0, settings.out_dir))
+    if skipped:
+        log_summary(f"not scans, left alone: {describe_skipped(skipped)} (-v names them)")
     if failures:
         log_failures(failures)
+    not_done = len(todo) - counts[Status.OK] - counts[Status.FAILED] - (counts[Status.SKIPPED] - skipped_before)
+    # (the scans OUT could not take are among them)
+    if blocked is not None:
+        log.error(
+            "cannot write to %s: %s; stopped with %d scan(s) not done, which the next run does; nothing written "
+            "is incomplete",
+            settings.out_dir,
+            blocked.reason,
+            not_done,
+        )
+        return 2
+    if not closed:
+        return 2
+    if stop.signum is not None:
+        log_summary(f"stopped by {stop.name}: {not_done} scan(s) not done, which the next run does")
+        return stop.exit_code
+    if failures:
         return 1
     return 1 if record_failed else 0
 

@@ -160,7 +160,9 @@ def test_two_scans_that_would_share_a_mask_name(tmp_path, tiny_model, capfd):
     write_png(src / "x.png", synthetic(1)[0])
     cv2.imwrite(str(src / "x.jpg"), synthetic(2)[0])
     assert run(src, "--out", out, "--model", tiny_model) == 1
-    assert "would overwrite those of x.jpg" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "FAIL x.jpg: OUT/x.png would be written by this scan and by x.png (same folder and name stem)" in err
+    assert png(out / "x.png") is not None and (out / "x.jpg.error.txt").exists()
 
 
 @pytest.mark.parametrize(

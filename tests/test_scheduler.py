@@ -96,7 +96,8 @@ def test_default_workers_follow_the_session_threads(tmp_path, tiny_model, monkey
     assert Scheduler(job.processor, job.planner, job.scheduler.recorder, workers=7).workers == 7
 
 
-def test_an_inference_failure_reaches_the_caller(folder, tmp_path, tiny_model):
+def test_an_inference_failure_is_each_scans_fail_outcome_not_the_end_of_the_run(folder, tmp_path, tiny_model):
+    """Issue 15: per-scan problems are a FAIL line and the run goes on (a batch that fails is tried scan by scan)."""
     root, rels = folder
     job = job_for(tiny_model, root, tmp_path / "out", workers=2)
 
@@ -108,8 +109,10 @@ def test_an_inference_failure_reaches_the_caller(folder, tmp_path, tiny_model):
             raise RuntimeError("onnxruntime fell over")
 
     job.segmenter.model = Broken()
-    with pytest.raises(RuntimeError, match="fell over"):
-        run(job, rels)
+    outcomes, masks = run(job, rels)
+    assert [o.rel for o in outcomes] == rels and not masks and all(o.status == "failed" for o in outcomes)
+    reasons = {o.rel: o.reason for o in outcomes if o.rel != "s06.png"}  # s06 is corrupt: its own reason
+    assert set(reasons.values()) == {"inference failed: RuntimeError: onnxruntime fell over"}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings are Linux-only")

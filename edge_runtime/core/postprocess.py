@@ -42,8 +42,10 @@ def probability_at_scan_size(probability: np.ndarray, scan_hw: tuple[int, int]) 
 
 def mask_from_probability(probability: np.ndarray, threshold: float, kernel: np.ndarray | None) -> np.ndarray:
     """Threshold (``P > threshold``) and open: uint8 mask, 0 = background, 255 = nodule."""
-    # 255 where P > threshold, else 0 (OpenCV's type stubs omit its scalar overload)
-    mask = cv2.compare(probability, float(threshold), cv2.CMP_GT)  # type: ignore[call-overload]
+    if probability.size <= 4:  # OpenCV takes an array of up to 4 values for a scalar: a 1 x 1 scan failed
+        mask = np.where(probability > threshold, np.uint8(255), np.uint8(0))
+    else:  # 255 where P > threshold, else 0 (OpenCV's type stubs omit its scalar overload)
+        mask = cv2.compare(probability, float(threshold), cv2.CMP_GT)  # type: ignore[call-overload]
     if kernel is not None:
         open_in_place(mask, kernel)
     return mask

@@ -8,6 +8,7 @@ killed writer left. No image decoding here: the ledger and the status file depen
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -27,8 +28,8 @@ def write_atomic(path: str | Path, data: bytes | str, fsync: bool = True) -> Non
     system), are flushed to disk, then ``os.replace`` moves them into place.
     """
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
+    if isinstance(data, str):  # a file name that is not UTF-8 (surrogate-escaped) is written as its own bytes
+        data = data.encode("utf-8", "surrogateescape")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -81,6 +82,67 @@ def sweep_temp_files(root: Path) -> int:
     if removed:
         log.info("removed %d incomplete temporary file(s) left by an interrupted run", removed)
     return removed
+
+
+#: Errors that say the file system cannot take writes now (full, read-only, failing, not allowed),
+#: rather than that one file name is wrong: a job pauses and retries on them, it does not blame the scan.
+_UNWRITABLE = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EIO: "I/O error",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOENT: "output folder missing",
+    errno.ESTALE: "stale network file handle",
+    errno.ENODEV: "device gone",
+    errno.ENXIO: "device gone",
+    errno.ENOTCONN: "network share disconnected",
+    errno.EAGAIN: "resource temporarily unavailable",
+    errno.EBUSY: "device busy",
+    errno.EMFILE: "too many open files",
+    errno.ENFILE: "too many open files",
+    errno.ENOMEM: "out of memory",
+}
+
+
+def unwritable(exc: BaseException) -> str | None:
+    """What keeps the file system from taking writes (``"disk full"``), if ``exc`` says that; else None.
+
+    None means the error is about one path (a file where a folder should be, a name too long), which
+    retrying will not mend.
+    """
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _UNWRITABLE.get(exc.errno)
+    return None
+
+
+def probe_writable(folder: Path, size: int = 256 * 1024) -> OSError | None:
+    """Write, flush and remove a ``size``-byte hidden file in ``folder`` (or its nearest existing parent).
+
+    Returns the error if that failed, None if the folder takes writes again.
+    """
+    target = folder
+    while not target.exists() and target.parent != target:
+        target = target.parent
+    try:
+        write_atomic(target / ".edge-seg-probe", b"\0" * size)
+        os.unlink(target / ".edge-seg-probe")
+    except OSError as exc:
+        return exc
+    return None
+
+
+def rewrite_in_place(path: Path, data: bytes) -> None:
+    """Overwrite an existing file's bytes without a new file (not atomic; for a disk too full for one).
+
+    The data must fit in the blocks the file already has to need no new ones: callers pad what they
+    write to a fixed size.
+    """
+    with open(path, "r+b") as fh:
+        fh.write(data)
+        fh.truncate()
+        fh.flush()
 
 
 def sweep_temp_files_of(paths: list[Path]) -> int:

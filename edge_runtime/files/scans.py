@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +21,20 @@ import numpy as np
 
 from edge_runtime import MAX_PIXELS
 from edge_runtime.errors import ScanError
-from edge_runtime.files.formats import DICOM_SUFFIXES, sniff_format
+from edge_runtime.files.formats import (
+    DICOM_SUFFIXES,
+    MULTI_IMAGE_FORMATS,
+    READ_FORMATS,
+    image_end,
+    is_animated_png,
+    sniff_format,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
+#: Pixels of all the images of one multi-image file together (as for multi-frame DICOM).
+MAX_TOTAL_PIXELS = 4 * MAX_PIXELS
 
 with contextlib.suppress(Exception):  # keep libpng/libjpeg warnings off the console; we report ourselves
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -53,57 +63,118 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
 
 
 def decode_image(data: bytes, name: str | Path = "<bytes>") -> np.ndarray:
-    """Decode PNG/JPEG/BMP/TIFF bytes to pixels: H x W (gray) or H x W x 3 (RGB), 8 or 16 bit.
+    """Decode one image's bytes to pixels: H x W (gray) or H x W x 3 (RGB), 8 or 16 bit.
 
-    RGBA is returned as RGB (alpha dropped); BGR from OpenCV is turned into RGB.
+    A file holding several images (TIFF pages, GIF or WEBP frames) gives its first here; :func:`decode_frames`
+    gives them all. Raises :class:`ScanError` naming ``name`` and the reason.
+    """
+    return decode_frames(data, name)[0]
+
+
+def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]:
+    """Decode PNG/JPEG/BMP/TIFF/WEBP/GIF/JPEG 2000 bytes to its images, in order (one for most files).
+
+    Each is H x W (gray) or H x W x 3 (RGB), 8 or 16 bit: RGBA is returned as RGB (alpha dropped), BGR
+    from OpenCV is turned into RGB. Pages of a TIFF and frames of an animated GIF, WEBP or PNG are the
+    scan's frames, like a multi-frame DICOM's. A PNG or JPEG followed by extra bytes is read (a
+    warning says how many were ignored); one that ends before its image does is refused as truncated.
     Raises :class:`ScanError` naming ``name`` and the reason.
     """
     if not data:
         raise ScanError(name, "empty file (0 bytes)")
     fmt = sniff_format(data)
     if fmt is None:
-        raise ScanError(name, "not an image: the content is not PNG, JPEG, BMP, TIFF or DICOM")
+        raise ScanError(name, f"not an image: the content is not {READ_FORMATS}")
     if fmt == "DICOM":
         raise ScanError(name, "DICOM file: read it with read_scan() (needs the [dicom] extra)")
     if fmt == "PNG":
         dims = _png_size(data)
         if dims and dims[0] * dims[1] > MAX_PIXELS:
             raise ScanError(name, f"image too large: {dims[0]} x {dims[1]} pixels is over the limit of {MAX_PIXELS:,}")
-    if fmt == "PNG" and b"IEND" not in data[-64:]:
-        raise ScanError(name, "truncated PNG: the file ends before its IEND chunk")
-    if fmt == "JPEG" and b"\xff\xd9" not in data[-64:]:
-        raise ScanError(name, "truncated JPEG: the file ends before its end-of-image marker")
+    end = image_end(data, fmt)
+    if end is None:
+        what = "its IEND chunk" if fmt == "PNG" else "its end-of-image marker"
+        raise ScanError(name, f"truncated {fmt}: the file ends before {what}")
+    if end < len(data):
+        log.warning("%s: %d byte(s) after the end of the %s image are ignored", name, len(data) - end, fmt)
+        data = data[:end]
     buf = np.frombuffer(data, dtype=np.uint8)
+    multi = fmt in MULTI_IMAGE_FORMATS or (fmt == "PNG" and is_animated_png(data))
     try:
-        pixels = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        if multi:
+            decoded = _decode_pages(buf, name)
+        else:
+            one = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+            decoded = [] if one is None else [one]
     except cv2.error as exc:
         if "MAX_IMAGE_PIXELS" in str(exc):
             raise ScanError(name, f"image too large: over the limit of {MAX_PIXELS:,} pixels") from None
         raise ScanError(name, f"corrupt {fmt} data ({str(exc).strip().splitlines()[-1]})") from None
-    if pixels is None or pixels.size == 0:
+    if not decoded or any(p is None or p.size == 0 for p in decoded):
         raise ScanError(name, f"corrupt or truncated {fmt} data: it could not be decoded")
-    if pixels.shape[0] * pixels.shape[1] > MAX_PIXELS:
-        raise ScanError(
-            name,
-            f"image too large: {pixels.shape[1]} x {pixels.shape[0]} pixels is over the limit of {MAX_PIXELS:,}",
-        )
+    frames = [_to_rgb(p, name) for p in decoded]
+    for pixels in frames:
+        if pixels.shape[0] * pixels.shape[1] > MAX_PIXELS:
+            raise ScanError(
+                name,
+                f"image too large: {pixels.shape[1]} x {pixels.shape[0]} pixels is over the limit of {MAX_PIXELS:,}",
+            )
+    if len(frames) > 1:
+        total = sum(p.shape[0] * p.shape[1] for p in frames)
+        if total > MAX_TOTAL_PIXELS:
+            what = f"{len(frames)} images of {total:,} pixels in all"
+            raise ScanError(name, f"too large: {what}, over the limit of {MAX_TOTAL_PIXELS:,}")
+        sizes = sorted({(p.shape[1], p.shape[0]) for p in frames})
+        if len(sizes) > 1:
+            shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
+            raise ScanError(name, f"its {len(frames)} {fmt} pages are not all the same size ({shown}); split them")
+        kinds = {(p.ndim, p.dtype.str) for p in frames}
+        if len(kinds) > 1:
+            raise ScanError(name, f"its {len(frames)} {fmt} pages mix gray and colour or bit depths; split them")
+    return frames
+
+
+def _decode_pages(buf: np.ndarray, name: str | Path) -> list[np.ndarray]:
+    """Every page or frame, but never more than :data:`MAX_TOTAL_PIXELS` pixels' worth in memory.
+
+    The first page gives the size; then at most as many pages as fit in the limit, and one more to tell
+    whether there are too many (so a file of a thousand large pages is refused, not decoded whole).
+    """
+    ok, first = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED, None, (0, 1))
+    if not ok or not first or first[0] is None or first[0].size == 0:
+        return []
+    fits = max(1, MAX_TOTAL_PIXELS // (first[0].shape[0] * first[0].shape[1]))
+    ok, images = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED, None, (0, fits + 1))
+    if not ok:
+        return []
+    if len(images) > fits:
+        h, w = first[0].shape[:2]
+        limit = f"over the limit of {MAX_TOTAL_PIXELS:,} in all"
+        raise ScanError(name, f"too large: more than {fits} images of {w} x {h} pixels, {limit}")
+    return list(images)
+
+
+def _to_rgb(pixels: np.ndarray, name: str | Path) -> np.ndarray:
     if pixels.ndim == 3:
         if pixels.shape[2] == 4:
-            pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
-        elif pixels.shape[2] == 3:
-            pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-        elif pixels.shape[2] == 1:
-            pixels = pixels[:, :, 0]
-        else:
-            raise ScanError(name, f"unsupported channel count {pixels.shape[2]}")
+            return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
+        if pixels.shape[2] == 3:
+            return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+        if pixels.shape[2] == 1:
+            return pixels[:, :, 0]
+        raise ScanError(name, f"unsupported channel count {pixels.shape[2]}")
     return pixels
 
 
 def read_bytes(path: Path) -> tuple[bytes, os.stat_result]:
     """Read a whole file, refusing ones over :data:`MAX_FILE_BYTES`; errors name the file."""
     try:
-        with open(path, "rb") as fh:
+        # Non-blocking open, so that a FIFO named like a scan is refused rather than waited on forever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ScanError(path, f"not a regular file ({_file_kind(st.st_mode)}), not a scan")
             if st.st_size > MAX_FILE_BYTES:
                 raise ScanError(path, f"file too large: {st.st_size:,} bytes is over the limit of {MAX_FILE_BYTES:,}")
             # Ask for the size fstat gave (+1, to see growth): read(n) allocates n bytes up front, and
@@ -120,8 +191,18 @@ def read_bytes(path: Path) -> tuple[bytes, os.stat_result]:
     return data, st
 
 
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a directory" if stat.S_ISDIR(mode) else "not a file"
+
+
 def read_scan(path: str | Path) -> Scan:
-    """Read, hash and decode one scan file (PNG, JPEG, BMP, TIFF; DICOM with the ``dicom`` extra)."""
+    """Read, hash and decode one scan file (PNG, JPEG, BMP, TIFF, WEBP, GIF, JPEG 2000; DICOM with the extra)."""
     path = Path(path)
     data, st = read_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
@@ -132,8 +213,8 @@ def read_scan(path: str | Path) -> Scan:
         image = read_dicom(data, path)
         extra = {"pixel_spacing_source": image.spacing_source, "dicom": image.info}
         return Scan(path, image.frames, digest, st.st_size, st.st_mtime_ns, image.spacing_mm, "DICOM", extra)
-    pixels = decode_image(data, path)
-    return Scan(path, [pixels], digest, st.st_size, st.st_mtime_ns, None, fmt or "")
+    frames = decode_frames(data, path)
+    return Scan(path, frames, digest, st.st_size, st.st_mtime_ns, None, fmt or "")
 
 
 # Compression level 1: masks are mostly zeros, so level 1 is nearly as small as 9 and several times faster.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,17 +12,20 @@ import cv2
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.files.durable import sweep_temp_files
 from edge_runtime.job.discovery import check_folders
-from edge_runtime.job.ledger import Ledger
+from edge_runtime.job.ledger import Ledger, ScanState
 from edge_runtime.job.plan import Planner
 from edge_runtime.job.processor import Processor
 from edge_runtime.job.recorder import Recorder
 from edge_runtime.job.scheduler import Scheduler
 from edge_runtime.job.settings import JobRequest, JobSpec, RunOptions
 from edge_runtime.outputs.base import OutputSetup
+from edge_runtime.outputs.layout import STATE_DIR
 from edge_runtime.outputs.writers import make_writers
 
 if TYPE_CHECKING:
     from edge_runtime.job.cluster import DaskExecutor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,9 +75,14 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
         sweep_temp_files(out_dir)
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
         planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers)
-        recorder = Recorder(ledger, in_dir, out_dir, spec.signature, options.fsync)
+        recorder = Recorder(ledger, in_dir, out_dir, spec.signature, options.fsync, planner)
         if options.cluster is None:
-            processor = Processor(segmenter, spec, options, writers, in_dir, out_dir, begin=ledger.begin)
+
+            def begin(state: ScanState, outputs: list[str]) -> None:
+                planner.reserve(state.rel, outputs)  # another scan's outputs of the same name: ScanError
+                ledger.begin(state, outputs)
+
+            processor = Processor(segmenter, spec, options, writers, in_dir, out_dir, begin=begin)
             scheduler = Scheduler(processor, planner, recorder, options.workers)
         else:
             from edge_runtime.job.cluster import SCANS_PER_TASK, TAIL_SCANS_PER_TASK, connect
@@ -107,3 +116,17 @@ def opencv_on_caller_threads() -> None:
     0.1-0.2 ms a scan (bench/README.md, tuning log). Process-wide, so the CLI calls it, not the library.
     """
     cv2.setNumThreads(1)
+
+
+def close_job(job: Job) -> bool:
+    """Close the job (the ledger's last records go to disk); False, with one line, if OUT would not take them."""
+    try:
+        job.close()
+    except OSError as exc:
+        log.error(
+            "cannot save the ledger's last records in %s: %s; the scans they record are done again by the next run",
+            job.out_dir / STATE_DIR,
+            exc.strerror or exc,
+        )
+        return False
+    return True

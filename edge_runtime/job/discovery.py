@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -56,8 +58,11 @@ def may_be_unsuffixed_dicom(name: str) -> bool:
 
 def has_dicom_marker(path: Path) -> bool:
     """True if the file holds ``DICM`` at byte 128 (the DICOM file preamble)."""
-    try:
-        with open(path, "rb") as fh:
+    try:  # non-blocking: a named pipe must not hang the listing
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return False
             head = fh.read(132)
     except OSError:
         return False
@@ -101,27 +106,62 @@ def inside(root: Path, path: Path) -> bool:
     return True
 
 
-def iter_scans(in_dir: Path, dicom: bool = True, warned: set[str] | None = None) -> Iterator[str]:
+def iter_scans(
+    in_dir: Path, dicom: bool = True, warned: set[str] | None = None, skipped: Counter[str] | None = None
+) -> Iterator[str]:
     """Yield the POSIX paths, relative to ``in_dir`` and sorted, of every scan under it.
 
     Folder symlinks are not followed; a file symlink that leads outside ``in_dir`` is skipped and
-    reported once (``warned`` remembers which, across calls).
+    reported once (``warned`` remembers which, across calls). Every other file that is not a scan is
+    counted in ``skipped`` by reason (:func:`skip_reason`; a hidden folder counts once, unopened) and
+    named at debug level (once per ``warned``).
     """
     warned = set() if warned is None else warned
+    skipped = Counter() if skipped is None else skipped
     root = in_dir.resolve()
     for dirpath, dirnames, filenames in os.walk(in_dir, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = PurePosixPath(Path(dirpath).relative_to(in_dir).as_posix())
+        for d in dirnames:
+            if d.startswith("."):
+                _skip(skipped, f"{rel_dir / d}/", "hidden folders", warned)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             full = Path(dirpath) / name
+            rel = str(rel_dir / name) if str(rel_dir) != "." else name
             by_name = is_candidate_name(name, dicom)
             if not by_name and not (dicom and may_be_unsuffixed_dicom(name)):
+                _skip(skipped, rel, skip_reason(name), warned)
                 continue
-            rel = str(rel_dir / name) if str(rel_dir) != "." else name
             if full.is_symlink() and not inside(root, full):  # checked before its content is ever opened
+                skipped["symbolic links leading outside IN"] += 1
                 if rel not in warned:
                     warned.add(rel)
                     log.warning("SKIP %s: symbolic link leads outside the input folder", rel)
                 continue
             if by_name or has_dicom_marker(full):
                 yield rel
+            else:
+                reason = "no suffix and no DICOM marker" if "." not in name else skip_reason(name)
+                _skip(skipped, rel, reason, warned)
+
+
+def _skip(skipped: Counter[str], rel: str, reason: str, named: set[str]) -> None:
+    skipped[reason] += 1
+    if rel not in named:  # once per ``warned`` set: a daemon's rescans do not name it again
+        named.add(rel)
+        log.debug("not a scan: %s", rel)
+
+
+def skip_reason(name: str) -> str:
+    """Why a file name is not a scan, as the summary counts it (``.txt files``, ``hidden or temporary``)."""
+    suffix = os.path.splitext(name)[1].lower()
+    if name.startswith((".", "~")) or name.endswith("~") or suffix in TEMP_SUFFIXES:
+        return "hidden or temporary"
+    if name.upper() == "DICOMDIR":
+        return "DICOMDIR"
+    return f"{suffix} files" if suffix else "no suffix and no DICOM marker"
+
+
+def describe_skipped(skipped: Counter[str]) -> str:
+    """``"3 .txt files, 1 hidden or temporary"``: the files under IN that were not scans, most first."""
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -17,6 +17,9 @@ class Status(StrEnum):
     SKIPPED = "skipped"  #: up to date already
     FAILED = "failed"  #: could not be processed; an error record says why
     CHANGED = "changed"  #: modified while being read: the watcher retries it once it settles
+    #: OUT could not take its outputs (disk full, read-only, ...): not the scan's fault, nothing recorded;
+    #: retried once OUT can be written again
+    UNWRITTEN = "unwritten"
 
 
 @dataclass
@@ -52,6 +55,8 @@ def log_outcome(outcome: Outcome) -> None:
         log.info("ok   %s -> %s  %.0f ms", outcome.rel, describe_outputs(outcome), outcome.ms)
     elif outcome.status == Status.SKIPPED:
         log.debug("skip %s: %s", outcome.rel, outcome.reason or "up to date")
+    elif outcome.status == Status.UNWRITTEN:  # the run says it once for all of them
+        log.debug("not written %s: %s", outcome.rel, outcome.reason)
     else:
         log.error("FAIL %s: %s", outcome.rel, outcome.reason)
 

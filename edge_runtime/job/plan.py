@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import os
+import re
+import threading
 from pathlib import Path, PurePosixPath
 
 from edge_runtime.errors import ScanError
+from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from edge_runtime.job.ledger import Ledger
 from edge_runtime.outputs.base import OutputWriter
-from edge_runtime.outputs.layout import output_key
+from edge_runtime.outputs.layout import scan_stem
+
+#: How the error records of scans that failed for want of a writable OUT begin (older versions recorded
+#: a full disk as the scan's error).
+WRITE_FAILURES = ("cannot write its outputs", "cannot record its outputs", "cannot write its error record")
 
 
 class Planner:
-    """Decides from the ledger whether a scan needs work, and reserves each scan's output names.
+    """Decides from the ledger whether a scan needs work, and makes sure no two scans write the same file.
+
+    Output names follow the scan's name stem (contract 4), so scans can collide: ``x.png`` and ``x.jpg``
+    both write ``x.png``; the frames of ``cine.dcm`` are ``cine_f0001.png``, ... which a scan named
+    ``cine_f0002.png`` writes too. :meth:`reserve` is asked once a scan is read and its output files
+    are known, before any is written: a file that another scan in IN wrote (its ledger record says so;
+    the names that could have written it are built from the file names, the folder is not listed) or
+    is writing now is refused, naming both. A scan that cannot be read reserves nothing, so it
+    never keeps a good one from its name. :func:`group_key` lets the scheduler keep scans that may
+    collide in one batch, in :func:`collision_order`, so which one keeps the name does not depend on
+    thread timing: the scan whose own name is its mask's (``x.png``), then sort order.
 
     Args:
         in_dir: the input folder the scans' relative paths start from.
@@ -30,9 +47,9 @@ class Planner:
         self.signature = signature
         self.thresholds = thresholds
         self.folders = [(w.folder, w.kind) for w in writers if w.folder]
-        self._claims: dict[str, str] = {}
-        for rel in ledger.done_rels():
-            self._claims.setdefault(output_key(rel), rel)
+        self._write_retried: set[str] = set()
+        self._mutex = threading.Lock()
+        self._writing: dict[str, set[str]] = {}  # scans between reserve() and release(): their outputs
 
     def needs_work(self, rel: str, retry_failed: bool = True) -> bool:
         """False when the scan's outputs are up to date (or, unless ``retry_failed``, it failed as it is)."""
@@ -42,10 +59,17 @@ class Planner:
             return True  # let the processor report it
         if self.ledger.up_to_date(rel, st.st_size, st.st_mtime_ns, self.signature):
             return False
-        return retry_failed or not self.ledger.known_failure(rel, st.st_size, st.st_mtime_ns)
+        if retry_failed or not self.ledger.known_failure(rel, st.st_size, st.st_mtime_ns):
+            return True
+        # Failing to write (OUT full, say) is not the scan's fault: tried again once by each new process.
+        reason = str((self.ledger.get(rel) or {}).get("reason", ""))
+        if reason.startswith(WRITE_FAILURES) and rel not in self._write_retried:
+            self._write_retried.add(rel)
+            return True
+        return False
 
     def claim(self, rel: str) -> None:
-        """Reserve the scan's output names; raise :class:`ScanError` if another scan in IN already writes them."""
+        """Refuse, before it is read, a scan whose mask would go into an output writer's folder (ScanError)."""
         parts = PurePosixPath(rel).parts
         if self.thresholds == 1 and len(parts) > 1:
             for folder, kind in self.folders:
@@ -55,10 +79,73 @@ class Planner:
                         f"its mask would go to OUT/{folder}/, the folder of the {kind}; "
                         f"rename the input folder {folder!r} or run without the {kind}",
                     )
-        key = output_key(rel)
-        owner = self._claims.get(key)
-        if owner is not None and owner != rel and (self.in_dir / owner).exists():
-            raise ScanError(
-                rel, f"its outputs would overwrite those of {owner} (same folder and name stem); rename one of the two"
-            )
-        self._claims[key] = rel
+
+    def reserve(self, rel: str, outputs: list[str]) -> None:
+        """Take ``outputs`` (paths relative to OUT) for scan ``rel``; ScanError if another scan in IN has one.
+
+        Held until :meth:`release`; after that the ledger's record of the scan speaks for it.
+        """
+        mine = set(outputs)
+        with self._mutex:
+            for other, theirs in self._writing.items():  # being written now (a few scans: all of them)
+                if other != rel and mine & theirs:
+                    raise ScanError(rel, _collision(rel, other, min(mine & theirs)))
+            for other in self._rivals(rel, mine):  # written before: what the ledger says of the likely ones
+                if other in self._writing:
+                    continue
+                rec = self.ledger.get(other)
+                if not rec or rec.get("event") != "done" or not (self.in_dir / other).exists():
+                    continue
+                shared = mine.intersection(rec.get("outputs", []))
+                if shared:
+                    raise ScanError(rel, _collision(rel, other, min(shared)))
+            self._writing[rel] = mine
+
+    def release(self, rel: str) -> None:
+        """The scan is recorded (done or failed) or given up: its reservation ends."""
+        with self._mutex:
+            self._writing.pop(rel, None)
+
+    def _rivals(self, rel: str, outputs: set[str]) -> list[str]:
+        """The names other scans in ``rel``'s IN folder would need to write one of ``outputs``.
+
+        Built from the outputs' stems, not by listing the folder (a busy folder changes all the time):
+        ``x_f0002.png`` is written by a scan ``x_f0002.<suffix>`` or by the multi-frame ``x.<suffix>``;
+        suffixes in lower or upper case, and the bare stem (a DICOM file named by its UID).
+        """
+        stems: set[str] = set()
+        for out in outputs:
+            stem = os.path.splitext(PurePosixPath(out).name)[0]
+            stems.update((stem, _FRAME.sub("", stem)))
+        parent = PurePosixPath(rel).parent
+        prefix = "" if str(parent) == "." else f"{parent}/"
+        names = [prefix + stem + sfx for stem in stems for sfx in _SUFFIX_FORMS] + [prefix + st for st in stems]
+        return [n for n in names if n != rel]
+
+
+_FRAME = re.compile(r"_f\d{4}$")
+#: Scan suffixes as names carry them (``x.png``, ``X.PNG``).
+_SUFFIX_FORMS = sorted({f for sfx in IMAGE_SUFFIXES | DICOM_SUFFIXES for f in (sfx, sfx.upper())})
+
+
+def group_key(name: str) -> str:
+    """Scans whose outputs may share a name share this key: the name stem without a frame number.
+
+    ``x.png``, ``x.jpg`` and ``x.dcm`` (frames ``x_f0001.png``, ...) and ``x_f0002.png`` all give ``x``.
+    """
+    return _FRAME.sub("", scan_stem(PurePosixPath(name).name))
+
+
+def collision_order(rel: str) -> tuple[bool, str]:
+    """Within a group, who is asked first: a scan named like its own mask (``x.png``), then by name."""
+    relp = PurePosixPath(rel)
+    return relp.name != scan_stem(relp.name) + ".png", rel
+
+
+def _collision(rel: str, other: str, shared: str) -> str:
+    how = (
+        "a scan named like one of its frames"
+        if scan_stem(PurePosixPath(rel).name) != scan_stem(PurePosixPath(other).name)
+        else "same folder and name stem"
+    )
+    return f"OUT/{shared} would be written by this scan and by {other} ({how}); {other} keeps it; rename one of the two"

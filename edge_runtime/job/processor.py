@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.errors import ScanError
-from edge_runtime.files.durable import sync_dirs
+from edge_runtime.files.durable import sync_dirs, unwritable
 from edge_runtime.files.scans import Scan, read_scan
 from edge_runtime.job.ledger import ScanState
 from edge_runtime.job.outcome import Outcome, Status
@@ -39,7 +39,25 @@ class ScanChanged(ScanError):
 
 
 class WriteFailed(ScanError):
-    """The scan was read, but its outputs could not be written (never a file still being written)."""
+    """The scan was read, but its outputs could not be written (never a file still being written).
+
+    ``problem`` (:func:`edge_runtime.files.durable.unwritable`) when OUT cannot take writes now (disk
+    full, read-only, ...): the client pauses the scan rather than blaming it; ``filename`` is the path.
+    """
+
+    def __init__(self, path: str | Path, reason: str, problem: str | None = None, filename: str | None = None):
+        super().__init__(path, reason)
+        self.problem = problem
+        self.filename = filename
+
+    def __reduce__(self) -> tuple[type[WriteFailed], tuple[str, str, str | None, str | None]]:  # type: ignore[override]
+        return (type(self), (self.path, self.reason, self.problem, self.filename))
+
+    @classmethod
+    def of(cls, rel: str, exc: OSError, reason: str) -> WriteFailed:
+        """The failure ``exc`` of writing scan ``rel``'s outputs, said as ``reason``."""
+        filename = os.fsdecode(exc.filename) if exc.filename else None
+        return cls(rel, reason, unwritable(exc), filename)
 
 
 @dataclass
@@ -79,7 +97,8 @@ Prediction = tuple[np.ndarray, np.ndarray | None]
 #: error record, or a ``changed`` outcome for a file still being written).
 Result = Written | Unchanged | ScanError
 
-#: Called with a scan's state and its outputs just before they are written (the ledger's ``begin``).
+#: Called with a scan's state and its outputs just before they are written: in this process, the
+#: planner's reservation of the output names (a ScanError refuses them) and the ledger's ``begin``.
 BeginHook = Callable[[ScanState, list[str]], None]
 
 
@@ -91,8 +110,9 @@ class Processor:
     """Turns batches of scans under ``in_dir`` into outputs under ``out_dir``.
 
     ``begin``, when given, is called for each scan just before its outputs are written (in this process:
-    the ledger's ``begin`` record, which lets a crash after the writes be recovered as done). A Dask
-    worker has no ledger and passes None.
+    the planner's reservation of its output names, which may refuse them with a ScanError, and the
+    ledger's ``begin`` record, which lets a crash after the writes be recovered as done). A Dask worker
+    has neither and passes None.
     """
 
     def __init__(
@@ -119,7 +139,12 @@ class Processor:
         """Read, hash, decode and preprocess one scan (thread-safe). Raises ScanError."""
         path = self.in_dir / rel
         t0 = time.perf_counter()
-        scan = read_scan(path)
+        try:
+            scan = read_scan(path)
+        except ScanError as exc:
+            if not os.path.lexists(path):  # removed after it was listed: not a bad scan (the watcher drops it)
+                raise ScanChanged(rel, "the file disappeared before it could be read") from None
+            raise exc from None
         t1 = time.perf_counter()
         try:
             st = os.stat(path)
@@ -192,11 +217,25 @@ class Processor:
             log.exception("unexpected error reading %s", rel)
             return ScanError(rel, f"unexpected error: {type(exc).__name__}: {exc}")
 
+    def _safe_infer(self, items: list[Loaded]) -> list[Prediction | ScanError]:
+        """infer(); if the batch fails (onnxruntime out of memory, say), each scan alone, and a scan that
+        still fails gets a ScanError rather than taking its batch and the run down."""
+        try:
+            return list(self.infer(items))
+        except Exception as exc:
+            if len(items) == 1:
+                log.debug("inference failed for %s", items[0].rel, exc_info=True)  # its FAIL line says why
+                return [ScanError(items[0].rel, f"inference failed: {type(exc).__name__}: {exc}")]
+            log.warning("inference failed for a batch of %d scans (%s); trying them one by one", len(items), exc)
+            return [r for it in items for r in self._safe_infer([it])]
+
     def _safe_finish(self, item: Loaded, prediction: Prediction) -> Written | ScanError:
         try:
             return self.finish(item, prediction)
+        except ScanError as exc:  # its output names were refused (the planner), or a writer refused the scan
+            return WriteFailed(item.rel, exc.reason)
         except OSError as exc:
-            return WriteFailed(item.rel, f"cannot write its outputs: {exc.strerror or exc}")
+            return WriteFailed.of(item.rel, exc, f"cannot write its outputs: {exc.strerror or exc}")
         except Exception as exc:
             log.exception("unexpected error writing the outputs of %s", item.rel)
             return WriteFailed(item.rel, f"unexpected error: {type(exc).__name__}: {exc}")
@@ -219,8 +258,14 @@ class Processor:
             else:
                 results.append(g)
         loaded = [g for g in results if isinstance(g, Loaded)]
-        predictions = iter(self.infer(loaded) if loaded else [])
-        done = [self._safe_finish(g, next(predictions)) if isinstance(g, Loaded) else g for g in results]
+        predictions = iter(self._safe_infer(loaded) if loaded else [])
+        done: list[Result] = []
+        for r in results:
+            if not isinstance(r, Loaded):
+                done.append(r)
+                continue
+            prediction = next(predictions)
+            done.append(prediction if isinstance(prediction, ScanError) else self._safe_finish(r, prediction))
         if self.options.fsync:
             # The renames must be on disk before the ledger says "done"; one sync of the folders for a
             # whole batch rather than one per scan saves a folder fsync per scan (bench/README.md).

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
+from pathlib import PurePosixPath
 
 from edge_runtime.core.model import available_cores
 from edge_runtime.errors import ScanError
 from edge_runtime.job.executors import Executor, Pending, ThreadExecutor
 from edge_runtime.job.outcome import Outcome
-from edge_runtime.job.plan import Planner
+from edge_runtime.job.plan import Planner, collision_order, group_key
 from edge_runtime.job.processor import Processor, Result
 from edge_runtime.job.recorder import Recorder
 
@@ -23,6 +24,29 @@ def default_workers(session_threads: int) -> int:
     """One worker per core the session's intra-op threads leave free, plus one, so that a worker
     waiting on the disk does not leave a core idle."""
     return max(1, available_cores() // max(1, session_threads)) + 1
+
+
+def _key(item: str | ScanError) -> tuple[str, str]:
+    relp = PurePosixPath(item.path if isinstance(item, ScanError) else item)
+    return str(relp.parent), group_key(relp.name)
+
+
+def arrange(rels: Iterable[str]) -> list[str]:
+    """The scans in their order, except that scans whose outputs may collide (:func:`group_key`) follow the
+    first of them, in :func:`collision_order`: so one worker takes them in that order, whatever the timing.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for rel in rels:
+        groups.setdefault(_key(rel), []).append(rel)
+    return [rel for group in groups.values() for rel in sorted(group, key=collision_order)]
+
+
+def _take(ahead: deque[str | ScanError], n: int) -> list[str | ScanError]:
+    """The next ``n`` scans, and any after them in the same collision group (a group is never split)."""
+    batch = [ahead.popleft() for _ in range(min(n, len(ahead)))]
+    while ahead and _key(ahead[0]) == _key(batch[-1]):
+        batch.append(ahead.popleft())
+    return batch
 
 
 class Scheduler:
@@ -70,7 +94,7 @@ class Scheduler:
         bs, workers = self.batch_size, self.workers
         ahead: deque[str | ScanError] = deque()
         long_run = False
-        for rel in rels:
+        for rel in arrange(rels):
             try:
                 self.planner.claim(rel)
                 ahead.append(rel)
@@ -78,23 +102,33 @@ class Scheduler:
                 ahead.append(exc)
             if len(ahead) >= bs * (workers + 1):
                 long_run = True
-                yield [ahead.popleft() for _ in range(bs)]
+                yield _take(ahead, bs)
         size = self.tail_size if long_run else max(1, min(bs, -(-len(ahead) // workers)))
         while ahead:
-            yield [ahead.popleft() for _ in range(min(size, len(ahead)))]
+            yield _take(ahead, size)
 
-    def process(self, rels: Iterable[str], defer: Callable[[str], bool] | None = None) -> Iterator[Outcome]:
+    def process(
+        self,
+        rels: Iterable[str],
+        defer: Callable[[str], bool] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Outcome]:
         """Process ``rels`` (which the caller has decided need work), yielding outcomes in input order.
 
         ``defer(rel)``, when given and true for a scan that cannot be read, turns its failure into a
         ``changed`` outcome with no error record: the watcher uses it for files that were modified a
         moment ago and may still be incomplete, and retries them once they have settled.
+
+        ``stop()``, when given, is asked before each batch is handed out: once true, no more are, and
+        the batches already out are finished and yielded (the rest of ``rels`` is left untouched).
         """
 
         pending: deque[Pending[list[Result]]] = deque()
         recorder = self.recorder
         with self.executor(self.workers) as pool:
             for batch in self.batches(rels):
+                if stop is not None and stop():
+                    break
                 known: Mapping[str, str] = recorder.known(batch)
                 pending.append(pool.submit(partial(self.work, known=known), batch))
                 while pending and (pending[0].done() or len(pending) > 2 * pool.workers):

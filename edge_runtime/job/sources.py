@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,9 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 100_000  # distinct files waiting; beyond it new events are dropped and left to the rescan
 
 
-def list_folder(in_dir: Path) -> list[str]:
-    """The one-shot source: every scan under ``in_dir``, listed once, sorted."""
-    return list(iter_scans(in_dir))
+def list_folder(in_dir: Path, skipped: Counter[str] | None = None) -> list[str]:
+    """The one-shot source: every scan under ``in_dir``, listed once, sorted; ``skipped`` counts the rest."""
+    return list(iter_scans(in_dir, skipped=skipped))
 
 
 @dataclass
@@ -94,6 +95,9 @@ class WatchedFolder:
         self._warned: set[str] = set()
         self._overflow_warned = False
         self.observer_kind = ""
+        self.missing = False  #: IN was gone at the last rescan
+        self.skipped: Counter[str] = Counter()  #: files the last rescan found that are not scans, by reason
+        self.reattach = threading.Event()  #: IN came back: the observer must watch it anew
 
     # -- events ------------------------------------------------------------------------------------
     def _rel(self, path: str | bytes) -> str | None:
@@ -200,13 +204,27 @@ class WatchedFolder:
         with self._lock:
             self._pending[rel] = _Pending(st.st_size, st.st_mtime_ns, time.monotonic(), False)
 
+    def retry_now(self) -> None:
+        """Take every waiting scan at once, as if it had just been closed after writing (OUT is back)."""
+        with self._lock:
+            for entry in self._pending.values():
+                entry.ready = True
+        self.wake.set()
+
     def rescan(self) -> int:
         """Queue every scan under IN that needs work; returns how many were queued."""
         if not self.root.is_dir():
-            log.warning("input folder %s is not available; will look again", self.root)
+            if not self.missing:  # once, until it is back
+                log.warning("input folder %s is not available; will look again", self.root)
+            self.missing = True
             return 0
+        if self.missing:
+            self.missing = False
+            self.reattach.set()  # the observer's watches went with the old folder
+            log.warning("input folder %s is available again", self.root)
         n = 0
-        for rel in iter_scans(self.root, warned=self._warned):
+        self.skipped = Counter()
+        for rel in iter_scans(self.root, warned=self._warned, skipped=self.skipped):
             with self._lock:
                 if rel in self._pending:
                     continue

@@ -1,0 +1,138 @@
+"""Two scans that would write the same output file: every collision refused, both scans named, and which
+one keeps the name does not depend on sort order, thread timing or a corrupt neighbour (issue 15)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_runtime.cli import main
+from tests.helpers import synthetic, write_png
+
+
+def run(src: Path, out: Path, model: Path, *extra: str) -> int:
+    return main([str(src), "--out", str(out), "--model", str(model), *extra])
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / ".edge-seg" / "ledger.jsonl").read_text().splitlines() if x.strip()]
+
+
+def latest(out: Path) -> dict[str, dict]:
+    return {r["rel"]: r for r in records(out)}
+
+
+def owners(out: Path) -> Counter:
+    """How many scans the ledger says are done with each output file."""
+    return Counter(o for r in latest(out).values() if r["event"] == "done" for o in r["outputs"])
+
+
+def tiff(path: Path, pages: list[np.ndarray]) -> None:
+    ok, buf = cv2.imencodemulti(".tif", pages)
+    assert ok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.tobytes())
+
+
+def test_a_scan_named_like_a_frame_of_a_multi_frame_scan(tmp_path, tiny_model, capfd):
+    src, out = tmp_path / "in", tmp_path / "out"
+    tiff(src / "cine.tif", [synthetic(s, 120, 140)[0] for s in (1, 2, 3)])
+    frame_like = synthetic(9, 100, 100)[0]
+    write_png(src / "cine_f0002.png", frame_like)
+    assert run(src, out, tiny_model) == 1
+    err = capfd.readouterr().err
+    assert (
+        "FAIL cine.tif: OUT/cine_f0002.png would be written by this scan and by cine_f0002.png "
+        "(a scan named like one of its frames)" in err
+    )
+    assert cv2.imread(str(out / "cine_f0002.png"), cv2.IMREAD_UNCHANGED).shape == (100, 100)  # not a frame's
+    assert not (out / "cine_f0001.png").exists() and (out / "cine.tif.error.txt").exists()
+    assert max(owners(out).values()) == 1
+    assert run(src, out, tiny_model) == 1  # the next run says the same; nothing is "up to date" for cine.tif
+    assert "FAIL cine.tif: OUT/cine_f0002.png" in capfd.readouterr().err
+
+
+def test_a_dicom_cine_and_a_scan_named_like_its_frame(tmp_path, tiny_model, capfd):
+    pytest.importorskip("pydicom")
+    from tests.helpers import write_dicom
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    write_dicom(src / "cine.dcm", [synthetic(s, 120, 140)[0] for s in (1, 2, 3)])
+    write_png(src / "cine_f0002.png", synthetic(9, 100, 100)[0])
+    assert run(src, out, tiny_model) == 1
+    assert "FAIL cine.dcm: OUT/cine_f0002.png would be written by this scan and by cine_f0002.png" in (
+        capfd.readouterr().err
+    )
+    assert max(owners(out).values()) == 1
+
+
+@pytest.mark.parametrize("other", ["same.jpg", "same.bmp", "same.tif"])
+def test_same_stem_the_scan_named_like_the_mask_keeps_it_and_the_error_file_is_the_others(
+    tmp_path, tiny_model, capfd, other
+):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_png(src / "same.png", synthetic(1, 120, 140)[0])
+    cv2.imwrite(str(src / other), synthetic(2, 90, 80)[0])
+    assert run(src, out, tiny_model, "--overlay", "--report") == 1
+    err = capfd.readouterr().err
+    assert f"FAIL {other}: OUT/" in err and "by same.png (same folder and name stem)" in err
+    assert cv2.imread(str(out / "same.png"), cv2.IMREAD_UNCHANGED).shape == (120, 140)
+    assert not (out / "same.png.error.txt").exists()  # no error file beside same.png's own mask
+    assert (out / f"{other}.error.txt").exists()
+    assert json.loads((out / "reports" / "same.json").read_text())["scan"]["path"] == "same.png"
+    assert max(owners(out).values()) == 1
+
+
+@pytest.mark.parametrize(("bad", "good"), [("x.jpg", "x.png"), ("x.png", "x.jpg"), ("x.bmp", "x.jpg")])
+def test_a_corrupt_scan_does_not_keep_a_good_one_from_its_name(tmp_path, tiny_model, capfd, bad, good):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / bad).write_bytes(b"\xff\xd8\xff\xe0 not really" if bad.endswith(".jpg") else b"\x89PNG\r\n\x1a\n broken")
+    cv2.imwrite(str(src / good), synthetic(3, 110, 120)[0])
+    assert run(src, out, tiny_model) == 1
+    err = capfd.readouterr().err
+    assert f"ok   {good} -> x.png" in err
+    assert f"FAIL {bad}:" in err and "would be written" not in err  # its own reason, not a collision
+    assert latest(out)[good]["event"] == "done"
+
+
+def test_a_newcomer_does_not_take_the_name_of_a_scan_done_before(tmp_path, tiny_model, capfd):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    cv2.imwrite(str(src / "x.jpg"), synthetic(1, 120, 140)[0])
+    assert run(src, out, tiny_model) == 0
+    write_png(src / "x.png", synthetic(2, 90, 80)[0])
+    capfd.readouterr()
+    assert run(src, out, tiny_model) == 1
+    assert "FAIL x.png: OUT/x.png would be written by this scan and by x.jpg" in capfd.readouterr().err
+    assert cv2.imread(str(out / "x.png"), cv2.IMREAD_UNCHANGED).shape == (120, 140)  # still x.jpg's
+    assert latest(out)["x.jpg"]["event"] == "done" and latest(out)["x.png"]["event"] == "error"
+    (src / "x.jpg").unlink()  # once the owner is gone, the name is free
+    assert run(src, out, tiny_model) == 0
+    assert cv2.imread(str(out / "x.png"), cv2.IMREAD_UNCHANGED).shape == (90, 80)
+
+
+def test_with_many_workers_the_same_scans_keep_their_names_every_time(tmp_path, tiny_model):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(12):
+        cv2.imwrite(str(src / f"g{i:02d}.jpg"), synthetic(i)[0])
+        cv2.imwrite(str(src / f"g{i:02d}.bmp"), synthetic(50 + i)[0])
+        if i % 3 == 0:
+            write_png(src / f"g{i:02d}.png", synthetic(100 + i)[0])
+    winners = []
+    for attempt in range(3):
+        out = tmp_path / f"out{attempt}"
+        assert run(src, out, tiny_model, "--threads", "3", "--batch-size", "1") == 1
+        assert max(owners(out).values()) == 1
+        done = sorted(rel for rel, r in latest(out).items() if r["event"] == "done")
+        assert len(done) == 12  # one per group
+        winners.append(done)
+    assert winners[0] == winners[1] == winners[2]
+    assert "g00.png" in winners[0] and "g01.bmp" in winners[0]  # named like the mask first, then by name

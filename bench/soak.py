@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,8 @@ from bench.common import REPO, ddti_root
 from edge_runtime.demo import synthetic_scan
 
 DDTI = ddti_root()
+#: the time a daemon's console line starts with, off journald (edge_runtime.console.TIME_FORMAT)
+STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
 
 @dataclass
@@ -257,6 +260,7 @@ def main() -> int:
     fail_lines: Counter = Counter()
     for r in runs:
         for line in r.log.read_text().splitlines():
+            line = STAMP.sub("", line)  # a daemon's console lines start with the time (off journald)
             if line.startswith("ok "):
                 ok_lines[line.split()[1]] += 1
             elif line.startswith("FAIL "):

@@ -16,9 +16,10 @@ MAX_PIXELS = 40_000_000
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
 if TYPE_CHECKING:
+    from edge_runtime.api import Segmenter
     from edge_runtime.core.model import OnnxModel
     from edge_runtime.core.preprocess import preprocess
-    from edge_runtime.core.segmenter import Segmentation, Segmenter
+    from edge_runtime.core.segmenter import Segmentation
     from edge_runtime.errors import ModelError, ScanError, SetupError
     from edge_runtime.files.scans import read_scan
 
@@ -42,7 +43,7 @@ _LAZY = {
     "preprocess": "edge_runtime.core.preprocess",
     "read_scan": "edge_runtime.files.scans",
     "Segmentation": "edge_runtime.core.segmenter",
-    "Segmenter": "edge_runtime.core.segmenter",
+    "Segmenter": "edge_runtime.api",  # the one that also reads scan files
 }
 
 

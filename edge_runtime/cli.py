@@ -17,33 +17,49 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_runtime._version import __version__
-from edge_runtime.console import HelpFormatter, positive_int_arg, setup_logging, threshold_arg
+from edge_runtime.console import HelpFormatter, outputs_doc, positive_int_arg, setup_logging, threshold_arg
 
 if TYPE_CHECKING:
     from edge_runtime.job.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
+#: The systemd unit file, installed with the package (README: "Run it as a service").
+UNIT_FILE = Path(__file__).resolve().parent / "service" / "edge-seg.service"
+
 EPILOG = """examples:
   edge-seg scans/ --out masks/                       masks at the model's default threshold
+  edge-seg scan.png --out masks/                     one file: masks/scan.png
   edge-seg scans/ --out masks/ --threshold 0.85 0.9 0.95   one folder per threshold
   edge-seg scans/ --out masks/ --overlay --report     also outlines to look at and findings as JSON
-  edge-seg --watch /data/incoming --out /data/masks  run as a daemon (see README: systemd unit)
+  edge-seg --watch /data/incoming --out /data/masks  run as a daemon
+                                                     (systemd unit: {unit})
   edge-seg /nfs/scans --out /nfs/masks --cluster tcp://sched:8786   on a Dask cluster (see README)
   edge-seg --demo                                    try it without any scans of your own
 
-Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png.
+Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png
+(one file given: OUT/<its name>.png, recorded in OUT's ledger under its name, as if its folder were IN).
 A scan that cannot be read gets OUT/<relative path>.error.txt with the reason.
 Scans: PNG, JPEG, BMP, TIFF, WEBP, GIF, JPEG 2000; DICOM (.dcm, .dicom, or by content) with
 pip install "edge-seg[dicom]". TIFF pages and GIF/WEBP frames are frames: OUT/<name>_f0001.png, ...
 --overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, and for
-one-shot runs OUT/run-summary.csv and OUT/run-provenance.json (fields: docs/OUTPUTS.md).
+one-shot runs OUT/run-summary.csv and OUT/run-provenance.json.
+Console: up to 20 scans, a line each; more, a progress bar on a terminal, otherwise a progress line at
+every tenth and every minute (-v: a line each). --watch lines start with the time, except under
+journald (which adds it).
+Every output file and field: {outputs}
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-seg", description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
-    p.add_argument("input", nargs="?", type=Path, help="folder of scans to segment once (one-shot mode)")
+    epilog = EPILOG.format(outputs=outputs_doc(), unit=UNIT_FILE)
+    p = argparse.ArgumentParser(prog="edge-seg", description=__doc__, epilog=epilog, formatter_class=HelpFormatter)
+    p.add_argument(
+        "input",
+        nargs="?",
+        type=Path,
+        help="a folder of scans, or one scan file, to segment once (one-shot mode)",
+    )
     p.add_argument("--out", type=Path, help="output folder for masks (must not be inside the input folder)")
     p.add_argument("--watch", type=Path, metavar="IN", help="run as a daemon: process IN, then follow new scans")
     p.add_argument("--model", type=Path, help="ONNX model exported by edge-seg-export (default: the bundled model)")
@@ -115,17 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const=Path("edge-seg-demo"),
         metavar="DIR",
-        help="write synthetic ultrasound scans into DIR/scans and segment them into DIR/masks",
+        help="write synthetic ultrasound scans into DIR/scans, segment them into DIR/masks and draw what was "
+        "found into DIR/masks/overlays",
     )
     p.add_argument("--log-file", type=Path, help="also log to this file (rotated at 10 MB, 5 kept)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the summary")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug output (also lists skipped scans)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors, warnings and the summary")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="a line for every scan (also the skipped ones) and debug output"
+    )
     p.add_argument("--version", action="version", version=f"edge-seg {__version__}")
     return p
 
 
 def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings:
     """The typed settings of a run, built once from the parsed command line."""
+    from edge_runtime.errors import SetupError
     from edge_runtime.job.settings import (
         DAEMON_BATCH_SIZE,
         FOLDER_BATCH_SIZE,
@@ -150,7 +170,13 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         in_dir, out_dir = args.demo / "scans", args.out or args.demo / "masks"
     else:
         in_dir, out_dir = args.watch if daemon else args.input, args.out
-    return RunSettings(in_dir, out_dir, job, run, watch, tuple(argv))
+    scan = None
+    if not daemon and args.demo is None and in_dir.is_file():  # single-file mode: the file's folder is IN
+        in_dir, scan = in_dir.parent, in_dir.name
+    elif daemon and in_dir.is_file():
+        once = f"edge-seg {in_dir} --out {out_dir}"
+        raise SetupError(f"--watch follows a folder, and {in_dir} is a file; to segment it once: {once}")
+    return RunSettings(in_dir, out_dir, job, run, watch, tuple(argv), scan)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.errors import SetupError
 
     try:
-        setup_logging(args.verbose, args.quiet, args.log_file)
+        setup_logging(args.verbose, args.quiet, args.log_file, timestamps=args.watch is not None)
         settings = settings_from_args(args, _argv(argv))
         if args.demo is not None:
             from edge_runtime.demo import run_demo

@@ -3,12 +3,14 @@
 A new user has no scans at hand and no dataset ships with the package, so the demo makes its own:
 B-mode-like speckle with tissue layers and a depth fall-off inside a black frame, and a darker,
 rounded nodule with a thin dark halo, as thyroid nodules often look. It writes the scans and their
-true masks, runs the same one-shot conversion as ``edge-seg IN --out OUT`` and scores the masks against the truth.
+true masks, runs the same one-shot conversion as ``edge-seg IN --out OUT --overlay`` and scores the masks
+against the truth; the overlays show what was found.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -19,6 +21,7 @@ from edge_runtime.files.durable import write_atomic
 from edge_runtime.files.scans import encode_png, read_scan
 from edge_runtime.job.outcome import log_summary
 from edge_runtime.job.settings import RunSettings
+from edge_runtime.outputs.layout import OVERLAY_DIR
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +86,17 @@ def write_demo_scans(folder: Path, count: int = DEMO_SCANS, seed: int = 7) -> tu
 
 
 def run_demo(settings: RunSettings, folder: Path) -> int:
-    """Write the synthetic scans into ``settings.in_dir``, segment them into ``settings.out_dir``, score them."""
+    """Write the synthetic scans into ``settings.in_dir``, segment them into ``settings.out_dir``, score them.
+
+    The demo always draws overlays (each nodule's outline on its scan, ``OUT/overlays/``), so that a new
+    user sees what was found, and says where they are.
+    """
     from edge_runtime.oneshot import run_once
 
     scans, truth = write_demo_scans(folder)
     log.info("demo: %d synthetic scans written to %s", DEMO_SCANS, scans)
+    if "overlays" not in settings.job.outputs:
+        settings = replace(settings, job=replace(settings.job, outputs=(*settings.job.outputs, "overlays")))
     code = run_once(settings)
     if code == 0 and len(settings.job.thresholds or [None]) == 1:  # one mask per scan to score
         per_scan = []
@@ -98,5 +107,11 @@ def run_demo(settings: RunSettings, folder: Path) -> int:
         log_summary(
             f"demo: masks are in {settings.out_dir}; mean Dice against the synthetic truth ({truth}) "
             f"{s['dice_mean']:.2f}"
+        )
+    overlays = sorted((settings.out_dir / OVERLAY_DIR).glob("*.png"))
+    if overlays:
+        log_summary(
+            f"demo: to see what was found, open the outlines drawn on the scans: {overlays[0]} "
+            f"({len(overlays)} in {overlays[0].parent})"
         )
     return code

@@ -85,9 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         nargs="+",
         metavar="T",
-        help="thresholds to score (default: 0.5, 0.85, 0.9, 0.95 and the model's own)",
+        help="thresholds to score (default: 0.5, 0.85, 0.9, 0.95 and the model's own; with --predicted, "
+        "every threshold folder there)",
     )
-    p.add_argument("--predicted", type=Path, help="score masks already written by edge-seg here instead of running")
+    p.add_argument(
+        "--predicted",
+        type=Path,
+        metavar="OUT",
+        help="score the masks edge-seg wrote into OUT instead of running a model; a multi-threshold OUT "
+        "(OUT/0.85/, OUT/0.9/, ...) gives a row per threshold folder",
+    )
     p.add_argument("--json", type=Path, help="write the summary and per-scan metrics to this JSON file")
     p.add_argument("--no-hd95", action="store_true", help="skip the Hausdorff distance (faster)")
     return p
@@ -102,16 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--predicted needs --masks")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        try:
+            asked = [parse_threshold(t) for t in args.threshold or ()]
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
         if args.predicted:
-            summary, rows = evaluate_written(args.predicted, args.masks, not args.no_hd95)
+            summary, rows = evaluate_written(args.predicted, args.masks, not args.no_hd95, asked)
             model_info = None
         else:
             from edge_runtime.core.segmenter import Segmenter
 
-            try:
-                asked = [parse_threshold(t) for t in args.threshold or ()]
-            except ValueError as exc:
-                raise SetupError(str(exc)) from None
             seg = Segmenter(args.model)
             thresholds = sorted(set(asked or (*SEED_THRESHOLDS, seg.threshold)))
             summary, rows = evaluate(seg, args.images, args.masks, thresholds, not args.no_hd95)

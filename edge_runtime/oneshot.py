@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -12,6 +11,7 @@ from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from edge_runtime.job.assemble import close_job, open_job
 from edge_runtime.job.discovery import describe_skipped
 from edge_runtime.job.outcome import Outcome, Status, log_failures, log_outcome, log_summary
+from edge_runtime.job.progress import show_progress
 from edge_runtime.job.run_record import RunRecord
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import list_folder
@@ -20,17 +20,18 @@ from edge_runtime.stopping import StopSignals
 log = logging.getLogger(__name__)
 
 
-def summary_line(counts: Counter, seconds: float, out_dir: object) -> str:
+def summary_line(counts: Counter, seconds: float, out_dir: object, settings_changed: list[str] | None = None) -> str:
     done = counts[Status.OK]
     rate = f", {done / seconds:.1f} scans/s" if done and seconds > 0 else ""
+    changed = f"; OUT's settings changed: {'; '.join(settings_changed)}" if settings_changed else ""
     return (
         f"done: {done} segmented, {counts[Status.SKIPPED]} up to date, {counts[Status.FAILED]} failed "
-        f"in {seconds:.1f} s{rate}; masks in {out_dir}"
+        f"in {seconds:.1f} s{rate}; masks in {out_dir}{changed}"
     )
 
 
 def run_once(settings: RunSettings) -> int:
-    """Every scan under IN that needs work, then a summary; the exit code.
+    """Every scan under IN (or the one file of a single-file run) that needs work, then a summary; the exit code.
 
     0 all done, 1 some failed, 2 OUT stopped taking writes (disk full, ...: the run stops at once, the
     scans not done are done by the next run), 128 + N when stopped by signal N (SIGTERM 143, SIGHUP 129,
@@ -42,35 +43,35 @@ def run_once(settings: RunSettings) -> int:
 
 def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     t0 = time.perf_counter()
-    job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run)
+    job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run, scan=settings.scan)
     force = settings.run.force
     record = RunRecord(job, ["edge-seg", *settings.argv]) if "reports" in job.spec.outputs else None
     record_failed = False
     skipped: Counter[str] = Counter()
     blocked: Outcome | None = None  # the first scan whose outputs OUT could not take
     try:
-        rels = list_folder(job.in_dir, skipped)
+        rels = [settings.scan] if settings.scan is not None else list_folder(job.in_dir, skipped)
         if not rels:
             suffixes = " ".join(sorted(IMAGE_SUFFIXES | DICOM_SUFFIXES))
             log.warning("no scans found under %s (looked for %s and DICOM by content)", settings.in_dir, suffixes)
         todo = [r for r in rels if force or job.planner.needs_work(r)]
         counts: Counter = Counter({Status.SKIPPED: len(rels) - len(todo)})
         skipped_before = counts[Status.SKIPPED]
-        if record is not None:
+        if record is not None or log.isEnabledFor(logging.DEBUG):  # -v lists the up-to-date scans too
             for rel in sorted(set(rels) - set(todo)):
                 rec = job.ledger.get(rel) or {}
-                record.add(Outcome(rel, Status.SKIPPED, list(rec.get("outputs", [])), "up to date"))
+                up_to_date = Outcome(rel, Status.SKIPPED, list(rec.get("outputs", [])), "up to date")
+                log_outcome(up_to_date)
+                if record is not None:
+                    record.add(up_to_date)
         failures: list[Outcome] = []
 
         def halt() -> bool:  # once OUT stops taking writes (disk full, ...), every scan after fails too
             return blocked is not None or stop.requested.is_set()
 
-        for outcome in _progress(job.scheduler.process(todo, stop=halt), len(todo)):
-            if outcome.status == Status.CHANGED:  # one-shot does not wait: report it
-                outcome.status = Status.FAILED
+        for outcome in show_progress(_no_waiting(job.scheduler.process(todo, stop=halt)), len(todo)):
             if outcome.status == Status.UNWRITTEN:
                 blocked = blocked or outcome
-            log_outcome(outcome)
             counts[outcome.status] += 1
             if outcome.status == Status.FAILED:
                 failures.append(outcome)
@@ -86,7 +87,7 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
                 record_failed = True
     finally:
         closed = close_job(job)
-    log_summary(summary_line(counts, time.perf_counter() - t0, settings.out_dir))
+    log_summary(summary_line(counts, time.perf_counter() - t0, settings.out_dir, job.settings_changed))
     if skipped:
         log_summary(f"not scans, left alone: {describe_skipped(skipped)} (-v names them)")
     if failures:
@@ -112,15 +113,9 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     return 1 if record_failed else 0
 
 
-def _progress(outcomes: Iterable[Outcome], total: int) -> Iterator[Outcome]:
-    """A tqdm progress bar on a terminal for more than a handful of scans; plain iteration otherwise."""
-    if total < 10 or not sys.stderr.isatty():
-        yield from outcomes
-        return
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    with logging_redirect_tqdm(), tqdm(total=total, unit="scan", dynamic_ncols=True, leave=False) as bar:
-        for outcome in outcomes:
-            bar.update(1)
-            yield outcome
+def _no_waiting(outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
+    """A scan modified while being read is a failure here: one-shot does not wait for it to settle."""
+    for outcome in outcomes:
+        if outcome.status == Status.CHANGED:
+            outcome.status = Status.FAILED
+        yield outcome

@@ -14,7 +14,7 @@ import numpy as np
 
 from edge_runtime.core.metrics import as_dict, scan_metrics, summarise
 from edge_runtime.core.segmenter import Segmenter
-from edge_runtime.core.thresholds import threshold_label
+from edge_runtime.core.thresholds import parse_threshold, threshold_label
 from edge_runtime.errors import ScanError, SetupError
 from edge_runtime.files.pairs import files_by_stem, natural_key, pair_by_stem
 from edge_runtime.files.scans import read_scan
@@ -61,14 +61,54 @@ def evaluate(
     return summary, rows
 
 
-def evaluate_written(predicted: Path, masks: Path, with_hd95: bool = True) -> tuple[dict, list[dict]]:
-    """Score masks already written by ``edge-seg`` (single-threshold layout) against the truth."""
+def threshold_folders(predicted: Path) -> dict[str, Path]:
+    """The threshold folders of a multi-threshold OUT (``OUT/0.85/``, ``OUT/0.9/``, ...), by label, in order."""
+    found = {}
+    for sub in sorted(p for p in predicted.iterdir() if p.is_dir()) if predicted.is_dir() else []:
+        try:
+            t = parse_threshold(sub.name)
+        except ValueError:
+            continue
+        if threshold_label(t) == sub.name:
+            found[t] = sub
+    return {threshold_label(t): found[t] for t in sorted(found)}
+
+
+def evaluate_written(
+    predicted: Path, masks: Path, with_hd95: bool = True, thresholds: list[float] | None = None
+) -> tuple[dict, list[dict]]:
+    """Score masks already written by ``edge-seg`` in ``predicted`` (its OUT) against the truth.
+
+    A single-threshold OUT gives one summary, ``"written"``; a multi-threshold OUT one per threshold
+    folder, keyed by its label (``thresholds``: only these), and the rows name their threshold.
+    """
+    if not predicted.is_dir():
+        raise SetupError(f"{predicted} is not a folder")
+    folders = threshold_folders(predicted)
+    if thresholds:
+        missing = [threshold_label(t) for t in thresholds if threshold_label(t) not in folders]
+        if missing:
+            have = ", ".join(folders) or "none"
+            raise SetupError(
+                f"{predicted} has no folder for threshold {', '.join(missing)} (threshold folders: {have})"
+            )
+        folders = {threshold_label(t): folders[threshold_label(t)] for t in sorted(set(thresholds))}
+    if not folders:
+        summary, rows = _score_folder(predicted, masks, with_hd95)
+        return {"written": summary}, rows
+    summaries, all_rows = {}, []
+    for label, folder in folders.items():
+        summaries[label], rows = _score_folder(folder, masks, with_hd95)
+        all_rows += [{**r, "threshold": float(label)} for r in rows]
+    return summaries, all_rows
+
+
+def _score_folder(predicted: Path, masks: Path, with_hd95: bool) -> tuple[dict, list[dict]]:
+    """The summary and per-scan rows of one folder of written masks (single-threshold layout)."""
     per_scan, rows = [], []
     truths = files_by_stem(masks)
     if not truths:
         raise SetupError(f"no masks in {masks}")
-    if not predicted.is_dir():
-        raise SetupError(f"{predicted} is not a folder")
     for stem, mp in truths.items():
         pp = predicted / f"{stem}.png"
         if not pp.is_file():
@@ -79,4 +119,4 @@ def evaluate_written(predicted: Path, masks: Path, with_hd95: bool = True) -> tu
         m = scan_metrics(pred, truth, with_hd95)
         per_scan.append(m)
         rows.append({"scan": mp.name, **as_dict(m)})
-    return {"written": summarise(per_scan)}, rows
+    return summarise(per_scan), rows

@@ -303,7 +303,10 @@ class Daemon:
                 log.debug("cannot sync the ledger: %s", exc)
             finally:
                 self.write_status(state, exit_info or {"time": _iso(time.time()), "reason": self.stop_reason})
-        log_summary(f"stopped: {self.done} segmented, {self.failed} failed since start")
+        changed = (
+            f"; OUT's settings changed at start: {'; '.join(job.settings_changed)}" if job.settings_changed else ""
+        )
+        log_summary(f"stopped: {self.done} segmented, {self.failed} failed since start{changed}")
         return 0
 
 

@@ -169,7 +169,7 @@ def test_two_scans_that_would_share_a_mask_name(tmp_path, tiny_model, capfd):
     "case",
     [
         "missing_in",
-        "in_is_file",
+        "in_is_not_a_scan",
         "out_inside_in",
         "out_is_in",
         "out_not_writable",
@@ -184,8 +184,8 @@ def test_setup_errors_exit_2_with_one_line(case, scans, tmp_path, tiny_model, ca
     src = scans
     if case == "missing_in":
         src = tmp_path / "nope"
-    elif case == "in_is_file":
-        src = scans / "a.png"
+    elif case == "in_is_not_a_scan":  # a file that is a scan is single-file mode
+        src = scans / "notes.txt"
     elif case == "out_inside_in":
         out = scans / "masks"
     elif case == "out_is_in":

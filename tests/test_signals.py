@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,7 +61,8 @@ class Proc:
         self.proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", *args], stdout=self.fh, stderr=self.fh)
 
     def text(self) -> str:
-        return self.log.read_text()
+        """The log without the time a daemon's console lines start with (off journald)."""
+        return re.sub(r"(?m)^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", self.log.read_text())
 
     def ok(self) -> int:
         return sum(ln.startswith("ok ") for ln in self.text().splitlines())
@@ -112,6 +114,7 @@ def test_a_one_shot_run_stops_after_the_batches_in_hand_and_the_next_run_does_th
     src, out = tmp_path / "in", tmp_path / "out"
     names = put_scans(src, 80, (300, 380))
     args = [str(src), "--out", str(out), "--model", str(tiny_model), "--batch-size", "1", "--threads", "1"]
+    args.append("-v")  # a line per scan, to count (a run of more than 20 scans shows progress lines instead)
     p = Proc(args, tmp_path / "run.log")
     procs.append(p)
     wait_for(lambda: p.ok() >= 3 or p.proc.poll() is not None, "a few scans")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from edge_runtime import Segmenter
 from tests.helpers import make_tiny_model, synthetic, tiny_metadata, write_png
 
 TIMEOUT = 60.0
+STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", re.MULTILINE)
 
 
 class Daemon:
@@ -51,8 +53,12 @@ class Daemon:
         self.proc = subprocess.Popen(cmd, stderr=self.fh, stdout=self.fh)
         wait_for(lambda: "watching" in self.text() or self.proc.poll() is not None, "the daemon to start")
 
-    def text(self) -> str:
+    def raw(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+    def text(self) -> str:
+        """The log without the time each console line starts with (a daemon's lines have it, off journald)."""
+        return STAMP.sub("", self.raw())
 
     def ok_lines(self) -> Counter:
         return Counter(ln.split()[1] for ln in self.text().splitlines() if ln.startswith("ok "))

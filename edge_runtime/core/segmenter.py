@@ -1,6 +1,10 @@
-"""The Python API: ``Segmenter(model).segment(image)``; the CLI is built on it.
+"""The segmenter on pixels: ``Segmenter(model).segment(image)``; the CLI is built on it.
 
->>> from edge_runtime import Segmenter, read_scan
+``from edge_runtime import Segmenter`` gives its subclass in :mod:`edge_runtime.api`, which also takes a
+scan file's path (this layer knows no files):
+
+>>> from edge_runtime.core.segmenter import Segmenter
+>>> from edge_runtime import read_scan
 >>> seg = Segmenter()                       # the bundled model
 >>> result = seg.segment(read_scan("scan.png").frames[0])
 >>> result.masks[seg.threshold]             # uint8, scan size, 0 / 255
@@ -107,5 +111,13 @@ class Segmenter:
         ]
 
     def segment(self, image: np.ndarray, thresholds: Sequence[float] | None = None) -> Segmentation:
-        """Segment one image (H x W gray, H x W x 3 RGB or H x W x 4 RGBA; 8 or 16 bit)."""
+        """Segment one image (H x W gray, H x W x 3 RGB or H x W x 4 RGBA; 8 or 16 bit).
+
+        Pixels only; ``edge_runtime.Segmenter`` (:mod:`edge_runtime.api`) also takes a file's path.
+        """
+        if not isinstance(image, np.ndarray):
+            raise TypeError(
+                f"segment() takes the pixels as a NumPy array, not {type(image).__name__}; for a file, use "
+                "edge_runtime.Segmenter, whose segment() also takes a path, or read_scan(path).frames[0]"
+            )
         return self.segment_batch([image], thresholds)[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ from edge_runtime.job.processor import Processor
 from edge_runtime.job.recorder import Recorder
 from edge_runtime.job.scheduler import Scheduler
 from edge_runtime.job.settings import JobRequest, JobSpec, RunOptions
+from edge_runtime.job.settings_file import check_and_record
 from edge_runtime.outputs.base import OutputSetup
 from edge_runtime.outputs.layout import STATE_DIR
 from edge_runtime.outputs.writers import make_writers
@@ -41,6 +42,8 @@ class Job:
     planner: Planner
     processor: Processor
     scheduler: Scheduler
+    #: what differs from the settings OUT was made with, in words (:mod:`edge_runtime.job.settings_file`)
+    settings_changed: list[str] = field(default_factory=list)
     #: the Dask cluster the batches run on (``--cluster``), or None: threads of this process
     cluster: DaskExecutor | None = None
 
@@ -52,13 +55,20 @@ class Job:
             self.ledger.close()
 
 
-def open_job(in_dir: Path, out_dir: Path, request: JobRequest, options: RunOptions, daemon: bool = False) -> Job:
+def open_job(
+    in_dir: Path,
+    out_dir: Path,
+    request: JobRequest,
+    options: RunOptions,
+    daemon: bool = False,
+    scan: str | None = None,
+) -> Job:
     """Check the folders, load the model and the ledger (which takes OUT's lock), and build the job's parts.
 
     ``daemon``: for ``--watch``, which idles most of the time: the session's idle threads sleep instead
-    of spinning.
+    of spinning. ``scan``: a single-file run on ``in_dir / scan`` (:func:`check_folders`).
     """
-    in_dir, out_dir = check_folders(in_dir, out_dir)
+    in_dir, out_dir = check_folders(in_dir, out_dir, scan)
     # One intra-op thread per session run, and a worker per core (plus one) taking whole batches
     # through the pipeline (Scheduler.process): cheaper than one run split over all cores (bench/README.md).
     segmenter = Segmenter(request.model, threads=1, spinning=not daemon)
@@ -73,6 +83,7 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
     cluster = None
     try:
         sweep_temp_files(out_dir)
+        changed = check_and_record(out_dir, spec)
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
         planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers)
         recorder = Recorder(ledger, in_dir, out_dir, spec.signature, options.fsync, planner)
@@ -104,7 +115,7 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
     except BaseException:
         ledger.close()
         raise
-    return Job(in_dir, out_dir, spec, options, segmenter, ledger, planner, processor, scheduler, cluster)
+    return Job(in_dir, out_dir, spec, options, segmenter, ledger, planner, processor, scheduler, changed, cluster)
 
 
 def opencv_on_caller_threads() -> None:

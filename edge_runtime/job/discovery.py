@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from edge_runtime.errors import SetupError
 from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from edge_runtime.outputs.layout import scan_stem
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +70,33 @@ def has_dicom_marker(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def check_folders(in_dir: Path, out_dir: Path) -> tuple[Path, Path]:
-    """Validate IN and OUT for a run; return both resolved. Raises :class:`SetupError`."""
-    if not in_dir.exists():
-        raise SetupError(f"input folder {in_dir} does not exist")
-    if not in_dir.is_dir():
+def check_folders(in_dir: Path, out_dir: Path, scan: str | None = None) -> tuple[Path, Path]:
+    """Validate IN and OUT for a run; return both resolved. Raises :class:`SetupError`.
+
+    ``scan``: a run on one file, ``in_dir / scan`` (single-file mode): OUT may then lie in the file's
+    folder, since nothing else there is read, but the file must be a scan and must not lie inside OUT.
+    """
+    if scan is not None:
+        check_scan_file(in_dir / scan, out_dir)
+        if out_dir.suffix.lower() in IMAGE_SUFFIXES and not out_dir.is_dir():  # rembg's `i in.png out.png`
+            raise SetupError(
+                f"--out is a folder, not a mask file: edge-seg {in_dir / scan} --out {out_dir.parent / 'masks'} "
+                f"writes {out_dir.parent / 'masks' / scan_stem(scan)}.png"
+            )
+    elif not in_dir.exists():
+        raise SetupError(f"input {in_dir} does not exist")
+    elif not in_dir.is_dir():
         raise SetupError(f"input {in_dir} is not a folder")
     in_res = in_dir.resolve()
     out_res = out_dir.resolve()
-    if out_res == in_res or in_res in out_res.parents:
+    if scan is None and (out_res == in_res or in_res in out_res.parents):
         raise SetupError(
             f"output folder {out_dir} is inside input folder {in_dir}: masks would be read back as scans; "
             "choose an OUT outside IN"
         )
-    if out_res in in_res.parents:
+    if out_res == in_res or out_res in in_res.parents:
+        if scan is not None:
+            raise SetupError(f"input {in_dir / scan} is inside output folder {out_dir}: choose an OUT outside it")
         raise SetupError(
             f"input folder {in_dir} is inside output folder {out_dir}: masks could overwrite scans; "
             "choose folders side by side"
@@ -95,6 +109,19 @@ def check_folders(in_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     except OSError as exc:
         raise SetupError(f"output folder {out_dir} is not writable: {exc.strerror or exc}") from None
     return in_res, out_res
+
+
+def check_scan_file(path: Path, out_dir: Path) -> None:
+    """The input of a single-file run must be a file that :func:`is_candidate` calls a scan."""
+    if not path.exists():
+        raise SetupError(f"input {path} does not exist")
+    if not path.is_file():
+        raise SetupError(f"input {path} is not a file or a folder")
+    if not is_candidate(path.name, root=path.parent):
+        raise SetupError(
+            f"input {path} is not a scan: scans are {' '.join(sorted(IMAGE_SUFFIXES | DICOM_SUFFIXES))} files, "
+            "or DICOM by content, and never hidden or temporary names"
+        )
 
 
 def inside(root: Path, path: Path) -> bool:

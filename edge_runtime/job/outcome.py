@@ -9,6 +9,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: The level of a run's closing lines (between INFO and WARNING): ``-q`` shows them, and no ``ok`` lines.
+SUMMARY = 25
+logging.addLevelName(SUMMARY, "SUMMARY")
+
 
 class Status(StrEnum):
     """The fate of one scan in a run."""
@@ -45,14 +49,17 @@ def describe_outputs(outcome: Outcome) -> str:
     return f"{outcome.outputs[0]}{extra}"
 
 
-def log_outcome(outcome: Outcome) -> None:
+def log_outcome(outcome: Outcome, listed: bool = True) -> None:
     """One line per scan: ``ok  a/s1.png -> a/s1.png  23 ms`` / ``FAIL a/bad.png: truncated PNG``.
 
     This module's logger is the run's own voice: the console prints its lines as they are, with no
-    ``error:`` prefix (:mod:`edge_runtime.console`).
+    ``error:`` prefix (:mod:`edge_runtime.console`). ``listed`` False: the ``ok`` line only with ``-v``
+    (a large one-shot run shows its progress instead, :mod:`edge_runtime.job.progress`); ``FAIL`` lines
+    are always shown.
     """
     if outcome.status == Status.OK:
-        log.info("ok   %s -> %s  %.0f ms", outcome.rel, describe_outputs(outcome), outcome.ms)
+        level = logging.INFO if listed else logging.DEBUG
+        log.log(level, "ok   %s -> %s  %.0f ms", outcome.rel, describe_outputs(outcome), outcome.ms)
     elif outcome.status == Status.SKIPPED:
         log.debug("skip %s: %s", outcome.rel, outcome.reason or "up to date")
     elif outcome.status == Status.UNWRITTEN:  # the run says it once for all of them
@@ -69,5 +76,5 @@ def log_failures(failures: list[Outcome], shown: int = 20) -> None:
 
 
 def log_summary(text: str) -> None:
-    """A run's closing line, printed as it is."""
-    log.info("%s", text)
+    """A run's closing line, printed as it is (also with ``-q``)."""
+    log.log(SUMMARY, "%s", text)

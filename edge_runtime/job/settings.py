@@ -111,3 +111,5 @@ class RunSettings:
     watch: WatchOptions = WatchOptions()
     #: the command line, for the run's provenance record
     argv: tuple[str, ...] = ()
+    #: single-file mode (``edge-seg scan.png --out OUT``): the file's name; ``in_dir`` is its folder
+    scan: str | None = None

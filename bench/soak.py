@@ -15,7 +15,6 @@ mask (p50/p95), and the daemon's RSS at start and end. Figures are printed, neve
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
@@ -40,6 +39,7 @@ if __name__ == "__main__" and not __package__:  # `python bench/soak.py`: run as
 
 from bench.common import REPO, ddti_root
 from edge_runtime.demo import synthetic_scan
+from edge_runtime.job.ledger import read_history
 
 DDTI = ddti_root()
 #: the time a daemon's console line starts with, off journald (edge_runtime.console.TIME_FORMAT)
@@ -278,9 +278,8 @@ def main() -> int:
     good_named_bad = [d.rel for d in good if (out_dir / f"{d.rel}.error.txt").exists()]
     latencies = sorted((out_dir / d.rel).stat().st_mtime - d.done_at for d in written)
     recovered = 0
-    ledger = out_dir / ".edge-seg" / "ledger.jsonl"
-    if ledger.exists():
-        recovered = sum(json.loads(x).get("recovered", False) for x in ledger.read_text().splitlines() if x.strip())
+    if (out_dir / ".edge-seg" / "ledger.sqlite").exists():
+        recovered = sum(r["recovered"] for r in read_history(out_dir))
     final = runs[-1]
 
     def pct(p: float) -> float:

@@ -17,9 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_runtime._version import __version__
-from edge_runtime.console import HelpFormatter, outputs_doc, positive_int_arg, setup_logging, threshold_arg
+from edge_runtime.console import (
+    HelpFormatter,
+    ae_title_arg,
+    listen_arg,
+    outputs_doc,
+    peer_arg,
+    positive_int_arg,
+    setup_logging,
+    threshold_arg,
+)
 
 if TYPE_CHECKING:
+    from edge_runtime.job.parts import Part
     from edge_runtime.job.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -35,6 +45,8 @@ EPILOG = """examples:
   edge-seg --watch /data/incoming --out /data/masks  run as a daemon
                                                      (systemd unit: {unit})
   edge-seg /nfs/scans --out /nfs/masks --cluster tcp://sched:8786   on a Dask cluster (see README)
+  edge-seg --watch in/ --out out/ --dicom-listen 11112 --send-to PACS@10.0.0.5:104
+                                                     a DICOM node: scans by C-STORE in, SEG and SR to PACS
   edge-seg --demo                                    try it without any scans of your own
 
 Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<same relative path>.png
@@ -42,8 +54,10 @@ Masks are PNGs at each scan's own size, 0 = background, 255 = nodule, at OUT/<sa
 A scan that cannot be read gets OUT/<relative path>.error.txt with the reason.
 Scans: PNG, JPEG, BMP, TIFF, WEBP, GIF, JPEG 2000; DICOM (.dcm, .dicom, or by content) with
 pip install "edge-seg[dicom]". TIFF pages and GIF/WEBP frames are frames: OUT/<name>_f0001.png, ...
---overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, and for
-one-shot runs OUT/run-summary.csv and OUT/run-provenance.json.
+--overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, the review
+page OUT/index.html (every scan with its outline and findings, flagged ones first), and for
+one-shot runs OUT/run-summary.csv and OUT/run-provenance.json; --dicom-results: OUT/dicom/<relative
+path>.seg.dcm and .sr.dcm for each DICOM scan.
 Console: up to 20 scans, a line each; more, a progress bar on a terminal, otherwise a progress line at
 every tenth and every minute (-v: a line each). --watch lines start with the time, except under
 journald (which adds it).
@@ -78,10 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report",
         action="store_true",
-        help="also write the findings (nodules, areas, probabilities) as OUT/reports/<relative path>.json; "
+        help="also write the findings (nodules, areas, probabilities) as OUT/reports/<relative path>.json and "
+        "a review page, OUT/index.html, to open in a browser (implies --overlay); "
         "one-shot runs add OUT/run-summary.csv and OUT/run-provenance.json",
     )
     p.add_argument("--force", action="store_true", help="redo scans whose masks are already up to date")
+    p.add_argument(
+        "--num-parts",
+        type=positive_int_arg,
+        metavar="N",
+        help="split the scans into N parts by a stable hash of their path (with --part-id); the N processes "
+        "may share one OUT on one machine (the ledger is SQLite in WAL mode: not over NFS/SMB)",
+    )
+    p.add_argument(
+        "--part-id",
+        type=int,
+        metavar="K",
+        help="do only part K (0 to N-1) of --num-parts N; run records become OUT/run-summary.part-K-of-N.csv",
+    )
     p.add_argument(
         "--batch-size",
         type=positive_int_arg,
@@ -125,6 +153,53 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="full rescan interval, to catch anything the events missed",
     )
+    d = p.add_argument_group('DICOM node (watch mode; README: "A DICOM node")')
+    d.add_argument(
+        "--dicom-listen",
+        type=listen_arg,
+        metavar="[HOST:]PORT",
+        help="receive scans by DICOM C-STORE (a storage SCP) into IN/<StudyInstanceUID>/<SOPInstanceUID>.dcm",
+    )
+    d.add_argument("--ae-title", type=ae_title_arg, default="EDGESEG", help="this node's AE title")
+    d.add_argument(
+        "--allow-ae",
+        type=ae_title_arg,
+        nargs="+",
+        metavar="AE",
+        help="accept associations only from these calling AE titles (None: any)",
+    )
+    d.add_argument(
+        "--max-associations", type=positive_int_arg, default=4, metavar="N", help="concurrent associations accepted"
+    )
+    d.add_argument(
+        "--max-instance-mb", type=positive_int_arg, default=512, metavar="MB", help="largest instance accepted"
+    )
+    d.add_argument(
+        "--min-free-mb",
+        type=positive_int_arg,
+        default=1024,
+        metavar="MB",
+        help="refuse new instances (out of resources) when less than this is free on IN's disk",
+    )
+    d.add_argument(
+        "--dicom-results",
+        action="store_true",
+        help="for each DICOM scan also write a DICOM SEG and SR (TID 1500): OUT/dicom/<relative path>.seg.dcm, .sr.dcm",
+    )
+    d.add_argument(
+        "--send-to",
+        type=peer_arg,
+        metavar="AET@HOST:PORT",
+        help="C-STORE the SEG and SR to this PACS (implies --dicom-results); they wait in an outbox in "
+        "OUT/.edge-seg/ and are retried with back-off until the PACS takes them",
+    )
+    d.add_argument(
+        "--send-retry",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="first retry of a failed send after this long, each further one twice as long (at most 10 minutes)",
+    )
     p.add_argument(
         "--demo",
         type=Path,
@@ -150,13 +225,21 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         DAEMON_BATCH_SIZE,
         FOLDER_BATCH_SIZE,
         JobRequest,
+        NodeOptions,
         RunOptions,
         RunSettings,
         WatchOptions,
     )
 
     daemon = args.watch is not None
-    outputs = tuple(kind for kind, asked in (("overlays", args.overlay), ("reports", args.report)) if asked)
+    # --report: the findings and the review page, which shows the overlays
+    asked = (
+        ("overlays", args.overlay or args.report),
+        ("dicom", args.dicom_results or args.send_to),
+        ("reports", args.report),
+        ("review", args.report),
+    )
+    outputs = tuple(kind for kind, wanted in asked if wanted)
     job = JobRequest(args.model, tuple(args.threshold) if args.threshold else None, outputs)
     run = RunOptions(
         workers=args.threads + 1 if args.threads else None,  # None: one per available core, plus one
@@ -164,8 +247,19 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         batch_size=args.batch_size or (DAEMON_BATCH_SIZE if daemon else FOLDER_BATCH_SIZE),
         force=args.force,
         cluster=args.cluster,
+        part=_part(args.num_parts, args.part_id),
     )
     watch = WatchOptions(args.settle, args.polling, args.rescan)
+    node = NodeOptions(
+        listen=args.dicom_listen,
+        ae_title=args.ae_title,
+        allow_ae=tuple(args.allow_ae or ()),
+        max_associations=args.max_associations,
+        max_instance_mb=args.max_instance_mb,
+        min_free_mb=args.min_free_mb,
+        send_to=args.send_to,
+        retry=args.send_retry,
+    )
     if args.demo is not None:  # the demo writes its scans into DIR/scans, and masks by default into DIR/masks
         in_dir, out_dir = args.demo / "scans", args.out or args.demo / "masks"
     else:
@@ -176,7 +270,19 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
     elif daemon and in_dir.is_file():
         once = f"edge-seg {in_dir} --out {out_dir}"
         raise SetupError(f"--watch follows a folder, and {in_dir} is a file; to segment it once: {once}")
-    return RunSettings(in_dir, out_dir, job, run, watch, tuple(argv), scan)
+    return RunSettings(in_dir, out_dir, job, run, watch, node, tuple(argv), scan)
+
+
+def _part(num_parts: int | None, part_id: int | None) -> Part | None:
+    """``--num-parts N --part-id K`` as a :class:`Part` (both or neither)."""
+    from edge_runtime.errors import SetupError
+    from edge_runtime.job.parts import Part
+
+    if num_parts is None and part_id is None:
+        return None
+    if num_parts is None or part_id is None:
+        raise SetupError("--num-parts N and --part-id K go together")
+    return Part(part_id, num_parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cluster runs one-shot conversions (edge-seg IN --out OUT --cluster ...), not --watch or --demo")
     if args.cluster is not None and args.threads is not None:
         parser.error("--threads is for this machine; with --cluster, each worker's are `dask worker --nthreads N`")
+    if (args.dicom_listen or args.send_to) and args.watch is None:
+        parser.error("--dicom-listen and --send-to are for the daemon: add --watch IN")
+    if args.send_retry <= 0:
+        parser.error("--send-retry must be positive")
     from edge_runtime.errors import SetupError
 
     try:

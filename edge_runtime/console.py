@@ -129,3 +129,38 @@ def positive_int_arg(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
     return value
+
+
+def ae_title_arg(text: str) -> str:
+    """argparse type for a DICOM AE title: 1 to 16 characters, no backslash or control characters."""
+    title = text.strip()
+    if not 1 <= len(title) <= 16 or "\\" in title or not title.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an AE title (1 to 16 printable characters, no backslash)")
+    return title
+
+
+def _port(text: str, whole: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{whole!r}: {text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{whole!r}: port {port} is not in 0..65535")
+    return port
+
+
+def listen_arg(text: str) -> tuple[str, int]:
+    """argparse type for ``[HOST:]PORT`` (HOST defaults to every interface, 0.0.0.0)."""
+    host, _, port = text.rpartition(":")
+    return (host.strip("[]") or "0.0.0.0", _port(port, text))
+
+
+def peer_arg(text: str):  # -> edge_runtime.net.peer.Peer (imported late: the CLI starts fast)
+    """argparse type for ``AET@HOST:PORT``."""
+    from edge_runtime.net.peer import Peer
+
+    aet, at, address = text.partition("@")
+    host, colon, port = address.rpartition(":")
+    if not (at and colon and host):
+        raise argparse.ArgumentTypeError(f"{text!r} is not AET@HOST:PORT (e.g. PACS@10.0.0.5:104)")
+    return Peer(ae_title_arg(aet), host.strip("[]"), _port(port, text))

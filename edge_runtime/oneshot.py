@@ -12,6 +12,7 @@ from edge_runtime.job.assemble import close_job, open_job
 from edge_runtime.job.discovery import describe_skipped
 from edge_runtime.job.outcome import Outcome, Status, log_failures, log_outcome, log_summary
 from edge_runtime.job.progress import show_progress
+from edge_runtime.job.review import PageKeeper
 from edge_runtime.job.run_record import RunRecord
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import list_folder
@@ -42,10 +43,11 @@ def run_once(settings: RunSettings) -> int:
 
 
 def _run_once(settings: RunSettings, stop: StopSignals) -> int:
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run, scan=settings.scan)
     force = settings.run.force
     record = RunRecord(job, ["edge-seg", *settings.argv]) if "reports" in job.spec.outputs else None
+    page = PageKeeper(job, ["edge-seg", *settings.argv], started=started) if "review" in job.spec.outputs else None
     record_failed = False
     skipped: Counter[str] = Counter()
     blocked: Outcome | None = None  # the first scan whose outputs OUT could not take
@@ -54,6 +56,11 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
         if not rels:
             suffixes = " ".join(sorted(IMAGE_SUFFIXES | DICOM_SUFFIXES))
             log.warning("no scans found under %s (looked for %s and DICOM by content)", settings.in_dir, suffixes)
+        part = settings.run.part
+        if part is not None:
+            found = len(rels)
+            rels = [r for r in rels if part.owns(r)]
+            log.info("%s: %d of the %d scans under %s", part, len(rels), found, settings.in_dir)
         todo = [r for r in rels if force or job.planner.needs_work(r)]
         counts: Counter = Counter({Status.SKIPPED: len(rels) - len(todo)})
         skipped_before = counts[Status.SKIPPED]
@@ -85,6 +92,10 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
             except OSError as exc:
                 log.error("cannot write the run summary and provenance: %s", exc)
                 record_failed = True
+        if page is not None and blocked is None:  # (built from disk: right also after a stop signal)
+            ran = {"segmented": counts[Status.OK], "up to date": counts[Status.SKIPPED]}
+            ran["failed"] = counts[Status.FAILED]
+            record_failed = not page.write(ran, finished=True) or record_failed
     finally:
         closed = close_job(job)
     log_summary(summary_line(counts, time.perf_counter() - t0, settings.out_dir, job.settings_changed))

@@ -21,8 +21,9 @@ What it promises (contract 6 of docs/DESIGN.md):
   length, last error. After ``kill -9`` it still says ``running``: a monitor tells a dead daemon by a
   heartbeat older than a few ``heartbeat_every_s`` or a pid that is gone.
 
-Memory stays flat: the queue holds at most one entry per distinct pending file (capped), and the
-only state that grows is the ledger's one record per scan. The folder itself is followed by
+Memory stays flat: the queue holds at most one entry per distinct pending file (capped), the ledger
+stays on disk (SQLite, read a row at a time), and the only state that grows is the planner's note of
+the output names claimed since start. The folder itself is followed by
 :class:`edge_runtime.job.sources.WatchedFolder`; this module is the loop around it.
 """
 
@@ -43,9 +44,11 @@ from edge_runtime.files.durable import probe_writable, rewrite_in_place, unwrita
 from edge_runtime.job.assemble import Job, close_job, open_job
 from edge_runtime.job.discovery import describe_skipped
 from edge_runtime.job.outcome import Outcome, Status, log_outcome, log_summary
+from edge_runtime.job.review import PageKeeper
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import WatchedFolder
 from edge_runtime.memory import release_free_memory, settle_allocator
+from edge_runtime.node import Node, open_node, prepare_inbox
 from edge_runtime.outputs.layout import STATE_DIR
 from edge_runtime.stopping import StopSignals
 
@@ -78,9 +81,18 @@ class Blocked:
 class Daemon:
     """Processes the scans of a :class:`WatchedFolder` as they become complete, until stopped."""
 
-    def __init__(self, job: Job, folder: WatchedFolder, rescan: float = 60.0) -> None:
+    def __init__(
+        self,
+        job: Job,
+        folder: WatchedFolder,
+        rescan: float = 60.0,
+        node: Node | None = None,
+        page: PageKeeper | None = None,
+    ) -> None:
         self.job = job
+        self.node = node or Node()
         self.folder = folder
+        self.page = page  #: the review page (--report), rewritten every few seconds when something changed
         self.rescan_every = rescan
         self.stop_requested = threading.Event()
         self.started = time.time()
@@ -133,6 +145,7 @@ class Daemon:
             "last_error": self.last_error,
             "ledger": job.ledger.counts(),
             "exit": exit_info,
+            **self.node.status(),  # the DICOM listener and the outbox, when there are
         }
         text = json.dumps(status, indent=2)
         # Padded to a fixed size, so that on a full disk it can still be rewritten in its own blocks.
@@ -162,6 +175,9 @@ class Daemon:
             return
         self._write_tries.pop(outcome.rel, None)
         log_outcome(outcome)
+        self.node.on_outcome(outcome)
+        if self.page is not None and outcome.status in (Status.OK, Status.FAILED):
+            self.page.changed()
         if outcome.status == Status.OK:
             self.done += 1
         elif outcome.status == Status.FAILED:
@@ -271,6 +287,8 @@ class Daemon:
                     if now - last_status >= STATUS_EVERY or (status_dirty and now - last_status >= 1.0):
                         last_status, status_dirty = now, False
                         self.write_status()
+                    if self.page is not None and self.blocked is None:  # (OUT takes no writes while blocked)
+                        self.page.maybe_write()
                     if todo:
                         worked = True
                     if self.blocked is not None:
@@ -279,7 +297,10 @@ class Daemon:
                         if worked and now - last_trim >= TRIM_EVERY:  # idle again after work
                             worked, last_trim = False, now
                             release_free_memory()
-                        folder.wake.wait(min(wait, 1.0) if status_dirty else wait)
+                        page_due = self.page.due_in() if self.page is not None else None
+                        if status_dirty:
+                            wait = min(wait, 1.0)
+                        folder.wake.wait(wait if page_due is None else min(wait, page_due + 0.05))
                         folder.wake.clear()
                     self._loop_error, error_wait = None, ERROR_WAIT_FIRST
                 except Exception as exc:  # the daemon must not die of one bad scan or a passing I/O error
@@ -303,6 +324,8 @@ class Daemon:
                 log.debug("cannot sync the ledger: %s", exc)
             finally:
                 self.write_status(state, exit_info or {"time": _iso(time.time()), "reason": self.stop_reason})
+            if self.page is not None and state != "crashed" and self.blocked is None:
+                self.page.write(finished=True)
         changed = (
             f"; OUT's settings changed at start: {'; '.join(job.settings_changed)}" if job.settings_changed else ""
         )
@@ -321,18 +344,25 @@ def run_watch(settings: RunSettings) -> int:
     if settings.run.force:
         raise SetupError("--force is for one-shot runs; to redo everything, stop the daemon and run once with --force")
     settle_allocator()  # before the worker threads exist: RSS falls back after bursts (edge_runtime.memory)
+    if settings.node.listen is not None:
+        prepare_inbox(settings.in_dir)
     with StopSignals("finishing the scans in hand, then stopping") as stop:
         job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run, daemon=True)
+        node: Node | None = None
         try:
             watch = settings.watch
             folder = WatchedFolder(
                 job.in_dir, lambda rel: job.planner.needs_work(rel, retry_failed=False), watch.settle, watch.polling
             )
-            daemon = Daemon(job, folder, rescan=watch.rescan)
+            node = open_node(job, settings.node, verbose=logging.getLogger().isEnabledFor(logging.DEBUG))
+            page = PageKeeper(job, ["edge-seg", *settings.argv], watch=True) if "review" in job.spec.outputs else None
+            daemon = Daemon(job, folder, rescan=watch.rescan, node=node, page=page)
             stop.on_stop = lambda: daemon.request_stop(stop.name)
             if stop.requested.is_set():  # a signal during start-up
                 daemon.request_stop(stop.name)
             code = daemon.run()
         finally:
+            if node is not None:
+                node.close()
             closed = close_job(job)
         return code if closed else 1  # the unit file restarts it, to redo what it could not record

@@ -212,3 +212,26 @@ def write_dicom(
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def us_ids(study: str | None = None, series: str | None = None, **more) -> dict:
+    """The patient, study and series elements a real ultrasound instance carries (for ``write_dicom``)."""
+    from pydicom.uid import generate_uid
+
+    ids = {
+        "PatientID": "EDGE-TEST-1",
+        "PatientName": "Test^Patient",
+        "PatientBirthDate": "",
+        "PatientSex": "O",
+        "StudyInstanceUID": study or generate_uid(),
+        "SeriesInstanceUID": series or generate_uid(),
+        "StudyDate": "20260101",
+        "StudyTime": "120000",
+        "StudyID": "1",
+        "AccessionNumber": "A1",
+        "ReferringPhysicianName": "",
+        "SeriesNumber": 1,
+        "InstanceNumber": 1,
+        "Manufacturer": "test",
+    }
+    return {**ids, **more}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.cli import main
+from edge_runtime.job.ledger import read_records
 from tests.helpers import make_tiny_model, synthetic, tiny_metadata, write_png
 
 
@@ -264,7 +264,6 @@ def test_demo_writes_scans_and_masks(tmp_path, tiny_model, caplog):
 def test_ledger_records_what_was_done(scans, tmp_path, tiny_model):
     out = tmp_path / "out"
     assert run(scans, "--out", out, "--model", tiny_model) == 0
-    lines = [json.loads(x) for x in (out / ".edge-seg" / "ledger.jsonl").read_text().splitlines()]
-    done = {r["rel"]: r for r in lines if r["event"] == "done"}
+    done = {rel: r for rel, r in read_records(out).items() if r["event"] == "done"}
     assert sorted(done) == sorted({"a.png", "sub/deeper/b.png", "sub/c.jpg", "d.bmp", "e.tif", "f16.png", "g_rgba.png"})
     assert all(len(r["sha256"]) == 64 and r["outputs"] for r in done.values())

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.cli import main
+from edge_runtime.job.ledger import read_records
 from tests.helpers import synthetic, write_png
 
 
@@ -19,12 +20,8 @@ def run(src: Path, out: Path, model: Path, *extra: str) -> int:
     return main([str(src), "--out", str(out), "--model", str(model), *extra])
 
 
-def records(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / ".edge-seg" / "ledger.jsonl").read_text().splitlines() if x.strip()]
-
-
 def latest(out: Path) -> dict[str, dict]:
-    return {r["rel"]: r for r in records(out)}
+    return read_records(out)
 
 
 def owners(out: Path) -> Counter:

@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from edge_runtime.job.ledger import read_history
 from tests.helpers import synthetic
 
 TIMEOUT = 60.0
@@ -47,19 +48,14 @@ def wait_for(cond, what: str, timeout: float = TIMEOUT) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def whole_records(text: str) -> list[dict]:
-    """The complete JSON records in a ledger's text, also where the full disk glued one to a torn one
-    (the ledger's own handling of such lines is branch ledger's; here only what the records say)."""
-    decoder, found, pos = json.JSONDecoder(), [], 0
-    while (start := text.find("{", pos)) >= 0:
-        try:
-            obj, pos = decoder.raw_decode(text, start)
-        except ValueError:
-            pos = start + 1
-            continue
-        if isinstance(obj, dict) and "rel" in obj:
-            found.append(obj)
-    return found
+def copy_ledger(out: Path, dest: Path) -> Path:
+    """A copy of OUT's ledger (the database and its write-ahead log) under ``dest``, to read from here:
+    SQLite cannot open the original through ``/proc/<pid>/root`` (its shared-memory file is the namespace's)."""
+    (dest / ".edge-seg").mkdir(parents=True)
+    for name in ("ledger.sqlite", "ledger.sqlite-wal"):
+        if (out / ".edge-seg" / name).exists():
+            shutil.copy(out / ".edge-seg" / name, dest / ".edge-seg" / name)
+    return dest
 
 
 def put_scan(path: Path, seed: int) -> None:
@@ -121,7 +117,7 @@ def test_a_full_disk_pauses_the_daemon_and_it_resumes_when_space_returns(tmp_pat
         filler.unlink()
         wait_for(lambda: all((view / f"a{i}.png").exists() for i in range(6)), "every mask once space is back")
         assert text().count("can be written again") == 1
-        ledger = [json.loads(x) for x in (view / ".edge-seg" / "ledger.jsonl").read_text().splitlines() if x.strip()]
+        ledger = read_history(copy_ledger(view, tmp_path / "copy"))
         assert not [r for r in ledger if r["event"] == "error"]
         done = [r["rel"] for r in ledger if r["event"] == "done"]
         assert sorted(set(done)) == [f"a{i}.png" for i in range(6)]
@@ -151,14 +147,15 @@ def test_a_one_shot_run_on_a_full_disk_stops_with_one_message_and_exit_2_and_the
     script = (
         f"mount -t tmpfs -o size=200k tmpfs {q} && {shlex.join(run)} 2>&1; echo rc=$?; "
         f"mount -o remount,size=20m {q} && {shlex.join(run)} 2>&1; echo rc=$?; "
-        f"cat {q}/.edge-seg/ledger.jsonl > {shlex.quote(str(tmp_path / 'ledger.jsonl'))}"
+        f"mkdir -p {shlex.quote(str(tmp_path / 'copy' / '.edge-seg'))} && "
+        f"cp {q}/.edge-seg/ledger.sqlite {shlex.quote(str(tmp_path / 'copy' / '.edge-seg'))}/"
     )
     res = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
     first, second = res.stdout.split("rc=", 1)[0], res.stdout.split("rc=", 1)[1]
     assert res.stdout.count("rc=") == 2 and "rc=2" in res.stdout and "rc=0" in res.stdout, res.stdout
     assert f"error: cannot write to {out}: disk full" in first and "not done, which the next run does" in first
     assert "Traceback" not in res.stdout and "FAIL" not in res.stdout
-    lines = whole_records((tmp_path / "ledger.jsonl").read_text())
+    lines = read_history(tmp_path / "copy")
     assert not [r for r in lines if r.get("event") == "error"]
     done = {r["rel"] for r in lines if r.get("event") == "done"}
     assert done == {f"s{i:02d}.png" for i in range(30)}

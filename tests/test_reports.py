@@ -13,6 +13,7 @@ import pytest
 
 from edge_runtime.cli import main
 from edge_runtime.core.model import file_sha256
+from edge_runtime.job.ledger import read_records
 from edge_runtime.outputs.overlays import PALETTE
 from edge_runtime.outputs.reports import find_nodules, to_json
 from tests.helpers import nodule_scan, write_dicom, write_png
@@ -131,7 +132,9 @@ def test_run_summary_and_provenance(folder, tmp_path, tiny_model):
     assert b["status"] == "ok" and b["frames"] == "1" and b["threshold"] == "0.5" and b["nodules"] == "1"
     assert float(b["largest_area_mm2"]) == pytest.approx(int(b["largest_area_px"]) * 0.015, abs=1e-3)
     assert rows["a.png"]["largest_area_mm2"] == "" and float(rows["a.png"]["ms"]) > 0
-    assert b["outputs"].split(";") == ["sub/b.png", "reports/sub/b.json"]
+    # --report implies --overlay, and adds the review page's thumbnail and plain view
+    outputs = ["sub/b.png", "overlays/sub/b.png", "reports/sub/b.json", "overlays/sub/b.thumb.jpg"]
+    assert b["outputs"].split(";") == [*outputs, "overlays/sub/b.plain.jpg"]
     prov = json.loads((out / "run-provenance.json").read_text())
     assert (
         prov["model"]["sha256"] == file_sha256(tiny_model) and prov["model"]["metadata"]["name"] == "tiny-dark-finder"
@@ -180,7 +183,7 @@ def test_a_crash_before_the_report_is_written_is_not_recorded_as_done(tmp_path, 
     monkeypatch.setattr(findings.ReportWriter, "write", die)
     assert run(src, "--out", out, "--model", tiny_model, "--report") == 130
     assert (out / "x.png").exists() and not (out / "reports" / "x.json").exists()
-    begin = [json.loads(x) for x in (out / ".edge-seg" / "ledger.jsonl").read_text().splitlines()][-1]
+    begin = read_records(out)["x.png"]
     assert begin["event"] == "begin" and "reports/x.json" in begin["outputs"]
     monkeypatch.undo()
     caplog.clear()
@@ -253,7 +256,7 @@ def test_daemon_writes_overlays_and_reports(tmp_path, tiny_model):
         nodule = report["frames"][0]["results"][0]["nodules"][0]
         assert nodule["area_mm2"] == pytest.approx(nodule["area_px"] * 0.04, abs=1e-3)
         status = json.loads((out / ".edge-seg" / "status.json").read_text())
-        assert status["outputs"] == ["masks", "overlays", "reports"]
+        assert status["outputs"] == ["masks", "overlays", "reports", "review"]  # review: the page's pictures
     finally:
         assert d.stop() == 0
     assert not (out / "run-summary.csv").exists()  # run files are for one-shot runs

@@ -166,7 +166,7 @@ def test_folders_are_synced_before_a_scan_is_recorded_done(folder, tmp_path, tin
     calls: list[tuple[set[Path], set[str], set[str]]] = []  # folders, masks on disk, scans recorded done
 
     def spy(folders):
-        done = {r["rel"] for r in ledger.records.values() if r["event"] == "done"}
+        done = set(ledger.done_rels())
         calls.append(({Path(f) for f in folders}, {p.name for p in out.glob("*.png")}, done))
         sync_dirs(folders)
 

@@ -19,6 +19,7 @@ import pytest
 
 from edge_runtime import watch as watch_mod
 from edge_runtime.job.assemble import open_job
+from edge_runtime.job.ledger import read_history
 from edge_runtime.job.settings import JobRequest, RunOptions
 from edge_runtime.job.sources import WatchedFolder
 from tests.helpers import synthetic
@@ -44,7 +45,7 @@ def put_scans(src: Path, n: int, size: tuple[int, int] = (220, 260)) -> list[str
 
 
 def ledger(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / ".edge-seg" / "ledger.jsonl").read_text().splitlines() if x.strip()]
+    return read_history(out)
 
 
 def status(out: Path) -> dict:

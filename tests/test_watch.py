@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from edge_runtime import Segmenter
+from edge_runtime.job.ledger import read_history
 from tests.helpers import make_tiny_model, synthetic, tiny_metadata, write_png
 
 TIMEOUT = 60.0
@@ -87,8 +88,8 @@ def scan_bytes(seed: int, h: int = 220, w: int = 260) -> bytes:
 
 
 def ledger_records(out: Path) -> list[dict]:
-    path = out / ".edge-seg" / "ledger.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    """Every record the ledger was given, oldest first (rel, event, recovered)."""
+    return read_history(out)
 
 
 def done_count(out: Path, rel: str) -> int:
@@ -306,6 +307,22 @@ def test_two_daemons_on_one_output_folder_are_refused(dirs, daemon, tiny_model):
     assert res.returncode == 2
     assert "already writing to this output folder" in res.stderr
     assert d.stop() == 0
+
+
+def test_two_daemons_with_a_part_each_share_one_output_folder(dirs, daemon):
+    from edge_runtime.job.parts import part_of
+
+    src, out = dirs
+    parts = [daemon("--num-parts", "2", "--part-id", str(k)) for k in range(2)]
+    names = [f"s{i}.png" for i in range(12)]
+    for i, nm in enumerate(names):
+        (src / nm).write_bytes(scan_bytes(60 + i))
+    wait_for(lambda: all((out / nm).exists() for nm in names), "every mask")
+    time.sleep(1.0)
+    assert [d.stop() for d in parts] == [0, 0]
+    for k, d in enumerate(parts):
+        assert d.ok_lines() == Counter({nm: 1 for nm in names if part_of(nm, 2) == k})  # its share, once
+    assert all(done_count(out, nm) == 1 for nm in names)
 
 
 def test_out_inside_in_is_refused(dirs, tiny_model):

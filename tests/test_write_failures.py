@@ -21,7 +21,7 @@ from edge_runtime import watch as watch_mod
 from edge_runtime.cli import main
 from edge_runtime.files import durable
 from edge_runtime.job.assemble import open_job
-from edge_runtime.job.ledger import Ledger
+from edge_runtime.job.ledger import Ledger, read_history
 from edge_runtime.job.plan import Planner
 from edge_runtime.job.settings import JobRequest, RunOptions
 from edge_runtime.job.sources import WatchedFolder
@@ -69,8 +69,7 @@ def put_scan(path: Path, seed: int) -> None:
 
 
 def records(out: Path) -> list[dict]:
-    path = out / ".edge-seg" / "ledger.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return read_history(out) if (out / ".edge-seg" / "ledger.sqlite").exists() else []
 
 
 def status(out: Path) -> dict:

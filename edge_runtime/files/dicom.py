@@ -44,6 +44,8 @@ class DicomImage:
     spacing_mm: tuple[float, float] | None  #: (row, column) pixel spacing in mm, or None when unknown
     spacing_source: str | None  #: "ultrasound_region", "pixel_spacing" or None
     info: dict[str, Any] = field(default_factory=dict)  #: transfer syntax, photometric interpretation, bits
+    #: the pydicom dataset without its pixel data: the identifiers DICOM results reference (SEG, SR)
+    header: Any = None
 
 
 def _pydicom(path: str | Path):
@@ -93,7 +95,8 @@ def read_dicom(data: bytes, path: str | Path = "<bytes>") -> DicomImage:
         "bits_stored": int(ds.get("BitsStored", 0) or 0),
         "modality": str(ds.get("Modality", "")),
     }
-    return DicomImage(frames, spacing, source, info)
+    del ds.PixelData  # the pixels are in ``frames``; the header alone is kept, for the results that reference it
+    return DicomImage(frames, spacing, source, info, ds)
 
 
 def _parse(pydicom, data: bytes, path: str | Path):

@@ -52,7 +52,8 @@ class Scan:
     #: (row, column) pixel spacing in millimetres, when the file says (DICOM); else None.
     pixel_spacing_mm: tuple[float, float] | None = None
     format: str = ""
-    #: reader-specific facts; DICOM: ``pixel_spacing_source`` and ``dicom`` (transfer syntax, photometric, bits)
+    #: reader-specific facts; DICOM: ``pixel_spacing_source``, ``dicom`` (transfer syntax, photometric, bits)
+    #: and ``dicom_header`` (the pydicom dataset without its pixel data)
     extra: dict = field(default_factory=dict)
 
 
@@ -211,7 +212,7 @@ def read_scan(path: str | Path) -> Scan:
         from edge_runtime.files.dicom import read_dicom  # pydicom is an optional dependency, imported on first use
 
         image = read_dicom(data, path)
-        extra = {"pixel_spacing_source": image.spacing_source, "dicom": image.info}
+        extra = {"pixel_spacing_source": image.spacing_source, "dicom": image.info, "dicom_header": image.header}
         return Scan(path, image.frames, digest, st.st_size, st.st_mtime_ns, image.spacing_mm, "DICOM", extra)
     frames = decode_frames(data, path)
     return Scan(path, frames, digest, st.st_size, st.st_mtime_ns, None, fmt or "")

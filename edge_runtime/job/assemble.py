@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import cv2
 
 from edge_runtime.core.segmenter import Segmenter
-from edge_runtime.files.durable import sweep_temp_files
 from edge_runtime.job.discovery import check_folders
 from edge_runtime.job.ledger import Ledger, ScanState
 from edge_runtime.job.plan import Planner
@@ -79,13 +78,13 @@ def open_job(
 def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobRequest, options: RunOptions) -> Job:
     """The job's parts around a loaded model, for folders already checked (``request.model`` is not read)."""
     spec = request.resolve(segmenter.info)
-    ledger = Ledger(out_dir)  # takes the output folder's lock
+    # Joins the output folder's writers (alone on it, it first clears what killed ones left).
+    ledger = Ledger(out_dir, options.part)
     cluster = None
     try:
-        sweep_temp_files(out_dir)
         changed = check_and_record(out_dir, spec)
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
-        planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers)
+        planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers, options.part)
         recorder = Recorder(ledger, in_dir, out_dir, spec.signature, options.fsync, planner)
         if options.cluster is None:
 

@@ -6,12 +6,16 @@ import os
 import re
 import threading
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from edge_runtime.errors import ScanError
 from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from edge_runtime.job.ledger import Ledger
 from edge_runtime.outputs.base import OutputWriter
 from edge_runtime.outputs.layout import scan_stem
+
+if TYPE_CHECKING:
+    from edge_runtime.job.parts import Part
 
 #: How the error records of scans that failed for want of a writable OUT begin (older versions recorded
 #: a full disk as the scan's error).
@@ -37,22 +41,33 @@ class Planner:
         signature: the job signature (:attr:`edge_runtime.job.settings.JobSpec.signature`).
         thresholds: how many thresholds the job writes (with one, outputs go straight under OUT).
         writers: the job's output writers, whose folders under OUT input folders must not shadow.
+        part: the share of the scans this process does (``--num-parts``); the others never need work here.
     """
 
     def __init__(
-        self, in_dir: Path, ledger: Ledger, signature: str, thresholds: int, writers: list[OutputWriter]
+        self,
+        in_dir: Path,
+        ledger: Ledger,
+        signature: str,
+        thresholds: int,
+        writers: list[OutputWriter],
+        part: Part | None = None,
     ) -> None:
         self.in_dir = in_dir
         self.ledger = ledger
         self.signature = signature
         self.thresholds = thresholds
         self.folders = [(w.folder, w.kind) for w in writers if w.folder]
+        self.part = part
         self._write_retried: set[str] = set()
         self._mutex = threading.Lock()
         self._writing: dict[str, set[str]] = {}  # scans between reserve() and release(): their outputs
 
     def needs_work(self, rel: str, retry_failed: bool = True) -> bool:
-        """False when the scan's outputs are up to date (or, unless ``retry_failed``, it failed as it is)."""
+        """False when the scan's outputs are up to date (or, unless ``retry_failed``, it failed as it is),
+        or it is another part's."""
+        if self.part is not None and not self.part.owns(rel):
+            return False
         try:
             st = os.stat(self.in_dir / rel)
         except OSError:

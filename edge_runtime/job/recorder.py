@@ -77,9 +77,13 @@ class Recorder:
                     self.planner.release(res.outcome.rel if isinstance(res, Written) else _rel(res))
 
     def _record(self, results: list[Result], defer: Callable[[str], bool] | None) -> Iterator[Outcome]:
-        for res in results:
+        # The batch's done records first, in one transaction (not held across the yields below: the
+        # ledger's lock would keep the worker threads' begin records waiting on the caller).
+        with self.ledger.batch():
+            done = {i: self.record_done(res) for i, res in enumerate(results) if isinstance(res, Written)}
+        for i, res in enumerate(results):
             if isinstance(res, Written):
-                yield self.record_done(res)
+                yield done[i]
             elif isinstance(res, Unchanged):
                 outputs = self.ledger.touched(res.rel, res.size, res.mtime_ns)
                 yield Outcome(res.rel, Status.SKIPPED, outputs, "content unchanged", res.timings)
@@ -93,7 +97,10 @@ class Recorder:
                 yield self.fail(res.path, res)
 
     def record_done(self, written: Written) -> Outcome:
-        """A scan whose outputs are on disk (the worker synced their folders): its done record."""
+        """A scan whose outputs are on disk (the worker synced their folders): its done record.
+
+        :meth:`record` calls it inside :meth:`Ledger.batch`, one transaction for a batch's done records.
+        """
         rel = written.outcome.rel
         try:
             self.ledger.done(written.state, written.outcome.outputs)

@@ -1,6 +1,7 @@
 """A one-shot run's own record: ``OUT/run-summary.csv`` (one row per scan) and ``OUT/run-provenance.json``.
 
 Written when the run ends (with ``--report``), atomically; docs/OUTPUTS.md documents every field.
+With ``--num-parts N --part-id K`` each part writes its own pair (``run-summary.part-K-of-N.csv``, ...).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from edge_runtime._version import __version__
 from edge_runtime.files.durable import write_atomic
 from edge_runtime.job.assemble import Job
 from edge_runtime.job.outcome import Outcome, Status
+from edge_runtime.job.parts import Part
 from edge_runtime.outputs.layout import report_path
 from edge_runtime.outputs.reports import SCHEMA, summary_facts, to_json
 
@@ -85,7 +87,7 @@ class RunRecord:
         writer.writeheader()
         for rel in sorted(self.rows):
             writer.writerow({k: ("" if v is None else v) for k, v in self.rows[rel].items()})
-        summary, provenance = out / SUMMARY_NAME, out / PROVENANCE_NAME
+        summary, provenance = record_paths(out, self.job.options.part)
         write_atomic(summary, buf.getvalue())
         write_atomic(provenance, to_json(self.provenance(exit_code)))
         return [summary, provenance]
@@ -93,6 +95,7 @@ class RunRecord:
     def provenance(self, exit_code: int) -> dict[str, Any]:
         info, spec = self.job.spec.model, self.job.spec
         statuses = [r["status"] for r in self.rows.values()]
+        part = self.job.options.part
         return {
             "schema": SCHEMA,
             "argv": self.argv,
@@ -117,7 +120,18 @@ class RunRecord:
                 "failed": statuses.count("failed"),
             },
             "exit_code": exit_code,
+            **({} if part is None else {"part": {"id": part.index, "of": part.count}}),
         }
+
+
+def record_paths(out_dir: Path, part: Part | None = None) -> tuple[Path, Path]:
+    """Where a run's summary and provenance go: one pair per part, so that parts never write each other's."""
+    if part is None:
+        return out_dir / SUMMARY_NAME, out_dir / PROVENANCE_NAME
+    return (
+        out_dir / SUMMARY_NAME.replace(".csv", f".{part.label}.csv"),
+        out_dir / PROVENANCE_NAME.replace(".json", f".{part.label}.json"),
+    )
 
 
 def versions() -> dict[str, str | None]:

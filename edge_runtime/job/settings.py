@@ -6,6 +6,7 @@
 * :class:`RunOptions` -- how to run it: workers, batch size, fsync, force, a cluster. None of them changes a byte
   of the outputs, so none is in the signature.
 * :class:`WatchOptions` -- the daemon's timing (``--watch``).
+* :class:`NodeOptions`  -- the daemon as a DICOM node: its listener and where results are sent.
 * :class:`RunSettings`  -- all of them, with IN, OUT and the command line.
 """
 
@@ -15,10 +16,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_runtime.core.model import ModelInfo
 from edge_runtime.errors import SetupError
+from edge_runtime.net.peer import Peer
 from edge_runtime.outputs.writers import EXTRAS, extras_signature
+
+if TYPE_CHECKING:
+    from edge_runtime.job.parts import Part
 
 #: Scans per inference run in a one-shot run (a folder: throughput); a daemon takes one (latency).
 FOLDER_BATCH_SIZE = 4
@@ -31,7 +37,8 @@ class JobRequest:
 
     model: Path | None = None  #: None: the bundled model
     thresholds: tuple[float, ...] | None = None  #: None: the model's own default
-    #: outputs besides the masks (``"overlays"``, ``"reports"``)
+    #: outputs besides the masks (``"overlays"``, ``"reports"``, ``"dicom"``, ``"review"``: the review page's
+    #: pictures, with ``--report``)
     outputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -41,7 +48,10 @@ class JobRequest:
 
     def resolve(self, model: ModelInfo) -> JobSpec:
         thresholds = tuple(sorted(set(self.thresholds))) if self.thresholds else (model.threshold,)
-        return JobSpec(model, thresholds, tuple(k for k in EXTRAS if k in self.outputs))
+        asked = set(self.outputs)
+        if "review" in asked:  # the review page shows the overlays and reads the findings
+            asked |= {"overlays", "reports"}
+        return JobSpec(model, thresholds, tuple(k for k in EXTRAS if k in asked))
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,8 @@ class RunOptions:
     force: bool = False
     #: run the batches on a Dask cluster: a scheduler address (``tcp://host:8786``) or ``local:N``
     cluster: str | None = None
+    #: ``--num-parts N --part-id K``: do only this share of the scans (None: all of them)
+    part: Part | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,29 @@ class WatchOptions:
 
 
 @dataclass(frozen=True)
+class NodeOptions:
+    """The daemon as a DICOM node (``--dicom-listen``, ``--send-to``); None of it changes the outputs."""
+
+    #: where the storage SCP listens (``--dicom-listen [HOST:]PORT``); None: no listener
+    listen: tuple[str, int] | None = None
+    ae_title: str = "EDGESEG"
+    #: calling AE titles accepted (``--allow-ae``); empty: any
+    allow_ae: tuple[str, ...] = ()
+    max_associations: int = 4
+    max_instance_mb: int = 512
+    #: new instances are refused (out of resources) when less than this is free under IN
+    min_free_mb: int = 1024
+    #: where SEG and SR go (``--send-to AET@HOST:PORT``); None: they stay in OUT
+    send_to: Peer | None = None
+    #: the first retry of a failed send waits this long, each further one twice as long (up to 10 minutes)
+    retry: float = 5.0
+
+    @property
+    def active(self) -> bool:
+        return self.listen is not None or self.send_to is not None
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """Everything a run was asked to do, as the command line said it."""
 
@@ -109,6 +144,7 @@ class RunSettings:
     job: JobRequest = JobRequest()
     run: RunOptions = RunOptions()
     watch: WatchOptions = WatchOptions()
+    node: NodeOptions = NodeOptions()
     #: the command line, for the run's provenance record
     argv: tuple[str, ...] = ()
     #: single-file mode (``edge-seg scan.png --out OUT``): the file's name; ``in_dir`` is its folder

@@ -7,7 +7,10 @@ Outputs for the scan ``IN/a/b/scan.jpg``:
 * a multi-frame DICOM: ``scan_f0001.png``, ``scan_f0002.png``, ... in the same places
 * an unreadable scan:  ``OUT/a/b/scan.jpg.error.txt`` (the reason, for a person to read)
 * with ``--overlay``:  ``OUT/overlays/a/b/scan.png`` (all thresholds in one picture; ``scan_f0001.png``, ...)
-* with ``--report``:   ``OUT/reports/a/b/scan.json`` (findings; docs/OUTPUTS.md describes every field)
+* with ``--report``:   ``OUT/reports/a/b/scan.json`` (findings; docs/OUTPUTS.md describes every field),
+  the review page ``OUT/index.html`` (``index-2.html``, ... for more pages) and, beside the overlays,
+  ``OUT/overlays/a/b/scan.thumb.jpg`` (thumbnail) and ``scan.plain.jpg`` (the scan without outline)
+* with ``--dicom-results``, for DICOM scans: ``OUT/dicom/a/b/scan.seg.dcm`` and ``scan.sr.dcm``
 * the run's own state: ``OUT/.edge-seg/`` (ledger, lock, status file)
 """
 
@@ -25,6 +28,10 @@ STATE_DIR = ".edge-seg"
 #: The folders under OUT for overlays (``--overlay``) and findings (``--report``).
 OVERLAY_DIR = "overlays"
 REPORT_DIR = "reports"
+#: The folder under OUT for DICOM results (``--dicom-results``: SEG and SR).
+DICOM_DIR = "dicom"
+#: The review page (``--report``): its first page under OUT; more pages are ``index-2.html``, ...
+PAGE_NAME = "index.html"
 
 
 def output_path(
@@ -60,9 +67,27 @@ def overlay_path(out_dir: Path, rel: str, frame: int | None = None) -> Path:
     return _beside(out_dir / OVERLAY_DIR, rel, frame, ".png")
 
 
+def thumbnail_path(out_dir: Path, rel: str) -> Path:
+    """The review page's thumbnail of scan ``rel``: ``OUT/overlays/<relative folder>/<stem>.thumb.jpg``.
+
+    Overlays always end in ``.png``, so no scan's overlay can take this name.
+    """
+    return _beside(out_dir / OVERLAY_DIR, rel, None, ".thumb.jpg")
+
+
+def plain_path(out_dir: Path, rel: str) -> Path:
+    """The review page's full-size view of scan ``rel`` without outline: ``OUT/overlays/.../<stem>.plain.jpg``."""
+    return _beside(out_dir / OVERLAY_DIR, rel, None, ".plain.jpg")
+
+
 def report_path(out_dir: Path, rel: str) -> Path:
     """Where the findings of scan ``rel`` go: ``OUT/reports/<relative folder>/<stem>.json``."""
     return _beside(out_dir / REPORT_DIR, rel, None, ".json")
+
+
+def dicom_result_path(out_dir: Path, rel: str, kind: str) -> Path:
+    """Where the DICOM ``kind`` (``seg`` or ``sr``) of scan ``rel`` goes: ``OUT/dicom/<folder>/<stem>.<kind>.dcm``."""
+    return _beside(out_dir / DICOM_DIR, rel, None, f".{kind}.dcm")
 
 
 def relative(out_dir: Path, path: Path) -> str:

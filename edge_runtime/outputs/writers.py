@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from edge_runtime.outputs.base import OutputSetup, OutputWriter
+from edge_runtime.outputs.dicom_results import DicomResultsWriter
 from edge_runtime.outputs.masks import MaskWriter
 from edge_runtime.outputs.overlays import OverlayWriter
 from edge_runtime.outputs.reports import ReportWriter
+from edge_runtime.outputs.review import ReviewWriter
 
-#: The outputs made besides the masks, by kind, in the order they are written (overlays before the
-#: report, which names them).
-EXTRAS: dict[str, type[OverlayWriter] | type[ReportWriter]] = {"overlays": OverlayWriter, "reports": ReportWriter}
+#: The outputs made besides the masks, by kind, in the order they are written (overlays and DICOM
+#: results before the report, which names the overlays and times both; the review page's thumbnails last).
+EXTRAS: dict[str, type[OverlayWriter] | type[ReportWriter] | type[DicomResultsWriter] | type[ReviewWriter]] = {
+    "overlays": OverlayWriter,
+    "dicom": DicomResultsWriter,
+    "reports": ReportWriter,
+    "review": ReviewWriter,
+}
 
 
 def extras_signature(kinds: tuple[str, ...]) -> str:

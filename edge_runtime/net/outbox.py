@@ -1,0 +1,305 @@
+"""``--send-to AET@HOST:PORT``: the outbox of DICOM results, sent to PACS by C-STORE on its own thread.
+
+State lives under ``OUT/.edge-seg/outbox/``, so it survives restarts and ``kill -9``:
+
+* one small JSON file per result waiting (``<key>.json``: its path under OUT, when it was queued,
+  the attempts so far, the next try and the last error), written atomically before :meth:`Outbox.add`
+  returns;
+* ``sent.jsonl``: one line per result the PACS took (path, SOP Instance UID, the file's size and
+  mtime, when, to whom), flushed to disk before the waiting entry is removed.
+
+A result is sent once: an entry whose file matches a ``sent.jsonl`` line (a kill between the two
+steps) is dropped at start, not sent again; a result rewritten since (its scan was redone) is a new
+result and is sent. At start, results under ``OUT/dicom/`` that are neither waiting nor sent are
+queued (a kill between recording a scan done and queueing its results). A failed try (PACS down,
+association rejected, a failure status) waits ``retry`` seconds, then twice as long each time, at most
+:data:`MAX_WAIT`. Sending never blocks segmentation: the daemon only adds files to the outbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.files.durable import write_atomic
+from edge_runtime.net.peer import Peer
+
+log = logging.getLogger(__name__)
+
+OUTBOX_DIR = "outbox"
+SENT_LOG = "sent.jsonl"
+MAX_WAIT = 600.0  #: the longest wait between two tries, seconds
+BATCH = 32  #: results sent over one association at most
+
+
+@dataclass
+class Entry:
+    """One result waiting to be sent."""
+
+    path: str  #: POSIX path relative to OUT
+    queued: float
+    attempts: int = 0
+    next_try: float = 0.0
+    last_error: str | None = None
+
+
+def _key(path: str) -> str:
+    return hashlib.sha1(path.encode("utf-8")).hexdigest()[:20]
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
+def _order(path: str) -> tuple[str, int]:
+    """A scan's SEG before its SR (the SR references the SEG)."""
+    stem = path.removesuffix(".seg.dcm").removesuffix(".sr.dcm")
+    return stem, 0 if path.endswith(".seg.dcm") else 1
+
+
+class Outbox:
+    """The persistent queue and its sender thread (:meth:`start`, :meth:`stop`)."""
+
+    def __init__(self, out_dir: Path, state_dir: Path, peer: Peer, calling_ae: str = "EDGESEG", retry: float = 5.0):
+        self.out_dir = out_dir
+        self.folder = state_dir / OUTBOX_DIR
+        self.peer = peer
+        self.calling_ae = calling_ae
+        self.retry = retry
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sent_since_start = 0
+        self.failed_tries = 0
+        self.last_error: dict[str, Any] | None = None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._sent: dict[str, tuple[int, int]] = self._load_sent()
+        self._entries: dict[str, Entry] = self._load_entries()
+
+    # -- state on disk ---------------------------------------------------------------------------------
+    def _load_sent(self) -> dict[str, tuple[int, int]]:
+        sent: dict[str, tuple[int, int]] = {}
+        try:
+            lines = (self.folder / SENT_LOG).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return sent
+        for line in lines:
+            try:
+                rec = json.loads(line)
+                sent[rec["path"]] = (int(rec["size"]), int(rec["mtime_ns"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line (kill -9 mid-write): that result is sent again, which PACS tolerate
+        return sent
+
+    def _load_entries(self) -> dict[str, Entry]:
+        entries: dict[str, Entry] = {}
+        for f in sorted(self.folder.glob("*.json")):
+            try:
+                entry = Entry(**json.loads(f.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("outbox: ignoring unreadable entry %s (%s)", f.name, exc)
+                continue
+            if self._already_sent(entry.path):
+                f.unlink(missing_ok=True)  # sent just before a kill: not again
+                continue
+            entries[entry.path] = entry
+        return entries
+
+    def _stat(self, path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.out_dir / path)
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    def _already_sent(self, path: str) -> bool:
+        return path in self._sent and self._sent[path] == self._stat(path)
+
+    def _save(self, entry: Entry) -> None:
+        write_atomic(self.folder / f"{_key(entry.path)}.json", json.dumps(asdict(entry)) + "\n", fsync=True)
+
+    def _record_sent(self, path: str, uid: str, stat: tuple[int, int]) -> None:
+        rec = {"path": path, "sop_instance_uid": uid, "size": stat[0], "mtime_ns": stat[1]}
+        rec |= {"sent": _iso(time.time()), "to": str(self.peer)}
+        with open(self.folder / SENT_LOG, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._sent[path] = stat
+        (self.folder / f"{_key(path)}.json").unlink(missing_ok=True)
+
+    # -- queueing --------------------------------------------------------------------------------------
+    def add(self, paths: list[str]) -> None:
+        """Queue results (paths relative to OUT) for sending; durable when this returns."""
+        now = time.time()
+        with self._lock:
+            for path in sorted(paths, key=_order):
+                entry = self._entries.get(path)
+                if entry is None:
+                    entry = self._entries[path] = Entry(path, now)
+                entry.next_try = now  # new content: try now, whatever the back-off was
+                self._save(entry)
+        self._wake.set()
+
+    def reconcile(self, folder: str = "dicom") -> int:
+        """Queue every result under ``OUT/<folder>/`` that is neither waiting nor sent; returns how many."""
+        found = []
+        for dirpath, dirs, files in os.walk(self.out_dir / folder):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                if name.endswith((".seg.dcm", ".sr.dcm")) and not name.startswith("."):
+                    found.append((Path(dirpath) / name).relative_to(self.out_dir).as_posix())
+        with self._lock:
+            new = [p for p in found if p not in self._entries and not self._already_sent(p)]
+        if new:
+            log.info("outbox: %d result(s) not yet sent to %s found in OUT", len(new), self.peer)
+            self.add(new)
+        return len(new)
+
+    def stats(self) -> dict[str, Any]:
+        """What the status file shows about the outbox."""
+        with self._lock:
+            entries = list(self._entries.values())
+        return {
+            "to": str(self.peer),
+            "waiting": len(entries),
+            "sent_since_start": self.sent_since_start,
+            "sent_total": len(self._sent),
+            "failed_tries": self.failed_tries,
+            "oldest_waiting": _iso(min((e.queued for e in entries), default=None)),
+            "next_try": _iso(min((e.next_try for e in entries), default=None)),
+            "last_error": self.last_error,
+        }
+
+    # -- sending ---------------------------------------------------------------------------------------
+    def due(self, now: float | None = None) -> list[Entry]:
+        now = time.time() if now is None else now
+        with self._lock:
+            ready = [e for e in self._entries.values() if e.next_try <= now]
+        return sorted(ready, key=lambda e: (e.queued, _order(e.path)))[:BATCH]
+
+    def send_due(self) -> int:
+        """One try for the results that are due, over one association; returns how many were sent."""
+        entries = self.due()
+        if not entries:
+            return 0
+        from pydicom import dcmread
+        from pynetdicom import AE
+
+        datasets: list[tuple[Entry, Any, tuple[int, int]]] = []
+        for entry in entries:
+            stat = self._stat(entry.path)
+            try:
+                ds = dcmread(self.out_dir / entry.path)
+            except Exception as exc:  # gone (its scan is being redone) or unreadable: drop, the redo queues it
+                log.warning("outbox: dropping %s: %s", entry.path, exc)
+                with self._lock:
+                    self._entries.pop(entry.path, None)
+                (self.folder / f"{_key(entry.path)}.json").unlink(missing_ok=True)
+                continue
+            if stat is not None:
+                datasets.append((entry, ds, stat))
+        if not datasets:
+            return 0
+        ae = AE(ae_title=self.calling_ae)
+        ae.connection_timeout = 10
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        for sop_class, syntax in {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds, _ in datasets}:
+            ae.add_requested_context(sop_class, syntax)
+        assoc = ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title)
+        if not assoc.is_established:
+            if assoc.is_rejected:
+                why = "association rejected (is the PACS's AE title right, and does it know ours?)"
+            elif assoc.rejected_contexts:
+                offered = ", ".join(sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts}))
+                why = f"the PACS accepts none of the SOP classes offered ({offered})"
+            else:
+                why = "cannot connect (PACS down?)"
+            self._failed([e for e, _, _ in datasets], f"{self.peer}: {why}")
+            return 0
+        sent = 0
+        failed: list[Entry] = []
+        reason = ""
+        try:
+            for entry, ds, stat in datasets:
+                if self._stop.is_set():
+                    break
+                try:
+                    status = assoc.send_c_store(ds)
+                except ValueError as exc:  # the PACS accepted no presentation context for this SOP class
+                    failed.append(entry)
+                    reason = f"{self.peer}: {str(exc).strip().splitlines()[0]}"
+                    continue
+                code = int(getattr(status, "Status", -1)) if status else -1
+                if code == 0 or 0xB000 <= code <= 0xBFFF:  # success, or success with a warning
+                    with self._lock:
+                        try:
+                            self._record_sent(entry.path, str(ds.SOPInstanceUID), stat)
+                        except OSError as exc:  # not sent again by this process; after a restart it would be
+                            log.warning("outbox: cannot record %s as sent: %s", entry.path, exc.strerror or exc)
+                        self._entries.pop(entry.path, None)
+                        self.sent_since_start += 1
+                    sent += 1
+                    log.info("sent %s to %s", entry.path, self.peer)
+                else:
+                    failed.append(entry)
+                    reason = f"{self.peer}: C-STORE failed" + (
+                        f" with status 0x{code:04X}" if code >= 0 else " (no response)"
+                    )
+                    if not assoc.is_established:
+                        break
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if failed:
+            self._failed(failed, reason)
+        return sent
+
+    def _failed(self, entries: list[Entry], reason: str) -> None:
+        now = time.time()
+        with self._lock:
+            self.failed_tries += 1
+            self.last_error = {"reason": reason, "time": _iso(now)}
+            for e in entries:
+                e.attempts += 1
+                e.next_try = now + min(MAX_WAIT, self.retry * 2 ** (e.attempts - 1))
+                e.last_error = reason
+                try:
+                    self._save(e)
+                except OSError as exc:  # the back-off then lives in memory only; the entry itself is on disk
+                    log.warning("outbox: cannot update %s's entry: %s", e.path, exc.strerror or exc)
+        wait = min(e.next_try for e in entries) - now
+        log.warning("outbox: %d result(s) not sent, %s; next try in %.0f s", len(entries), reason, wait)
+
+    # -- the thread ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while self.send_due() and not self._stop.is_set():
+                    pass
+            except Exception:  # the sender must not die of one odd file or network error
+                log.exception("outbox: unexpected error while sending; will try again")
+                self._stop.wait(self.retry)
+            with self._lock:
+                nxt = min((e.next_try for e in self._entries.values()), default=None)
+            wait = 60.0 if nxt is None else max(0.05, min(60.0, nxt - time.time()))
+            self._wake.wait(wait)
+            self._wake.clear()

@@ -1,0 +1,136 @@
+"""DICOM Structured Report (TID 1500, Comprehensive 3D SR) of one scan's nodules (highdicom).
+
+One measurement group (TID 1410) per nodule -- a connected component (8-connected) of the mask,
+largest first, per frame -- with its area (``SCT 42798000`` "Area") in mm² when the pixel spacing is
+known and in pixels otherwise, and its outline as a closed polyline on the source image (its frame,
+for a cine loop). When a SEG was written, one more group references its segment ("thyroid nodule")
+with the area of the whole segment, and the SEG is part of the report's evidence. Observer: the
+device edge-seg; every group names the model as its algorithm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_runtime.core.model import ModelInfo
+from edge_runtime.outputs.seg import MANUFACTURER, SEG_SERIES_NUMBER
+
+SR_SERIES_NUMBER = SEG_SERIES_NUMBER + 1
+#: UCUM has no pixel unit; ``{pixels}`` is an annotation (a unit of 1), as dcmqi writes it.
+PIXEL_UNIT = ("{pixels}", "UCUM", "pixels")
+
+
+def nodules(mask: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """The connected components of a 0/255 mask, largest first: (area in pixels, closed outline (N, 2) x/y)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    found = []
+    for i in sorted(range(1, n), key=lambda k: (-int(stats[k][4]), int(stats[k][1]), int(stats[k][0]))):
+        contours, _ = cv2.findContours((labels == i).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        outline = max(contours, key=len)[:, 0, :].astype(np.float64)
+        if len(outline) < 3:  # a one- or two-pixel nodule: outline its pixel square instead
+            x, y = outline[0]
+            outline = np.array([[x - 0.5, y - 0.5], [x + 0.5, y - 0.5], [x + 0.5, y + 0.5], [x - 0.5, y + 0.5]])
+        found.append((int(stats[i][4]), np.vstack([outline, outline[:1]])))
+    return found
+
+
+def _area(pixels: int, spacing_mm: tuple[float, float] | None) -> Any:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if spacing_mm is None:
+        return hd.sr.Measurement(name=codes.SCT.Area, value=float(pixels), unit=hd.sr.CodedConcept(*PIXEL_UNIT))
+    value = round(pixels * spacing_mm[0] * spacing_mm[1], 3)
+    return hd.sr.Measurement(name=codes.SCT.Area, value=value, unit=codes.UCUM.SquareMillimeter)
+
+
+def build_sr(
+    source: Any,
+    masks: list[np.ndarray],
+    spacing_mm: tuple[float, float] | None,
+    model: ModelInfo,
+    seg: Any | None,
+) -> Any:
+    """The SR dataset for ``source`` (a pydicom header) from its frames' 0/255 masks, referencing ``seg``."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    multi = len(masks) > 1
+    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
+    groups = []
+    for f, mask in enumerate(masks, 1):
+        image = hd.sr.SourceImageForRegion.from_source_image(source, referenced_frame_numbers=[f] if multi else None)
+        for k, (pixels, outline) in enumerate(nodules(mask), 1):
+            region = hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline, source_image=image
+            )
+            name = f"frame {f} nodule {k}" if multi else f"nodule {k}"
+            groups.append(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=name),
+                    referenced_region=region,
+                    finding_type=codes.SCT.ThyroidNodule,
+                    measurements=[_area(pixels, spacing_mm)],
+                    algorithm_id=algorithm,
+                )
+            )
+    if seg is not None:
+        segment = hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            frame_number=1,
+            segment_number=1,
+            source_image=hd.sr.SourceImageForSegmentation.from_source_image(source),
+        )
+        total = sum(int(np.count_nonzero(m)) for m in masks)
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="segment thyroid nodule"),
+                referenced_segment=segment,
+                finding_type=codes.SCT.ThyroidNodule,
+                measurements=[_area(total, spacing_mm)],
+                algorithm_id=algorithm,
+            )
+        )
+    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name=MANUFACTURER, model_name=model.name)
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=hd.sr.CodedConcept("1287000", "SCT", "Ultrasonography of thyroid"),
+        imaging_measurements=groups or None,
+        title=codes.DCM.ImagingMeasurementReport,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[source] if seg is None else [source, seg],
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        series_description="edge-seg thyroid nodule measurements",
+    )
+    _whole_segment_references(sr.ContentSequence)
+    return sr
+
+
+def _whole_segment_references(items: Any) -> None:
+    """A reference to a SEG names the segment or the frame, not both (PS3.3 C.17.3.2.1; dciodvfy checks it).
+
+    highdicom writes both for a segmentation frame; the frame number is dropped, so the reference is
+    to the segment (all its frames: one per source frame).
+    """
+    for item in items:
+        for ref in item.get("ReferencedSOPSequence", []):
+            if "ReferencedSegmentNumber" in ref and "ReferencedFrameNumber" in ref:
+                del ref.ReferencedFrameNumber
+        _whole_segment_references(item.get("ContentSequence", []))

@@ -2,6 +2,7 @@
 
 One-shot:  edge-seg IN --out OUT          every scan under IN (subfolders too), then exit
 Daemon:    edge-seg --watch IN --out OUT  the same, then follow new scans until stopped
+Cluster:   edge-seg IN --out OUT --cluster tcp://SCHEDULER:8786   one-shot, on Dask workers
 Demo:      edge-seg --demo [DIR]          synthetic scans, segmented with the bundled model
 
 Exit codes: 0 all scans done, 1 some scans failed (the others are written), 2 usage or setup error.
@@ -43,6 +44,7 @@ EPILOG = """examples:
   edge-seg scans/ --out masks/ --overlay --report     also outlines to look at and findings as JSON
   edge-seg --watch /data/incoming --out /data/masks  run as a daemon
                                                      (systemd unit: {unit})
+  edge-seg /nfs/scans --out /nfs/masks --cluster tcp://sched:8786   on a Dask cluster (see README)
   edge-seg --watch in/ --out out/ --dicom-listen 11112 --send-to PACS@10.0.0.5:104
                                                      a DICOM node: scans by C-STORE in, SEG and SR to PACS
   edge-seg --demo                                    try it without any scans of your own
@@ -119,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int_arg,
         help="CPU cores to keep busy: N + 1 worker threads each take a batch from file to masks with a "
         "one-thread model run (default: the cores this process may use)",
+    )
+    p.add_argument(
+        "--cluster",
+        type=cluster_arg,
+        metavar="ADDRESS",
+        help="one-shot on a Dask cluster: the scheduler's address (tcp://HOST:8786; start it with `dask scheduler` "
+        "and workers with `dask worker`), or local:N for N worker processes on this machine; IN and OUT must be "
+        'reached by every worker by the same path; needs pip install "edge-seg[cluster]"',
     )
     w = p.add_argument_group("watch mode")
     w.add_argument(
@@ -236,6 +246,7 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         # A daemon favours latency (one scan a run, the workers still side by side); a folder, throughput.
         batch_size=args.batch_size or (DAEMON_BATCH_SIZE if daemon else FOLDER_BATCH_SIZE),
         force=args.force,
+        cluster=args.cluster,
         part=_part(args.num_parts, args.part_id),
     )
     watch = WatchOptions(args.settle, args.polling, args.rescan)
@@ -282,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give one of: IN (one-shot), --watch IN (daemon) or --demo")
     if args.demo is None and args.out is None:
         parser.error("--out OUT is required")
+    if args.cluster is not None and args.input is None:
+        parser.error("--cluster runs one-shot conversions (edge-seg IN --out OUT --cluster ...), not --watch or --demo")
+    if args.cluster is not None and args.threads is not None:
+        parser.error("--threads is for this machine; with --cluster, each worker's are `dask worker --nthreads N`")
     if (args.dicom_listen or args.send_to) and args.watch is None:
         parser.error("--dicom-listen and --send-to are for the daemon: add --watch IN")
     if args.send_retry <= 0:
@@ -308,6 +323,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.warning("interrupted; masks already written are complete")
         return 130
+
+
+def cluster_arg(value: str) -> str:
+    """argparse type for ``--cluster``: a Dask scheduler address or ``local:N``."""
+    from edge_runtime.job.cluster import parse_address
+
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _argv(argv: list[str] | None) -> list[str]:

@@ -19,6 +19,10 @@ class ScanError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self) -> tuple[type[ScanError], tuple[str, str]]:
+        # So that it pickles (a Dask worker sends it back to the client): rebuilt from (path, reason).
+        return (type(self), (self.path, self.reason))
+
 
 class SetupError(Exception):
     """The run cannot start; the message is meant for a person and fits on one line."""

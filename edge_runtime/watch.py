@@ -191,7 +191,7 @@ class Daemon:
         if tries >= MAX_WRITE_TRIES:  # OUT takes other writes, but never this scan's: its own problem
             self._write_tries.pop(outcome.rel, None)
             error = ScanError(outcome.rel, f"cannot write its outputs: {outcome.reason}")
-            self._handle(self.job.processor.fail(outcome.rel, error))
+            self._handle(self.job.scheduler.recorder.fail(outcome.rel, error))
             return
         self._write_tries[outcome.rel] = tries
         self.folder.requeue(outcome.rel)

@@ -88,12 +88,12 @@ def summary(out: Path, k: int, n: int) -> list[dict]:
 SLOW = """
 import sys, time
 from edge_runtime.cli import main
-from edge_runtime.job import processor
-record_done = processor.Processor.record_done
-def slow(self, written):
+from edge_runtime.job import recorder
+record = recorder.Recorder.record
+def slow(self, results, defer=None):
     time.sleep(0.03)
-    return record_done(self, written)
-processor.Processor.record_done = slow
+    yield from record(self, results, defer)
+recorder.Recorder.record = slow
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -93,7 +93,7 @@ def test_default_workers_follow_the_session_threads(tmp_path, tiny_model, monkey
     job = job_for(tiny_model, tmp_path / "in", tmp_path / "out")
     job.close()
     assert job.scheduler.workers == 5  # the job's session runs on one thread
-    assert Scheduler(job.processor, job.planner, workers=7).workers == 7
+    assert Scheduler(job.processor, job.planner, job.scheduler.recorder, workers=7).workers == 7
 
 
 def test_an_inference_failure_is_each_scans_fail_outcome_not_the_end_of_the_run(folder, tmp_path, tiny_model):
@@ -203,9 +203,9 @@ def test_batches_end_so_that_the_workers_finish_together(tmp_path, tiny_model, m
     seen: list[list[str]] = []
     real_work = Processor.work
 
-    def spy(self, b):
+    def spy(self, b, known=None):
         seen.append(list(b))
-        return real_work(self, b)
+        return real_work(self, b, known)
 
     monkeypatch.setattr(Processor, "work", spy)
     job = job_for(tiny_model, root, tmp_path / "out", workers=workers, batch_size=batch)

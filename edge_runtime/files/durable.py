@@ -143,3 +143,28 @@ def rewrite_in_place(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.truncate()
         fh.flush()
+
+
+def sweep_temp_files_of(paths: list[Path]) -> int:
+    """Remove the temporary files :func:`write_atomic` left for these ``paths`` (a writer killed mid-write).
+
+    For a run whose writers were elsewhere (Dask workers) and are all done with these files: unlike
+    :func:`sweep_temp_files`, it touches no other file's temporary name. Returns how many it removed.
+    """
+    wanted: dict[Path, set[str]] = {}
+    for path in paths:
+        wanted.setdefault(path.parent, set()).add(path.name)
+    removed = 0
+    for folder, names in wanted.items():
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for entry in entries:
+            if _TEMP_NAME.match(entry) and entry[1:-13] in names:  # ".<name>.<8 chars>.tmp"
+                with contextlib.suppress(OSError):
+                    os.unlink(folder / entry)
+                    removed += 1
+    if removed:
+        log.info("removed %d incomplete temporary file(s) left by a lost worker", removed)
+    return removed

@@ -5,20 +5,25 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.job.discovery import check_folders
-from edge_runtime.job.ledger import Ledger
+from edge_runtime.job.ledger import Ledger, ScanState
 from edge_runtime.job.plan import Planner
 from edge_runtime.job.processor import Processor
+from edge_runtime.job.recorder import Recorder
 from edge_runtime.job.scheduler import Scheduler
 from edge_runtime.job.settings import JobRequest, JobSpec, RunOptions
 from edge_runtime.job.settings_file import check_and_record
 from edge_runtime.outputs.base import OutputSetup
 from edge_runtime.outputs.layout import STATE_DIR
 from edge_runtime.outputs.writers import make_writers
+
+if TYPE_CHECKING:
+    from edge_runtime.job.cluster import DaskExecutor
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +43,15 @@ class Job:
     scheduler: Scheduler
     #: what differs from the settings OUT was made with, in words (:mod:`edge_runtime.job.settings_file`)
     settings_changed: list[str] = field(default_factory=list)
+    #: the Dask cluster the batches run on (``--cluster``), or None: threads of this process
+    cluster: DaskExecutor | None = None
 
     def close(self) -> None:
-        self.ledger.close()
+        try:
+            if self.cluster is not None:
+                self.cluster.close()
+        finally:
+            self.ledger.close()
 
 
 def open_job(
@@ -69,16 +80,41 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
     spec = request.resolve(segmenter.info)
     # Joins the output folder's writers (alone on it, it first clears what killed ones left).
     ledger = Ledger(out_dir, options.part)
+    cluster = None
     try:
         changed = check_and_record(out_dir, spec)
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
         planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers, options.part)
-        processor = Processor(segmenter, spec, options, writers, ledger, in_dir, out_dir, planner)
-        scheduler = Scheduler(processor, planner, options.workers)
+        recorder = Recorder(ledger, in_dir, out_dir, spec.signature, options.fsync, planner)
+        if options.cluster is None:
+
+            def begin(state: ScanState, outputs: list[str]) -> None:
+                planner.reserve(state.rel, outputs)  # another scan's outputs of the same name: ScanError
+                ledger.begin(state, outputs)
+
+            processor = Processor(segmenter, spec, options, writers, in_dir, out_dir, begin=begin)
+            scheduler = Scheduler(processor, planner, recorder, options.workers)
+        else:
+            from edge_runtime.job.cluster import SCANS_PER_TASK, TAIL_SCANS_PER_TASK, connect
+
+            # The workers build their own processors; this one only gives the scheduler its settings.
+            processor = Processor(segmenter, spec, options, writers, in_dir, out_dir)
+            recorder.keep_outputs = True  # a worker lost mid-write leaves temporary files to sweep at the end
+            cluster = dask = connect(options.cluster, request, spec, options, in_dir, out_dir)
+            scheduler = Scheduler(
+                processor,
+                planner,
+                recorder,
+                dask.workers,
+                executor=lambda _workers: dask,
+                work=dask.work,
+                batch_size=max(SCANS_PER_TASK, options.batch_size),
+                tail_size=TAIL_SCANS_PER_TASK,
+            )
     except BaseException:
         ledger.close()
         raise
-    return Job(in_dir, out_dir, spec, options, segmenter, ledger, planner, processor, scheduler, changed)
+    return Job(in_dir, out_dir, spec, options, segmenter, ledger, planner, processor, scheduler, changed, cluster)
 
 
 def opencv_on_caller_threads() -> None:

@@ -1,7 +1,9 @@
-"""Where batches run: a part that can be swapped (threads in this process today; a cluster later).
+"""Where batches run: a part that can be swapped (threads in this process, or a Dask cluster).
 
 An executor takes a function and one batch, and gives back a future of the function's result. The
 scheduler decides what goes in a batch and in what order results are taken; the executor only runs.
+:class:`ThreadExecutor` is here; the Dask one, which needs the ``cluster`` extra, is
+:class:`edge_runtime.job.cluster.DaskExecutor`.
 """
 
 from __future__ import annotations
@@ -13,15 +15,26 @@ from typing import Protocol, TypeVar
 
 A = TypeVar("A")
 R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Pending(Protocol[R_co]):
+    """A result on its way: a :class:`concurrent.futures.Future`, or a Dask future."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> R_co: ...
 
 
 class Executor(Protocol):
     """Runs work items somewhere; used as a context manager around a run."""
 
-    #: how many batches run side by side
-    workers: int
+    @property
+    def workers(self) -> int:
+        """How many batches run side by side (on a cluster: now, as workers come and go)."""
+        ...
 
-    def submit(self, fn: Callable[[A], R], item: A) -> Future[R]: ...
+    def submit(self, fn: Callable[[A], R], item: A) -> Pending[R]: ...
 
     def __enter__(self) -> Executor: ...
 

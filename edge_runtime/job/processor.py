@@ -1,18 +1,20 @@
-"""One batch of scans, from their files to recorded outputs.
+"""One batch of scans, from their files to written outputs: the part of a job that runs on a worker.
 
 :meth:`Processor.work` reads, hashes, decodes and preprocesses each scan of a batch, runs the model
-once over all their frames, post-processes, has each output writer write its files atomically, fsyncs
-the folders once and records the scans done in the ledger. It runs on whichever thread (or, later,
-machine) the scheduler gives it; it never decides which scans need work (:mod:`edge_runtime.job.plan`)
+once over all their frames, post-processes, has each output writer write its files atomically and
+fsyncs the folders once. It never touches the ledger's done and error records: it returns, per scan,
+what happened (:data:`Result`), and the client records it (:mod:`edge_runtime.job.recorder`), so the
+same code runs on a worker thread of this process or on a Dask worker on another machine
+(:mod:`edge_runtime.job.cluster`). It never decides which scans need work (:mod:`edge_runtime.job.plan`)
 nor how batches are spread (:mod:`edge_runtime.job.scheduler`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,20 +23,41 @@ import numpy as np
 
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.errors import ScanError
-from edge_runtime.files.durable import sync_dirs, unwritable, write_atomic
+from edge_runtime.files.durable import sync_dirs, unwritable
 from edge_runtime.files.scans import Scan, read_scan
-from edge_runtime.job.ledger import Ledger, ScanState
+from edge_runtime.job.ledger import ScanState
 from edge_runtime.job.outcome import Outcome, Status
-from edge_runtime.job.plan import Planner
 from edge_runtime.job.settings import JobSpec, RunOptions
 from edge_runtime.outputs.base import OutputWriter, ScanResult
-from edge_runtime.outputs.layout import error_path, relative
+from edge_runtime.outputs.layout import relative
 
 log = logging.getLogger(__name__)
 
 
 class ScanChanged(ScanError):
     """The file changed while it was being read: it is still being written."""
+
+
+class WriteFailed(ScanError):
+    """The scan was read, but its outputs could not be written (never a file still being written).
+
+    ``problem`` (:func:`edge_runtime.files.durable.unwritable`) when OUT cannot take writes now (disk
+    full, read-only, ...): the client pauses the scan rather than blaming it; ``filename`` is the path.
+    """
+
+    def __init__(self, path: str | Path, reason: str, problem: str | None = None, filename: str | None = None):
+        super().__init__(path, reason)
+        self.problem = problem
+        self.filename = filename
+
+    def __reduce__(self) -> tuple[type[WriteFailed], tuple[str, str, str | None, str | None]]:  # type: ignore[override]
+        return (type(self), (self.path, self.reason, self.problem, self.filename))
+
+    @classmethod
+    def of(cls, rel: str, exc: OSError, reason: str) -> WriteFailed:
+        """The failure ``exc`` of writing scan ``rel``'s outputs, said as ``reason``."""
+        filename = os.fsdecode(exc.filename) if exc.filename else None
+        return cls(rel, reason, unwritable(exc), filename)
 
 
 @dataclass
@@ -49,19 +72,34 @@ class Loaded:
 
 @dataclass
 class Written:
-    """A scan whose outputs are written, waiting for :meth:`Processor.record_done`."""
+    """A scan whose outputs are written and their folders synced: the client records it done."""
 
     outcome: Outcome
     state: ScanState  #: what its ledger records say about it
-    folders: list[Path]  #: where its outputs went, to fsync before it is recorded done
+
+
+@dataclass
+class Unchanged:
+    """A scan whose bytes were done already with this signature (it was touched or copied over itself):
+    nothing was written, and the client records it done as it is now."""
+
+    rel: str
+    size: int
+    mtime_ns: int
+    timings: dict[str, float]
 
 
 #: One scan's inference result: (frames, h, w) probability maps and (frames,) presence scores or None.
 Prediction = tuple[np.ndarray, np.ndarray | None]
 
-#: What :meth:`Processor.work` gives back for each scan of a batch: its outcome, or the error that kept
-#: it from being read (which the scheduler turns into an error record or a ``changed`` outcome).
-Result = Outcome | ScanError
+#: What :meth:`Processor.work` gives back for each scan of a batch: its outputs written, its content
+#: unchanged, or the error that kept it from being read or written (which the client turns into an
+#: error record, or a ``changed`` outcome for a file still being written).
+Result = Written | Unchanged | ScanError
+
+#: Called with a scan's state and its outputs just before they are written: in this process, the
+#: planner's reservation of the output names (a ScanError refuses them) and the ledger's ``begin``.
+BeginHook = Callable[[ScanState, list[str]], None]
 
 
 def _ms(t0: float) -> float:
@@ -69,7 +107,13 @@ def _ms(t0: float) -> float:
 
 
 class Processor:
-    """Turns batches of scans under ``in_dir`` into outputs under ``out_dir``, recording each in ``ledger``."""
+    """Turns batches of scans under ``in_dir`` into outputs under ``out_dir``.
+
+    ``begin``, when given, is called for each scan just before its outputs are written (in this process:
+    the planner's reservation of its output names, which may refuse them with a ScanError, and the
+    ledger's ``begin`` record, which lets a crash after the writes be recovered as done). A Dask worker
+    has neither and passes None.
+    """
 
     def __init__(
         self,
@@ -77,21 +121,18 @@ class Processor:
         spec: JobSpec,
         options: RunOptions,
         writers: list[OutputWriter],
-        ledger: Ledger,
         in_dir: Path,
         out_dir: Path,
-        planner: Planner | None = None,
+        begin: BeginHook | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.spec = spec
         self.options = options
         self.writers = writers
-        self.ledger = ledger
         self.in_dir = in_dir
         self.out_dir = out_dir
+        self.begin = begin
         self.signature = spec.signature
-        #: reserves each scan's output names before they are written (none: no check, for tests and tools)
-        self.planner = planner
 
     # -- stages -------------------------------------------------------------------------------------
     def load(self, rel: str) -> Loaded:
@@ -133,16 +174,9 @@ class Processor:
             start += n
         return out
 
-    def finish(self, item: Loaded, prediction: Prediction) -> Outcome | Written:
-        """Post-process and write the outputs atomically; :meth:`record_done` then records the scan as done.
-
-        Returns a ``skipped`` :class:`Outcome` when the same content was already done with this signature.
-        """
+    def finish(self, item: Loaded, prediction: Prediction) -> Written:
+        """Post-process and write the outputs atomically (their folders are synced by :meth:`work`)."""
         rel, scan = item.rel, item.scan
-        # The same bytes already done with this signature (the file was touched or copied over itself).
-        if not self.options.force and self.ledger.done_with_content(rel, scan.sha256, self.signature):
-            outputs = self.ledger.touched(rel, scan.size, scan.mtime_ns)
-            return Outcome(rel, Status.SKIPPED, outputs, "content unchanged", item.timings)
         t0 = time.perf_counter()
         thresholds = self.spec.thresholds
         probs, presence = prediction
@@ -154,11 +188,6 @@ class Processor:
         item.timings["postprocess"] = _ms(t0)
         planned = [(writer, writer.paths(rel, scan)) for writer in self.writers]
         outputs = [relative(self.out_dir, p) for _, paths in planned for p in paths]
-        if self.planner is not None:
-            try:
-                self.planner.reserve(rel, outputs)  # another scan's outputs of the same name: refused
-            except ScanError as exc:
-                return self.fail(rel, exc)
         state = ScanState(
             rel=rel,
             size=scan.size,
@@ -168,67 +197,14 @@ class Processor:
             model=self.spec.model.sha256[:16],
             frames=len(scan.frames),
         )
-        self.ledger.begin(state, outputs)
+        if self.begin is not None:
+            self.begin(state, outputs)
         facts: dict[str, Any] = {}
         for writer, paths in planned:
             t1 = time.perf_counter()
             facts.update(writer.write(ScanResult(rel, scan, segs, paths, item.timings)) or {})
             item.timings[writer.stage] = _ms(t1)
-        folders = [p.parent for _, paths in planned for p in paths]
-        return Written(Outcome(rel, Status.OK, outputs, "", item.timings, facts), state, folders)
-
-    def record_done(self, written: list[Written]) -> list[Outcome]:
-        """Record scans whose outputs :meth:`finish` wrote as done, after one fsync of their folders.
-
-        The renames must be on disk before the ledger says "done"; syncing the folders once for a
-        whole batch rather than once per scan saves a folder fsync per scan (bench/README.md).
-        """
-        if self.options.fsync:
-            sync_dirs([folder for w in written for folder in w.folders])
-        outcomes = []
-        with self.ledger.batch():  # one transaction for the batch's done records
-            for w in written:
-                try:
-                    self.ledger.done(w.state, w.outcome.outputs)
-                except OSError as exc:
-                    reason = f"cannot record its outputs: {exc.strerror or exc}"
-                    outcomes.append(self._write_failure(w.outcome.rel, exc, reason))
-                    continue
-                with contextlib.suppress(OSError):  # a stale error record; the next success removes it
-                    error_path(self.out_dir, w.outcome.rel).unlink(missing_ok=True)
-                outcomes.append(w.outcome)
-        return outcomes
-
-    def _write_failure(self, rel: str, exc: OSError, reason: str) -> Outcome:
-        """An output the scan could not have written: a pause for OUT (nothing recorded), or the scan's error."""
-        problem = unwritable(exc)
-        if problem is None:
-            return self.fail(rel, ScanError(rel, reason))
-        detail = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-        facts = {"problem": problem, "path": os.fsdecode(exc.filename) if exc.filename else None}
-        return Outcome(rel, Status.UNWRITTEN, [], f"{problem} ({detail})", facts=facts)
-
-    def fail(self, rel: str, exc: ScanError) -> Outcome:
-        """Record a scan that could not be processed: error file beside its mask, ledger record."""
-        try:
-            st = os.stat(self.in_dir / rel)
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size, mtime = -1, -1
-        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        text = f"scan: {rel}\nreason: {exc.reason}\ntime: {now}\nsize: {size} bytes\n"
-        try:
-            write_atomic(error_path(self.out_dir, rel), text, fsync=self.options.fsync)
-            self.ledger.error(rel, size, mtime, exc.reason)
-        except OSError as err:
-            if unwritable(err) is not None:  # recorded once OUT can be written again
-                return self._write_failure(rel, err, f"cannot write its error record: {err.strerror or err}")
-            log.error("cannot write the error record for %s: %s", rel, err)
-            try:
-                self.ledger.error(rel, size, mtime, exc.reason)
-            except OSError as err2:
-                return self._write_failure(rel, err2, f"cannot record its error: {err2.strerror or err2}")
-        return Outcome(rel, Status.FAILED, [], exc.reason)
+        return Written(Outcome(rel, Status.OK, outputs, "", item.timings, facts), state)
 
     # -- one batch ------------------------------------------------------------------------------------
     def _safe_load(self, rel: str) -> Loaded | ScanError:
@@ -253,39 +229,45 @@ class Processor:
             log.warning("inference failed for a batch of %d scans (%s); trying them one by one", len(items), exc)
             return [r for it in items for r in self._safe_infer([it])]
 
-    def _safe_finish(self, item: Loaded, prediction: Prediction) -> Outcome | Written:
+    def _safe_finish(self, item: Loaded, prediction: Prediction) -> Written | ScanError:
         try:
             return self.finish(item, prediction)
-        except ScanError as exc:  # a writer found the scan unfit for its output (e.g. DICOM results)
-            return self.fail(item.rel, ScanError(item.rel, exc.reason))
+        except ScanError as exc:  # its output names were refused (the planner), or a writer refused the scan
+            return WriteFailed(item.rel, exc.reason)
         except OSError as exc:
-            return self._write_failure(item.rel, exc, f"cannot write its outputs: {exc.strerror or exc}")
+            return WriteFailed.of(item.rel, exc, f"cannot write its outputs: {exc.strerror or exc}")
         except Exception as exc:
             log.exception("unexpected error writing the outputs of %s", item.rel)
-            return self.fail(item.rel, ScanError(item.rel, f"unexpected error: {type(exc).__name__}: {exc}"))
+            return WriteFailed(item.rel, f"unexpected error: {type(exc).__name__}: {exc}")
 
-    def work(self, batch: list[str | ScanError]) -> list[Result]:
-        """Load, infer, finish and record one batch of scans on the calling thread.
+    def work(self, batch: list[str | ScanError], known: Mapping[str, str] | None = None) -> list[Result]:
+        """Load, infer and write one batch of scans on the calling thread, then sync the folders written.
 
-        Returns one entry per scan, in order: its :class:`Outcome`, or the :class:`ScanError` that kept
-        it from being read (an entry that already is a ScanError -- its output names were taken -- is
-        passed through).
+        ``known`` maps a scan to the sha256 of the content already done with this job's signature; a
+        scan read with those bytes again is :class:`Unchanged` and nothing is written for it (unless
+        ``force``). Returns one entry per scan, in order; an entry that already is a ScanError (its
+        output names were taken) is passed through. Every output of a :class:`Written` scan is on disk
+        (with ``fsync``: its folder synced) before this returns, so the client may record it done.
         """
+        known = {} if self.options.force or known is None else known
         got = [item if isinstance(item, ScanError) else self._safe_load(item) for item in batch]
-        loaded = [g for g in got if isinstance(g, Loaded)]
-        predictions = iter(self._safe_infer(loaded) if loaded else [])
-        results: list[Outcome | Written | ScanError] = []
+        results: list[Result | Loaded] = []
         for g in got:
-            if not isinstance(g, Loaded):
+            if isinstance(g, Loaded) and known.get(g.rel) == g.scan.sha256:
+                results.append(Unchanged(g.rel, g.scan.size, g.scan.mtime_ns, g.timings))
+            else:
                 results.append(g)
+        loaded = [g for g in results if isinstance(g, Loaded)]
+        predictions = iter(self._safe_infer(loaded) if loaded else [])
+        done: list[Result] = []
+        for r in results:
+            if not isinstance(r, Loaded):
+                done.append(r)
                 continue
             prediction = next(predictions)
-            results.append(prediction if isinstance(prediction, ScanError) else self._safe_finish(g, prediction))
-        written = [r for r in results if isinstance(r, Written)]
-        try:
-            recorded = iter(self.record_done(written))
-            return [next(recorded) if isinstance(r, Written) else r for r in results]
-        finally:
-            if self.planner is not None:  # recorded or given up: the ledger speaks for them now
-                for g in loaded:
-                    self.planner.release(g.rel)
+            done.append(prediction if isinstance(prediction, ScanError) else self._safe_finish(r, prediction))
+        if self.options.fsync:
+            # The renames must be on disk before the ledger says "done"; one sync of the folders for a
+            # whole batch rather than one per scan saves a folder fsync per scan (bench/README.md).
+            sync_dirs([(self.out_dir / o).parent for w in done if isinstance(w, Written) for o in w.outcome.outputs])
+        return done

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from pathlib import PurePosixPath
 
 from edge_runtime.core.model import available_cores
 from edge_runtime.errors import ScanError
-from edge_runtime.job.executors import Executor, ThreadExecutor
-from edge_runtime.job.outcome import Outcome, Status
+from edge_runtime.job.executors import Executor, Pending, ThreadExecutor
+from edge_runtime.job.outcome import Outcome
 from edge_runtime.job.plan import Planner, collision_order, group_key
-from edge_runtime.job.processor import Processor, Result, ScanChanged
+from edge_runtime.job.processor import Processor, Result
+from edge_runtime.job.recorder import Recorder
+
+#: What runs one batch on a worker: :meth:`Processor.work`, or its Dask stand-in
+#: (:func:`edge_runtime.job.cluster_worker.run_batch`), which finds the worker's own processor.
+Work = Callable[..., list[Result]]
 
 
 def default_workers(session_threads: int) -> int:
@@ -48,32 +53,43 @@ class Scheduler:
     """Takes the scans a source hands it through the planner and the processor, batch by batch.
 
     Each of the executor's workers takes a whole batch through :meth:`Processor.work` -- read, decode,
-    preprocess, one inference run, post-process, write, record -- so a scan never changes threads, and
+    preprocess, one inference run, post-process, write -- so a scan never changes threads, and
     the workers' stages overlap one another: while one worker decodes or waits on fsync, another runs
     the model. With a one-thread session (what the CLI uses) that keeps every core busy with little
-    hand-off cost (bench/README.md, tuning log).
+    hand-off cost (bench/README.md, tuning log). This process records each batch's results as they
+    come back, in input order (:class:`Recorder`), so the workers may be elsewhere (a Dask cluster).
     """
 
     def __init__(
         self,
         processor: Processor,
         planner: Planner,
+        recorder: Recorder,
         workers: int | None = None,
         executor: Callable[[int], Executor] = ThreadExecutor,
+        work: Work | None = None,
+        batch_size: int | None = None,
+        tail_size: int = 1,
     ) -> None:
         self.processor = processor
         self.planner = planner
+        self.recorder = recorder
         #: batches run side by side (None: :func:`default_workers`)
         self.workers = workers or default_workers(processor.segmenter.model.threads)
         self.executor = executor
-        self.batch_size = max(1, processor.options.batch_size)
+        #: called on a worker with a batch and ``known=`` (:meth:`Processor.work`'s arguments)
+        self.work: Work = work or processor.work
+        #: scans per batch (a Dask task carries more than one inference run's worth: bench/README.md)
+        self.batch_size = max(1, batch_size or processor.options.batch_size)
+        #: scans per batch at the end of a long run (one for threads; a Dask task carries a few)
+        self.tail_size = max(1, min(tail_size, self.batch_size))
 
     def batches(self, rels: Iterable[str]) -> Iterator[list[str | ScanError]]:
         """The scans, claimed, in batches of ``batch_size`` (smaller ones at the end).
 
         So that the workers finish together, rather than one running a whole batch alone while the
-        other cores idle (bench/README.md, tuning log): a long run's last scans go one a batch; a
-        short run (a daemon's group) is split evenly over the workers.
+        other cores idle (bench/README.md, tuning log): a long run's last scans go ``tail_size`` (one)
+        a batch; a short run (a daemon's group) is split evenly over the workers.
         """
         bs, workers = self.batch_size, self.workers
         ahead: deque[str | ScanError] = deque()
@@ -87,7 +103,7 @@ class Scheduler:
             if len(ahead) >= bs * (workers + 1):
                 long_run = True
                 yield _take(ahead, bs)
-        size = 1 if long_run else max(1, min(bs, -(-len(ahead) // workers)))
+        size = self.tail_size if long_run else max(1, min(bs, -(-len(ahead) // workers)))
         while ahead:
             yield _take(ahead, size)
 
@@ -107,23 +123,18 @@ class Scheduler:
         the batches already out are finished and yielded (the rest of ``rels`` is left untouched).
         """
 
-        def settle(results: list[Result]) -> Iterator[Outcome]:
-            for res in results:
-                if isinstance(res, Outcome):
-                    yield res
-                elif isinstance(res, ScanChanged) or (defer is not None and defer(res.path)):
-                    yield Outcome(res.path, Status.CHANGED, [], res.reason)  # maybe still being written
-                else:
-                    yield self.processor.fail(res.path, res)
-
-        pending: deque[Future[list[Result]]] = deque()
+        pending: deque[Pending[list[Result]]] = deque()
+        recorder = self.recorder
         with self.executor(self.workers) as pool:
             for batch in self.batches(rels):
                 if stop is not None and stop():
                     break
-                pending.append(pool.submit(self.processor.work, batch))
-                while pending and (pending[0].done() or len(pending) > 2 * self.workers):
-                    yield from settle(pending.popleft().result())
+                known: Mapping[str, str] = recorder.known(batch)
+                pending.append(pool.submit(partial(self.work, known=known), batch))
+                while pending and (pending[0].done() or len(pending) > 2 * pool.workers):
+                    yield from recorder.record(pending.popleft().result(), defer)
             while pending:
-                yield from settle(pending.popleft().result())
-        self.processor.ledger.sync()
+                yield from recorder.record(pending.popleft().result(), defer)
+        recorder.ledger.sync()
+        if recorder.keep_outputs:
+            recorder.sweep_leftovers()

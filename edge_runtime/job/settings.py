@@ -3,7 +3,7 @@
 * :class:`JobRequest` -- what the user asked to make: the model, the thresholds, the outputs.
 * :class:`JobSpec`    -- the same, resolved against the loaded model: every field of it makes earlier
   outputs out of date, and :attr:`JobSpec.signature` is made from exactly those fields.
-* :class:`RunOptions` -- how to run it: workers, batch size, fsync, force. None of them changes a byte
+* :class:`RunOptions` -- how to run it: workers, batch size, fsync, force, a cluster. None of them changes a byte
   of the outputs, so none is in the signature.
 * :class:`WatchOptions` -- the daemon's timing (``--watch``).
 * :class:`NodeOptions`  -- the daemon as a DICOM node: its listener and where results are sent.
@@ -91,6 +91,8 @@ class RunOptions:
     fsync: bool = True
     #: redo scans even when their outputs are up to date
     force: bool = False
+    #: run the batches on a Dask cluster: a scheduler address (``tcp://host:8786``) or ``local:N``
+    cluster: str | None = None
     #: ``--num-parts N --part-id K``: do only this share of the scans (None: all of them)
     part: Part | None = None
 

@@ -8,7 +8,6 @@ import shutil
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(cond, what: str, timeout: float = 60.0) -> None:
-    """A liveness guard: nothing passes or fails on speed."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Pacs:

@@ -1,8 +1,11 @@
-"""Test helpers: a tiny ONNX model built without TensorFlow, synthetic scans, and the DDTI location."""
+"""Test helpers: a tiny ONNX model built without TensorFlow, synthetic scans, the DDTI location, and waiting
+for a real process or thread to get somewhere."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 #: The DDTI development split; EDGE_SEG_DDTI overrides the location.
 DDTI = Path(os.environ.get("EDGE_SEG_DDTI", REPO.parent / "shared" / "data" / "ddti"))
+
+
+def wait_for(cond: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    """Poll ``cond`` until it holds; a liveness guard (AssertionError naming ``what`` after ``timeout`` s),
+    never a speed check: nothing passes or fails on how fast it got there."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def tiny_metadata(size: int = 64, channels: int = 3, threshold: float = 0.5, **overrides) -> dict:

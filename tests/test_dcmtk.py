@@ -19,8 +19,8 @@ pytest.importorskip("highdicom")
 
 from pydicom import dcmread
 
-from tests.dicomnet import dciodvfy_errors, free_port, need_tool, wait_for
-from tests.helpers import us_ids, write_dicom
+from tests.dicomnet import dciodvfy_errors, free_port, need_tool
+from tests.helpers import us_ids, wait_for, write_dicom
 
 N_SCANS = 3
 

@@ -23,8 +23,8 @@ from pydicom import dcmread
 from edge_runtime.net.outbox import SENT_LOG, Outbox, _key
 from edge_runtime.net.peer import Peer
 from edge_runtime.net.scp import StorageSCP
-from tests.dicomnet import Pacs, echo, free_port, store, wait_for
-from tests.helpers import nodule_scan, us_ids, write_dicom
+from tests.dicomnet import Pacs, echo, free_port, store
+from tests.helpers import nodule_scan, us_ids, wait_for, write_dicom
 
 OUT_OF_RESOURCES = 0xA700
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"

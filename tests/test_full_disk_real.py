@@ -21,7 +21,7 @@ import cv2
 import pytest
 
 from edge_runtime.job.ledger import read_history
-from tests.helpers import synthetic
+from tests.helpers import synthetic, wait_for
 
 TIMEOUT = 60.0
 
@@ -37,15 +37,6 @@ def _namespaces_work(tmp: Path) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return res.returncode == 0 and not (probe / "x").exists()
-
-
-def wait_for(cond, what: str, timeout: float = TIMEOUT) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def copy_ledger(out: Path, dest: Path) -> Path:

@@ -22,18 +22,9 @@ from edge_runtime.job.assemble import open_job
 from edge_runtime.job.ledger import read_history
 from edge_runtime.job.settings import JobRequest, RunOptions
 from edge_runtime.job.sources import WatchedFolder
-from tests.helpers import synthetic
+from tests.helpers import synthetic, wait_for
 
 TIMEOUT = 60.0
-
-
-def wait_for(cond, what: str, timeout: float = TIMEOUT) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def put_scans(src: Path, n: int, size: tuple[int, int] = (220, 260)) -> list[str]:

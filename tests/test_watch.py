@@ -22,7 +22,7 @@ import pytest
 
 from edge_runtime import Segmenter
 from edge_runtime.job.ledger import read_history
-from tests.helpers import make_tiny_model, synthetic, tiny_metadata, write_png
+from tests.helpers import make_tiny_model, synthetic, tiny_metadata, wait_for, write_png
 
 TIMEOUT = 60.0
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", re.MULTILINE)
@@ -72,15 +72,6 @@ class Daemon:
         finally:
             self.fh.close()
         return code
-
-
-def wait_for(cond, what: str, timeout: float = TIMEOUT) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def scan_bytes(seed: int, h: int = 220, w: int = 260) -> bytes:

@@ -26,18 +26,9 @@ from edge_runtime.job.plan import Planner
 from edge_runtime.job.settings import JobRequest, RunOptions
 from edge_runtime.job.sources import WatchedFolder
 from edge_runtime.outputs import masks
-from tests.helpers import synthetic, write_png
+from tests.helpers import synthetic, wait_for, write_png
 
 TIMEOUT = 60.0
-
-
-def wait_for(cond, what: str, timeout: float = TIMEOUT) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class FullDisk:

@@ -208,8 +208,11 @@ def test_an_int8_model_is_not_quantized_again(int8, folders, tmp_path):
 def test_keras_export_with_int8_writes_both_precisions(folders, tmp_path, caplog):
     pytest.importorskip("tensorflow")
     pytest.importorskip("tf2onnx")
+    import keras
+
     from train.models import get_model
 
+    keras.utils.set_random_seed(0)  # untrained weights, but the same ones every run
     keras_path = tmp_path / "model.keras"
     get_model("unet4", (64, 64), 3).save(keras_path)  # untrained: the export path is what is tested
     out = tmp_path / "model.onnx"

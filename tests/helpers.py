@@ -3,6 +3,7 @@ for a real process or thread to get somewhere."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -24,6 +25,14 @@ def wait_for(cond: Callable[[], object], what: str, timeout: float = 60.0) -> No
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def status(out: Path) -> dict:
+    """A daemon's ``OUT/.edge-seg/status.json`` as it is now ({} while it is missing or half-written)."""
+    try:
+        return json.loads((out / ".edge-seg" / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def tiny_metadata(size: int = 64, channels: int = 3, threshold: float = 0.5, **overrides) -> dict:

@@ -3,7 +3,6 @@ monitor the truth after a crash (issue 15)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -22,7 +21,7 @@ from edge_runtime.job.assemble import open_job
 from edge_runtime.job.ledger import read_history
 from edge_runtime.job.settings import JobRequest, RunOptions
 from edge_runtime.job.sources import WatchedFolder
-from tests.helpers import synthetic, wait_for
+from tests.helpers import status, synthetic, wait_for
 
 TIMEOUT = 60.0
 
@@ -37,13 +36,6 @@ def put_scans(src: Path, n: int, size: tuple[int, int] = (220, 260)) -> list[str
 
 def ledger(out: Path) -> list[dict]:
     return read_history(out)
-
-
-def status(out: Path) -> dict:
-    try:
-        return json.loads((out / ".edge-seg" / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 class Proc:

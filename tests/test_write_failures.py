@@ -7,7 +7,6 @@ Faults are injected in-process by replacing the durable writer the mask writer a
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import threading
@@ -26,7 +25,7 @@ from edge_runtime.job.plan import Planner
 from edge_runtime.job.settings import JobRequest, RunOptions
 from edge_runtime.job.sources import WatchedFolder
 from edge_runtime.outputs import masks
-from tests.helpers import synthetic, wait_for, write_png
+from tests.helpers import status, synthetic, wait_for, write_png
 
 TIMEOUT = 60.0
 
@@ -61,13 +60,6 @@ def put_scan(path: Path, seed: int) -> None:
 
 def records(out: Path) -> list[dict]:
     return read_history(out) if (out / ".edge-seg" / "ledger.sqlite").exists() else []
-
-
-def status(out: Path) -> dict:
-    try:
-        return json.loads((out / ".edge-seg" / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 class InProcessDaemon:

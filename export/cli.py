@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="flip: average with the mirrored scan inside the graph (2x inference); the default threshold is then "
         "chosen again on the validation folder unless --threshold is given",
     )
+    p.add_argument(
+        "--ensemble",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="MODEL",
+        help="more model.keras files (same input and outputs) averaged with the first inside the graph (one "
+        "pass each); both thresholds are then chosen again on the validation folder unless --threshold is given",
+    )
     q = p.add_argument_group("int8")
     q.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="precision of the model written")
     q.add_argument("--int8", dest="precision", action="store_const", const="int8", help="same as --precision int8")
@@ -151,6 +160,24 @@ def quantize_checked(
     return 0
 
 
+def _ensemble_members(first: Path, record: dict | None, more: list[Path]) -> list[tuple[str, dict | None]] | None:
+    """Every ensemble member (file, training record beside it), the first included; [] without --ensemble;
+    None (after saying why) when a member file is missing."""
+    if not more:
+        return []
+    members: list[tuple[str, dict | None]] = [(str(first), record)]
+    for path in more:
+        if not path.is_file():
+            log.error("%s: no such model file (--ensemble)", path)
+            return None
+        rec_path = path.with_name("training.json")
+        rec = json.loads(rec_path.read_text()) if rec_path.is_file() else None
+        if rec is None:
+            log.warning("no training record at %s: the metadata will say nothing of that member", rec_path)
+        members.append((str(path), rec))
+    return members
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -194,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         has_presence,
         load_keras,
         to_onnx,
+        with_ensemble,
         with_flip_tta,
     )
     from .parity import check_parity, parity_images
@@ -224,16 +252,27 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", problem)
             return 2
 
-    presence_threshold: float | None = None  # None: the record's (chosen again below for --tta)
+    members = _ensemble_members(args.keras_model, record, args.ensemble)
+    if members is None:
+        return 2
+    presence_threshold: float | None = None  # None: the record's (chosen again below for --tta / --ensemble)
     chosen: dict | None = None  # what the export chose again, for the metadata
 
     def metadata(threshold: float) -> dict:
-        meta = build_metadata(model, record, name, version, threshold, args.opset, args.tta, presence_threshold, chosen)
+        meta = build_metadata(
+            model, record, name, version, threshold, args.opset, args.tta, presence_threshold, chosen, members
+        )
         meta["precision"] = "fp32"
         return meta
 
     t0 = time.time()
     model = load_keras(args.keras_model)
+    if args.ensemble:
+        try:
+            model = with_ensemble([model, *(load_keras(m) for m in args.ensemble)])
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
     if args.tta == "flip":
         model = with_flip_tta(model)
     proto = to_onnx(model, args.opset)
@@ -243,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, tmp)
     try:
-        if args.tta != "none" and args.threshold is None:
+        reason = " ".join(([f"--tta {args.tta}"] if args.tta != "none" else []) + (["--ensemble"] if members else []))
+        if reason and args.threshold is None:
             # The record's thresholds were chosen for the plain model: choose again, on the same validation
             # folder, with the graph as exported and the runtime's own scoring (export/choose.py).
             val_dir = Path(cfg["val_dir"]) if cfg.get("val_dir") else parity_dir
@@ -252,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 attach_metadata(proto, metadata(threshold))
                 onnx.save(proto, tmp)
             threshold = choose_threshold_on(tmp, val_dir)
-            chosen = {"folder": str(val_dir), "reason": f"--tta {args.tta}", "threshold": threshold}
+            chosen = {"folder": str(val_dir), "reason": reason, "threshold": threshold}
             if presence_threshold is not None:
                 chosen["presence_threshold"] = presence_threshold
             attach_metadata(proto, metadata(threshold))

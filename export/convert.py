@@ -10,7 +10,9 @@ model with the image-level head, whose threshold the metadata carries beside the
 from __future__ import annotations
 
 import logging
+import operator
 import time
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,34 @@ def with_flip_tta(model):
         PRESENCE_NAME: (plain[PRESENCE_NAME] + mirror[PRESENCE_NAME]) * 0.5,
     }
     return keras.Model(inp, outputs, name=f"{model.name}_fliptta")
+
+
+def with_ensemble(models: list):
+    """The members' outputs averaged, one forward pass each, built into one graph (like :func:`with_flip_tta`).
+
+    The members must take the same input and give the same outputs (all with the presence output, or
+    none); :func:`with_flip_tta` can then wrap the ensemble.
+    """
+    import keras
+
+    first = models[0]
+    shape = tuple(first.inputs[0].shape[1:])
+    for m in models[1:]:
+        if tuple(m.inputs[0].shape[1:]) != shape or has_presence(m) != has_presence(first):
+            raise ValueError(
+                f"ensemble members differ: {first.name} takes {shape}"
+                f"{' with' if has_presence(first) else ' without'} a presence output, {m.name} "
+                f"{tuple(m.inputs[0].shape[1:])}{' with' if has_presence(m) else ' without'} one"
+            )
+    inp = keras.Input(shape=shape, name=INPUT_NAME)
+    # each member under its own name: two runs of one recipe are both called e.g. "effl0-unet"
+    outs = [keras.Model(m.input, m.output, name=f"{m.name}_m{i}")(inp) for i, m in enumerate(models, 1)]
+    scale = 1.0 / len(models)
+    name = f"{first.name}_ens{len(models)}"
+    if not has_presence(first):
+        return keras.Model(inp, reduce(operator.add, outs) * scale, name=name)
+    outputs = {key: reduce(operator.add, (o[key] for o in outs)) * scale for key in (OUTPUT_NAME, PRESENCE_NAME)}
+    return keras.Model(inp, outputs, name=name)
 
 
 def has_presence(model) -> bool:
@@ -105,11 +135,15 @@ def build_metadata(
     tta: str = "none",
     presence_threshold: float | None = None,
     chosen_at_export: dict[str, Any] | None = None,
+    members: list[tuple[str, dict | None]] | None = None,
 ) -> dict[str, Any]:
     """The ``edge_seg`` metadata JSON for a model, from its training record when there is one.
 
-    ``chosen_at_export``: the thresholds the export chose again on validation data (``--tta``), recorded
-    under ``export.thresholds_chosen_on_val`` beside the training record's own choices for the plain model.
+    ``chosen_at_export``: the thresholds the export chose again on validation data (``--tta``,
+    ``--ensemble``), recorded under ``export.thresholds_chosen_on_val`` beside the training record's own
+    choices for the plain model. ``members``: every ensemble member, the first included (model file,
+    training record); ``training`` describes the first, ``export.ensemble`` all of them, and ``macs_per_scan`` /
+    ``parameters`` at the top level are the whole graph's (every member, twice with ``--tta flip``).
     """
     import keras
     import onnx
@@ -178,7 +212,7 @@ def build_metadata(
             "threshold": float(chosen),
             "rule": "nodule present when presence >= threshold; otherwise every mask is empty",
         }
-    return model_metadata(
+    meta = model_metadata(
         name=name,
         version=version,
         architecture=model.name,
@@ -202,6 +236,31 @@ def build_metadata(
         },
         tta=tta,
     )
+    records = [r for _, r in members] if members else [record]
+    if members:
+        meta["export"]["ensemble"] = [_member(path, rec) for path, rec in members]
+    if all(r and r.get("model", {}).get("macs") for r in records):
+        passes = 2 if tta == "flip" else 1
+        meta["macs_per_scan"] = passes * sum(int(r["model"]["macs"]) for r in records if r)
+        meta["parameters"] = sum(int(r["model"]["parameters"]) for r in records if r)
+    return meta
+
+
+def _member(path: str, record: dict | None) -> dict[str, Any]:
+    """What the metadata says of one ensemble member: its file and its training record's main facts."""
+    if not record:
+        return {"model": path, "training": None}
+    cfg = record.get("config", {})
+    return {
+        "model": path,
+        "architecture": record["model"]["architecture"],
+        "seed": cfg.get("seed"),
+        "lr_schedule": cfg.get("lr_schedule"),
+        "epochs_run": record.get("epochs_run"),
+        "best_epoch": record.get("best_epoch"),
+        "val_dice": record.get("val_dice"),
+        "finished": record.get("finished"),
+    }
 
 
 def attach_metadata(proto, metadata: dict[str, Any]) -> None:

@@ -202,6 +202,36 @@ def test_flip_tta_export_averages_the_scan_and_its_mirror(trained, ddti, tmp_pat
     assert np.abs(seg_tta.predict(x) - seg_plain.predict(x)).max() > 1e-3  # it is not the plain model
 
 
+def test_ensemble_export_averages_its_members_and_says_what_they_cost(trained, tmp_path):
+    """--ensemble builds the members into one graph: P(x) = (f(x) + g(x)) / 2, thresholds chosen again on val."""
+    from edge_runtime.core.segmenter import Segmenter
+    from export import cli
+    from train.trainer import TrainConfig, train
+
+    root, record = trained
+    second = TrainConfig(
+        train_dir=str(root / "train"), val_dir=str(root / "val"), out_dir=str(tmp_path / "second"), epochs=1,
+        batch_size=8, seed=7, name="test-fcn", version="9.9.9",
+    )  # fmt: skip
+    train(second)
+    first_keras, second_keras = root / "run" / "model.keras", tmp_path / "second" / "model.keras"
+    one, other, both = tmp_path / "one.onnx", tmp_path / "other.onnx", tmp_path / "both.onnx"
+    assert cli.main([str(first_keras), "--out", str(one), "--parity-count", "4"]) == 0
+    assert cli.main([str(second_keras), "--out", str(other), "--parity-count", "4"]) == 0
+    assert cli.main([str(first_keras), "--ensemble", str(second_keras), "--out", str(both), "--parity-count", "4"]) == 0
+    seg_one, seg_other, seg_both = Segmenter(one), Segmenter(other), Segmenter(both)
+    x = np.stack([seg_one.preprocess(cv2.imread(str(p))) for p in sorted((root / "val" / "image").glob("*.png"))[:3]])
+    np.testing.assert_allclose(seg_both.predict(x), (seg_one.predict(x) + seg_other.predict(x)) / 2, atol=1e-5)
+    assert np.abs(seg_one.predict(x) - seg_other.predict(x)).max() > 1e-3  # two different members
+    meta = seg_both.info.metadata
+    assert [m["seed"] for m in meta["export"]["ensemble"]] == [record["config"]["seed"], 7]
+    assert meta["macs_per_scan"] == 2 * record["model"]["macs"]
+    assert meta["export"]["thresholds_chosen_on_val"]["reason"] == "--ensemble"
+    assert meta["postprocessing"]["threshold"] == meta["export"]["thresholds_chosen_on_val"]["threshold"]
+    missing = cli.main([str(first_keras), "--ensemble", str(tmp_path / "nope.keras"), "--out", str(both)])
+    assert missing == 2
+
+
 def test_views_training_chooses_a_presence_threshold_and_exports_two_outputs(ddti, tmp_path):
     """Issue 13: --views trains the presence head, scores val's own views, and the export carries both outputs."""
     from edge_runtime.core.segmenter import Segmenter

@@ -49,6 +49,7 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     record = RunRecord(job, ["edge-seg", *settings.argv]) if "reports" in job.spec.outputs else None
     page = PageKeeper(job, ["edge-seg", *settings.argv], started=started) if "review" in job.spec.outputs else None
     record_failed = False
+    displaced = 0  # scans up to date at start that a scan named like their mask took it from
     skipped: Counter[str] = Counter()
     blocked: Outcome | None = None  # the first scan whose outputs OUT could not take
     try:
@@ -76,7 +77,12 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
         def halt() -> bool:  # once OUT stops taking writes (disk full, ...), every scan after fails too
             return blocked is not None or stop.requested.is_set()
 
+        planned = set(todo)
         for outcome in show_progress(_no_waiting(job.scheduler.process(todo, stop=halt)), len(todo)):
+            if outcome.rel not in planned:  # up to date at start, then refused: a scan took its name
+                counts[Status.SKIPPED] -= 1
+                skipped_before -= 1
+                displaced += 1
             if outcome.status == Status.UNWRITTEN:
                 blocked = blocked or outcome
             counts[outcome.status] += 1
@@ -103,7 +109,9 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
         log_summary(f"not scans, left alone: {describe_skipped(skipped)} (-v names them)")
     if failures:
         log_failures(failures)
-    not_done = len(todo) - counts[Status.OK] - counts[Status.FAILED] - (counts[Status.SKIPPED] - skipped_before)
+    not_done = (
+        len(todo) - counts[Status.OK] - (counts[Status.FAILED] - displaced) - (counts[Status.SKIPPED] - skipped_before)
+    )
     # (the scans OUT could not take are among them)
     if blocked is not None:
         log.error(

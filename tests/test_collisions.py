@@ -4,6 +4,7 @@ one keeps the name does not depend on sort order, thread timing or a corrupt nei
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -99,20 +100,91 @@ def test_a_corrupt_scan_does_not_keep_a_good_one_from_its_name(tmp_path, tiny_mo
     assert latest(out)[good]["event"] == "done"
 
 
-def test_a_newcomer_does_not_take_the_name_of_a_scan_done_before(tmp_path, tiny_model, capfd):
+def test_a_newcomer_not_named_like_the_mask_does_not_take_it_from_a_scan_done_before(tmp_path, tiny_model, capfd):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     cv2.imwrite(str(src / "x.jpg"), synthetic(1, 120, 140)[0])
     assert run(src, out, tiny_model) == 0
-    write_png(src / "x.png", synthetic(2, 90, 80)[0])
+    cv2.imwrite(str(src / "x.bmp"), synthetic(2, 90, 80)[0])
     capfd.readouterr()
     assert run(src, out, tiny_model) == 1
-    assert "FAIL x.png: OUT/x.png would be written by this scan and by x.jpg" in capfd.readouterr().err
+    assert "FAIL x.bmp: OUT/x.png would be written by this scan and by x.jpg" in capfd.readouterr().err
     assert cv2.imread(str(out / "x.png"), cv2.IMREAD_UNCHANGED).shape == (120, 140)  # still x.jpg's
-    assert latest(out)["x.jpg"]["event"] == "done" and latest(out)["x.png"]["event"] == "error"
+    assert latest(out)["x.jpg"]["event"] == "done" and latest(out)["x.bmp"]["event"] == "error"
     (src / "x.jpg").unlink()  # once the owner is gone, the name is free
     assert run(src, out, tiny_model) == 0
     assert cv2.imread(str(out / "x.png"), cv2.IMREAD_UNCHANGED).shape == (90, 80)
+
+
+def test_a_newcomer_named_like_the_mask_takes_it_as_it_would_have_in_one_run(tmp_path, tiny_model, capfd):
+    """x.jpg done, then x.png arrives: OUT/x.png becomes x.png's mask, never beside an error file of that
+    name, and x.jpg is refused with both named, as a run over both at once would have left them."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    cv2.imwrite(str(src / "x.jpg"), synthetic(1, 120, 140)[0])
+    assert run(src, out, tiny_model, "--report") == 0
+    write_png(src / "x.png", synthetic(2, 90, 80)[0])
+    capfd.readouterr()
+    assert run(src, out, tiny_model, "--report") == 1  # as a run over both would: x.jpg failed
+    err = capfd.readouterr().err
+    assert "ok   x.png -> x.png" in err
+    assert "FAIL x.jpg: OUT/x.png is now written by x.png, which is named like it" in err
+    assert "done: 1 segmented, 0 up to date, 1 failed" in err
+    rows = (out / "run-summary.csv").read_text()
+    assert "x.jpg,failed" in rows.replace('"', "") and "up-to-date" not in rows
+    assert cv2.imread(str(out / "x.png"), cv2.IMREAD_UNCHANGED).shape == (90, 80)
+    assert cv2.imread(str(out / "overlays" / "x.png")).shape[:2] == (90, 80)
+    assert json.loads((out / "reports" / "x.json").read_text())["scan"]["path"] == "x.png"
+    assert not (out / "x.png.error.txt").exists()
+    assert "reason: OUT/x.png is now written by x.png" in (out / "x.jpg.error.txt").read_text()
+    assert latest(out)["x.jpg"]["event"] == "error" and latest(out)["x.png"]["event"] == "done"
+    assert max(owners(out).values()) == 1
+    fresh = tmp_path / "fresh"  # the same as one run over both
+    assert run(src, fresh, tiny_model, "--report") == 1
+    assert (cv2.imread(str(fresh / "x.png"), cv2.IMREAD_UNCHANGED) == cv2.imread(str(out / "x.png"))[:, :, 0]).all()
+    capfd.readouterr()
+    assert run(src, out, tiny_model, "--report") == 1  # x.jpg is retried and refused again; x.png keeps it
+    assert "FAIL x.jpg: OUT/x.png would be written by this scan and by x.png" in capfd.readouterr().err
+    assert cv2.imread(str(out / "x.png"), cv2.IMREAD_UNCHANGED).shape == (90, 80)
+
+
+def test_a_frame_named_scan_takes_its_name_from_a_cine_done_before_and_the_cine_leaves_nothing(
+    tmp_path, tiny_model, capfd
+):
+    src, out = tmp_path / "in", tmp_path / "out"
+    tiff(src / "cine.tif", [synthetic(s, 120, 140)[0] for s in (1, 2, 3)])
+    assert run(src, out, tiny_model, "--overlay") == 0
+    assert (out / "cine_f0003.png").exists() and (out / "overlays" / "cine_f0001.png").exists()
+    write_png(src / "cine_f0002.png", synthetic(9, 100, 100)[0])
+    assert run(src, out, tiny_model, "--overlay") == 1
+    assert "FAIL cine.tif: OUT/cine_f0002.png is now written by cine_f0002.png" in (capfd.readouterr().err)
+    assert cv2.imread(str(out / "cine_f0002.png"), cv2.IMREAD_UNCHANGED).shape == (100, 100)
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert left == ["cine_f0002.png", "overlays/cine_f0002.png"]  # no frame of a refused scan stays behind
+    assert (out / "cine.tif.error.txt").exists() and latest(out)["cine.tif"]["event"] == "error"
+
+
+def test_a_scan_named_like_the_mask_waits_for_one_being_written_now(tmp_path):
+    """In watch mode x.jpg may be in flight when x.png is read: x.png waits (the watcher tries again)."""
+    from edge_runtime.errors import ScanError
+    from edge_runtime.job.ledger import Ledger
+    from edge_runtime.job.plan import Planner
+    from edge_runtime.job.processor import ScanChanged
+
+    (tmp_path / "in").mkdir()
+    ledger = Ledger(tmp_path / "out")
+    try:
+        planner = Planner(tmp_path / "in", ledger, "sig", 1, [])
+        assert planner.reserve("x.jpg", ["x.png"]) == []
+        with pytest.raises(ScanChanged, match=re.escape("waits for x.jpg, which is writing OUT/x.png now")):
+            planner.reserve("x.png", ["x.png"])
+        with pytest.raises(ScanError, match=re.escape("by x.jpg")) as refused:
+            planner.reserve("x.bmp", ["x.png"])
+        assert not isinstance(refused.value, ScanChanged)
+        planner.release("x.jpg")
+        assert planner.reserve("x.png", ["x.png"]) == []  # x.jpg has no done record: nothing to take
+    finally:
+        ledger.close()
 
 
 def test_with_many_workers_the_same_scans_keep_their_names_every_time(tmp_path, tiny_model):
@@ -133,3 +205,24 @@ def test_with_many_workers_the_same_scans_keep_their_names_every_time(tmp_path, 
         winners.append(done)
     assert winners[0] == winners[1] == winners[2]
     assert "g00.png" in winners[0] and "g01.bmp" in winners[0]  # named like the mask first, then by name
+
+
+def test_in_watch_mode_a_scan_named_like_the_mask_takes_it_and_the_other_gets_a_fail_line(tmp_path, tiny_model):
+    from tests.helpers import status, wait_for
+    from tests.test_watch import Daemon
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    d = Daemon(src, out, tiny_model)
+    try:
+        cv2.imwrite(str(src / "x.jpg"), synthetic(1, 120, 140)[0])
+        wait_for(lambda: "ok   x.jpg" in d.text(), "x.jpg's mask")
+        write_png(src / "x.png", synthetic(2, 90, 80)[0])
+        wait_for(lambda: "FAIL x.jpg: OUT/x.png is now written by x.png" in d.text(), "x.jpg's FAIL line")
+        wait_for(lambda: "ok   x.png" in d.text(), "x.png's mask")
+        assert cv2.imread(str(out / "x.png"), cv2.IMREAD_UNCHANGED).shape == (90, 80)
+        assert not (out / "x.png.error.txt").exists() and (out / "x.jpg.error.txt").exists()
+        wait_for(lambda: status(out).get("failed") == 1, "the status file to count x.jpg failed")
+        assert status(out)["last_error"]["scan"] == "x.jpg"
+    finally:
+        assert d.stop() == 0

@@ -89,7 +89,9 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
         if options.cluster is None:
 
             def begin(state: ScanState, outputs: list[str]) -> None:
-                planner.reserve(state.rel, outputs)  # another scan's outputs of the same name: ScanError
+                # another scan's outputs of the same name: ScanError, or that scan loses them to this one
+                for other, shared in planner.reserve(state.rel, outputs):
+                    recorder.displace(other, state.rel, shared, outputs)
                 ledger.begin(state, outputs)
 
             processor = Processor(segmenter, spec, options, writers, in_dir, out_dir, begin=begin)

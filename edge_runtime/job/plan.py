@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from edge_runtime.errors import ScanError
 from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from edge_runtime.job.ledger import Ledger
+from edge_runtime.job.processor import ScanChanged
 from edge_runtime.outputs.base import OutputWriter
 from edge_runtime.outputs.layout import scan_stem
 
@@ -30,7 +31,8 @@ class Planner:
     ``cine_f0002.png`` writes too. :meth:`reserve` is asked once a scan is read and its output files
     are known, before any is written: a file that another scan in IN wrote (its ledger record says so;
     the names that could have written it are built from the file names, the folder is not listed) or
-    is writing now is refused, naming both. A scan that cannot be read reserves nothing, so it
+    is writing now is refused, naming both, except by a scan named like that mask, which takes it (the
+    scan done before is then refused). A scan that cannot be read reserves nothing, so it
     never keeps a good one from its name. :func:`group_key` lets the scheduler keep scans that may
     collide in one batch, in :func:`collision_order`, so which one keeps the name does not depend on
     thread timing: the scan whose own name is its mask's (``x.png``), then sort order.
@@ -95,16 +97,26 @@ class Planner:
                         f"rename the input folder {folder!r} or run without the {kind}",
                     )
 
-    def reserve(self, rel: str, outputs: list[str]) -> None:
-        """Take ``outputs`` (paths relative to OUT) for scan ``rel``; ScanError if another scan in IN has one.
+    def reserve(self, rel: str, outputs: list[str]) -> list[tuple[str, str]]:
+        """Take ``outputs`` (paths relative to OUT) for scan ``rel``, held until :meth:`release`.
 
-        Held until :meth:`release`; after that the ledger's record of the scan speaks for it.
+        Another scan in IN that has one of them keeps it (ScanError naming both), unless ``rel`` is named
+        like that mask (``x.png``) and the other is not (``x.jpg``, or the multi-frame ``x.dcm`` whose
+        frames are ``x_f0001.png``, ...): the rule :func:`collision_order` gives scans of one batch holds
+        whatever order they came in. Such a scan done before is returned as ``(scan, shared output)``,
+        for the caller to record as refused now (:meth:`edge_runtime.job.recorder.Recorder.displace`);
+        one being written now makes ``rel`` wait (:class:`ScanChanged`:
+        the watcher tries it again; one-shot runs keep such scans in one batch, in that order).
         """
         mine = set(outputs)
+        displaced: list[tuple[str, str]] = []
         with self._mutex:
             for other, theirs in self._writing.items():  # being written now (a few scans: all of them)
                 if other != rel and mine & theirs:
-                    raise ScanError(rel, _collision(rel, other, min(mine & theirs)))
+                    first = _first(outputs, theirs)
+                    if _takes_over(rel, other):
+                        raise ScanChanged(rel, f"waits for {other}, which is writing OUT/{first} now")
+                    raise ScanError(rel, _collision(rel, other, first))
             for other in self._rivals(rel, mine):  # written before: what the ledger says of the likely ones
                 if other in self._writing:
                     continue
@@ -112,9 +124,12 @@ class Planner:
                 if not rec or rec.get("event") != "done" or not (self.in_dir / other).exists():
                     continue
                 shared = mine.intersection(rec.get("outputs", []))
-                if shared:
-                    raise ScanError(rel, _collision(rel, other, min(shared)))
+                if shared and _takes_over(rel, other):
+                    displaced.append((other, _first(outputs, shared)))
+                elif shared:
+                    raise ScanError(rel, _collision(rel, other, _first(outputs, shared)))
             self._writing[rel] = mine
+        return displaced
 
     def release(self, rel: str) -> None:
         """The scan is recorded (done or failed) or given up: its reservation ends."""
@@ -155,6 +170,24 @@ def collision_order(rel: str) -> tuple[bool, str]:
     """Within a group, who is asked first: a scan named like its own mask (``x.png``), then by name."""
     relp = PurePosixPath(rel)
     return relp.name != scan_stem(relp.name) + ".png", rel
+
+
+def _first(outputs: list[str], shared: set[str]) -> str:
+    """The output a message names: the scan's first that is shared (its mask, before overlays and reports)."""
+    return next(o for o in outputs if o in shared)
+
+
+def _takes_over(rel: str, other: str) -> bool:
+    """Whether ``rel`` keeps an output name from ``other`` whatever came first: it is named like its mask."""
+    return collision_order(rel)[0] < collision_order(other)[0]
+
+
+def displaced_reason(rel: str, by: str, shared: str) -> str:
+    """Why scan ``rel``, done before, is refused now that ``by`` (named like the mask) writes ``shared``."""
+    return (
+        f"OUT/{shared} is now written by {by}, which is named like it and so keeps it, although this scan "
+        "was done first; its outputs are removed; rename one of the two"
+    )
 
 
 def _collision(rel: str, other: str, shared: str) -> str:

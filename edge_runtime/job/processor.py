@@ -232,6 +232,8 @@ class Processor:
     def _safe_finish(self, item: Loaded, prediction: Prediction) -> Written | ScanError:
         try:
             return self.finish(item, prediction)
+        except ScanChanged as exc:  # the scan whose output names it takes is being written now: wait
+            return exc
         except ScanError as exc:  # its output names were refused (the planner), or a writer refused the scan
             return WriteFailed(item.rel, exc.reason)
         except OSError as exc:

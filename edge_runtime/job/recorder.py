@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from edge_runtime.errors import ScanError
 from edge_runtime.files.durable import sweep_temp_files_of, unwritable, write_atomic
 from edge_runtime.job.ledger import Ledger
 from edge_runtime.job.outcome import Outcome, Status
-from edge_runtime.job.plan import Planner
+from edge_runtime.job.plan import Planner, displaced_reason
 from edge_runtime.job.processor import Result, ScanChanged, Unchanged, WriteFailed, Written
 from edge_runtime.outputs.layout import error_path
 
@@ -49,6 +50,8 @@ class Recorder:
         #: the outputs recorded done (POSIX paths under OUT), while :attr:`keep_outputs` (for :meth:`sweep_leftovers`)
         self.keep_outputs = False
         self.outputs: set[str] = set()
+        self._mutex = threading.Lock()
+        self._displaced: list[Outcome] = []  # scans done before that lost their outputs (displace)
 
     def known(self, batch: Iterable[str | ScanError]) -> dict[str, str]:
         """For the scans of a batch done already with this signature (outputs still there): their sha256.
@@ -81,6 +84,9 @@ class Recorder:
         # ledger's lock would keep the worker threads' begin records waiting on the caller).
         with self.ledger.batch():
             done = {i: self.record_done(res) for i, res in enumerate(results) if isinstance(res, Written)}
+        with self._mutex:
+            displaced, self._displaced = self._displaced, []
+        yield from displaced
         for i, res in enumerate(results):
             if isinstance(res, Written):
                 yield done[i]
@@ -127,27 +133,54 @@ class Recorder:
         outputs, self.outputs = self.outputs, set()
         return sweep_temp_files_of([self.out_dir / o for o in sorted(outputs)])
 
+    def displace(self, rel: str, by: str, shared: str, keep: Iterable[str]) -> None:
+        """Scan ``rel``, done before, loses its outputs to ``by``, named like the mask it shares (``shared``).
+
+        Called on the worker that is about to write ``by``'s outputs (``keep``), before it writes any:
+        ``rel`` gets its error record and the ledger's, then its outputs that ``by`` does not write again
+        are removed (the other frames of a multi-frame scan, its report). An OSError (OUT full, say) is
+        left to the caller, which then writes nothing for ``by`` either.
+        """
+        old = set((self.ledger.get(rel) or {}).get("outputs", [])) - set(keep)
+        reason = displaced_reason(rel, by, shared)
+        self._error_record(rel, reason)
+        for out in sorted(old):
+            with contextlib.suppress(FileNotFoundError):
+                (self.out_dir / out).unlink()
+        with self._mutex:  # its FAIL outcome comes with the next batch recorded
+            self._displaced.append(Outcome(rel, Status.FAILED, [], reason))
+
+    def _error_record(self, rel: str, reason: str) -> None:
+        """The error file beside the scan's mask, then the ledger's record (OSError when OUT refuses them)."""
+        size, mtime = _stat(self.in_dir / rel)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        text = f"scan: {rel}\nreason: {reason}\ntime: {now}\nsize: {size} bytes\n"
+        write_atomic(error_path(self.out_dir, rel), text, fsync=self.fsync)
+        self.ledger.error(rel, size, mtime, reason)
+
     def fail(self, rel: str, exc: ScanError) -> Outcome:
         """Record a scan that could not be processed: error file beside its mask, ledger record."""
         try:
-            st = os.stat(self.in_dir / rel)
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size, mtime = -1, -1
-        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        text = f"scan: {rel}\nreason: {exc.reason}\ntime: {now}\nsize: {size} bytes\n"
-        try:
-            write_atomic(error_path(self.out_dir, rel), text, fsync=self.fsync)
-            self.ledger.error(rel, size, mtime, exc.reason)
+            self._error_record(rel, exc.reason)
         except OSError as err:
             if unwritable(err) is not None:  # recorded once OUT can be written again
                 return self._write_failure(rel, err, f"cannot write its error record: {err.strerror or err}")
             log.error("cannot write the error record for %s: %s", rel, err)
+            size, mtime = _stat(self.in_dir / rel)
             try:
                 self.ledger.error(rel, size, mtime, exc.reason)
             except OSError as err2:
                 return self._write_failure(rel, err2, f"cannot record its error: {err2.strerror or err2}")
         return Outcome(rel, Status.FAILED, [], exc.reason)
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    """Size and mtime (ns) of a scan, or -1, -1 when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
 
 
 def _rel(res: Unchanged | ScanError) -> str:

@@ -148,6 +148,23 @@ def test_a_newcomer_named_like_the_mask_takes_it_as_it_would_have_in_one_run(tmp
     assert cv2.imread(str(out / "x.png"), cv2.IMREAD_UNCHANGED).shape == (90, 80)
 
 
+def test_a_scan_done_before_and_changed_since_is_counted_once_when_a_newcomer_takes_its_name(
+    tmp_path, tiny_model, capfd
+):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    cv2.imwrite(str(src / "x.jpg"), synthetic(1, 120, 140)[0])
+    assert run(src, out, tiny_model) == 0
+    cv2.imwrite(str(src / "x.jpg"), synthetic(3, 130, 150)[0])  # changed: this run reads it again
+    write_png(src / "x.png", synthetic(2, 90, 80)[0])
+    capfd.readouterr()
+    assert run(src, out, tiny_model) == 1
+    err = capfd.readouterr().err
+    assert sum(ln.startswith("FAIL x.jpg") for ln in err.splitlines()) == 1
+    assert "done: 1 segmented, 0 up to date, 1 failed" in err
+    assert cv2.imread(str(out / "x.png"), cv2.IMREAD_UNCHANGED).shape == (90, 80)
+
+
 def test_a_frame_named_scan_takes_its_name_from_a_cine_done_before_and_the_cine_leaves_nothing(
     tmp_path, tiny_model, capfd
 ):

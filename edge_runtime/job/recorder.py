@@ -51,7 +51,7 @@ class Recorder:
         self.keep_outputs = False
         self.outputs: set[str] = set()
         self._mutex = threading.Lock()
-        self._displaced: list[Outcome] = []  # scans done before that lost their outputs (displace)
+        self._displaced: list[tuple[str, Outcome]] = []  # (by, scan done before that lost its outputs to it)
 
     def known(self, batch: Iterable[str | ScanError]) -> dict[str, str]:
         """For the scans of a batch done already with this signature (outputs still there): their sha256.
@@ -84,9 +84,12 @@ class Recorder:
         # ledger's lock would keep the worker threads' begin records waiting on the caller).
         with self.ledger.batch():
             done = {i: self.record_done(res) for i, res in enumerate(results) if isinstance(res, Written)}
+        # the scans this batch's scans took outputs from, unless they are in it (their own outcome says why)
+        rels = {res.outcome.rel if isinstance(res, Written) else _rel(res) for res in results}
         with self._mutex:
-            displaced, self._displaced = self._displaced, []
-        yield from displaced
+            mine = [(by, lost) for by, lost in self._displaced if by in rels]
+            self._displaced = [(by, lost) for by, lost in self._displaced if by not in rels]
+        yield from (lost for _, lost in mine if lost.rel not in rels)
         for i, res in enumerate(results):
             if isinstance(res, Written):
                 yield done[i]
@@ -147,8 +150,8 @@ class Recorder:
         for out in sorted(old):
             with contextlib.suppress(FileNotFoundError):
                 (self.out_dir / out).unlink()
-        with self._mutex:  # its FAIL outcome comes with the next batch recorded
-            self._displaced.append(Outcome(rel, Status.FAILED, [], reason))
+        with self._mutex:  # its FAIL outcome comes with by's batch
+            self._displaced.append((by, Outcome(rel, Status.FAILED, [], reason)))
 
     def _error_record(self, rel: str, reason: str) -> None:
         """The error file beside the scan's mask, then the ledger's record (OSError when OUT refuses them)."""

@@ -33,6 +33,8 @@ and checks parity on the validation scans named there)
   edge-seg-export --from-onnx model.onnx --precision int8 --out model-int8.onnx \\
       --calibration ../shared/data/ddti/train --int8-parity ../shared/data/ddti/val
 (no TensorFlow; the folders default to those in model.onnx's training metadata)
+  edge-seg-export runs/a/model.keras --ensemble runs/b/model.keras --weights fp16 --out model.onnx
+(both models averaged in one graph, thresholds chosen again on validation, weights stored as float16)
 """
 
 
@@ -69,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="more model.keras files (same input and outputs) averaged with the first inside the graph (one "
         "pass each); both thresholds are then chosen again on the validation folder unless --threshold is given",
     )
+    p.add_argument(
+        "--weights",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16: store the weights as float16 (half the file; arithmetic stays float32), checked against "
+        "the fp32 export (kept as <out stem>.fp32.onnx) on the validation folder like int8",
+    )
     q = p.add_argument_group("int8")
     q.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="precision of the model written")
     q.add_argument("--int8", dest="precision", action="store_const", const="int8", help="same as --precision int8")
@@ -85,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--int8-parity",
         type=Path,
-        help="labelled folder (image/ + mask/) for the int8 vs fp32 check (default: the validation folder)",
+        help="labelled folder (image/ + mask/) for the int8 (or --weights fp16) vs fp32 check (default: the "
+        "validation folder)",
     )
     q.add_argument("--fp32-out", type=Path, help="where the fp32 parent goes (default: <out stem>.fp32.onnx)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -245,6 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     fp32_out = args.out
     labelled = args.int8_parity or (Path(cfg["val_dir"]) if cfg.get("val_dir") else None)
     calibration = args.calibration or (Path(cfg["train_dir"]) if cfg.get("train_dir") else None)
+    if args.precision == "int8" and args.weights == "fp16":
+        log.error("--weights fp16 and --precision int8 are two ways to shrink the file: give one")
+        return 2
+    if args.weights == "fp16":  # the fp32 parent is written and checked first, then stored as fp16 into --out
+        fp32_out = args.fp32_out or args.out.with_name(f"{args.out.stem}.fp32.onnx")
+        if labelled is None or not (labelled / "image").is_dir() or not (labelled / "mask").is_dir():
+            log.error("--weights fp16 is checked on a labelled folder (image/ + mask/): pass --int8-parity DIR")
+            return 2
     if args.precision == "int8":  # the fp32 parent is written and checked first, then quantized into --out
         fp32_out = args.fp32_out or args.out.with_name(f"{args.out.stem}.fp32.onnx")
         problem = _int8_inputs_problem(calibration, labelled, args.calibration_count)
@@ -314,7 +332,36 @@ def main(argv: list[str] | None = None) -> int:
     log.info("wrote %s (%.2f MB) in %.1f s; threshold %g", fp32_out, size / 1e6, time.time() - t0, threshold)
     if args.precision == "int8":
         return quantize_checked(fp32_out, args.out, calibration, labelled, args.calibration_count, args.pre_process)
+    if args.weights == "fp16" and labelled is not None:
+        return store_fp16_checked(fp32_out, args.out, labelled)
     log.info("use it:  edge-seg IN --out OUT --model %s", fp32_out)
+    return 0
+
+
+def store_fp16_checked(fp32_path: Path, out: Path, labelled: Path) -> int:
+    """``fp32_path`` with float16 weights into ``out``, if it keeps the val Dice (as int8 must); exit status."""
+    from edge_runtime.errors import ModelError, ScanError, SetupError
+    from edge_runtime.files.durable import write_atomic
+
+    from .parity import check_int8_parity
+    from .storage import store_weights_fp16
+
+    tmp = out.with_name(f".{out.name}.fp16")
+    try:
+        store_weights_fp16(fp32_path, tmp)
+        report = check_int8_parity(fp32_path, tmp, labelled, label="fp16 weights")
+        if not report.ok:
+            log.error("fp16 weights check FAILED: %s", report.describe())
+            return 1
+        log.info("fp16 weights ok: %s", report.describe())
+        write_atomic(out, tmp.read_bytes())
+    except (ModelError, ScanError, SetupError) as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("wrote %s (%.2f MB, fp16 weights; fp32 parent %s)", out, out.stat().st_size / 1e6, fp32_path)
+    log.info("use it:  edge-seg IN --out OUT --model %s", out)
     return 0
 
 

@@ -97,6 +97,7 @@ class Int8ParityReport:
     max_abs_prob_diff: float  #: max |p_int8 - p_fp32| over all scan-size probabilities
     presence_max_abs_diff: float | None = None  #: max |presence_int8 - presence_fp32|, None without presence
     presence_decisions_changed: int | None = None  #: scans whose presence decision differs
+    label: str = "int8"  #: what the derived model is called in the report ("fp16 weights")
 
     @property
     def dice_change(self) -> float:
@@ -107,15 +108,16 @@ class Int8ParityReport:
         return abs(self.dice_change) <= MAX_DICE_CHANGE
 
     def describe(self) -> str:
+        k = self.label
         text = (
-            f"{self.scans} scans at threshold {self.threshold:g}: mean Dice int8 vs fp32 masks "
-            f"{self.dice_int8_vs_fp32:.4f}; Dice against the truth fp32 {self.dice_fp32:.4f}, int8 "
+            f"{self.scans} scans at threshold {self.threshold:g}: mean Dice {k} vs fp32 masks "
+            f"{self.dice_int8_vs_fp32:.4f}; Dice against the truth fp32 {self.dice_fp32:.4f}, {k} "
             f"{self.dice_int8:.4f}, change {self.dice_change:+.4f} (limit +-{MAX_DICE_CHANGE}); "
-            f"max |p_int8 - p_fp32| {self.max_abs_prob_diff:.3f}"
+            f"max |p_{k.split()[0]} - p_fp32| {self.max_abs_prob_diff:.3f}"
         )
         if self.presence_max_abs_diff is not None:
             text += (
-                f"; presence max |int8 - fp32| {self.presence_max_abs_diff:.4f}, "
+                f"; presence max |{k.split()[0]} - fp32| {self.presence_max_abs_diff:.4f}, "
                 f"{self.presence_decisions_changed} decision(s) changed"
             )
         return text
@@ -126,8 +128,11 @@ def _truth(path: Path) -> np.ndarray:
     return (mask.max(axis=2) if mask.ndim == 3 else mask) > 127
 
 
-def check_int8_parity(fp32_path: Path, int8_path: Path, labelled: Path) -> Int8ParityReport:
-    """Run both models on every scan of ``labelled`` (image/ + mask/) through the public ``Segmenter`` API."""
+def check_int8_parity(fp32_path: Path, int8_path: Path, labelled: Path, label: str = "int8") -> Int8ParityReport:
+    """Run both models on every scan of ``labelled`` (image/ + mask/) through the public ``Segmenter`` API.
+
+    ``int8_path`` is any model derived from ``fp32_path`` (``label`` names it: the fp16-stored weights too).
+    """
     from edge_runtime.core.metrics import scan_metrics
     from edge_runtime.errors import SetupError
     from edge_runtime.files.pairs import pair_by_stem as paired
@@ -161,5 +166,6 @@ def check_int8_parity(fp32_path: Path, int8_path: Path, labelled: Path) -> Int8P
         max_abs_prob_diff=max_prob,
         presence_max_abs_diff=max(presence_diffs) if presence_diffs else None,
         presence_decisions_changed=changed if presence_diffs else None,
+        label=label,
     )
     return report

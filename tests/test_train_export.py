@@ -232,6 +232,28 @@ def test_ensemble_export_averages_its_members_and_says_what_they_cost(trained, t
     assert missing == 2
 
 
+def test_fp16_weights_halve_the_file_and_are_checked_against_the_fp32_export(trained, tmp_path):
+    from edge_runtime.core.segmenter import Segmenter
+    from export import cli
+
+    root, _ = trained
+    out = tmp_path / "half.onnx"
+    assert (
+        cli.main([str(root / "run" / "model.keras"), "--out", str(out), "--parity-count", "4", "--weights", "fp16"])
+        == 0
+    )
+    parent = tmp_path / "half.fp32.onnx"
+    assert out.stat().st_size < 0.6 * parent.stat().st_size
+    half, full = Segmenter(out), Segmenter(parent)
+    storage = half.info.metadata["storage"]
+    assert storage["weights_storage"].startswith("float16") and storage["initializers_float16"] > 0
+    x = np.stack([full.preprocess(cv2.imread(str(p))) for p in sorted((root / "val" / "image").glob("*.png"))[:3]])
+    diff = np.abs(half.predict(x) - full.predict(x))
+    assert 0 < diff.max() < 0.05  # rounded weights, float32 arithmetic
+    both = ["--weights", "fp16", "--precision", "int8"]
+    assert cli.main([str(root / "run" / "model.keras"), "--out", str(tmp_path / "x.onnx"), *both]) == 2
+
+
 def test_views_training_chooses_a_presence_threshold_and_exports_two_outputs(ddti, tmp_path):
     """Issue 13: --views trains the presence head, scores val's own views, and the export carries both outputs."""
     from edge_runtime.core.segmenter import Segmenter

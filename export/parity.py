@@ -21,6 +21,10 @@ from edge_runtime.job.discovery import is_candidate_name
 log = logging.getLogger(__name__)
 
 MAX_ABS_DIFF = 1e-4
+#: Mask pixels that may differ, as a share of the pixels compared at one threshold: a probability within
+#: MAX_ABS_DIFF of a threshold may land on either side of it (one pixel of 3.6 million at 0.95 was
+#: seen with an ensemble); a conversion fault changes far more, and shows in MAX_ABS_DIFF first.
+MAX_DIFFERING_SHARE = 1e-6
 
 
 @dataclass
@@ -29,16 +33,19 @@ class ParityReport:
     max_abs_diff: float
     mean_abs_diff: float
     differing_pixels: dict[float, int] = field(default_factory=dict)
+    pixels: int = 0  #: mask pixels compared at each threshold (every scan at its own size)
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= MAX_ABS_DIFF and not any(self.differing_pixels.values())
+        allowed = MAX_DIFFERING_SHARE * self.pixels
+        return self.max_abs_diff <= MAX_ABS_DIFF and all(n <= allowed for n in self.differing_pixels.values())
 
     def describe(self) -> str:
         px = ", ".join(f"{t:g}: {n}" for t, n in self.differing_pixels.items())
         return (
             f"{self.scans} scans, max |p_onnx - p_keras| = {self.max_abs_diff:.2e} (limit {MAX_ABS_DIFF:.0e}), "
-            f"mean {self.mean_abs_diff:.2e}; differing mask pixels by threshold: {px}"
+            f"mean {self.mean_abs_diff:.2e}; differing mask pixels by threshold: {px} of {self.pixels:,} "
+            f"(limit {MAX_DIFFERING_SHARE * self.pixels:.1f})"
         )
 
 
@@ -77,7 +84,8 @@ def check_parity(keras_model, onnx_path: Path, images: list[np.ndarray], thresho
             mo, mk = gate(mo, float(q_onnx[k]), pt), gate(mk, float(q_keras[k]), pt)
         for t in thresholds:
             differing[t] += int(np.count_nonzero(mo[t] != mk[t]))
-    return ParityReport(len(images), float(diff.max()), float(diff.mean()), differing)
+    pixels = sum(im.shape[0] * im.shape[1] for im in images)
+    return ParityReport(len(images), float(diff.max()), float(diff.mean()), differing, pixels)
 
 
 # -- int8 against its fp32 parent ----------------------------------------------------------------------

@@ -233,3 +233,14 @@ def test_keras_export_with_int8_writes_both_precisions(folders, tmp_path, caplog
         assert meta["quantization"]["fp32_model"]["sha256"] == file_sha256(fp32_out)
     else:
         assert rc == 1 and not out.exists() and "int8 parity check FAILED" in caplog.text
+
+
+def test_keras_parity_allows_a_pixel_on_the_threshold_but_not_a_conversion_fault():
+    """One mask pixel in ten million may flip (its probability within 1e-4 of the threshold); more fails."""
+    from export.parity import MAX_ABS_DIFF, ParityReport
+
+    pixels = 32 * 480 * 640
+    assert ParityReport(32, 2e-5, 1e-7, {0.5: 0, 0.95: 1}, pixels).ok
+    assert not ParityReport(32, 2e-5, 1e-7, {0.5: 0, 0.95: 100}, pixels).ok
+    assert not ParityReport(32, 2 * MAX_ABS_DIFF, 1e-7, {0.5: 0}, pixels).ok
+    assert not ParityReport(4, 2e-5, 1e-7, {0.5: 1}, 100).ok  # a few small scans: no pixel may differ

@@ -312,7 +312,10 @@ def main() -> None:
     cores = available_cores()
     meta = model.info.metadata
     training = meta.get("training") or {}  # None for a model exported without a training record
-    arch = meta.get("architecture") or training.get("architecture") or "seed-fcn"
+    # the graph's name says how it was built (effl0-unet_fliptta, effl0-unet_ens2); the seed side builds the
+    # trained network's own architecture, one pass a scan, which the printed table names
+    graph = meta.get("architecture") or training.get("architecture") or "seed-fcn"
+    arch = training.get("architecture") or graph
     h, w, c = model.info.height, model.info.width, model.info.channels
     params = meta.get("parameters", training.get("parameters"))
     macs = meta.get("macs_per_scan", training.get("macs_per_scan"))
@@ -328,7 +331,7 @@ def main() -> None:
         "model": {
             "name": model.info.name,
             "version": model.info.version,
-            "architecture": arch,
+            "architecture": arch if arch == graph else f"{graph}: the seed side builds one {arch} pass",
             "input": f"{h}x{w}x{c}",
             "parameters": f"{params:,}" if params else "?",
             "gmac": f"{macs / 1e9:.2f}" if macs else "?",

@@ -18,7 +18,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edge_runtime.console import HelpFormatter, threshold_arg
 
@@ -130,7 +132,6 @@ def quantize_checked(
 ) -> int:
     """Quantize ``fp32_path`` into ``out`` if the int8 model holds its val Dice; exit status (0, 1 or 2)."""
     from edge_runtime.errors import ModelError, ScanError, SetupError
-    from edge_runtime.files.durable import write_atomic
 
     from .parity import check_int8_parity
     from .quantize import quantize, read_metadata
@@ -149,16 +150,16 @@ def quantize_checked(
             return 2
         tmp = out.with_name(f".{out.name}.int8")
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            quantize(fp32_path, tmp, calibration, count, pre_process)
-            report = check_int8_parity(fp32_path, tmp, labelled)
-            if not report.ok:
-                log.error("int8 parity check FAILED: %s", report.describe())
-                return 1
-            log.info("int8 parity ok: %s", report.describe())
-            write_atomic(out, tmp.read_bytes())
-        finally:
-            tmp.unlink(missing_ok=True)
+        checked = labelled
+        status = _write_derived(
+            tmp,
+            out,
+            "int8 parity",
+            lambda: quantize(fp32_path, tmp, calibration, count, pre_process),
+            lambda: check_int8_parity(fp32_path, tmp, checked),
+        )
+        if status:
+            return status
     except SetupError as exc:
         log.error("%s", exc)
         return 2
@@ -167,6 +168,24 @@ def quantize_checked(
         return 1
     log.info("wrote %s (%.2f MB, int8; fp32 parent %s)", out, out.stat().st_size / 1e6, fp32_path)
     log.info("use it:  edge-seg IN --out OUT --model %s", out)
+    return 0
+
+
+def _write_derived(tmp: Path, out: Path, what: str, make: Callable[[], object], check: Callable[[], Any]) -> int:
+    """``make`` a model derived from a checked fp32 one into ``tmp``; ``check`` it (a report with ``ok`` and
+    ``describe()``); only then move it to ``out``. 0, or 1 after saying why; ``tmp`` never stays."""
+    from edge_runtime.files.durable import write_atomic
+
+    try:
+        make()
+        report = check()
+        if not report.ok:
+            log.error("%s check FAILED: %s", what, report.describe())
+            return 1
+        log.info("%s ok: %s", what, report.describe())
+        write_atomic(out, tmp.read_bytes())
+    finally:
+        tmp.unlink(missing_ok=True)
     return 0
 
 
@@ -341,25 +360,24 @@ def main(argv: list[str] | None = None) -> int:
 def store_fp16_checked(fp32_path: Path, out: Path, labelled: Path) -> int:
     """``fp32_path`` with float16 weights into ``out``, if it keeps the val Dice (as int8 must); exit status."""
     from edge_runtime.errors import ModelError, ScanError, SetupError
-    from edge_runtime.files.durable import write_atomic
 
     from .parity import check_int8_parity
     from .storage import store_weights_fp16
 
     tmp = out.with_name(f".{out.name}.fp16")
     try:
-        store_weights_fp16(fp32_path, tmp)
-        report = check_int8_parity(fp32_path, tmp, labelled, label="fp16 weights")
-        if not report.ok:
-            log.error("fp16 weights check FAILED: %s", report.describe())
-            return 1
-        log.info("fp16 weights ok: %s", report.describe())
-        write_atomic(out, tmp.read_bytes())
+        status = _write_derived(
+            tmp,
+            out,
+            "fp16 weights",
+            lambda: store_weights_fp16(fp32_path, tmp),
+            lambda: check_int8_parity(fp32_path, tmp, labelled, label="fp16 weights"),
+        )
     except (ModelError, ScanError, SetupError) as exc:
         log.error("%s", exc)
         return 1
-    finally:
-        tmp.unlink(missing_ok=True)
+    if status:
+        return status
     log.info("wrote %s (%.2f MB, fp16 weights; fp32 parent %s)", out, out.stat().st_size / 1e6, fp32_path)
     log.info("use it:  edge-seg IN --out OUT --model %s", out)
     return 0

@@ -96,11 +96,9 @@ def main() -> None:
     p.add_argument("--work", type=Path, help="as bench/run.py --work")
     args = p.parse_args()
 
-    from bench.run import apply_priority, busy_processes, with_priority
+    from bench.run import busy_processes, take_priority
 
-    if args.priority:
-        with_priority(-19)
-    print(f"CPU priority {apply_priority()}")
+    print(f"CPU priority {take_priority(args.priority)}")
     import logging
 
     import cv2

@@ -83,11 +83,9 @@ def main() -> None:
     p.add_argument("--priority", action="store_true", help="as bench.run --priority")
     args = p.parse_args()
 
-    from bench.run import apply_priority, with_priority
+    from bench.run import take_priority
 
-    if args.priority:
-        with_priority(-19)
-    print(f"CPU priority {apply_priority()}")
+    print(f"CPU priority {take_priority(args.priority)}")
 
     import cv2
 

@@ -149,6 +149,13 @@ def with_priority(nice: int) -> None:
     sys.exit(subprocess.call(cmd, env=env, start_new_session=True))
 
 
+def take_priority(requested: bool) -> str:
+    """``--priority``: re-run in a raised scheduling group (:func:`with_priority`), then set it; what was done."""
+    if requested:
+        with_priority(-19)
+    return apply_priority()
+
+
 def apply_priority() -> str:
     """In the re-run child: set this session's autogroup nice; returns what was done, for the report."""
     nice = os.environ.get("EDGE_SEG_BENCH_PRIORITY")
@@ -298,9 +305,7 @@ def main() -> None:
             from bench.common import run_as_module
 
             run_as_module("bench.run", [RUNTIME])
-    if args.priority:
-        with_priority(-19)
-    priority = apply_priority()
+    priority = take_priority(args.priority)
 
     from bench import inprocess
     from edge_runtime.core.model import OnnxModel, available_cores, default_model_path

@@ -34,11 +34,9 @@ def main() -> None:
 
     from bench.common import ddti_root, pick_scans, stage_scans
     from bench.report import table
-    from bench.run import apply_priority, busy_processes, file_create_ms, with_priority
+    from bench.run import busy_processes, file_create_ms, take_priority
 
-    if args.priority:
-        with_priority(-19)
-    print(f"CPU priority {apply_priority()}")
+    print(f"CPU priority {take_priority(args.priority)}")
 
     from bench import inprocess
     from edge_runtime.core.model import OnnxModel, available_cores, default_model_path

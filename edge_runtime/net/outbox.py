@@ -6,14 +6,23 @@ State lives under ``OUT/.edge-seg/outbox/``, so it survives restarts and ``kill 
   the attempts so far, the next try and the last error), written atomically before :meth:`Outbox.add`
   returns;
 * ``sent.jsonl``: one line per result the PACS took (path, SOP Instance UID, the file's size and
-  mtime, when, to whom), flushed to disk before the waiting entry is removed.
+  mtime, when, to whom), flushed to disk before the waiting entry is removed; compacted on the
+  sender's thread (at :data:`COMPACT_LINES` lines, then each time it doubles) to the lines of
+  results still in OUT as they were sent, so a daemon that runs for years keeps neither a growing
+  file nor a growing table of results long removed;
+* ``refused/<key>.json``: results the PACS refused :data:`MAX_REFUSALS` times (a failure status, or
+  no presentation context for their SOP class: answers that do not change by waiting), set aside
+  with an error in the log instead of being offered every 10 minutes forever. A restart tries them
+  again (what an administrator does after fixing the PACS's configuration), and so does a new
+  version of the result (its scan redone).
 
 A result is sent once: an entry whose file matches a ``sent.jsonl`` line (a kill between the two
 steps) is dropped at start, not sent again; a result rewritten since (its scan was redone) is a new
 result and is sent. At start, results under ``OUT/dicom/`` that are neither waiting nor sent are
 queued (a kill between recording a scan done and queueing its results). A failed try (PACS down,
 association rejected, a failure status) waits ``retry`` seconds, then twice as long each time, at most
-:data:`MAX_WAIT`. Sending never blocks segmentation: the daemon only adds files to the outbox.
+:data:`MAX_WAIT`; a PACS that cannot be reached is waited for without end. Sending never blocks
+segmentation: the daemon only adds files to the outbox.
 """
 
 from __future__ import annotations
@@ -35,7 +44,11 @@ log = logging.getLogger(__name__)
 
 OUTBOX_DIR = "outbox"
 SENT_LOG = "sent.jsonl"
+REFUSED_DIR = "refused"
 MAX_WAIT = 600.0  #: the longest wait between two tries, seconds
+MAX_REFUSALS = 10  #: refusals of one result (not failures to connect) before it is set aside until a restart
+#: (with the back-off, about half an hour of refusals at the default ``--send-retry`` of 5 s)
+COMPACT_LINES = 10_000  #: ``sent.jsonl`` is compacted at this many lines, then each time it doubles
 BATCH = 32  #: results sent over one association at most
 
 
@@ -48,6 +61,7 @@ class Entry:
     attempts: int = 0
     next_try: float = 0.0
     last_error: str | None = None
+    refusals: int = 0  #: of the attempts, those the PACS answered with a refusal (see :data:`MAX_REFUSALS`)
 
 
 def _key(path: str) -> str:
@@ -56,6 +70,11 @@ def _key(path: str) -> str:
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
+def _transient(status: int) -> bool:
+    """A C-STORE failure that waiting may cure: out of resources (0xA7xx), or no response at all."""
+    return status < 0 or 0xA700 <= status <= 0xA7FF
 
 
 def _order(path: str) -> tuple[str, int]:
@@ -81,8 +100,12 @@ class Outbox:
         self.failed_tries = 0
         self.last_error: dict[str, Any] | None = None
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._sent_lines = 0  #: lines in sent.jsonl
+        self._next_compaction = COMPACT_LINES  #: compact sent.jsonl once it has this many lines
         self._sent: dict[str, tuple[int, int]] = self._load_sent()
+        self._refused: dict[str, Entry] = {}
         self._entries: dict[str, Entry] = self._load_entries()
+        self._requeue_refused()
 
     # -- state on disk ---------------------------------------------------------------------------------
     def _load_sent(self) -> dict[str, tuple[int, int]]:
@@ -97,11 +120,53 @@ class Outbox:
                 sent[rec["path"]] = (int(rec["size"]), int(rec["mtime_ns"]))
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line (kill -9 mid-write): that result is sent again, which PACS tolerate
+        self._sent_lines = len(lines)
         return sent
 
-    def _load_entries(self) -> dict[str, Entry]:
+    def compact(self) -> None:
+        """Rewrite ``sent.jsonl`` with the last line of each result still in OUT as it was sent.
+
+        The records of results removed from OUT, or rewritten since (their scan redone, so sent again or
+        waiting), guard against nothing; they go, from the file and from memory. Atomic: a kill leaves the
+        old file or the new one. Called on the sender's thread, the only one that appends to the file, so
+        the daemon's own work does not wait for the ``stat`` of every result sent.
+        """
+        with self._lock:
+            sent = dict(self._sent)
+        kept = self._compact(sent)
+        with self._lock:
+            self._sent = kept
+        self._next_compaction = max(COMPACT_LINES, 2 * self._sent_lines)
+
+    def _compact(self, sent: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+        path = self.folder / SENT_LOG
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            live = {p for p, stat in sent.items() if self._stat(p) == stat}
+            kept: dict[str, str] = {}
+            for line in lines:
+                try:
+                    rec = json.loads(line)
+                    if rec["path"] in live and (int(rec["size"]), int(rec["mtime_ns"])) == sent[rec["path"]]:
+                        kept[rec["path"]] = line
+                except (ValueError, KeyError, TypeError):
+                    continue
+            write_atomic(path, "".join(f"{line}\n" for line in kept.values()), fsync=True)
+        except OSError as exc:  # the file stays as it was; it is tried again after as many lines more
+            log.warning("outbox: cannot compact %s: %s", path, exc.strerror or exc)
+            return sent
+        log.info(
+            "outbox: %s compacted from %d to %d lines (results no longer in OUT as sent)",
+            SENT_LOG,
+            len(lines),
+            len(kept),
+        )
+        self._sent_lines = len(kept)
+        return {p: sent[p] for p in kept}
+
+    def _load_entries(self, folder: Path | None = None) -> dict[str, Entry]:
         entries: dict[str, Entry] = {}
-        for f in sorted(self.folder.glob("*.json")):
+        for f in sorted((folder or self.folder).glob("*.json")):
             try:
                 entry = Entry(**json.loads(f.read_text(encoding="utf-8")))
             except (OSError, ValueError, TypeError) as exc:
@@ -112,6 +177,24 @@ class Outbox:
                 continue
             entries[entry.path] = entry
         return entries
+
+    def _requeue_refused(self) -> None:
+        """At start, the results set aside as refused are queued again, their refusals forgotten."""
+        folder = self.folder / REFUSED_DIR
+        refused = self._load_entries(folder) if folder.is_dir() else {}
+        if not refused:
+            return
+        now = time.time()
+        for path, entry in refused.items():
+            entry.refusals, entry.next_try = 0, now
+            try:
+                self._save(entry)
+                (folder / f"{_key(path)}.json").unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("outbox: cannot queue %s again: %s", path, exc.strerror or exc)
+                continue
+            self._entries.setdefault(path, entry)
+        log.info("outbox: trying again %d result(s) %s refused before this start", len(refused), self.peer)
 
     def _stat(self, path: str) -> tuple[int, int] | None:
         try:
@@ -134,6 +217,7 @@ class Outbox:
             fh.flush()
             os.fsync(fh.fileno())
         self._sent[path] = stat
+        self._sent_lines += 1
         (self.folder / f"{_key(path)}.json").unlink(missing_ok=True)
 
     # -- queueing --------------------------------------------------------------------------------------
@@ -145,8 +229,10 @@ class Outbox:
                 entry = self._entries.get(path)
                 if entry is None:
                     entry = self._entries[path] = Entry(path, now)
-                entry.next_try = now  # new content: try now, whatever the back-off was
+                entry.next_try, entry.refusals = now, 0  # new content: try now, whatever happened to the old
                 self._save(entry)
+                if self._refused.pop(path, None) is not None:
+                    (self.folder / REFUSED_DIR / f"{_key(path)}.json").unlink(missing_ok=True)
         self._wake.set()
 
     def reconcile(self, folder: str = "dicom") -> int:
@@ -158,7 +244,7 @@ class Outbox:
                 if name.endswith((".seg.dcm", ".sr.dcm")) and not name.startswith("."):
                     found.append((Path(dirpath) / name).relative_to(self.out_dir).as_posix())
         with self._lock:
-            new = [p for p in found if p not in self._entries and not self._already_sent(p)]
+            new = [p for p in found if p not in self._entries and p not in self._refused and not self._already_sent(p)]
         if new:
             log.info("outbox: %d result(s) not yet sent to %s found in OUT", len(new), self.peer)
             self.add(new)
@@ -174,6 +260,7 @@ class Outbox:
             "sent_since_start": self.sent_since_start,
             "sent_total": len(self._sent),
             "failed_tries": self.failed_tries,
+            "refused": len(self._refused),
             "oldest_waiting": _iso(min((e.queued for e in entries), default=None)),
             "next_try": _iso(min((e.next_try for e in entries), default=None)),
             "last_error": self.last_error,
@@ -216,18 +303,21 @@ class Outbox:
             ae.add_requested_context(sop_class, syntax)
         assoc = ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title)
         if not assoc.is_established:
+            refusal = False
             if assoc.is_rejected:
                 why = "association rejected (is the PACS's AE title right, and does it know ours?)"
             elif assoc.rejected_contexts:
                 offered = ", ".join(sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts}))
                 why = f"the PACS accepts none of the SOP classes offered ({offered})"
+                refusal = True
             else:
                 why = "cannot connect (PACS down?)"
-            self._failed([e for e, _, _ in datasets], f"{self.peer}: {why}")
+            self._failed([e for e, _, _ in datasets], f"{self.peer}: {why}", refusal)
             return 0
         sent = 0
         failed: list[Entry] = []
-        reason = ""
+        refused: list[Entry] = []
+        reason = refusal_reason = ""
         try:
             for entry, ds, stat in datasets:
                 if self._stop.is_set():
@@ -235,8 +325,8 @@ class Outbox:
                 try:
                     status = assoc.send_c_store(ds)
                 except ValueError as exc:  # the PACS accepted no presentation context for this SOP class
-                    failed.append(entry)
-                    reason = f"{self.peer}: {str(exc).strip().splitlines()[0]}"
+                    refused.append(entry)
+                    refusal_reason = f"{self.peer}: {str(exc).strip().splitlines()[0]}"
                     continue
                 code = int(getattr(status, "Status", -1)) if status else -1
                 if code == 0 or 0xB000 <= code <= 0xBFFF:  # success, or success with a warning
@@ -250,10 +340,15 @@ class Outbox:
                     sent += 1
                     log.info("sent %s to %s", entry.path, self.peer)
                 else:
-                    failed.append(entry)
-                    reason = f"{self.peer}: C-STORE failed" + (
+                    why = f"{self.peer}: C-STORE failed" + (
                         f" with status 0x{code:04X}" if code >= 0 else " (no response)"
                     )
+                    if _transient(code):
+                        failed.append(entry)
+                        reason = why
+                    else:
+                        refused.append(entry)
+                        refusal_reason = why
                     if not assoc.is_established:
                         break
         finally:
@@ -261,23 +356,49 @@ class Outbox:
                 assoc.release()
         if failed:
             self._failed(failed, reason)
+        if refused:
+            self._failed(refused, refusal_reason, refusal=True)
         return sent
 
-    def _failed(self, entries: list[Entry], reason: str) -> None:
+    def _failed(self, entries: list[Entry], reason: str, refusal: bool = False) -> None:
+        """A failed try of ``entries``: back off; a result refused :data:`MAX_REFUSALS` times is set aside."""
         now = time.time()
+        aside: list[Entry] = []
         with self._lock:
             self.failed_tries += 1
             self.last_error = {"reason": reason, "time": _iso(now)}
             for e in entries:
                 e.attempts += 1
+                e.refusals += int(refusal)
                 e.next_try = now + min(MAX_WAIT, self.retry * 2 ** (e.attempts - 1))
                 e.last_error = reason
                 try:
-                    self._save(e)
+                    if e.refusals >= MAX_REFUSALS:
+                        self._set_aside(e)
+                        aside.append(e)
+                    else:
+                        self._save(e)
                 except OSError as exc:  # the back-off then lives in memory only; the entry itself is on disk
                     log.warning("outbox: cannot update %s's entry: %s", e.path, exc.strerror or exc)
-        wait = min(e.next_try for e in entries) - now
-        log.warning("outbox: %d result(s) not sent, %s; next try in %.0f s", len(entries), reason, wait)
+        for e in aside:
+            log.error(
+                "outbox: %s was refused %d times (%s); it stays in OUT and is no longer offered: fix the PACS's "
+                "configuration and restart edge-seg to send it again",
+                e.path,
+                e.refusals,
+                reason,
+            )
+        waiting = [e for e in entries if e not in aside]
+        if waiting:
+            wait = min(e.next_try for e in waiting) - now
+            log.warning("outbox: %d result(s) not sent, %s; next try in %.0f s", len(waiting), reason, wait)
+
+    def _set_aside(self, entry: Entry) -> None:
+        """Move a refused result's entry to ``refused/`` (lock held): not offered again until a restart."""
+        write_atomic(self.folder / REFUSED_DIR / f"{_key(entry.path)}.json", json.dumps(asdict(entry)) + "\n")
+        (self.folder / f"{_key(entry.path)}.json").unlink(missing_ok=True)
+        self._entries.pop(entry.path, None)
+        self._refused[entry.path] = entry
 
     # -- the thread ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -295,6 +416,8 @@ class Outbox:
             try:
                 while self.send_due() and not self._stop.is_set():
                     pass
+                if self._sent_lines >= self._next_compaction:
+                    self.compact()
             except Exception:  # the sender must not die of one odd file or network error
                 log.exception("outbox: unexpected error while sending; will try again")
                 self._stop.wait(self.retry)

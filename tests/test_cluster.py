@@ -8,6 +8,7 @@ run are refused with one line.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import signal
 import threading
@@ -272,3 +273,47 @@ sys.exit(main([{str(tmp_path / "in")!r}, "--out", {str(tmp_path / "out")!r}, "--
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1] == 'error: --cluster needs Dask: pip install "edge-seg[cluster]"'
+
+
+def test_a_worker_that_joins_later_and_does_not_match_gets_no_work(tmp_path, tiny_model, caplog):
+    """A worker joining in the middle of a run is checked as the first ones were; one that cannot run it
+    (here: the model file is gone when it joins) is named once and never given a batch, and the run goes
+    on, on the workers admitted (before: its first task raised and the run stopped)."""
+    import shutil
+
+    from edge_runtime.core.segmenter import Segmenter
+    from edge_runtime.job.cluster import connect
+    from edge_runtime.job.processor import Written
+    from edge_runtime.job.settings import JobRequest, RunOptions
+    from tests.helpers import wait_for
+
+    model = tmp_path / "model.onnx"
+    shutil.copy(tiny_model, model)
+    (tmp_path / "out" / ".edge-seg").mkdir(parents=True)
+    rels = scans(tmp_path / "in", 16)
+    request = JobRequest(model)
+    spec = request.resolve(Segmenter(model, threads=1).info)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", scheduler_port=0
+    ) as lc:
+        dask = connect(lc.scheduler_address, request, spec, RunOptions(), tmp_path / "in", tmp_path / "out")
+        try:
+            assert dask.workers == 1 and not dask.refused
+            model.unlink()  # the first worker has its session; one that joins now finds no model file
+            lc.scale(2)
+            dask.client.wait_for_workers(2, timeout=60)
+            with caplog.at_level(logging.WARNING, logger="edge_runtime.job.cluster"):
+                wait_for(lambda: dask.workers >= 1 and dask.refused, "the late worker to be checked")
+            [(address, why)] = dask.refused.items()
+            assert why == (
+                f"Dask worker {address} refused: it has no model file {model} (give a --model path every worker "
+                "reaches)"
+            )
+            assert f"{why}; the run goes on without it" in caplog.text
+            assert dask.workers == 1  # its thread is not counted
+            results = [t.result() for t in [dask.submit(dask.work, [rel]) for rel in rels]]
+            assert all(isinstance(r, Written) for [r] in results)
+            assert sorted(r.outcome.rel for [r] in results) == sorted(rels)
+            assert dask.workers == 1 and len(dask.refused) == 1  # said once
+        finally:
+            dask.close()

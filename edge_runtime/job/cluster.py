@@ -7,6 +7,8 @@ model or does not reach IN and OUT by the same paths as this machine. :class:`Da
 the scheduler's batches as Dask tasks of :data:`SCANS_PER_TASK` scans. The workers write the outputs;
 this process, the client, keeps the ledger and the run records (:mod:`edge_runtime.job.recorder`): a
 batch whose worker is lost is run again by Dask on another worker and recorded once, when it comes back.
+A worker that joins during the run is checked as the first ones were; one that does not match gets no
+work (the tasks ask for a worker resource only the admitted workers offer) and is named once in the log.
 Needs the ``cluster`` extra (``pip install "edge-seg[cluster]"``).
 """
 
@@ -77,19 +79,39 @@ class DaskExecutor:
     def __init__(self, client: Any, cluster: Any, plugin: str, probe: Path) -> None:
         self.client = client
         self.cluster = cluster
-        self.plugin = plugin
+        self.plugin = plugin  #: the plugin's name, and the worker resource of the workers admitted to the run
         self.probe = probe
+        self.refused: dict[str, str] = {}  #: worker address -> why it takes no part (said once)
         self._threads = 0
         self._counted = -1.0
 
     @property
     def workers(self) -> int:
-        """Threads over all workers, counted again at most once a second: workers may join or leave."""
+        """Threads of the workers admitted to the run, counted again at most once a second: workers may
+        join or leave. A worker that joined and was refused is named once in the log."""
         now = time.monotonic()
         if now - self._counted >= 1.0:
             self._counted = now
-            self._threads = max(1, sum(self.client.nthreads().values()))
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+            admitted = {a: w for a, w in workers.items() if w.get("resources", {}).get(self.plugin)}
+            self._threads = max(1, sum(int(w.get("nthreads", 1)) for w in admitted.values()))
+            for address in sorted(set(workers) - set(admitted) - set(self.refused)):
+                self._check_late(address)
         return self._threads
+
+    def _check_late(self, address: str) -> None:
+        from edge_runtime.job.cluster_worker import worker_state
+
+        try:
+            state = self.client.run(worker_state, self.plugin, workers=[address], on_error="return").get(address)
+        except Exception as exc:  # gone again, or not answering: asked again at the next count
+            log.debug("could not ask Dask worker %s for its state: %s", address, exc)
+            return
+        if isinstance(state, BaseException):
+            state = f"Dask worker {address} refused: it cannot run edge-seg {__version__} ({type(state).__name__})"
+        if state is not None and not state.startswith(f"Dask worker {address} has not loaded"):
+            self.refused[address] = state
+            log.warning("%s; the run goes on without it", state)
 
     @property
     def work(self) -> Callable[..., Any]:
@@ -99,7 +121,8 @@ class DaskExecutor:
         return partial(run_batch, plugin=self.plugin)
 
     def submit(self, fn: Callable[[A], R], item: A) -> Pending[R]:
-        return _Task(self.client.submit(fn, item, pure=False))
+        # one unit of the run's resource: only the workers admitted to the run have it
+        return _Task(self.client.submit(fn, item, pure=False, resources={self.plugin: 1}))
 
     def __enter__(self) -> DaskExecutor:
         return self
@@ -151,7 +174,7 @@ def connect(
         from distributed import Client, LocalCluster
     except ImportError:
         raise SetupError('--cluster needs Dask: pip install "edge-seg[cluster]"') from None
-    from edge_runtime.job.cluster_worker import EdgeSegPlugin, WorkerBrief, in_listing, worker_state
+    from edge_runtime.job.cluster_worker import EdgeSegPlugin, WorkerBrief, in_listing, resource_name, worker_state
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):  # Dask's own chatter only with -v
         logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -193,7 +216,7 @@ def connect(
             probe=str(probe.relative_to(out_dir)),
             probe_token=token,
         )
-        name = f"edge-seg-{token[:12]}"
+        name = resource_name(brief)
         try:
             client.register_plugin(EdgeSegPlugin(brief), name=name)
         except Exception as exc:  # a worker that cannot even unpickle it: no edge-seg, or a very different one

@@ -4,8 +4,10 @@ The client (:mod:`edge_runtime.job.cluster`) registers an :class:`EdgeSegPlugin`
 :class:`WorkerBrief`. On every worker, now and joining later, the plugin checks the worker against it
 (:func:`refusal`: the same edge-seg version, the same model file, IN and OUT reached by the same paths)
 and builds the worker's one :class:`~edge_runtime.job.processor.Processor` with a one-thread ONNX
-session; :func:`run_batch` is the task, which hands a batch to it. Workers write outputs and never
-touch the ledger. This module imports Dask's plugin base class, so only the ``cluster`` extra needs it.
+session, then offers the run's worker resource (:func:`resource_name`), which every task asks for, so
+a worker that joins later and does not match is never given work; :func:`run_batch` is the task, which
+hands a batch to it. Workers write outputs and never touch the ledger. This module imports Dask's
+plugin base class, so only the ``cluster`` extra needs it.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class EdgeSegPlugin(WorkerPlugin):
         self.processor: Processor | None = None
         self.refused: str | None = None
 
-    def setup(self, worker: Any) -> None:
+    async def setup(self, worker: Any) -> None:
         reason = refusal(self.brief)
         if reason is None:
             try:
@@ -120,9 +122,20 @@ class EdgeSegPlugin(WorkerPlugin):
         if reason is not None:
             self.refused = f"Dask worker {worker.address} refused: {reason}"
             log.error("%s", self.refused)
+            return
+        # The run's tasks ask for one unit of this resource: only a worker that passed gets any, also one
+        # that joins in the middle of the run (a refused one is simply never given work).
+        await worker.set_resources(**{resource_name(self.brief): worker.state.nthreads})
 
-    def teardown(self, worker: Any) -> None:
-        self.processor = None
+    async def teardown(self, worker: Any) -> None:
+        if self.processor is not None:
+            self.processor = None
+            await worker.set_resources(**{resource_name(self.brief): 0})
+
+
+def resource_name(brief: WorkerBrief) -> str:
+    """The Dask worker resource a worker admitted to the run offers (one unit a thread); also the plugin's name."""
+    return f"edge-seg-{brief.probe_token[:12]}"
 
 
 def worker_state(plugin: str, dask_worker: Any = None) -> str | None:

@@ -317,3 +317,22 @@ def test_a_worker_that_joins_later_and_does_not_match_gets_no_work(tmp_path, tin
             assert dask.workers == 1 and len(dask.refused) == 1  # said once
         finally:
             dask.close()
+
+
+def test_parts_on_a_cluster_do_every_scan_once_with_the_one_shot_bytes(cluster, tmp_path, tiny_model):
+    """``--num-parts N --part-id K`` with ``--cluster``: each part's client sends only its own scans to the
+    workers; the parts together write exactly what one one-shot run writes, each scan in one part's record."""
+    address, _ = cluster
+    rels = scans(tmp_path / "in", 30)
+    assert run(tmp_path / "in", "--out", tmp_path / "one", "--model", tiny_model, "--report") == 0
+    listed: list[str] = []
+    for k in range(3):
+        parts = ("--num-parts", "3", "--part-id", str(k))
+        args = ("--model", tiny_model, "--report", *parts, "--cluster", address)
+        assert run(tmp_path / "in", "--out", tmp_path / "dask", *args) == 0
+        with open(tmp_path / "dask" / f"run-summary.part-{k}-of-3.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert rows and all(r["status"] == "ok" for r in rows)
+        listed += [r["path"] for r in rows]
+    assert sorted(listed) == sorted(rels)  # each scan in exactly one part
+    assert files(tmp_path / "dask") == files(tmp_path / "one")

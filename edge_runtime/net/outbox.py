@@ -188,7 +188,8 @@ class Outbox:
         for path, entry in refused.items():
             entry.refusals, entry.next_try = 0, now
             try:
-                self._save(entry)
+                if path not in self._entries:  # (a newer version of it may be waiting already)
+                    self._save(entry)
                 (folder / f"{_key(path)}.json").unlink(missing_ok=True)
             except OSError as exc:
                 log.warning("outbox: cannot queue %s again: %s", path, exc.strerror or exc)

@@ -86,10 +86,10 @@ def _hold_after_writing(gate: str) -> None:
     if getattr(real, "_held", False):
         return
 
-    def work(self, batch, known=None):  # type: ignore[no-untyped-def]
+    def work(self, batch, known=None, begin=None):  # type: ignore[no-untyped-def]
         import tempfile
 
-        results = real(self, batch, known)
+        results = real(self, batch, known, begin)
         # ... and is in the middle of rewriting its first mask: write_atomic's temporary file, half written
         first = self.out_dir / next(r for r in results if isinstance(r, processor.Written)).outcome.outputs[0]
         fd, _ = tempfile.mkstemp(prefix=f".{first.name}.", suffix=".tmp", dir=first.parent)
@@ -336,3 +336,60 @@ def test_parts_on_a_cluster_do_every_scan_once_with_the_one_shot_bytes(cluster, 
         listed += [r["path"] for r in rows]
     assert sorted(listed) == sorted(rels)  # each scan in exactly one part
     assert files(tmp_path / "dask") == files(tmp_path / "one")
+
+
+def _errors(out: Path) -> dict[str, list[str]]:
+    return {
+        p.relative_to(out).as_posix(): [ln for ln in p.read_text().splitlines() if not ln.startswith("time:")]
+        for p in out.rglob("*.error.txt")
+    }
+
+
+def _add(src: Path, name: str) -> None:
+    import cv2
+
+    from tests.test_collisions import tiff
+
+    seed = sum(map(ord, name))
+    if name.endswith(".tif"):
+        tiff(src / name, [synthetic(seed + k, 120, 140)[0] for k in range(3)])
+    else:
+        src.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(src / name), synthetic(seed, 90 + seed % 20, 80)[0])
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [["same.png", "same.jpg"]],  # together: the one named like the mask keeps it
+        [["cine.tif", "cine_f0002.png"]],  # a scan named like a frame of another
+        [["x.jpg"], ["x.png"]],  # x.png comes later and takes OUT/x.png from x.jpg, done before
+        [["x.png"], ["x.bmp"]],  # x.bmp comes later: refused, x.png keeps its mask
+        [["cine.tif"], ["cine_f0002.png"]],  # takes a frame's name: cine.tif's other frames are removed
+        [["cine_f0002.png"], ["cine.tif"]],  # known only once cine.tif is read: refused
+    ],
+    ids=["together", "frame-together", "mask-named-later", "other-later", "frame-named-later", "cine-later"],
+)
+def test_output_name_collisions_end_as_in_one_shot(cluster, tmp_path, tiny_model, steps):
+    """A Dask worker reserves its scans' output names as one process does (the client sends each batch the
+    done records of the scans it may take names from): the same exit codes, masks, error records and
+    ledger, so no mask on a cluster is another scan's (before: both scans wrote OUT/x.png, both "ok")."""
+    from collections import Counter
+
+    address, _ = cluster
+    src = tmp_path / "in"
+    for names in steps:
+        for name in names:
+            _add(src, name)
+        one = run(src, "--out", tmp_path / "one", "--model", tiny_model, "--overlay")
+        dask = run(src, "--out", tmp_path / "dask", "--model", tiny_model, "--overlay", "--cluster", address)
+        assert dask == one
+        assert files(tmp_path / "dask") == files(tmp_path / "one")
+        assert _errors(tmp_path / "dask") == _errors(tmp_path / "one")
+        records = read_records(tmp_path / "dask")
+        assert {r: rec["event"] for r, rec in records.items()} == {
+            r: rec["event"] for r, rec in read_records(tmp_path / "one").items()
+        }
+        owned = Counter(o for rec in records.values() if rec["event"] == "done" for o in rec["outputs"])
+        assert max(owned.values()) == 1
+    assert one == 1  # each case ends with one scan refused

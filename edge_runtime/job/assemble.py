@@ -112,6 +112,7 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
                 work=dask.work,
                 batch_size=max(SCANS_PER_TASK, options.batch_size),
                 tail_size=TAIL_SCANS_PER_TASK,
+                send_owners=True,  # the workers reserve output names with them (cluster_worker.run_batch)
             )
     except BaseException:
         ledger.close()

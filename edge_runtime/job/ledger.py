@@ -241,6 +241,19 @@ class Ledger:
             yield from (_rel(r[0]) for r in rows)
             last = rows[-1][0]
 
+    def done_with_prefix(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+        """The scans whose path starts with ``prefix`` and whose newest record is ``done``, with it.
+
+        (Paths that are not UTF-8, kept as bytes, are not matched.)
+        """
+        if isinstance(_key(prefix), bytes):
+            return []
+        rows = self._query(
+            "SELECT rel, record FROM scans WHERE rel >= ? AND rel < ? AND event = 'done'",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return [(_rel(rel), json.loads(text)) for rel, text in rows]
+
     def done_rels(self) -> Iterator[str]:
         """The scans whose newest record is ``done``."""
         return self.rels("done")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_runtime.errors import ScanError
 from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
@@ -62,8 +63,7 @@ class Planner:
         self.folders = [(w.folder, w.kind) for w in writers if w.folder]
         self.part = part
         self._write_retried: set[str] = set()
-        self._mutex = threading.Lock()
-        self._writing: dict[str, set[str]] = {}  # scans between reserve() and release(): their outputs
+        self.reservations = Reservations(in_dir, ledger)
 
     def needs_work(self, rel: str, retry_failed: bool = True) -> bool:
         """False when the scan's outputs are up to date (or, unless ``retry_failed``, it failed as it is),
@@ -98,6 +98,56 @@ class Planner:
                     )
 
     def reserve(self, rel: str, outputs: list[str]) -> list[tuple[str, str]]:
+        """:meth:`Reservations.reserve` against the job's ledger."""
+        return self.reservations.reserve(rel, outputs)
+
+    def release(self, rel: str) -> None:
+        """The scan is recorded (done or failed) or given up: its reservation ends."""
+        self.reservations.release(rel)
+
+    def owners(self, batch: Iterable[str | ScanError]) -> dict[str, dict[str, Any]]:
+        """The ledger's done records of the scans in IN whose outputs could share a name with a scan of
+        ``batch`` (same folder, same :func:`group_key`), other than the batch's own: what a Dask worker,
+        which has no ledger, needs to reserve the batch's output names (:class:`Reservations`)."""
+        mine = {rel for rel in batch if isinstance(rel, str)}
+        found: dict[str, dict[str, Any]] = {}
+        for prefix in sorted({_group_prefix(rel) for rel in mine}):
+            for other, rec in self.ledger.done_with_prefix(prefix):
+                if other not in mine and _group_prefix(other) == prefix:
+                    found[other] = rec
+        return found
+
+
+class Records(Protocol):
+    """What reserving names needs of a ledger: a scan's newest record."""
+
+    def get(self, rel: str) -> dict[str, Any] | None: ...
+
+
+class OwnersView:
+    """The records :meth:`Planner.owners` gave a Dask worker, as a :class:`Records`."""
+
+    def __init__(self, owners: Mapping[str, dict[str, Any]]) -> None:
+        self.owners = owners
+
+    def get(self, rel: str) -> dict[str, Any] | None:
+        return self.owners.get(rel)
+
+
+class Reservations:
+    """Output names taken by the scans being written now, checked against the scans done before.
+
+    The job's :class:`Planner` holds one over its ledger; a Dask worker one a batch over the records the
+    client sent with it (:meth:`Planner.owners`).
+    """
+
+    def __init__(self, in_dir: Path, records: Records) -> None:
+        self.in_dir = in_dir
+        self.records = records
+        self._mutex = threading.Lock()
+        self._writing: dict[str, set[str]] = {}  # scans between reserve() and release(): their outputs
+
+    def reserve(self, rel: str, outputs: list[str]) -> list[tuple[str, str]]:
         """Take ``outputs`` (paths relative to OUT) for scan ``rel``, held until :meth:`release`.
 
         Another scan in IN that has one of them keeps it (ScanError naming both), unless ``rel`` is named
@@ -120,7 +170,7 @@ class Planner:
             for other in self._rivals(rel, mine):  # written before: what the ledger says of the likely ones
                 if other in self._writing:
                     continue
-                rec = self.ledger.get(other)
+                rec = self.records.get(other)
                 if not rec or rec.get("event") != "done" or not (self.in_dir / other).exists():
                     continue
                 shared = mine.intersection(rec.get("outputs", []))
@@ -151,6 +201,12 @@ class Planner:
         prefix = "" if str(parent) == "." else f"{parent}/"
         names = [prefix + stem + sfx for stem in stems for sfx in _SUFFIX_FORMS] + [prefix + st for st in stems]
         return [n for n in names if n != rel]
+
+
+def _group_prefix(rel: str) -> str:
+    """The folder and :func:`group_key` of a scan: the start of the name of every scan it may collide with."""
+    relp = PurePosixPath(rel)
+    return (relp.parent / group_key(relp.name)).as_posix().removeprefix("./")
 
 
 _FRAME = re.compile(r"_f\d{4}$")

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,9 @@ class Written:
 
     outcome: Outcome
     state: ScanState  #: what its ledger records say about it
+    #: on a Dask worker: the scans done before whose output names this one took, with the name shared
+    #: (:meth:`edge_runtime.job.plan.Reservations.reserve`), for the client to record as displaced
+    displaced: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -174,7 +177,7 @@ class Processor:
             start += n
         return out
 
-    def finish(self, item: Loaded, prediction: Prediction) -> Written:
+    def finish(self, item: Loaded, prediction: Prediction, begin: BeginHook | None = None) -> Written:
         """Post-process and write the outputs atomically (their folders are synced by :meth:`work`)."""
         rel, scan = item.rel, item.scan
         t0 = time.perf_counter()
@@ -197,8 +200,9 @@ class Processor:
             model=self.spec.model.sha256[:16],
             frames=len(scan.frames),
         )
-        if self.begin is not None:
-            self.begin(state, outputs)
+        begin = begin or self.begin
+        if begin is not None:
+            begin(state, outputs)
         facts: dict[str, Any] = {}
         for writer, paths in planned:
             t1 = time.perf_counter()
@@ -229,9 +233,9 @@ class Processor:
             log.warning("inference failed for a batch of %d scans (%s); trying them one by one", len(items), exc)
             return [r for it in items for r in self._safe_infer([it])]
 
-    def _safe_finish(self, item: Loaded, prediction: Prediction) -> Written | ScanError:
+    def _safe_finish(self, item: Loaded, prediction: Prediction, begin: BeginHook | None) -> Written | ScanError:
         try:
-            return self.finish(item, prediction)
+            return self.finish(item, prediction, begin)
         except ScanChanged as exc:  # the scan whose output names it takes is being written now: wait
             return exc
         except ScanError as exc:  # its output names were refused (the planner), or a writer refused the scan
@@ -242,7 +246,9 @@ class Processor:
             log.exception("unexpected error writing the outputs of %s", item.rel)
             return WriteFailed(item.rel, f"unexpected error: {type(exc).__name__}: {exc}")
 
-    def work(self, batch: list[str | ScanError], known: Mapping[str, str] | None = None) -> list[Result]:
+    def work(
+        self, batch: list[str | ScanError], known: Mapping[str, str] | None = None, begin: BeginHook | None = None
+    ) -> list[Result]:
         """Load, infer and write one batch of scans on the calling thread, then sync the folders written.
 
         ``known`` maps a scan to the sha256 of the content already done with this job's signature; a
@@ -250,6 +256,7 @@ class Processor:
         ``force``). Returns one entry per scan, in order; an entry that already is a ScanError (its
         output names were taken) is passed through. Every output of a :class:`Written` scan is on disk
         (with ``fsync``: its folder synced) before this returns, so the client may record it done.
+        ``begin`` replaces the processor's own hook for this batch (a Dask worker's reservations).
         """
         known = {} if self.options.force or known is None else known
         got = [item if isinstance(item, ScanError) else self._safe_load(item) for item in batch]
@@ -267,7 +274,7 @@ class Processor:
                 done.append(r)
                 continue
             prediction = next(predictions)
-            done.append(prediction if isinstance(prediction, ScanError) else self._safe_finish(r, prediction))
+            done.append(prediction if isinstance(prediction, ScanError) else self._safe_finish(r, prediction, begin))
         if self.options.fsync:
             # The renames must be on disk before the ledger says "done"; one sync of the folders for a
             # whole batch rather than one per scan saves a folder fsync per scan (bench/README.md).

@@ -80,6 +80,8 @@ class Recorder:
                     self.planner.release(res.outcome.rel if isinstance(res, Written) else _rel(res))
 
     def _record(self, results: list[Result], defer: Callable[[str], bool] | None) -> Iterator[Outcome]:
+        # A Dask worker's scans that took output names from scans done before: those lose them now.
+        results = [self._take_names(r) if isinstance(r, Written) and r.displaced else r for r in results]
         # The batch's done records first, in one transaction (not held across the yields below: the
         # ledger's lock would keep the worker threads' begin records waiting on the caller).
         with self.ledger.batch():
@@ -104,6 +106,18 @@ class Recorder:
                 yield _unwritten(res.path, res.problem, res.reason, res.filename)
             else:
                 yield self.fail(res.path, res)
+
+    def _take_names(self, written: Written) -> Result:
+        """A scan written on a Dask worker that took output names from scans done before
+        (:attr:`Written.displaced`): they are recorded as displaced, as :meth:`displace` does in one process
+        before the writes. If OUT refuses that, the scan is not recorded done (it is done again later)."""
+        rel = written.outcome.rel
+        try:
+            for other, shared in written.displaced:
+                self.displace(other, rel, shared, written.outcome.outputs)
+        except OSError as exc:
+            return WriteFailed.of(rel, exc, f"cannot record the scan whose outputs it takes: {exc.strerror or exc}")
+        return written
 
     def record_done(self, written: Written) -> Outcome:
         """A scan whose outputs are on disk (the worker synced their folders): its done record.

@@ -70,6 +70,7 @@ class Scheduler:
         work: Work | None = None,
         batch_size: int | None = None,
         tail_size: int = 1,
+        send_owners: bool = False,
     ) -> None:
         self.processor = processor
         self.planner = planner
@@ -83,6 +84,9 @@ class Scheduler:
         self.batch_size = max(1, batch_size or processor.options.batch_size)
         #: scans per batch at the end of a long run (one for threads; a Dask task carries a few)
         self.tail_size = max(1, min(tail_size, self.batch_size))
+        #: hand ``work`` the done records of the scans each batch may take names from (``owners=``): a
+        #: Dask worker, which has no ledger, reserves the output names with them
+        self.send_owners = send_owners
 
     def batches(self, rels: Iterable[str]) -> Iterator[list[str | ScanError]]:
         """The scans, claimed, in batches of ``batch_size`` (smaller ones at the end).
@@ -130,7 +134,11 @@ class Scheduler:
                 if stop is not None and stop():
                     break
                 known: Mapping[str, str] = recorder.known(batch)
-                pending.append(pool.submit(partial(self.work, known=known), batch))
+                if self.send_owners:
+                    work = partial(self.work, known=known, owners=self.planner.owners(batch))
+                else:
+                    work = partial(self.work, known=known)
+                pending.append(pool.submit(work, batch))
                 while pending and (pending[0].done() or len(pending) > 2 * pool.workers):
                     yield from recorder.record(pending.popleft().result(), defer)
             while pending:

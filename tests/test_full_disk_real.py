@@ -108,7 +108,14 @@ def test_a_full_disk_pauses_the_daemon_and_it_resumes_when_space_returns(tmp_pat
         filler.unlink()
         wait_for(lambda: all((view / f"a{i}.png").exists() for i in range(6)), "every mask once space is back")
         assert text().count("can be written again") == 1
-        ledger = read_history(copy_ledger(view, tmp_path / "copy"))
+        copies = iter(range(10**6))
+
+        def history() -> list[dict]:
+            return read_history(copy_ledger(view, tmp_path / f"copy{next(copies)}"))
+
+        # a mask is on disk a moment before its done record (written, synced, then recorded)
+        wait_for(lambda: len({r["rel"] for r in history() if r["event"] == "done"}) == 6, "every scan recorded")
+        ledger = history()
         assert not [r for r in ledger if r["event"] == "error"]
         done = [r["rel"] for r in ledger if r["event"] == "done"]
         assert sorted(set(done)) == [f"a{i}.png" for i in range(6)]

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-TIMEOUT = 60.0
+TIMEOUT = 180.0  #: a liveness guard: a loaded 2-core machine once took over 60 s to start Chromium for --dump-dom
 
 
 def chromium_path() -> str | None:

@@ -7,7 +7,7 @@ State lives under ``OUT/.edge-seg/outbox/``, so it survives restarts and ``kill 
   returns;
 * ``sent.jsonl``: one line per result the PACS took (path, SOP Instance UID, the file's size and
   mtime, when, to whom), flushed to disk before the waiting entry is removed; compacted on the
-  sender's thread (at :data:`COMPACT_LINES` lines, then each time it doubles) to the lines of
+  sender's thread (at :data:`COMPACT_LINES` lines, then at twice what it kept) to the lines of
   results still in OUT as they were sent, so a daemon that runs for years keeps neither a growing
   file nor a growing table of results long removed;
 * ``refused/<key>.json``: results the PACS refused :data:`MAX_REFUSALS` times (a failure status, or
@@ -48,7 +48,7 @@ REFUSED_DIR = "refused"
 MAX_WAIT = 600.0  #: the longest wait between two tries, seconds
 MAX_REFUSALS = 10  #: refusals of one result (not failures to connect) before it is set aside until a restart
 #: (with the back-off, about half an hour of refusals at the default ``--send-retry`` of 5 s)
-COMPACT_LINES = 10_000  #: ``sent.jsonl`` is compacted at this many lines, then each time it doubles
+COMPACT_LINES = 10_000  #: ``sent.jsonl`` is compacted at this many lines, then at twice what it kept
 BATCH = 32  #: results sent over one association at most
 
 

@@ -393,3 +393,44 @@ def test_output_name_collisions_end_as_in_one_shot(cluster, tmp_path, tiny_model
         owned = Counter(o for rec in records.values() if rec["event"] == "done" for o in rec["outputs"])
         assert max(owned.values()) == 1
     assert one == 1  # each case ends with one scan refused
+
+
+def test_a_run_whose_workers_are_all_gone_or_refused_stops_with_one_line(tmp_path, tiny_model, monkeypatch):
+    """The only admitted worker dies and the one its nanny starts again cannot run the job (the model file
+    is gone): the tasks would wait forever; after WORKER_TIMEOUT the run stops with a SetupError naming
+    the refusal (exit 2; the scans not recorded are done by the next run)."""
+    import shutil
+
+    import edge_runtime.job.cluster as cluster_mod
+    from edge_runtime.core.segmenter import Segmenter
+    from edge_runtime.errors import SetupError
+    from edge_runtime.job.cluster import connect
+    from edge_runtime.job.settings import JobRequest, RunOptions
+    from tests.helpers import wait_for
+
+    monkeypatch.setattr(cluster_mod, "WORKER_TIMEOUT", 3.0)
+    model = tmp_path / "model.onnx"
+    shutil.copy(tiny_model, model)
+    (tmp_path / "out" / ".edge-seg").mkdir(parents=True)
+    rels = scans(tmp_path / "in", 2)
+    request = JobRequest(model)
+    spec = request.resolve(Segmenter(model, threads=1).info)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", scheduler_port=0
+    ) as lc:
+        dask = connect(lc.scheduler_address, request, spec, RunOptions(), tmp_path / "in", tmp_path / "out")
+        try:
+            model.unlink()
+            [pid] = dask.client.run(os.getpid).values()
+            os.kill(pid, signal.SIGKILL)  # its nanny starts another, which finds no model file
+            wait_for(lambda: dask.workers and dask.refused, "the new worker to be refused")
+            task = dask.submit(dask.work, [rels[0]])
+            with pytest.raises(SetupError) as err:
+                task.result()
+            assert str(err.value).startswith(
+                f"no Dask worker that can run this job has been at {lc.scheduler_address} for 3 s; 1 refused, e.g. "
+                "Dask worker "
+            )
+            assert f"refused: it has no model file {model}" in str(err.value)
+        finally:
+            dask.close()

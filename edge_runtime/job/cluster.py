@@ -46,6 +46,8 @@ TAIL_SCANS_PER_TASK = 4
 #: Seconds to wait for the scheduler to answer, and for a first worker to join it.
 CONNECT_TIMEOUT = 10.0
 WORKER_TIMEOUT = 60.0
+#: Seconds between two looks at the workers while waiting for a task (WORKER_TIMEOUT with none: SetupError).
+RESULT_POLL = 2.0
 
 
 def local_threads(workers: int) -> int:
@@ -82,8 +84,10 @@ class DaskExecutor:
         self.plugin = plugin  #: the plugin's name, and the worker resource of the workers admitted to the run
         self.probe = probe
         self.refused: dict[str, str] = {}  #: worker address -> why it takes no part (said once)
+        self.address = ""  #: the scheduler's, for messages
         self._threads = 0
         self._counted = -1.0
+        self._none_since: float | None = None  #: since when no admitted worker is there
 
     @property
     def workers(self) -> int:
@@ -97,7 +101,19 @@ class DaskExecutor:
             self._threads = max(1, sum(int(w.get("nthreads", 1)) for w in admitted.values()))
             for address in sorted(set(workers) - set(admitted) - set(self.refused)):
                 self._check_late(address)
+            self._none_since = None if admitted else (self._none_since or now)
         return self._threads
+
+    def check_workers(self) -> None:
+        """Raise :class:`SetupError` once no worker that may run the job has been there for
+        :data:`WORKER_TIMEOUT` seconds (all gone, or only refused ones left): the tasks would wait forever."""
+        self.workers  # noqa: B018 -- counts them again (at most once a second)
+        if self._none_since is not None and time.monotonic() - self._none_since >= WORKER_TIMEOUT:
+            why = f"; {len(self.refused)} refused, e.g. {next(iter(self.refused.values()))}" if self.refused else ""
+            raise SetupError(
+                f"no Dask worker that can run this job has been at {self.address} for {WORKER_TIMEOUT:g} s{why}; "
+                "start one with `dask worker ADDRESS` and run again to finish"
+            )
 
     def _check_late(self, address: str) -> None:
         from edge_runtime.job.cluster_worker import worker_state
@@ -122,7 +138,7 @@ class DaskExecutor:
 
     def submit(self, fn: Callable[[A], R], item: A) -> Pending[R]:
         # one unit of the run's resource: only the workers admitted to the run have it
-        return _Task(self.client.submit(fn, item, pure=False, resources={self.plugin: 1}))
+        return _Task(self.client.submit(fn, item, pure=False, resources={self.plugin: 1}), self.check_workers)
 
     def __enter__(self) -> DaskExecutor:
         return self
@@ -146,8 +162,9 @@ class DaskExecutor:
 class _Task(Generic[R]):
     """A Dask future whose failure to come back at all is a one-line :class:`SetupError`."""
 
-    def __init__(self, future: Any) -> None:
+    def __init__(self, future: Any, check: Callable[[], None]) -> None:
         self.future = future
+        self.check = check  #: raises SetupError when no worker is left to run it
 
     def done(self) -> bool:
         return bool(self.future.done())
@@ -156,7 +173,12 @@ class _Task(Generic[R]):
         from distributed import KilledWorker
 
         try:
-            result: R = self.future.result()
+            while True:
+                try:
+                    result: R = self.future.result(timeout=RESULT_POLL)
+                    break
+                except TimeoutError:
+                    self.check()
         except KilledWorker as exc:
             raise SetupError(
                 f"Dask gave up on a batch of scans: every worker that ran it died ({exc}); see the workers' logs"
@@ -225,6 +247,7 @@ def connect(
                 f"install edge-seg[cluster] {__version__} on every worker"
             ) from None
         executor = DaskExecutor(client, cluster, name, probe)
+        executor.address = address
         for worker, state in sorted(client.run(worker_state, name, on_error="return").items()):
             if isinstance(state, BaseException):
                 raise SetupError(

@@ -296,3 +296,32 @@ def test_views_training_chooses_a_presence_threshold_and_exports_two_outputs(ddt
     np.testing.assert_allclose(q_tta, (q_plain + q_flip) / 2, atol=1e-5)
     assert seg_tta.info.metadata["test_time_augmentation"] == "flip"
     assert 0 < seg_tta.presence_threshold < 1
+
+
+def test_init_from_starts_from_a_trained_models_weights_and_refuses_another_architecture(trained, tmp_path, caplog):
+    """``--init-from``: a run continued at a learning rate too small to move anything ends with the weights
+    it started from (a fresh start would not); a model of another architecture is one line and exit 2."""
+    import keras
+
+    from train.cli import main as train_main
+
+    root, _ = trained
+    first = root / "run" / "model.keras"
+    common = ["--train", str(root / "train"), "--val", str(root / "val"), "--epochs", "1", "--batch-size", "8"]
+    assert train_main([*common, "--out", str(tmp_path / "more"), "--init-from", str(first), "--lr", "1e-12"]) == 0
+    kernels = [
+        (a, b)
+        for a, b in zip(
+            keras.models.load_model(first, compile=False).weights,
+            keras.models.load_model(tmp_path / "more" / "model.keras", compile=False).weights,
+            strict=True,
+        )
+        if "kernel" in a.path
+    ]
+    assert kernels and all(np.allclose(a.numpy(), b.numpy(), atol=1e-6) for a, b in kernels)
+    assert json.loads((tmp_path / "more" / "training.json").read_text())["config"]["init_from"] == str(first)
+
+    code = train_main([*common, "--out", str(tmp_path / "other"), "--arch", "unet4", "--init-from", str(first)])
+    assert code == 2
+    assert f"--init-from {first}: cannot start from it (" in caplog.text
+    assert "it must be a model.keras of --arch unet4 at --input-size 128" in caplog.text

@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="start from this model.keras's weights (same --arch, --input-size and --views) instead of "
+        "ImageNet's or random ones: continue a run at a lower --lr",
+    )
+    p.add_argument(
         "--loss",
         default="bce",
         choices=["bce", "dice_bce", "dice_bce_nodule"],
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         augment=args.augment,
         views=args.views,
         max_minutes=args.max_minutes,
+        init_from=args.init_from,
         monitor=args.monitor,
         threads=args.threads,
         seed=args.seed,

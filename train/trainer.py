@@ -52,6 +52,7 @@ class TrainConfig:
     presence_weight: float = 0.5  # with views: weight of the presence loss beside the mask loss
     seed: int = 42
     max_minutes: float = 0.0  # stop after the first epoch that ends past this much training time (0: no limit)
+    init_from: str | None = None  # start from this trained model's weights (same architecture and size)
     morphology_size: int = 3
     name: str = "ddti-fcn"
     version: str = "0.1.0"
@@ -115,7 +116,7 @@ def train(cfg: TrainConfig) -> dict:
     from edge_runtime.core.thresholds import choose_presence_threshold
 
     from .augment import AugmentConfig
-    from .data import concat, load_split, split_fraction, views_split
+    from .data import DataError, concat, load_split, split_fraction, views_split
     from .losses import LOSSES, dice_at_half, iou_at_half
     from .models import PRESENCE, PROBABILITY, count_macs, get_model
     from .sampling import ViewSampler
@@ -137,6 +138,17 @@ def train(cfg: TrainConfig) -> dict:
     val_frames_and_free = concat(val_split, val_neg) if val_neg is not None else None
 
     model = get_model(cfg.architecture, size, cfg.channels, presence=cfg.views)
+    if cfg.init_from:
+        try:
+            model.load_weights(cfg.init_from)
+        except (OSError, ValueError) as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            why = why if len(why) <= 120 else why[:117] + "..."
+            raise DataError(
+                f"--init-from {cfg.init_from}: cannot start from it ({why}); it must be a model.keras of "
+                f"--arch {cfg.architecture} at --input-size {cfg.input_size}{' with --views' if cfg.views else ''}"
+            ) from None
+        log.info("starting from the weights of %s", cfg.init_from)
     macs = count_macs(model)
     log.info("%s: %s parameters, %.3f GMAC per scan", cfg.architecture, f"{model.count_params():,}", macs / 1e9)
     samples = len(train_split) * (cfg.view_passes if cfg.views else 1)

@@ -432,5 +432,7 @@ def test_a_run_whose_workers_are_all_gone_or_refused_stops_with_one_line(tmp_pat
                 "Dask worker "
             )
             assert f"refused: it has no model file {model}" in str(err.value)
+            hint = f"; start one with `dask worker {lc.scheduler_address}` and run again to finish"
+            assert str(err.value).endswith(hint)
         finally:
             dask.close()

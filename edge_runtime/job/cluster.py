@@ -110,9 +110,10 @@ class DaskExecutor:
         self.workers  # noqa: B018 -- counts them again (at most once a second)
         if self._none_since is not None and time.monotonic() - self._none_since >= WORKER_TIMEOUT:
             why = f"; {len(self.refused)} refused, e.g. {next(iter(self.refused.values()))}" if self.refused else ""
+            start = "fix them" if self.address.startswith("local:") else f"start one with `dask worker {self.address}`"
             raise SetupError(
                 f"no Dask worker that can run this job has been at {self.address} for {WORKER_TIMEOUT:g} s{why}; "
-                "start one with `dask worker ADDRESS` and run again to finish"
+                f"{start} and run again to finish"
             )
 
     def _check_late(self, address: str) -> None:

@@ -7,13 +7,16 @@ run are refused with one line.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -275,28 +278,36 @@ sys.exit(main([{str(tmp_path / "in")!r}, "--out", {str(tmp_path / "out")!r}, "--
     assert res.stderr.strip().splitlines()[-1] == 'error: --cluster needs Dask: pip install "edge-seg[cluster]"'
 
 
-def test_a_worker_that_joins_later_and_does_not_match_gets_no_work(tmp_path, tiny_model, caplog):
-    """A worker joining in the middle of a run is checked as the first ones were; one that cannot run it
-    (here: the model file is gone when it joins) is named once and never given a batch, and the run goes
-    on, on the workers admitted (before: its first task raised and the run stopped)."""
+@contextlib.contextmanager
+def _one_worker(tmp_path: Path, tiny_model: Path) -> Iterator[tuple[Any, Any, Path]]:
+    """A LocalCluster of one worker process (under a nanny) and a DaskExecutor connected to it for a job
+    on ``tmp_path/in`` with a copy of the tiny model (``model``, which the test may remove)."""
     import shutil
 
     from edge_runtime.core.segmenter import Segmenter
     from edge_runtime.job.cluster import connect
-    from edge_runtime.job.processor import Written
     from edge_runtime.job.settings import JobRequest, RunOptions
-    from tests.helpers import wait_for
 
     model = tmp_path / "model.onnx"
     shutil.copy(tiny_model, model)
     (tmp_path / "out" / ".edge-seg").mkdir(parents=True)
-    rels = scans(tmp_path / "in", 16)
     request = JobRequest(model)
     spec = request.resolve(Segmenter(model, threads=1).info)
     with distributed.LocalCluster(
         n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", scheduler_port=0
     ) as lc:
-        dask = connect(lc.scheduler_address, request, spec, RunOptions(), tmp_path / "in", tmp_path / "out")
+        yield lc, connect(lc.scheduler_address, request, spec, RunOptions(), tmp_path / "in", tmp_path / "out"), model
+
+
+def test_a_worker_that_joins_later_and_does_not_match_gets_no_work(tmp_path, tiny_model, caplog):
+    """A worker joining in the middle of a run is checked as the first ones were; one that cannot run it
+    (here: the model file is gone when it joins) is named once and never given a batch, and the run goes
+    on, on the workers admitted (before: its first task raised and the run stopped)."""
+    from edge_runtime.job.processor import Written
+    from tests.helpers import wait_for
+
+    rels = scans(tmp_path / "in", 16)
+    with _one_worker(tmp_path, tiny_model) as (lc, dask, model):
         try:
             assert dask.workers == 1 and not dask.refused
             model.unlink()  # the first worker has its session; one that joins now finds no model file
@@ -399,26 +410,13 @@ def test_a_run_whose_workers_are_all_gone_or_refused_stops_with_one_line(tmp_pat
     """The only admitted worker dies and the one its nanny starts again cannot run the job (the model file
     is gone): the tasks would wait forever; after WORKER_TIMEOUT the run stops with a SetupError naming
     the refusal (exit 2; the scans not recorded are done by the next run)."""
-    import shutil
-
     import edge_runtime.job.cluster as cluster_mod
-    from edge_runtime.core.segmenter import Segmenter
     from edge_runtime.errors import SetupError
-    from edge_runtime.job.cluster import connect
-    from edge_runtime.job.settings import JobRequest, RunOptions
     from tests.helpers import wait_for
 
     monkeypatch.setattr(cluster_mod, "WORKER_TIMEOUT", 3.0)
-    model = tmp_path / "model.onnx"
-    shutil.copy(tiny_model, model)
-    (tmp_path / "out" / ".edge-seg").mkdir(parents=True)
     rels = scans(tmp_path / "in", 2)
-    request = JobRequest(model)
-    spec = request.resolve(Segmenter(model, threads=1).info)
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", scheduler_port=0
-    ) as lc:
-        dask = connect(lc.scheduler_address, request, spec, RunOptions(), tmp_path / "in", tmp_path / "out")
+    with _one_worker(tmp_path, tiny_model) as (lc, dask, model):
         try:
             model.unlink()
             [pid] = dask.client.run(os.getpid).values()

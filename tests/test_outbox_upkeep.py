@@ -5,10 +5,12 @@ A pynetdicom PACS in this process is the peer. Waits are liveness guards only; n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,15 +45,24 @@ def try_now(box: Outbox) -> int:
     return box.send_due()
 
 
+@contextlib.contextmanager
+def answering(tmp_path: Path, status: int) -> Iterator[tuple[Pacs, Outbox, str]]:
+    """A PACS that answers every C-STORE with ``status``, and an outbox for it holding one result (queued)."""
+    out = tmp_path / "out"
+    pacs = Pacs(status=status)
+    try:
+        box = Outbox(out, out / ".edge-seg", Peer("PACS", "127.0.0.1", pacs.port), retry=0.01)
+        [path] = results(out, 1)
+        box.add([path])
+        yield pacs, box, path
+    finally:
+        pacs.close()
+
+
 def test_a_result_the_pacs_keeps_refusing_is_set_aside_and_a_restart_tries_it_again(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(outbox_mod, "MAX_REFUSALS", 3)
     out = tmp_path / "out"
-    pacs = Pacs(status=DATA_SET_DOES_NOT_MATCH)
-    peer = Peer("PACS", "127.0.0.1", pacs.port)
-    try:
-        box = Outbox(out, out / ".edge-seg", peer, retry=0.01)
-        [path] = results(out, 1)
-        box.add([path])
+    with answering(tmp_path, DATA_SET_DOES_NOT_MATCH) as (pacs, box, path):
         with caplog.at_level(logging.WARNING, logger="edge_runtime.net.outbox"):
             for _ in range(2):
                 assert try_now(box) == 0
@@ -69,45 +80,30 @@ def test_a_result_the_pacs_keeps_refusing_is_set_aside_and_a_restart_tries_it_ag
         assert box.reconcile() == 0  # set aside, not found again as "never sent"
 
         pacs.status = 0x0000  # the PACS is fixed, and edge-seg restarted
-        again = Outbox(out, out / ".edge-seg", peer, retry=0.01)
+        again = Outbox(out, out / ".edge-seg", box.peer, retry=0.01)
         assert again.stats()["waiting"] == 1 and again.stats()["refused"] == 0
         assert not list((folder / REFUSED_DIR).glob("*.json"))
         assert again.send_due() == 1 and pacs.uids() == [str(dcmread(out / path).SOPInstanceUID)]
-    finally:
-        pacs.close()
 
 
 def test_out_of_resources_is_waited_for_not_set_aside(tmp_path, monkeypatch):
     monkeypatch.setattr(outbox_mod, "MAX_REFUSALS", 2)
-    out = tmp_path / "out"
-    pacs = Pacs(status=OUT_OF_RESOURCES)
-    try:
-        box = Outbox(out, out / ".edge-seg", Peer("PACS", "127.0.0.1", pacs.port), retry=0.01)
-        box.add(results(out, 1))
+    with answering(tmp_path, OUT_OF_RESOURCES) as (_, box, _):
         for _ in range(4):
             assert try_now(box) == 0
         assert box.stats()["waiting"] == 1 and box.stats()["refused"] == 0
         assert box.stats()["failed_tries"] == 4
-    finally:
-        pacs.close()
 
 
 def test_a_new_version_of_a_refused_result_is_offered_again(tmp_path, monkeypatch):
     monkeypatch.setattr(outbox_mod, "MAX_REFUSALS", 1)
-    out = tmp_path / "out"
-    pacs = Pacs(status=DATA_SET_DOES_NOT_MATCH)
-    try:
-        box = Outbox(out, out / ".edge-seg", Peer("PACS", "127.0.0.1", pacs.port), retry=0.01)
-        [path] = results(out, 1)
-        box.add([path])
+    with answering(tmp_path, DATA_SET_DOES_NOT_MATCH) as (pacs, box, path):
         assert try_now(box) == 0 and box.stats()["refused"] == 1
         pacs.status = 0x0000
         box.add([path])  # its scan was redone: the daemon queues the new SEG/SR
         assert box.stats()["refused"] == 0 and box.stats()["waiting"] == 1
-        assert not list((out / ".edge-seg" / "outbox" / REFUSED_DIR).glob("*.json"))
+        assert not list((tmp_path / "out" / ".edge-seg" / "outbox" / REFUSED_DIR).glob("*.json"))
         assert box.send_due() == 1
-    finally:
-        pacs.close()
 
 
 def sent_line(path: str, stat: tuple[int, int]) -> str:

@@ -83,9 +83,10 @@ def serial_stages(scans: list[Path], model: OnnxModel, work: Path) -> dict[str, 
         mark()
         tensor = seg.preprocess(pixels)
         mark()
-        prob = seg.predict(tensor[None])[0]
+        probs, presence = seg.run(tensor[None])
         mark()
-        mask = seg.postprocess(prob, pixels.shape[:2]).masks[seg.threshold]
+        score = None if presence is None else float(presence[0])
+        mask = seg.postprocess(probs[0], pixels.shape[:2], None, score, pixels).masks[seg.threshold]
         mark()
         png = encode_png(mask)
         mark()

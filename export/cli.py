@@ -37,6 +37,8 @@ and checks parity on the validation scans named there)
 (no TensorFlow; the folders default to those in model.onnx's training metadata)
   edge-seg-export runs/a/model.keras --ensemble runs/b/model.keras --weights fp16 --out model.onnx
 (both models averaged in one graph, thresholds chosen again on validation, weights stored as float16)
+  edge-seg-export runs/a/model.keras --ensemble runs/b/model.keras --refine runs/r/model.keras --out model.onnx
+(a second stage, trained with edge-seg-train --refine, looks again at a crop around the first stage's mask)
 """
 
 
@@ -74,11 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         "pass each); both thresholds are then chosen again on the validation folder unless --threshold is given",
     )
     p.add_argument(
+        "--refine",
+        type=Path,
+        metavar="MODEL",
+        help="a second-stage model.keras (edge-seg-train --refine) in the same graph: the runtime runs it on a crop "
+        "of the scan around the first stage's mask and averages the two maps there; the mask threshold is then "
+        "chosen again on the validation folder unless --threshold is given",
+    )
+    p.add_argument(
         "--weights",
-        choices=["fp32", "fp16"],
+        choices=["fp32", "fp16", "int8"],
         default="fp32",
-        help="fp16: store the weights as float16 (half the file; arithmetic stays float32), checked against "
-        "the fp32 export (kept as <out stem>.fp32.onnx) on the validation folder like int8",
+        help="fp16: store the weights as float16 (half the file); int8: convolution and matrix weights as int8 per "
+        "output channel, the rest float16 (about a quarter); the arithmetic stays float32 either way. Checked "
+        "against the fp32 export (kept as <out stem>.fp32.onnx) on the validation folder like --precision int8",
     )
     q = p.add_argument_group("int8")
     q.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="precision of the model written")
@@ -252,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         to_onnx,
         with_ensemble,
         with_flip_tta,
+        with_refine,
     )
     from .parity import check_parity, parity_images
 
@@ -274,13 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     fp32_out = args.out
     labelled = args.int8_parity or (Path(cfg["val_dir"]) if cfg.get("val_dir") else None)
     calibration = args.calibration or (Path(cfg["train_dir"]) if cfg.get("train_dir") else None)
-    if args.precision == "int8" and args.weights == "fp16":
-        log.error("--weights fp16 and --precision int8 are two ways to shrink the file: give one")
+    if args.precision == "int8" and args.weights != "fp32":
+        log.error(f"--weights {args.weights} and --precision int8 are two ways to shrink the file: give one")
         return 2
-    if args.weights == "fp16":  # the fp32 parent is written and checked first, then stored as fp16 into --out
+    if args.weights != "fp32":  # the fp32 parent is written and checked first, then stored smaller into --out
         fp32_out = args.fp32_out or args.out.with_name(f"{args.out.stem}.fp32.onnx")
         if labelled is None or not (labelled / "image").is_dir() or not (labelled / "mask").is_dir():
-            log.error("--weights fp16 is checked on a labelled folder (image/ + mask/): pass --int8-parity DIR")
+            log.error(
+                f"--weights {args.weights} is checked on a labelled folder (image/ + mask/): pass --int8-parity DIR"
+            )
             return 2
     if args.precision == "int8":  # the fp32 parent is written and checked first, then quantized into --out
         fp32_out = args.fp32_out or args.out.with_name(f"{args.out.stem}.fp32.onnx")
@@ -292,12 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     members = _ensemble_members(args.keras_model, record, args.ensemble)
     if members is None:
         return 2
+    refine: tuple[str, dict | None, float] | None = None  # (file, record, box threshold) once stage 1 is chosen
+    if args.refine is not None and not args.refine.is_file():
+        log.error("%s: no such model file (--refine)", args.refine)
+        return 2
+    if args.refine is not None and args.precision == "int8":
+        log.error("--refine and --precision int8: a two-stage graph is not quantized (use --weights fp16)")
+        return 2
     presence_threshold: float | None = None  # None: the record's (chosen again below for --tta / --ensemble)
     chosen: dict | None = None  # what the export chose again, for the metadata
 
     def metadata(threshold: float) -> dict:
         meta = build_metadata(
-            model, record, name, version, threshold, args.opset, args.tta, presence_threshold, chosen, members
+            graph, record, name, version, threshold, args.opset, args.tta, presence_threshold, chosen, members, refine
         )
         meta["precision"] = "fp32"
         return meta
@@ -312,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.tta == "flip":
         model = with_flip_tta(model)
+    graph = model  # what is converted: the first stage, then (with --refine) both stages
     proto = to_onnx(model, args.opset)
     attach_metadata(proto, metadata(threshold))
     onnx.checker.check_model(proto)
@@ -334,9 +356,33 @@ def main(argv: list[str] | None = None) -> int:
                 chosen["presence_threshold"] = presence_threshold
             attach_metadata(proto, metadata(threshold))
             onnx.save(proto, tmp)
+        second = None
+        if args.refine is not None:
+            second = load_keras(args.refine)
+            try:
+                graph = with_refine(model, second)
+            except ValueError as exc:
+                log.error("%s", exc)
+                return 2
+            rec_path = args.refine.with_name("training.json")
+            refine = (str(args.refine), json.loads(rec_path.read_text()) if rec_path.is_file() else None, threshold)
+            proto = to_onnx(graph, args.opset)
+            attach_metadata(proto, metadata(threshold))
+            onnx.save(proto, tmp)
+            if args.threshold is None:  # the box comes from the first stage's threshold; the masks from the blend's
+                val_dir = Path(cfg["val_dir"]) if cfg.get("val_dir") else parity_dir
+                first_threshold, threshold = threshold, choose_threshold_on(tmp, val_dir)
+                chosen = {
+                    **(chosen or {"folder": str(val_dir)}),
+                    "reason": " ".join(filter(None, [(chosen or {}).get("reason"), "--refine"])),
+                    "threshold": threshold,
+                    "box_threshold": first_threshold,
+                }
+                attach_metadata(proto, metadata(threshold))
+                onnx.save(proto, tmp)
         images = parity_images(parity_dir, args.parity_count)
         thresholds = sorted({*COMPARE_THRESHOLDS, float(threshold)})
-        report = check_parity(model, tmp, images, thresholds)
+        report = check_parity(model, tmp, images, thresholds, second)
         if not report.ok:
             log.error("parity check FAILED: %s", report.describe())
             return 1
@@ -351,34 +397,36 @@ def main(argv: list[str] | None = None) -> int:
     log.info("wrote %s (%.2f MB) in %.1f s; threshold %g", fp32_out, size / 1e6, time.time() - t0, threshold)
     if args.precision == "int8":
         return quantize_checked(fp32_out, args.out, calibration, labelled, args.calibration_count, args.pre_process)
-    if args.weights == "fp16" and labelled is not None:
-        return store_fp16_checked(fp32_out, args.out, labelled)
+    if args.weights != "fp32" and labelled is not None:
+        return store_weights_checked(fp32_out, args.out, labelled, args.weights)
     log.info("use it:  edge-seg IN --out OUT --model %s", fp32_out)
     return 0
 
 
-def store_fp16_checked(fp32_path: Path, out: Path, labelled: Path) -> int:
-    """``fp32_path`` with float16 weights into ``out``, if it keeps the val Dice (as int8 must); exit status."""
+def store_weights_checked(fp32_path: Path, out: Path, labelled: Path, kind: str = "fp16") -> int:
+    """``fp32_path`` with ``kind`` (fp16 / int8) weights into ``out``, if it keeps the val Dice; exit status."""
     from edge_runtime.errors import ModelError, ScanError, SetupError
 
     from .parity import check_int8_parity
-    from .storage import store_weights_fp16
+    from .storage import store_weights_fp16, store_weights_int8
 
-    tmp = out.with_name(f".{out.name}.fp16")
+    tmp = out.with_name(f".{out.name}.{kind}")
+    store = store_weights_int8 if kind == "int8" else store_weights_fp16
+    label = f"{kind} weights"
     try:
         status = _write_derived(
             tmp,
             out,
-            "fp16 weights",
-            lambda: store_weights_fp16(fp32_path, tmp),
-            lambda: check_int8_parity(fp32_path, tmp, labelled, label="fp16 weights"),
+            label,
+            lambda: store(fp32_path, tmp),
+            lambda: check_int8_parity(fp32_path, tmp, labelled, label=label),
         )
     except (ModelError, ScanError, SetupError) as exc:
         log.error("%s", exc)
         return 1
     if status:
         return status
-    log.info("wrote %s (%.2f MB, fp16 weights; fp32 parent %s)", out, out.stat().st_size / 1e6, fp32_path)
+    log.info("wrote %s (%.2f MB, %s; fp32 parent %s)", out, out.stat().st_size / 1e6, label, fp32_path)
     log.info("use it:  edge-seg IN --out OUT --model %s", out)
     return 0
 

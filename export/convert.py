@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.core.metadata import INPUT_NAME, OUTPUT_NAME, PRESENCE_NAME
+from edge_runtime.core.refine import REFINE_INPUT_NAME, REFINE_OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,33 @@ def with_ensemble(models: list):
     return keras.Model(inp, outputs, name=name)
 
 
+def with_refine(first, second):
+    """One graph of two stages: ``first`` on the scan, ``second`` (a ``--refine`` network) on its own input.
+
+    The two inputs are independent (the runtime cuts the crop between the two runs, see
+    :mod:`edge_runtime.core.refine`); the outputs are the first stage's and ``refine_probability``.
+    """
+    import keras
+
+    if isinstance(second.output, dict):
+        raise ValueError(f"the second stage {second.name} has more than one output: train it with --refine")
+    c1, c2 = first.inputs[0].shape[-1], second.inputs[0].shape[-1]
+    if c1 != c2:
+        raise ValueError(f"the second stage {second.name} takes {c2} channels, the first stage {c1}")
+    scan = keras.Input(shape=tuple(first.inputs[0].shape[1:]), name=INPUT_NAME)
+    cut = keras.Input(shape=tuple(second.inputs[0].shape[1:]), name=REFINE_INPUT_NAME)
+    out = keras.Model(first.input, first.output, name=f"{first.name}_stage1")(scan)
+    refined = keras.Model(second.input, second.output, name=f"{second.name}_stage2")(cut)
+    outputs = dict(out) if isinstance(out, dict) else {OUTPUT_NAME: out}
+    outputs[REFINE_OUTPUT_NAME] = refined
+    return keras.Model([scan, cut], outputs, name=f"{first.name}_refine")
+
+
+def has_refine(model) -> bool:
+    """Whether a Keras model is a two-stage graph made by :func:`with_refine`."""
+    return isinstance(model.output, dict) and REFINE_OUTPUT_NAME in model.output
+
+
 def has_presence(model) -> bool:
     """Whether a Keras model has the image-level presence output beside the probability map."""
     return isinstance(model.output, dict) and PRESENCE_NAME in model.output
@@ -86,25 +114,28 @@ def has_presence(model) -> bool:
 def to_onnx(model, opset: int = DEFAULT_OPSET):
     """Convert a Keras model (NHWC float32 input, sigmoid output(s)) to an ``onnx.ModelProto``.
 
-    A model with dict outputs (``probability`` and ``presence``) gets graph outputs of those names, in
-    that order; a single-output model one output named ``probability``.
+    A model with dict outputs (``probability``, ``presence``, and ``refine_probability`` for a two-stage
+    graph with its second input ``refine_image``) gets graph outputs of those names, in that order; a
+    single-output model one output named ``probability``.
     """
     import tensorflow as tf
     import tf2onnx
 
-    _, h, w, c = model.inputs[0].shape
-    spec = (tf.TensorSpec((None, h, w, c), tf.float32, name=INPUT_NAME),)
-    if has_presence(model):
+    names = [INPUT_NAME, REFINE_INPUT_NAME][: len(model.inputs)]
+    spec = tuple(
+        tf.TensorSpec((None, *inp.shape[1:]), tf.float32, name=name)
+        for inp, name in zip(model.inputs, names, strict=True)
+    )
+    if isinstance(model.output, dict):
+        keys = [k for k in (OUTPUT_NAME, PRESENCE_NAME, REFINE_OUTPUT_NAME) if k in model.output]
 
-        def call(x):
-            out = model(x, training=False)
-            return tf.identity(out[OUTPUT_NAME], name="out_probability"), tf.identity(
-                out[PRESENCE_NAME], name="out_presence"
-            )
+        def call(*xs):
+            out = model(list(xs) if len(xs) > 1 else xs[0], training=False)
+            return tuple(tf.identity(out[k], name=f"out_{k}") for k in keys)
 
         fn = tf.function(call, input_signature=spec)
         proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
-        for index, name in enumerate((OUTPUT_NAME, PRESENCE_NAME)):
+        for index, name in enumerate(keys):
             _rename_output(proto, name, index)
         return proto
     fn = tf.function(lambda x: model(x, training=False), input_signature=spec)
@@ -136,8 +167,13 @@ def build_metadata(
     presence_threshold: float | None = None,
     chosen_at_export: dict[str, Any] | None = None,
     members: list[tuple[str, dict | None]] | None = None,
+    refine: tuple[str, dict | None, float] | None = None,
 ) -> dict[str, Any]:
     """The ``edge_seg`` metadata JSON for a model, from its training record when there is one.
+
+    ``refine``: the second stage of a two-stage graph (its model file, its training record, the first
+    stage's threshold that gives the crop's box); its block is ``refine`` (schema 2), its cost is added
+    to ``macs_per_scan`` (the second pass runs once per scan with a mask).
 
     ``chosen_at_export``: the thresholds the export chose again on validation data (``--tta``,
     ``--ensemble``), recorded under ``export.thresholds_chosen_on_val`` beside the training record's own
@@ -235,6 +271,7 @@ def build_metadata(
             **({"thresholds_chosen_on_val": chosen_at_export} if chosen_at_export else {}),
         },
         tta=tta,
+        refine=_refine_block(model, refine) if refine is not None else None,
     )
     records = [r for _, r in members] if members else [record]
     if members:
@@ -243,7 +280,28 @@ def build_metadata(
         passes = 2 if tta == "flip" else 1
         meta["macs_per_scan"] = passes * sum(int(r["model"]["macs"]) for r in records if r)
         meta["parameters"] = sum(int(r["model"]["parameters"]) for r in records if r)
+        if refine is not None:
+            rec = refine[1]
+            if rec and rec.get("model", {}).get("macs"):
+                meta["macs_per_scan"] += int(rec["model"]["macs"])
+                meta["parameters"] += int(rec["model"]["parameters"])
+            else:
+                del meta["macs_per_scan"], meta["parameters"]
     return meta
+
+
+def _refine_block(model, refine: tuple[str, dict | None, float]) -> dict[str, Any]:
+    """The metadata's ``refine`` block for a two-stage graph, with what the second stage's record says."""
+    from edge_runtime.core.refine import refine_metadata
+
+    path, record, box_threshold = refine
+    _, h, w, c = model.inputs[1].shape
+    block = refine_metadata(int(h), int(w), int(c), box_threshold)
+    block["model"] = _member(path, record)
+    if record:
+        block["model"]["val_crop_dice"] = record.get("val", {}).get("0.5", {}).get("dice_mean")
+        block["model"]["data"] = record.get("data")
+    return block
 
 
 def _member(path: str, record: dict | None) -> dict[str, Any]:

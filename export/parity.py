@@ -14,7 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_runtime.core.postprocess import gate, masks_for_scan, opening_kernel
+from edge_runtime.core.postprocess import gate, mask_from_probability, opening_kernel, probability_at_scan_size
+from edge_runtime.core.preprocess import preprocess
+from edge_runtime.core.refine import blend, crop, mask_box, refine_box
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.files.scans import read_scan
 from edge_runtime.job.discovery import is_candidate_name
@@ -63,11 +65,13 @@ def parity_images(folder: Path, limit: int) -> list[np.ndarray]:
     return [read_scan(p).frames[0] for p in files]
 
 
-def check_parity(keras_model, onnx_path: Path, images: list[np.ndarray], thresholds) -> ParityReport:
+def check_parity(keras_model, onnx_path: Path, images: list[np.ndarray], thresholds, second_stage=None) -> ParityReport:
     """ONNX against Keras on ``images``: probabilities, presence scores (when the model has them) and masks.
 
     The max/mean absolute differences cover the probability maps and the presence scores together; the
-    masks compared are the gated ones each side would write.
+    masks compared are the gated ones each side would write. ``second_stage``: the Keras second stage of a
+    two-stage graph (``keras_model`` is then its first stage); both sides cut the same crop (the box from the
+    Keras first stage's mask), its maps are compared too, and the masks are those of the blended maps.
     """
     seg = Segmenter(onnx_path)
     batch = np.stack([seg.preprocess(im) for im in images])
@@ -80,13 +84,23 @@ def check_parity(keras_model, onnx_path: Path, images: list[np.ndarray], thresho
     diffs = [np.abs(p_onnx - p_keras).ravel()]
     if q_onnx is not None and q_keras is not None:
         diffs.append(np.abs(q_onnx - q_keras))
-    diff = np.concatenate(diffs)
     differing, unexplained = dict.fromkeys(thresholds, 0), dict.fromkeys(thresholds, 0)
     morph, pt = seg.info.morphology_size, seg.presence_threshold
+    spec = seg.info.refine if second_stage is not None else None
     for k, (po, pk, im) in enumerate(zip(p_onnx, p_keras, images, strict=True)):
-        _, mo = masks_for_scan(po, im.shape[:2], thresholds, morph)
-        prob, mk = masks_for_scan(pk, im.shape[:2], thresholds, morph)
-        kernel = opening_kernel(im.shape[:2], pk.shape[:2], morph)
+        hw = im.shape[:2]
+        kernel = opening_kernel(hw, pk.shape[:2], morph)
+        prob_o, prob = probability_at_scan_size(po, hw), probability_at_scan_size(pk, hw)
+        box = mask_box(mask_from_probability(prob, spec.box_threshold, kernel)) if spec is not None else None
+        if spec is not None and box is not None:
+            box = refine_box(box, hw, spec.margin, spec.min_margin)
+            tensor = preprocess(crop(im, box), spec.size, seg.info.channels, seg.info.resize)[None]
+            ro = seg.model.run_refine(tensor)[0]
+            rk = np.asarray(second_stage.predict(tensor, verbose=0))[0, ..., 0]
+            diffs.append(np.abs(ro - rk).ravel())
+            prob_o, prob = blend(prob_o, ro, box), blend(prob, rk, box)
+        mo = {t: mask_from_probability(prob_o, t, kernel) for t in thresholds}
+        mk = {t: mask_from_probability(prob, t, kernel) for t in thresholds}
         # the presence decision may differ only for a score within the tolerance of its threshold
         gate_on_edge = q_keras is not None and pt is not None and abs(float(q_keras[k]) - pt) <= MAX_ABS_DIFF
         if q_onnx is not None and q_keras is not None:
@@ -96,6 +110,7 @@ def check_parity(keras_model, onnx_path: Path, images: list[np.ndarray], thresho
             differing[t] += int(np.count_nonzero(diff_t))
             if not gate_on_edge:
                 unexplained[t] += int(np.count_nonzero(diff_t & ~_explained(prob, t, kernel)))
+    diff = np.concatenate(diffs)
     return ParityReport(len(images), float(diff.max()), float(diff.mean()), differing, unexplained)
 
 

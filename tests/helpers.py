@@ -62,12 +62,15 @@ def make_tiny_model(
     batch: int | str = "N",
     graph_size: int | None = None,
     presence_threshold: float | None = None,
+    refine_size: int | None = None,
 ) -> Path:
     """A real ONNX model that calls dark pixels nodule: P = sigmoid(40 * (0.12 - mean over channels)).
 
     Smoothed by a 5x5 average pool, so speckle does not matter but a dark blob does. With
     ``presence_threshold`` it has a second output, ``presence`` (N, 1) = the map's maximum, and metadata
     that gives it that threshold: a model with an image-level head, as ``edge-seg-train --views`` makes.
+    With ``refine_size`` it has a second stage (``edge-seg-export --refine``): the input ``refine_image``
+    (N, s, s, channels) and the output ``refine_probability`` = 1 - the crop's mean over channels.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -96,13 +99,29 @@ def make_tiny_model(
         helper.make_tensor("half", TensorProto.FLOAT, [], [0.12]),
         helper.make_tensor("gain", TensorProto.FLOAT, [], [40.0]),
     ]
-    graph = helper.make_graph(nodes, "tiny", [x], outputs, inits)
+    inputs = [x]
+    if refine_size is not None:
+        r = refine_size
+        inputs.append(helper.make_tensor_value_info("refine_image", TensorProto.FLOAT, [batch, r, r, channels]))
+        outputs.append(helper.make_tensor_value_info("refine_probability", TensorProto.FLOAT, [batch, r, r, 1]))
+        nodes += [
+            helper.make_node("ReduceMean", ["refine_image"], ["refine_gray"], axes=[3], keepdims=1),
+            helper.make_node("Sub", ["one", "refine_gray"], ["refine_probability"]),
+        ]
+        inits.append(helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]))
+    graph = helper.make_graph(nodes, "tiny", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if metadata is None:
         metadata = tiny_metadata(size, channels)
         if presence_threshold is not None:
             metadata["presence"] = {"name": "presence", "activation": "sigmoid", "threshold": presence_threshold}
+        if refine_size is not None:
+            from edge_runtime.core.metadata import REFINE_SCHEMA_VERSION
+            from edge_runtime.core.refine import refine_metadata
+
+            metadata["schema"] = REFINE_SCHEMA_VERSION
+            metadata["refine"] = refine_metadata(refine_size, refine_size, channels, 0.5)
     if isinstance(metadata, dict):
         attach_metadata(model, metadata)
     elif metadata != "":  # a raw string: for tests of metadata the runtime must refuse

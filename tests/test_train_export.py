@@ -325,3 +325,59 @@ def test_init_from_starts_from_a_trained_models_weights_and_refuses_another_arch
     assert code == 2
     assert f"--init-from {first}: cannot start from it (" in caplog.text
     assert "it must be a model.keras of --arch unet4 at --input-size 128" in caplog.text
+
+
+def test_a_second_stage_trains_on_nodule_crops_and_exports_into_one_graph(trained, tmp_path):
+    """--refine trains on crops around the nodules; --refine exports it beside the first stage, checked against
+    Keras: the runtime's map is the first stage's with the second's averaged in around the mask."""
+    from edge_runtime.core.postprocess import mask_from_probability, opening_kernel, probability_at_scan_size
+    from edge_runtime.core.preprocess import preprocess
+    from edge_runtime.core.refine import mask_box, refine_box
+    from edge_runtime.core.segmenter import Segmenter
+    from export import cli
+    from export.convert import load_keras
+    from train.data import DataError
+    from train.trainer import TrainConfig, train
+
+    root, record = trained
+    cfg = TrainConfig(
+        train_dir=str(root / "train"), val_dir=str(root / "val"), out_dir=str(tmp_path / "second"),
+        architecture="unet5-bn", input_size=32, loss="dice_bce", epochs=1, batch_size=8, refine=True,
+        view_passes=2, monitor="val_scan_dice",
+    )  # fmt: skip
+    second = train(cfg)
+    assert second["model"]["outputs"] == ["probability"] and second["data"]["val"]["scans"] == 8
+    with pytest.raises(DataError, match="takes no --views"):
+        train(TrainConfig(**{**cfg.__dict__, "views": True, "out_dir": str(tmp_path / "no")}))
+    first_keras, second_keras = root / "run" / "model.keras", tmp_path / "second" / "model.keras"
+    out = tmp_path / "two.onnx"
+    args = [str(first_keras), "--refine", str(second_keras), "--out", str(out), "--parity-count", "4"]
+    assert cli.main([*args, "--weights", "int8"]) == 0
+    parent = tmp_path / "two.fp32.onnx"
+    assert out.stat().st_size < 0.35 * parent.stat().st_size  # int8 weights: about a quarter
+    seg, full = Segmenter(out), Segmenter(parent)
+    meta = full.info.metadata
+    assert meta["schema"] == 2 and seg.info.metadata["storage"]["initializers_int8"] > 0
+    spec = full.info.refine
+    assert spec is not None and spec.size == (32, 32)
+    chosen = meta["export"]["thresholds_chosen_on_val"]
+    assert chosen["reason"] == "--refine" and spec.box_threshold == record["threshold"] == chosen["box_threshold"]
+    assert meta["macs_per_scan"] == record["model"]["macs"] + second["model"]["macs"]
+    # the runtime's two-stage map, against both Keras stages by hand
+    k1, k2 = load_keras(first_keras), load_keras(second_keras)
+    found = 0
+    for path in sorted((root / "val" / "image").glob("*.png"))[:3]:
+        image = cv2.imread(str(path))[:, :, ::-1]
+        hw = image.shape[:2]
+        p1 = probability_at_scan_size(k1.predict(full.preprocess(image)[None], verbose=0)[0, ..., 0], hw)
+        box = mask_box(mask_from_probability(p1, spec.box_threshold, opening_kernel(hw, (128, 128), 3)))
+        expected = p1.copy()
+        if box is not None:
+            found += 1
+            x, y, w, h = refine_box(box, hw, spec.margin, spec.min_margin)
+            p2 = k2.predict(preprocess(image[y : y + h, x : x + w], (32, 32))[None], verbose=0)[0, ..., 0]
+            inside = cv2.resize(p2, (w, h), interpolation=cv2.INTER_LINEAR)
+            expected[y : y + h, x : x + w] = (expected[y : y + h, x : x + w] + inside) / 2
+        np.testing.assert_allclose(full.segment(image).probability, expected, atol=1e-4)
+    assert found  # the first stage marked something on at least one scan, so the second stage ran
+    assert cli.main([*args[:3], "--out", str(tmp_path / "x.onnx"), "--precision", "int8"]) == 2

@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on nodule-free and positive crops beside the frames, with an image-level presence output "
         "(its threshold is chosen on --val's own views)",
     )
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="a second-stage network: trains on crops around each nodule (edges jittered as a first stage's box "
+        "would be) and is validated on val's crops; exported beside a first stage with edge-seg-export --refine",
+    )
+    p.add_argument("--view-passes", type=int, default=1, help="with --views or --refine: samples per frame and epoch")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
         "--max-minutes",
@@ -113,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         patience=args.patience,
         augment=args.augment,
         views=args.views,
+        refine=args.refine,
+        view_passes=args.view_passes,
         max_minutes=args.max_minutes,
         init_from=args.init_from,
         monitor=args.monitor,

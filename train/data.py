@@ -146,6 +146,30 @@ def views_split(split: Split, kinds: tuple[str, ...], channels: int = 3, resize:
     return Split(split.folder, names, x, y, masks, sizes, split.fingerprint, [])
 
 
+def refine_split(split: Split, channels: int = 3, resize: str = "area") -> Split:
+    """Each frame of ``split`` cut to :func:`train.views.refine_box` around its nodule, as a split of its own.
+
+    What a second-stage (``--refine``) network is validated on: the crop the runtime would cut around a
+    perfect first-stage mask. Names are ``<frame>_refine``.
+    """
+    from .views import crop, nodule_box, refine_box
+
+    size = split.x.shape[1:3]
+    names, xs, ys, masks, sizes = [], [], [], [], []
+    for name, image, full in zip(split.names, split.images, split.masks, strict=True):
+        box = nodule_box(full)
+        if box is None:
+            continue
+        box = refine_box(box, full.shape[:2])
+        im, m = crop(image, box), crop(full, box)
+        names.append(f"{name}_refine")
+        xs.append(preprocess(im, size, channels, resize))
+        ys.append(model_target(m, size)[:, :, None])
+        masks.append(m)
+        sizes.append(m.shape[:2])
+    return Split(split.folder, names, np.stack(xs), np.stack(ys), masks, sizes, split.fingerprint, [])
+
+
 def concat(*splits: Split) -> Split:
     """Several splits as one (validation frames and their views together)."""
     return Split(

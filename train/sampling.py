@@ -17,7 +17,7 @@ from edge_runtime.core.preprocess import preprocess
 
 from .augment import AugmentConfig, augment_pair
 from .data import Split, model_target
-from .views import crop, negative_box, positive_box
+from .views import crop, negative_box, nodule_box, positive_box, refine_box
 
 if TYPE_CHECKING:
     from .trainer import TrainConfig
@@ -28,7 +28,7 @@ class ViewSampler:
         self.split, self.cfg, self.aug, self.steps = split, cfg, aug, steps
         self.rng = np.random.default_rng(cfg.seed)
         self.size = split.x.shape[1:3]
-        self.passes = cfg.view_passes if cfg.views else 1
+        self.passes = cfg.view_passes if cfg.views or cfg.refine else 1
         self.order = self._order()
 
     def _order(self) -> np.ndarray:
@@ -41,7 +41,13 @@ class ViewSampler:
         """One (image, mask) pair at model size for frame ``j``: the frame itself or a view of it."""
         split, cfg = self.split, self.cfg
         x, y = split.x[j], split.y[j]
-        if cfg.views:
+        if cfg.refine:  # a second-stage network: the nodule's own crop, cut as a first stage's box would be
+            nb = nodule_box(split.masks[j])
+            if nb is not None:
+                box = refine_box(nb, split.masks[j].shape[:2], rng=self.rng)
+                x = preprocess(crop(split.images[j], box), self.size, cfg.channels, cfg.resize)
+                y = model_target(crop(split.masks[j], box), self.size)[:, :, None]
+        elif cfg.views:
             r = self.rng.random()
             full, pos = cfg.view_mix[0], cfg.view_mix[0] + cfg.view_mix[1]
             box = None

@@ -47,7 +47,8 @@ class TrainConfig:
     threads: int = 0  # TensorFlow intra-op threads (0: all cores)
     augment: bool = False
     views: bool = False  # nodule-free and positive crops as training views, and the presence head
-    view_passes: int = 1  # with views: samples per frame and epoch
+    view_passes: int = 1  # with views or refine: samples per frame and epoch
+    refine: bool = False  # a second-stage network, trained and validated on crops around the nodule (views.refine_box)
     view_mix: tuple[float, float, float] = (0.4, 0.25, 0.35)  # with views: share of whole frames, positive, nodule-free
     presence_weight: float = 0.5  # with views: weight of the presence loss beside the mask loss
     seed: int = 42
@@ -116,7 +117,7 @@ def train(cfg: TrainConfig) -> dict:
     from edge_runtime.core.thresholds import choose_presence_threshold
 
     from .augment import AugmentConfig
-    from .data import DataError, concat, load_split, split_fraction, views_split
+    from .data import DataError, concat, load_split, refine_split, split_fraction, views_split
     from .losses import LOSSES, dice_at_half, iou_at_half
     from .models import PRESENCE, PROBABILITY, count_macs, get_model
     from .sampling import ViewSampler
@@ -131,6 +132,11 @@ def train(cfg: TrainConfig) -> dict:
         val_split = load_split(cfg.val_dir, size, cfg.channels, cfg.resize)
     else:
         train_split, val_split = split_fraction(train_split, cfg.val_fraction, cfg.seed)
+    if cfg.refine:
+        if cfg.views:
+            raise DataError("--refine trains a second-stage network on nodule crops: it takes no --views")
+        val_split = refine_split(val_split, cfg.channels, cfg.resize)
+        log.info("second stage: validation on %d crops around val's nodules", len(val_split))
     # validation views: val's own frames cut the same way every run (never another split's)
     val_neg = views_split(val_split, ("neg",), cfg.channels, cfg.resize) if cfg.views else None
     val_pos = views_split(val_split, ("pos",), cfg.channels, cfg.resize) if cfg.views else None
@@ -151,7 +157,7 @@ def train(cfg: TrainConfig) -> dict:
         log.info("starting from the weights of %s", cfg.init_from)
     macs = count_macs(model)
     log.info("%s: %s parameters, %.3f GMAC per scan", cfg.architecture, f"{model.count_params():,}", macs / 1e9)
-    samples = len(train_split) * (cfg.view_passes if cfg.views else 1)
+    samples = len(train_split) * (cfg.view_passes if cfg.views or cfg.refine else 1)
     steps = int(np.ceil(samples / cfg.batch_size))
     lr: float | keras.optimizers.schedules.LearningRateSchedule = cfg.learning_rate
     if cfg.lr_schedule == "cosine":

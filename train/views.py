@@ -141,6 +141,25 @@ def positive_box(mask: np.ndarray, rng: np.random.Generator, cfg: ViewConfig = V
     return x0, y0, cw, ch
 
 
+def refine_box(box: Box, shape: tuple[int, int], rng: np.random.Generator | None = None) -> Box:
+    """The crop a second-stage network sees around a nodule box (:func:`edge_runtime.core.refine.refine_box`).
+
+    Without ``rng``: exactly what the runtime cuts around a first stage's mask box. With ``rng`` (training):
+    the margin drawn from 0.1-0.45 and each edge first moved by up to a tenth of the box (normal, sd 0.06),
+    so that training sees boxes as wrong as a first stage's.
+    """
+    from edge_runtime.core.refine import MARGIN, MIN_MARGIN
+    from edge_runtime.core.refine import refine_box as runtime_box
+
+    if rng is None:
+        return runtime_box(box, shape, MARGIN, MIN_MARGIN)
+    x, y, w, h = box
+    margin = float(rng.uniform(0.1, 0.45))
+    jx0, jx1, jy0, jy1 = np.clip(rng.normal(0.0, 0.06, 4), -0.1, 0.1)
+    moved = (x + jx0 * w, y + jy0 * h, w * (1 + jx1 - jx0), h * (1 + jy1 - jy0))
+    return runtime_box(moved, shape, margin, MIN_MARGIN)
+
+
 def crop(array: np.ndarray, box: Box) -> np.ndarray:
     x, y, w, h = box
     return np.ascontiguousarray(array[y : y + h, x : x + w])

@@ -18,6 +18,9 @@ from edge_runtime.errors import ModelError
 
 METADATA_KEY = "edge_seg"
 SCHEMA_VERSION = 1
+#: A model with a second stage (``refine``) is schema 2, so that a runtime that cannot run one says so.
+REFINE_SCHEMA_VERSION = 2
+SCHEMAS = (SCHEMA_VERSION, REFINE_SCHEMA_VERSION)
 INPUT_NAME = "image"
 OUTPUT_NAME = "probability"
 PRESENCE_NAME = "presence"
@@ -40,14 +43,16 @@ def model_metadata(
     export: dict[str, Any] | None = None,
     tta: str = "none",
     presence: dict[str, Any] | None = None,
+    refine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``edge_seg`` metadata of a model (schema :data:`SCHEMA_VERSION`).
+    """The ``edge_seg`` metadata of a model (schema :data:`SCHEMA_VERSION`, or 2 with a second stage).
 
     ``presence``: the image-level "nodule present" output of a model that has one (name, activation,
-    shape, threshold, rule), else None.
+    shape, threshold, rule), else None. ``refine``: the second stage of a model that has one
+    (:func:`edge_runtime.core.refine.refine_metadata`), else None.
     """
-    return {
-        "schema": SCHEMA_VERSION,
+    meta: dict[str, Any] = {
+        "schema": SCHEMA_VERSION if refine is None else REFINE_SCHEMA_VERSION,
         "name": name,
         "version": version,
         "architecture": architecture,
@@ -82,6 +87,9 @@ def model_metadata(
         "training": training,
         "export": export or {},
     }
+    if refine is not None:
+        meta["refine"] = refine
+    return meta
 
 
 def encode_metadata(metadata: dict[str, Any]) -> str:
@@ -118,9 +126,10 @@ def parse_metadata(raw: str | None, path: Path) -> dict[str, Any]:
     require(isinstance(meta, dict), path, "metadata is not a JSON object")
     schema = meta.get("schema")
     require(
-        schema == SCHEMA_VERSION,
+        schema in SCHEMAS,
         path,
-        f"metadata schema {schema!r} is not one this runtime reads (it reads schema {SCHEMA_VERSION}); "
+        f"metadata schema {schema!r} is not one this runtime reads (it reads schemas "
+        f"{', '.join(map(str, SCHEMAS))}); "
         "upgrade edge-seg or re-export the model",
     )
     try:
@@ -148,6 +157,21 @@ def parse_metadata(raw: str | None, path: Path) -> dict[str, Any]:
                     0.0 < float(presence["threshold"]) < 1.0,
                     f"presence threshold {presence['threshold']!r} not in (0, 1)",
                 ),
+            ]
+        refine = meta.get("refine")
+        require((refine is not None) == (schema == REFINE_SCHEMA_VERSION), path, "a refine block is schema 2 only")
+        if refine is not None:
+            rin = refine["input"]
+            checks += [
+                (int(rin["height"]) > 0 and int(rin["width"]) > 0, "non-positive refine input size"),
+                (
+                    rin["channels"] == inp["channels"],
+                    f"refine input channels {rin['channels']!r} differ from the input's",
+                ),
+                (refine["output"]["activation"] == "sigmoid", f"refine activation {refine['output']['activation']!r}"),
+                (0.0 < float(refine["box_threshold"]) < 1.0, f"refine box threshold {refine['box_threshold']!r}"),
+                (float(refine["margin"]) >= 0 and int(refine["min_margin"]) >= 0, "negative refine margin"),
+                (refine.get("blend") == "mean", f"refine blend {refine.get('blend')!r} (expected 'mean')"),
             ]
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"model {path}: metadata is missing or has a malformed field ({exc!r})") from None

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.core.metadata import METADATA_KEY, parse_metadata, require
+from edge_runtime.core.refine import RefineSpec
 from edge_runtime.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class ModelInfo:
     metadata: dict[str, Any]
     presence_output: str | None = None  #: the image-level "nodule present" output, when the model has one
     presence_threshold: float | None = None  #: "nodule present" when presence >= this (chosen on validation)
+    refine: RefineSpec | None = None  #: the second stage, when the model has one (edge_runtime.core.refine)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -108,20 +110,37 @@ class OnnxModel:
         meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         presence = meta.get("presence")
+        refine = RefineSpec.from_metadata(meta["refine"]) if meta.get("refine") is not None else None
         names = [o.name for o in outputs]
-        if presence is None:
+        extra_out = [] if refine is None else [refine.output_name]
+        by_name = {i.name: i for i in inputs}
+        if refine is not None:  # the second stage's input sits beside the scan's
+            r_in = by_name.pop(refine.input_name, None)
+            require(r_in is not None, path, f"the metadata's refine input {refine.input_name!r} is not in the graph")
+            assert r_in is not None
+            r_shape = list(r_in.shape)
+            require(
+                len(r_shape) == 4 and r_shape[1:] == [refine.height, refine.width, refine.channels],
+                path,
+                f"refine input shape {r_shape} does not match the metadata's "
+                f"[batch, {refine.height}, {refine.width}, {refine.channels}]",
+            )
+        if presence is None and refine is None:
             require(len(inputs) == 1 and len(outputs) == 1, path, "expected exactly one input and one output")
             prob_name, presence_name = names[0], None
         else:
             prob_name = str(meta["output"].get("name", "probability"))
-            presence_name = str(presence.get("name", "presence"))
+            presence_name = None if presence is None else str(presence.get("name", "presence"))
+            wanted = [prob_name] + ([] if presence_name is None else [presence_name]) + extra_out
             require(
-                len(inputs) == 1 and sorted(names) == sorted({prob_name, presence_name}),
+                len(by_name) == 1 and sorted(names) == sorted(set(wanted)),
                 path,
-                f"expected one input and the outputs {prob_name!r} and {presence_name!r}, found {names}",
+                f"expected {'two inputs' if refine else 'one input'} and the outputs "
+                f"{' and '.join([', '.join(map(repr, wanted[:-1])), repr(wanted[-1])])}, found {names}",
             )
+        scan_input = next(iter(by_name.values()))
         h, w, c = int(meta["input"]["height"]), int(meta["input"]["width"]), int(meta["input"]["channels"])
-        shape = list(inputs[0].shape)
+        shape = list(scan_input.shape)
         require(
             len(shape) == 4 and shape[1:] == [h, w, c],
             path,
@@ -132,7 +151,7 @@ class OnnxModel:
             sha256=file_sha256(path),
             name=str(meta.get("name", path.stem)),
             version=str(meta.get("version", "0")),
-            input_name=inputs[0].name,
+            input_name=scan_input.name,
             output_name=prob_name,
             height=h,
             width=w,
@@ -143,6 +162,7 @@ class OnnxModel:
             metadata=meta,
             presence_output=presence_name,
             presence_threshold=float(presence["threshold"]) if presence is not None else None,
+            refine=refine,
         )
         self._outputs = [prob_name] if presence_name is None else [prob_name, presence_name]
         require(
@@ -151,6 +171,13 @@ class OnnxModel:
             f"batch axis fixed at {shape[0]} (expected dynamic or 1)",
         )
         self._batch_one = isinstance(shape[0], int)
+        require(refine is None or not self._batch_one, path, "a model with a second stage needs a dynamic batch axis")
+        # onnxruntime wants every graph input fed: the stage not run gets an empty batch (it computes nothing)
+        self._idle: dict[str, np.ndarray] = {}
+        self._idle_scan: dict[str, np.ndarray] = {}
+        if refine is not None:
+            self._idle = {refine.input_name: np.zeros((0, *refine.size, refine.channels), np.float32)}
+            self._idle_scan = {scan_input.name: np.zeros((0, h, w, c), np.float32)}
         log.info(
             "model %s: input %dx%dx%d, threshold %g%s, onnxruntime %s, %s, %d intra-op thread(s)%s",
             self.info.describe(),
@@ -158,7 +185,8 @@ class OnnxModel:
             w,
             c,
             self.info.threshold,
-            "" if presence is None else f", presence threshold {self.info.presence_threshold:g}",
+            ("" if presence is None else f", presence threshold {self.info.presence_threshold:g}")
+            + ("" if refine is None else f", second stage {refine.height}x{refine.width}"),
             ort.__version__,
             ",".join(self.session.get_providers()),
             self.threads,
@@ -176,7 +204,15 @@ class OnnxModel:
             probs = np.concatenate([p for p, _ in parts])
             pres = None if parts[0][1] is None else np.concatenate([q for _, q in parts if q is not None])
             return probs, pres
-        out = self.session.run(self._outputs, {self.info.input_name: batch})
+        out = self.session.run(self._outputs, {self.info.input_name: batch, **self._idle})
         probs = out[0].reshape(batch.shape[0], self.info.height, self.info.width).astype(np.float32, copy=False)
         pres = out[1].reshape(batch.shape[0]).astype(np.float32, copy=False) if len(out) > 1 else None
         return probs, pres
+
+    def run_refine(self, batch: np.ndarray) -> np.ndarray:
+        """The second stage's probability maps ``(N, h, w)`` for a batch of preprocessed crops."""
+        spec = self.info.refine
+        if spec is None:
+            raise ValueError(f"model {self.info.path} has no second stage")
+        (out,) = self.session.run([spec.output_name], {spec.input_name: batch, **self._idle_scan})
+        return out.reshape(batch.shape[0], spec.height, spec.width).astype(np.float32, copy=False)

@@ -19,8 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.core.model import ModelInfo, OnnxModel
-from edge_runtime.core.postprocess import gate, masks_for_scan, nodule_present
+from edge_runtime.core.postprocess import (
+    gate,
+    mask_from_probability,
+    nodule_present,
+    opening_kernel,
+    probability_at_scan_size,
+)
 from edge_runtime.core.preprocess import preprocess
+from edge_runtime.core.refine import blend, crop, mask_box, refine_box
 
 
 @dataclass
@@ -86,16 +93,35 @@ class Segmenter:
         scan_hw: tuple[int, int],
         thresholds: Sequence[float] | None = None,
         presence: float | None = None,
+        image: np.ndarray | None = None,
     ) -> Segmentation:
         """Scan-size probability and masks from one model-size probability map (and its presence score).
 
         When the presence score is below the model's presence threshold, the model says "no nodule" and
-        every mask is empty; the probability map is kept as it is, for a person to look at.
+        every mask is empty; the probability map is kept as it is, for a person to look at. A model with a
+        second stage looks again at the scan's pixels (``image``, the scan itself) around the first
+        stage's mask (:meth:`refine`); without ``image`` the first stage's map is used as it is.
         """
         thresholds = tuple(thresholds) if thresholds else (self.threshold,)
-        prob, masks = masks_for_scan(probability, scan_hw, thresholds, self.info.morphology_size)
+        info = self.info
+        prob = probability_at_scan_size(probability, scan_hw)
+        kernel = opening_kernel(scan_hw, probability.shape[:2], info.morphology_size)
         present = nodule_present(presence, self.presence_threshold)
+        if info.refine is not None and image is not None and present:
+            prob = self.refine(prob, image, kernel)
+        masks = {t: mask_from_probability(prob, t, kernel) for t in thresholds}
         return Segmentation(prob, gate(masks, presence, self.presence_threshold), presence, present)
+
+    def refine(self, probability: np.ndarray, image: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
+        """The scan-size map with the second stage averaged in around the first stage's mask (unchanged without one)."""
+        spec = self.info.refine
+        assert spec is not None
+        box = mask_box(mask_from_probability(probability, spec.box_threshold, kernel))
+        if box is None:
+            return probability
+        box = refine_box(box, probability.shape[:2], spec.margin, spec.min_margin)
+        tensor = preprocess(crop(image, box), spec.size, self.info.channels, self.info.resize)
+        return blend(probability, self.model.run_refine(tensor[None])[0], box)
 
     def segment_batch(
         self, images: Sequence[np.ndarray], thresholds: Sequence[float] | None = None
@@ -107,7 +133,7 @@ class Segmenter:
         probs, presence = self.run(batch)
         scores = [None] * len(images) if presence is None else [float(q) for q in presence]
         return [
-            self.postprocess(p, im.shape[:2], thresholds, q) for p, q, im in zip(probs, scores, images, strict=True)
+            self.postprocess(p, im.shape[:2], thresholds, q, im) for p, q, im in zip(probs, scores, images, strict=True)
         ]
 
     def segment(self, image: np.ndarray, thresholds: Sequence[float] | None = None) -> Segmentation:

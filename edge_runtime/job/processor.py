@@ -185,7 +185,7 @@ class Processor:
         probs, presence = prediction
         scores: list[float | None] = [None] * len(probs) if presence is None else [float(q) for q in presence]
         segs = [
-            self.segmenter.postprocess(p, f.shape[:2], thresholds, q)
+            self.segmenter.postprocess(p, f.shape[:2], thresholds, q, f)
             for p, q, f in zip(probs, scores, scan.frames, strict=True)
         ]
         item.timings["postprocess"] = _ms(t0)

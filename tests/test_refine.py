@@ -1,0 +1,113 @@
+"""The second stage (edge_runtime.core.refine): a crop around the first stage's mask, looked at again.
+
+A tiny two-stage ONNX model (tests.helpers.make_tiny_model with ``refine_size``): the first stage calls dark
+pixels nodule, the second says 1 - the crop's brightness. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_runtime import ModelError, Segmenter
+from edge_runtime.core.postprocess import mask_from_probability, opening_kernel, probability_at_scan_size
+from edge_runtime.core.preprocess import preprocess
+from edge_runtime.core.refine import mask_box, refine_box
+from tests.helpers import make_tiny_model, nodule_scan, tiny_metadata, write_png
+
+
+@pytest.fixture
+def two_stage(tmp_path):
+    return make_tiny_model(tmp_path / "two.onnx", size=64, refine_size=32)
+
+
+def test_the_second_stage_is_averaged_in_inside_the_box_around_the_first_stages_mask(tmp_path, two_stage):
+    image, truth = nodule_scan(240, 320, (170, 130), (50, 35))
+    seg, first = Segmenter(two_stage), Segmenter(make_tiny_model(tmp_path / "one.onnx", size=64))
+    assert seg.info.refine is not None and seg.info.refine.size == (32, 32)
+    result = seg.segment(image)
+    # by hand: the first stage's map at scan size, its mask's box widened, the crop's own map, the mean inside
+    p1 = probability_at_scan_size(first.predict(first.preprocess(image)[None])[0], (240, 320))
+    kernel = opening_kernel((240, 320), (64, 64), 3)
+    x0, y0, w, h = refine_box(mask_box(mask_from_probability(p1, 0.5, kernel)), (240, 320), 0.25, 8)
+    crop = preprocess(image[y0 : y0 + h, x0 : x0 + w], (32, 32))
+    p2 = cv2.resize(1.0 - crop.mean(axis=2), (w, h), interpolation=cv2.INTER_LINEAR)
+    inside = np.zeros((240, 320), bool)
+    inside[y0 : y0 + h, x0 : x0 + w] = True
+    np.testing.assert_allclose(result.probability[inside], ((p1[y0 : y0 + h, x0 : x0 + w] + p2) / 2).ravel(), atol=1e-5)
+    np.testing.assert_allclose(result.probability[~inside], p1[~inside], atol=1e-6)
+    # the box holds the nodule with its margin, and is not the whole scan
+    ys, xs = np.nonzero(truth)
+    assert x0 < xs.min() and xs.max() < x0 + w and y0 < ys.min() and ys.max() < y0 + h
+    assert w * h < 0.5 * 240 * 320
+    assert scan_dice(result.masks[seg.threshold], truth) > 0.8
+
+
+def scan_dice(mask: np.ndarray, truth: np.ndarray) -> float:
+    p, t = mask > 0, truth > 0
+    return 2 * np.count_nonzero(p & t) / (np.count_nonzero(p) + np.count_nonzero(t))
+
+
+def test_no_mask_from_the_first_stage_means_no_second_pass(two_stage, monkeypatch):
+    seg = Segmenter(two_stage)
+    calls = []
+    real = seg.model.run_refine
+    monkeypatch.setattr(seg.model, "run_refine", lambda batch: calls.append(len(batch)) or real(batch))
+    blank = np.clip(np.random.default_rng(0).normal(170, 18, (200, 260)), 0, 255).astype(np.uint8)  # tissue only
+    result = seg.segment(blank)
+    assert calls == [] and not result.found
+    seg.segment(nodule_scan()[0])
+    assert calls == [1]
+
+
+def test_a_no_nodule_presence_decision_skips_the_second_pass(tmp_path, monkeypatch):
+    from edge_runtime.core.refine import refine_metadata
+
+    # the presence score is the map's maximum (below 1): at a threshold of 0.999999 the model says "no nodule"
+    presence = {"name": "presence", "activation": "sigmoid", "threshold": 0.999999}
+    meta = tiny_metadata(64, schema=2, presence=presence, refine=refine_metadata(32, 32, 3, 0.5))
+    seg = Segmenter(
+        make_tiny_model(tmp_path / "m.onnx", size=64, refine_size=32, metadata=meta, presence_threshold=0.5)
+    )
+    calls = []
+    monkeypatch.setattr(seg.model, "run_refine", lambda batch: calls.append(1))
+    result = seg.segment(nodule_scan()[0])
+    assert not result.nodule_present and not result.found and calls == []
+
+
+def test_a_refine_block_the_graph_does_not_match_is_refused_in_one_line(tmp_path):
+    from edge_runtime.core.refine import refine_metadata
+
+    no_input = tiny_metadata(64, schema=2, refine=refine_metadata(32, 32, 3, 0.5))
+    with pytest.raises(ModelError, match="refine input 'refine_image' is not in the graph"):
+        Segmenter(make_tiny_model(tmp_path / "a.onnx", size=64, metadata=no_input))
+    wrong_size = tiny_metadata(64, schema=2, refine=refine_metadata(48, 48, 3, 0.5))
+    with pytest.raises(ModelError, match=r"refine input shape \['N', 32, 32, 3\] does not match"):
+        Segmenter(make_tiny_model(tmp_path / "b.onnx", size=64, refine_size=32, metadata=wrong_size))
+    schema1 = tiny_metadata(64, refine=refine_metadata(32, 32, 3, 0.5))
+    with pytest.raises(ModelError, match="a refine block is schema 2 only"):
+        Segmenter(make_tiny_model(tmp_path / "c.onnx", size=64, refine_size=32, metadata=schema1))
+    future = tiny_metadata(64, schema=3)
+    with pytest.raises(ModelError, match=r"schema 3 is not one this runtime reads .*upgrade edge-seg"):
+        Segmenter(make_tiny_model(tmp_path / "d.onnx", size=64, metadata=future))
+
+
+def test_edge_seg_writes_the_second_stages_masks_for_a_folder(tmp_path, two_stage):
+    """The CLI end to end with a two-stage model: its masks are the Segmenter's, frame by frame."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    scans = {f"s{i}.png": nodule_scan(200 + 20 * i, 260, (120 + 10 * i, 100), (40, 30), i)[0] for i in range(3)}
+    for name, image in scans.items():
+        write_png(inp / name, image)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", str(inp), "--out", str(out), "--model", str(two_stage)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    seg = Segmenter(two_stage)
+    for name, image in scans.items():
+        written = cv2.imread(str(out / name), cv2.IMREAD_GRAYSCALE)
+        np.testing.assert_array_equal(written, seg.segment(image).masks[seg.threshold])

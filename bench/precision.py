@@ -6,7 +6,8 @@
 Dice is ``edge-seg-eval``'s (``edge_runtime.evaluate.evaluate``: masks at scan size through the
 runtime's post-processing) at each model's default threshold. Speed is a one-thread session
 (``OnnxModel(path, threads=1)``, as the CLI runs it) on the split's preprocessed scans at batch 1, the
-models measured in alternating rounds, so a change in the machine's speed falls on both alike; wall
+models measured in alternating rounds, so a change in the machine's speed falls on both alike (a two-stage
+model's second pass, on the crop its first stage gives, is timed with its scan); wall
 and this thread's CPU time are both given (CPU does not count other processes' load, but a busy
 host's shared caches still slow it). Figures are printed, never asserted.
 """
@@ -34,12 +35,18 @@ MAX_DICE_CHANGE = 0.005  #: issue 14's target: the bundled model's test Dice unc
 
 
 def speed(
-    models: Mapping[str, OnnxModel], inputs: Mapping[str, np.ndarray], rounds: int
+    models: Mapping[str, OnnxModel],
+    inputs: Mapping[str, np.ndarray],
+    rounds: int,
+    crops: Mapping[str, list[np.ndarray | None]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Median wall and thread-CPU ms a scan per model at batch 1, over alternating rounds.
 
-    ``inputs`` holds each model's own preprocessed scans (two models may differ in input size).
+    ``inputs`` holds each model's own preprocessed scans (two models may differ in input size);
+    ``crops`` a two-stage model's second-stage input per scan (None where the first stage marked nothing),
+    whose pass is timed with the scan's (:func:`second_stage_inputs`).
     """
+    crops = crops or {}
     walls: dict[str, list[float]] = {k: [] for k in models}
     cpus: dict[str, list[float]] = {k: [] for k in models}
     for name, m in models.items():
@@ -49,8 +56,11 @@ def speed(
         for name, m in models.items():
             tensors = inputs[name]
             t0, c0 = time.perf_counter(), time.thread_time()
-            for t in tensors:
+            second = crops.get(name) or [None] * len(tensors)
+            for t, c in zip(tensors, second, strict=True):
                 m.predict(t[None])
+                if c is not None:
+                    m.run_refine(c[None])
             walls[name].append((time.perf_counter() - t0) * 1000.0 / len(tensors))
             cpus[name].append((time.thread_time() - c0) * 1000.0 / len(tensors))
     return {
@@ -62,6 +72,25 @@ def speed(
         }
         for k in models
     }
+
+
+def second_stage_inputs(model: OnnxModel, frames: list[np.ndarray]) -> list[np.ndarray | None]:
+    """A two-stage model's second-stage input for each frame (None where its first stage marks nothing)."""
+    from edge_runtime.core.postprocess import nodule_present, opening_kernel, probability_at_scan_size
+    from edge_runtime.core.segmenter import Segmenter
+
+    seg = Segmenter(model)
+    out: list[np.ndarray | None] = []
+    for f in frames:
+        probs, presence = seg.run(seg.preprocess(f)[None])
+        if not nodule_present(None if presence is None else float(presence[0]), seg.presence_threshold):
+            out.append(None)
+            continue
+        hw = f.shape[:2]
+        kernel = opening_kernel(hw, seg.info.size, seg.info.morphology_size)
+        cut = seg.refine_crop(probability_at_scan_size(probs[0], hw), f, kernel)
+        out.append(None if cut is None else cut[1])
+    return out
 
 
 def startup_ms(path: Path, repeats: int = 7) -> float:
@@ -107,7 +136,8 @@ def main() -> None:
     images = sorted((split / "image").iterdir())
     frames = [read_scan(p).frames[0] for p in images]
     inputs = {k: np.stack([Segmenter(m).preprocess(f) for f in frames]) for k, m in models.items()}
-    fast = speed(models, inputs, args.rounds)
+    crops = {k: second_stage_inputs(m, frames) for k, m in models.items() if m.info.refine is not None}
+    fast = speed(models, inputs, args.rounds, crops)
     for name, m in models.items():
         meta = m.info.metadata
         rows.append(

@@ -149,6 +149,13 @@ def quantize_checked(
 
     try:
         meta = read_metadata(fp32_path)
+        if meta.get("refine") is not None:
+            log.error(
+                "%s has a second stage: its int8 arithmetic is not supported; --weights int8 stores its weights in "
+                "int8 at float32 arithmetic",
+                fp32_path,
+            )
+            return 2
         calibration = calibration or _training_folder(meta, "train")
         labelled = labelled or _training_folder(meta, "val")
         if calibration is None or labelled is None:

@@ -247,3 +247,57 @@ def test_keras_parity_allows_mask_pixels_to_differ_only_where_a_probability_sits
     prob[20, 20] = 0.9 + MAX_ABS_DIFF / 2  # on the threshold
     near = _explained(prob, 0.9, np.ones((3, 3), np.uint8))
     assert near[20, 20] and near[23, 23] and not near[30, 30] and not near[0, 0]
+
+
+def _conv_model(path: Path) -> Path:
+    """A model of two convolutions (a plain 3x3 one, then a depthwise one) with random weights, and metadata."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_runtime.core.metadata import attach_metadata
+    from tests.helpers import tiny_metadata
+
+    rng = np.random.default_rng(3)
+    spread = np.array([0.1, 1.0, 3.0, 0.01, 0.5, 2.0, 0.05, 1.5], np.float32)[:, None, None, None]
+    w1 = numpy_helper.from_array((rng.normal(0, 1, (8, 3, 3, 3)) * spread).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1], group=8),
+        helper.make_node("ReduceMean", ["c2"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Transpose", ["m"], ["nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Sigmoid", ["nhwc"], ["probability"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "convs",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 16, 16, 3])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", 16, 16, 1])],
+        [w1, w2],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    attach_metadata(model, tiny_metadata(16))
+    onnx.save(model, path)
+    return path
+
+
+def test_int8_weight_storage_keeps_a_scale_per_output_channel_and_depthwise_weights_in_float16(tmp_path):
+    from onnx import numpy_helper
+
+    from export.storage import store_weights_int8
+
+    src, dst = _conv_model(tmp_path / "fp32.onnx"), tmp_path / "int8w.onnx"
+    facts = store_weights_int8(src, dst)
+    assert facts["initializers_int8"] == 1 and facts["initializers_float16"] == 1  # w1; w2 is depthwise
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(dst).graph.initializer}
+    w1 = numpy_helper.to_array(next(i for i in onnx.load(src).graph.initializer if i.name == "w1"))
+    q, scale = stored["w1__int8"], stored["w1__scale"]
+    assert q.dtype == np.int8 and scale.shape == (8, 1, 1, 1)
+    np.testing.assert_allclose(scale.ravel(), np.abs(w1).max(axis=(1, 2, 3)) / 127, rtol=1e-6)
+    # each channel within half a step of its own scale: the 0.01 channel is not rounded to the 3.0 one's grid
+    assert np.all(np.abs(q * scale - w1) <= scale / 2 + 1e-7)
+    assert stored["w2__fp16"].dtype == np.float16
+    x = np.random.default_rng(0).random((2, 16, 16, 3), np.float32)
+    a, b = Segmenter(src).predict(x), Segmenter(dst).predict(x)
+    assert 0 < np.abs(a - b).max() < 0.01
+    assert Segmenter(dst).info.metadata["storage"]["fp32_sha256"] == file_sha256(src)

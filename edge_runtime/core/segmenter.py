@@ -114,14 +114,23 @@ class Segmenter:
 
     def refine(self, probability: np.ndarray, image: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
         """The scan-size map with the second stage averaged in around the first stage's mask (unchanged without one)."""
+        cut = self.refine_crop(probability, image, kernel)
+        if cut is None:
+            return probability
+        box, tensor = cut
+        return blend(probability, self.model.run_refine(tensor[None])[0], box)
+
+    def refine_crop(
+        self, probability: np.ndarray, image: np.ndarray, kernel: np.ndarray | None
+    ) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+        """The second stage's box on the scan and its input tensor, or None when the first stage marked nothing."""
         spec = self.info.refine
-        assert spec is not None
+        assert spec is not None, "a model with a second stage"
         box = mask_box(mask_from_probability(probability, spec.box_threshold, kernel))
         if box is None:
-            return probability
+            return None
         box = refine_box(box, probability.shape[:2], spec.margin, spec.min_margin)
-        tensor = preprocess(crop(image, box), spec.size, self.info.channels, self.info.resize)
-        return blend(probability, self.model.run_refine(tensor[None])[0], box)
+        return box, preprocess(crop(image, box), spec.size, self.info.channels, self.info.resize)
 
     def segment_batch(
         self, images: Sequence[np.ndarray], thresholds: Sequence[float] | None = None

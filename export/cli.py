@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: no such model file (--refine)", args.refine)
         return 2
     if args.refine is not None and args.precision == "int8":
-        log.error("--refine and --precision int8: a two-stage graph is not quantized (use --weights fp16)")
+        log.error("--refine and --precision int8: a two-stage graph is not quantized (use --weights int8 or fp16)")
         return 2
     presence_threshold: float | None = None  # None: the record's (chosen again below for --tta / --ensemble)
     chosen: dict | None = None  # what the export chose again, for the metadata

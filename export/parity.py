@@ -15,8 +15,7 @@ import cv2
 import numpy as np
 
 from edge_runtime.core.postprocess import gate, mask_from_probability, opening_kernel, probability_at_scan_size
-from edge_runtime.core.preprocess import preprocess
-from edge_runtime.core.refine import blend, crop, mask_box, refine_box
+from edge_runtime.core.refine import blend
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.files.scans import read_scan
 from edge_runtime.job.discovery import is_candidate_name
@@ -34,10 +33,16 @@ class ParityReport:
     differing_pixels: dict[float, int] = field(default_factory=dict)
     #: differing mask pixels that no probability within MAX_ABS_DIFF of the threshold explains (must be 0)
     unexplained_pixels: dict[float, int] = field(default_factory=dict)
+    #: with a second stage: the scans whose crop both sides cut alike and compared (must be at least one)
+    second_stage_crops: int | None = None
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= MAX_ABS_DIFF and not any(self.unexplained_pixels.values())
+        return (
+            self.max_abs_diff <= MAX_ABS_DIFF
+            and not any(self.unexplained_pixels.values())
+            and self.second_stage_crops != 0
+        )
 
     def describe(self) -> str:
         px = ", ".join(f"{t:g}: {n}" for t, n in self.differing_pixels.items())
@@ -46,6 +51,7 @@ class ParityReport:
             f"{self.scans} scans, max |p_onnx - p_keras| = {self.max_abs_diff:.2e} (limit {MAX_ABS_DIFF:.0e}), "
             f"mean {self.mean_abs_diff:.2e}; differing mask pixels by threshold: {px}; of them not on the "
             f"threshold (limit 0): {bad}"
+            + ("" if self.second_stage_crops is None else f"; second stage compared on {self.second_stage_crops} crops")
         )
 
 
@@ -70,8 +76,10 @@ def check_parity(keras_model, onnx_path: Path, images: list[np.ndarray], thresho
 
     The max/mean absolute differences cover the probability maps and the presence scores together; the
     masks compared are the gated ones each side would write. ``second_stage``: the Keras second stage of a
-    two-stage graph (``keras_model`` is then its first stage); both sides cut the same crop (the box from the
-    Keras first stage's mask), its maps are compared too, and the masks are those of the blended maps.
+    two-stage graph (``keras_model`` is then its first stage); each side cuts its crop from its own first
+    stage's map, as the runtime does, the masks compared are those of the blended maps (a crop cut
+    differently shows there, unexplained), the second stage's maps are compared where both cut the same crop,
+    and a check that compared no crop fails.
     """
     seg = Segmenter(onnx_path)
     batch = np.stack([seg.preprocess(im) for im in images])
@@ -87,18 +95,21 @@ def check_parity(keras_model, onnx_path: Path, images: list[np.ndarray], thresho
     differing, unexplained = dict.fromkeys(thresholds, 0), dict.fromkeys(thresholds, 0)
     morph, pt = seg.info.morphology_size, seg.presence_threshold
     spec = seg.info.refine if second_stage is not None else None
+    crops = 0
     for k, (po, pk, im) in enumerate(zip(p_onnx, p_keras, images, strict=True)):
         hw = im.shape[:2]
         kernel = opening_kernel(hw, pk.shape[:2], morph)
         prob_o, prob = probability_at_scan_size(po, hw), probability_at_scan_size(pk, hw)
-        box = mask_box(mask_from_probability(prob, spec.box_threshold, kernel)) if spec is not None else None
-        if spec is not None and box is not None:
-            box = refine_box(box, hw, spec.margin, spec.min_margin)
-            tensor = preprocess(crop(im, box), spec.size, seg.info.channels, seg.info.resize)[None]
-            ro = seg.model.run_refine(tensor)[0]
-            rk = np.asarray(second_stage.predict(tensor, verbose=0))[0, ..., 0]
-            diffs.append(np.abs(ro - rk).ravel())
-            prob_o, prob = blend(prob_o, ro, box), blend(prob, rk, box)
+        if spec is not None:  # each side cuts its own crop, as the runtime would from its own first stage
+            cut_o, cut_k = (seg.refine_crop(pr, im, kernel) for pr in (prob_o, prob))
+            if cut_o is not None:
+                prob_o = blend(prob_o, seg.model.run_refine(cut_o[1][None])[0], cut_o[0])
+            if cut_k is not None:
+                rk = np.asarray(second_stage.predict(cut_k[1][None], verbose=0))[0, ..., 0]
+                if cut_o is not None and cut_o[0] == cut_k[0]:
+                    diffs.append(np.abs(seg.model.run_refine(cut_k[1][None])[0] - rk).ravel())
+                    crops += 1
+                prob = blend(prob, rk, cut_k[0])
         mo = {t: mask_from_probability(prob_o, t, kernel) for t in thresholds}
         mk = {t: mask_from_probability(prob, t, kernel) for t in thresholds}
         # the presence decision may differ only for a score within the tolerance of its threshold
@@ -111,7 +122,9 @@ def check_parity(keras_model, onnx_path: Path, images: list[np.ndarray], thresho
             if not gate_on_edge:
                 unexplained[t] += int(np.count_nonzero(diff_t & ~_explained(prob, t, kernel)))
     diff = np.concatenate(diffs)
-    return ParityReport(len(images), float(diff.max()), float(diff.mean()), differing, unexplained)
+    return ParityReport(
+        len(images), float(diff.max()), float(diff.mean()), differing, unexplained, crops if spec is not None else None
+    )
 
 
 # -- int8 against its fp32 parent ----------------------------------------------------------------------

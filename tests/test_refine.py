@@ -89,7 +89,7 @@ def test_a_refine_block_the_graph_does_not_match_is_refused_in_one_line(tmp_path
     with pytest.raises(ModelError, match=r"refine input shape \['N', 32, 32, 3\] does not match"):
         Segmenter(make_tiny_model(tmp_path / "b.onnx", size=64, refine_size=32, metadata=wrong_size))
     schema1 = tiny_metadata(64, refine=refine_metadata(32, 32, 3, 0.5))
-    with pytest.raises(ModelError, match="a refine block is schema 2 only"):
+    with pytest.raises(ModelError, match=r"a refine block \(a second stage\) needs schema 2"):
         Segmenter(make_tiny_model(tmp_path / "c.onnx", size=64, refine_size=32, metadata=schema1))
     future = tiny_metadata(64, schema=3)
     with pytest.raises(ModelError, match=r"schema 3 is not one this runtime reads .*upgrade edge-seg"):
@@ -111,3 +111,28 @@ def test_edge_seg_writes_the_second_stages_masks_for_a_folder(tmp_path, two_stag
     for name, image in scans.items():
         written = cv2.imread(str(out / name), cv2.IMREAD_GRAYSCALE)
         np.testing.assert_array_equal(written, seg.segment(image).masks[seg.threshold])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r["input"].pop("name"), "malformed field"),
+        (lambda r: r["output"].update(name=""), "refine output name ''"),
+        (lambda r: r["input"].update(height=32.5), r"refine input size 32.5 x 32"),
+        (lambda r: r.update(margin=float("inf")), "refine margin inf"),
+        (lambda r: r.update(box_threshold=1.5), "refine box threshold 1.5"),
+    ],
+)
+def test_a_malformed_refine_block_is_refused_in_one_line(tmp_path, change, message):
+    from edge_runtime.core.refine import refine_metadata
+
+    block = refine_metadata(32, 32, 3, 0.5)
+    change(block)
+    path = make_tiny_model(
+        tmp_path / "m.onnx", size=64, refine_size=32, metadata=tiny_metadata(64, schema=2, refine=block)
+    )
+    with pytest.raises(ModelError, match=message) as caught:
+        Segmenter(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(ModelError, match="schema 2 is a model with a second stage, and it has no refine block"):
+        Segmenter(make_tiny_model(tmp_path / "n.onnx", size=64, metadata=tiny_metadata(64, schema=2)))

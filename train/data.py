@@ -167,6 +167,8 @@ def refine_split(split: Split, channels: int = 3, resize: str = "area") -> Split
         ys.append(model_target(m, size)[:, :, None])
         masks.append(m)
         sizes.append(m.shape[:2])
+    if not xs:
+        raise DataError(f"{split.folder}: no frame has a nodule, so there is no crop to validate a second stage on")
     return Split(split.folder, names, np.stack(xs), np.stack(ys), masks, sizes, split.fingerprint, [])
 
 

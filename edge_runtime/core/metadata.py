@@ -159,18 +159,35 @@ def parse_metadata(raw: str | None, path: Path) -> dict[str, Any]:
                 ),
             ]
         refine = meta.get("refine")
-        require((refine is not None) == (schema == REFINE_SCHEMA_VERSION), path, "a refine block is schema 2 only")
+        require(
+            (refine is not None) == (schema == REFINE_SCHEMA_VERSION),
+            path,
+            "schema 2 is a model with a second stage, and it has no refine block"
+            if refine is None
+            else "a refine block (a second stage) needs schema 2",
+        )
         if refine is not None:
-            rin = refine["input"]
+            rin, rout = refine["input"], refine["output"]
             checks += [
-                (int(rin["height"]) > 0 and int(rin["width"]) > 0, "non-positive refine input size"),
+                (isinstance(rin["name"], str) and bool(rin["name"]), f"refine input name {rin['name']!r}"),
+                (isinstance(rout["name"], str) and bool(rout["name"]), f"refine output name {rout['name']!r}"),
+                (
+                    all(isinstance(rin[k], int) and rin[k] > 0 for k in ("height", "width")),
+                    f"refine input size {rin['height']!r} x {rin['width']!r} (expected positive integers)",
+                ),
                 (
                     rin["channels"] == inp["channels"],
                     f"refine input channels {rin['channels']!r} differ from the input's",
                 ),
-                (refine["output"]["activation"] == "sigmoid", f"refine activation {refine['output']['activation']!r}"),
+                (rout["activation"] == "sigmoid", f"refine activation {rout['activation']!r}"),
                 (0.0 < float(refine["box_threshold"]) < 1.0, f"refine box threshold {refine['box_threshold']!r}"),
-                (float(refine["margin"]) >= 0 and int(refine["min_margin"]) >= 0, "negative refine margin"),
+                (
+                    0.0 <= float(refine["margin"]) <= 10.0
+                    and isinstance(refine["min_margin"], int)
+                    and refine["min_margin"] >= 0,
+                    f"refine margin {refine['margin']!r} / min_margin {refine['min_margin']!r} (expected 0-10 and a "
+                    "non-negative integer)",
+                ),
                 (refine.get("blend") == "mean", f"refine blend {refine.get('blend')!r} (expected 'mean')"),
             ]
     except (KeyError, TypeError, ValueError) as exc:

@@ -125,6 +125,14 @@ class OnnxModel:
                 f"refine input shape {r_shape} does not match the metadata's "
                 f"[batch, {refine.height}, {refine.width}, {refine.channels}]",
             )
+            r_out = next((o for o in outputs if o.name == refine.output_name), None)
+            if r_out is not None:  # (a missing one is named with the other outputs below)
+                o_shape = list(r_out.shape)
+                require(
+                    len(o_shape) == 4 and o_shape[1:] == [refine.height, refine.width, 1],
+                    path,
+                    f"refine output shape {o_shape} does not match [batch, {refine.height}, {refine.width}, 1]",
+                )
         if presence is None and refine is None:
             require(len(inputs) == 1 and len(outputs) == 1, path, "expected exactly one input and one output")
             prob_name, presence_name = names[0], None

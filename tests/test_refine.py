@@ -136,3 +136,23 @@ def test_a_malformed_refine_block_is_refused_in_one_line(tmp_path, change, messa
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(ModelError, match="schema 2 is a model with a second stage, and it has no refine block"):
         Segmenter(make_tiny_model(tmp_path / "n.onnx", size=64, metadata=tiny_metadata(64, schema=2)))
+
+
+def test_a_failing_second_pass_fails_that_scan_as_inference_does_and_the_run_goes_on(tmp_path, two_stage, monkeypatch):
+    from edge_runtime import cli
+    from edge_runtime.core.model import OnnxModel
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_png(inp / "nodule.png", nodule_scan()[0])
+    tissue = np.clip(np.random.default_rng(0).normal(170, 18, (200, 260)), 0, 255).astype(np.uint8)
+    write_png(inp / "tissue.png", tissue)  # no mask from the first stage: no second pass
+
+    def boom(self, batch):
+        raise RuntimeError("onnxruntime fell over")
+
+    monkeypatch.setattr(OnnxModel, "run_refine", boom)
+    code = cli.main([str(inp), "--out", str(out), "--model", str(two_stage)])
+    assert code != 0
+    reason = (out / "nodule.png.error.txt").read_text()
+    assert "inference failed (second stage): RuntimeError: onnxruntime fell over" in reason
+    assert not (out / "nodule.png").exists() and (out / "tissue.png").is_file()

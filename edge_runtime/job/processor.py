@@ -38,6 +38,10 @@ class ScanChanged(ScanError):
     """The file changed while it was being read: it is still being written."""
 
 
+class SecondStageFailed(ScanError):
+    """A two-stage model's second pass (run while post-processing) failed for this scan: it fails as inference does."""
+
+
 class WriteFailed(ScanError):
     """The scan was read, but its outputs could not be written (never a file still being written).
 
@@ -184,10 +188,16 @@ class Processor:
         thresholds = self.spec.thresholds
         probs, presence = prediction
         scores: list[float | None] = [None] * len(probs) if presence is None else [float(q) for q in presence]
-        segs = [
-            self.segmenter.postprocess(p, f.shape[:2], thresholds, q, f)
-            for p, q, f in zip(probs, scores, scan.frames, strict=True)
-        ]
+        try:
+            segs = [
+                self.segmenter.postprocess(p, f.shape[:2], thresholds, q, f)
+                for p, q, f in zip(probs, scores, scan.frames, strict=True)
+            ]
+        except Exception as exc:  # only the second stage's onnxruntime pass can fail here
+            if self.segmenter.info.refine is None:
+                raise
+            log.debug("second stage failed for %s", rel, exc_info=True)  # its FAIL line says why
+            raise SecondStageFailed(rel, f"inference failed (second stage): {type(exc).__name__}: {exc}") from None
         item.timings["postprocess"] = _ms(t0)
         planned = [(writer, writer.paths(rel, scan)) for writer in self.writers]
         outputs = [relative(self.out_dir, p) for _, paths in planned for p in paths]
@@ -236,7 +246,7 @@ class Processor:
     def _safe_finish(self, item: Loaded, prediction: Prediction, begin: BeginHook | None) -> Written | ScanError:
         try:
             return self.finish(item, prediction, begin)
-        except ScanChanged as exc:  # the scan whose output names it takes is being written now: wait
+        except (ScanChanged, SecondStageFailed) as exc:  # being written now: wait; or its inference failed
             return exc
         except ScanError as exc:  # its output names were refused (the planner), or a writer refused the scan
             return WriteFailed(item.rel, exc.reason)

@@ -143,7 +143,9 @@ def report(r: dict) -> str:
         "decode": "decode (cv2.imdecode)",
         "preprocess": "preprocess (resize, min-max)",
         "inference": "inference, batch 1, one thread",
-        "postprocess": "post-process (resize, threshold, opening)",
+        "postprocess": "post-process (second stage on the crop, resize, threshold, opening)"
+        if model.get("second_stage")
+        else "post-process (resize, threshold, opening)",
         "encode": "PNG encode",
         "write": "atomic write with fsync",
         "write_nofsync": "(atomic write without fsync)",
@@ -201,6 +203,8 @@ def report(r: dict) -> str:
 
     bounds = r["bound"]
     out += ["## 4. The bound: onnxruntime alone on preprocessed tensors", ""]
+    if model.get("second_stage"):
+        out += ["(The first stage only: the second pass runs on a crop the first stage gives, in post-processing.)", ""]
     sizes = sorted({bs for b in bounds.values() for bs in b}, key=int)
     out.append(
         table(

@@ -341,6 +341,7 @@ def main() -> None:
             "parameters": f"{params:,}" if params else "?",
             "gmac": f"{macs / 1e9:.2f}" if macs else "?",
             "precision": meta.get("precision", "fp32"),
+            "second_stage": meta.get("refine") is not None,
             "file_mb": model_path.stat().st_size / 1e6,
             "session_startup_ms": startup,
         },

@@ -35,9 +35,6 @@ def store_weights_fp16(src: Path, dst: Path) -> dict[str, Any]:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from .convert import attach_metadata
-    from .quantize import read_metadata
-
     proto = onnx.load(str(src))
     graph = proto.graph
     casts, stored, kept = [], 0, 0
@@ -52,20 +49,12 @@ def store_weights_fp16(src: Path, dst: Path) -> dict[str, Any]:
             helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=f"{init.name}__cast")
         )
         stored += 1
-    nodes = [*casts, *graph.node]
-    del graph.node[:]
-    graph.node.extend(nodes)
     facts = {
         "weights_storage": "float16, cast to float32 when the session opens (arithmetic in float32)",
         "initializers_float16": stored,
         "initializers_kept": kept,
-        "fp32_sha256": file_sha256(src),
     }
-    meta = read_metadata(src)
-    meta["storage"] = facts
-    attach_metadata(proto, meta)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(dst))
+    _save(proto, casts, src, dst, facts)
     log.info(
         "stored %d weight tensors as float16 (%d kept): %.2f MB -> %.2f MB",
         stored,
@@ -88,9 +77,6 @@ def store_weights_int8(src: Path, dst: Path) -> dict[str, Any]:
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    from .convert import attach_metadata
-    from .quantize import read_metadata
 
     proto = onnx.load(str(src))
     graph = proto.graph
@@ -126,22 +112,14 @@ def store_weights_int8(src: Path, dst: Path) -> dict[str, Any]:
             helper.make_node("Mul", [f"{init.name}__float", si.name], [init.name]),
         ]
         as_int8 += 1
-    nodes = [*rebuild, *graph.node]
-    del graph.node[:]
-    graph.node.extend(nodes)
     facts = {
         "weights_storage": "int8 per output channel (symmetric) for convolution and matrix weights, float16 for "
         "the other weights, rebuilt as float32 when the session opens (arithmetic in float32)",
         "initializers_int8": as_int8,
         "initializers_float16": as_half,
         "initializers_kept": kept,
-        "fp32_sha256": file_sha256(src),
     }
-    meta = read_metadata(src)
-    meta["storage"] = facts
-    attach_metadata(proto, meta)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(dst))
+    _save(proto, rebuild, src, dst, facts)
     log.info(
         "stored %d weight tensors as int8 and %d as float16 (%d kept): %.2f MB -> %.2f MB",
         as_int8,
@@ -151,3 +129,22 @@ def store_weights_int8(src: Path, dst: Path) -> dict[str, Any]:
         dst.stat().st_size / 1e6,
     )
     return facts
+
+
+def _save(proto, rebuild: list, src: Path, dst: Path, facts: dict[str, Any]) -> None:
+    """Put the ``rebuild`` nodes in front of the graph, the parent's metadata plus ``storage`` on it, and save it."""
+    import onnx
+
+    from .convert import attach_metadata
+    from .quantize import read_metadata
+
+    graph = proto.graph
+    nodes = [*rebuild, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    facts["fp32_sha256"] = file_sha256(src)
+    meta = read_metadata(src)
+    meta["storage"] = facts
+    attach_metadata(proto, meta)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(dst))

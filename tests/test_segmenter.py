@@ -75,7 +75,9 @@ def test_not_an_onnx_file_is_refused(tmp_path):
 def test_bundled_model_loads_and_has_metadata():
     seg = Segmenter()
     meta = seg.info.metadata
-    assert meta["schema"] == 1
+    assert meta["schema"] == 2  # 0.6.0 onwards: a second stage on a crop around the first stage's mask
+    assert seg.info.refine is not None and 0 < seg.info.refine.box_threshold < 1
+    assert meta["macs_per_scan"] <= 1.0e9  # issue 13's budget: both stages, the second pass included
     assert 0 < seg.threshold < 1
     assert meta["training"]["data"]["train"]["scans"] > 0
     assert seg.info.path.stat().st_size <= 20 * 1000 * 1000  # issue 13's budget for the bundled file
@@ -87,6 +89,7 @@ def test_bundled_model_loads_and_has_metadata():
         "threshold": meta["training"]["threshold_chosen_on_val"],
     }
     assert chosen["presence_threshold"] == seg.presence_threshold and chosen["threshold"] == seg.threshold
+    assert chosen["box_threshold"] == seg.info.refine.box_threshold
 
 
 def test_a_presence_output_below_its_threshold_empties_every_mask(tmp_path):

@@ -9,6 +9,10 @@ frames (``train.views``) beside the frames themselves: each epoch draws, per fra
 frame, a crop that holds its nodule at another zoom, or a nodule-free crop beside it (empty mask,
 presence 0). Validation then scores ``val``'s frames together with its fixed views, and the presence
 threshold is chosen there (``edge_runtime.evaluate.choose_presence_threshold``).
+
+With ``refine`` it trains a second-stage network instead: every sample is a crop around the frame's nodule
+whose edges are moved as a first stage's box would be (``train.views.refine_box``), and validation scores
+``val``'s crops around its true nodules. ``edge-seg-export FIRST --refine THIS`` puts it beside a first stage.
 """
 
 from __future__ import annotations

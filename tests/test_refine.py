@@ -156,3 +156,18 @@ def test_a_failing_second_pass_fails_that_scan_as_inference_does_and_the_run_goe
     reason = (out / "nodule.png.error.txt").read_text()
     assert "inference failed (second stage): RuntimeError: onnxruntime fell over" in reason
     assert not (out / "nodule.png").exists() and (out / "tissue.png").is_file()
+
+
+def test_training_cuts_the_crop_the_runtime_cuts():
+    """train.views.refine_box without jitter is the runtime's box at the margins a model's metadata carries."""
+    from edge_runtime.core.refine import MARGIN, MIN_MARGIN, refine_metadata
+    from train.views import refine_box as training_box
+
+    block = refine_metadata(32, 32, 3, 0.5)
+    assert (block["margin"], block["min_margin"]) == (MARGIN, MIN_MARGIN)
+    for box, shape in [((100, 50, 40, 30), (360, 560)), ((0, 0, 5, 3), (20, 30)), ((500, 300, 60, 60), (360, 560))]:
+        assert training_box(box, shape) == refine_box(box, shape, block["margin"], block["min_margin"])
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # jittered training boxes stay inside the frame and hold at least a pixel
+        x, y, w, h = training_box((100, 50, 40, 30), (360, 560), rng)
+        assert x >= 0 and y >= 0 and w >= 1 and h >= 1 and x + w <= 560 and y + h <= 360

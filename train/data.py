@@ -127,23 +127,15 @@ def views_split(split: Split, kinds: tuple[str, ...], channels: int = 3, resize:
     ``kinds``: "neg" (nodule-free, empty masks) and/or "pos" (the nodule at another zoom); names are
     ``<frame>_<kind>``. Used for validation, so every choice made on ``val`` sees views of ``val`` only.
     """
-    from .views import crop, fixed_views
+    from .views import fixed_views
 
-    size = split.x.shape[1:3]
-    names, xs, ys, masks, sizes = [], [], [], [], []
-    for name, image, full in zip(split.names, split.images, split.masks, strict=True):
-        for kind, box in fixed_views(name, full).items():
-            if kind not in kinds:
-                continue
-            im, m = crop(image, box), crop(full, box)
-            names.append(f"{name}_{kind}")
-            xs.append(preprocess(im, size, channels, resize))
-            ys.append(model_target(m, size)[:, :, None])
-            masks.append(m)
-            sizes.append(m.shape[:2])
-    x = np.stack(xs) if xs else np.empty((0, *size, channels), np.float32)
-    y = np.stack(ys) if ys else np.empty((0, *size, 1), np.float32)
-    return Split(split.folder, names, x, y, masks, sizes, split.fingerprint, [])
+    cuts = [
+        (f"{name}_{kind}", image, full, box)
+        for name, image, full in zip(split.names, split.images, split.masks, strict=True)
+        for kind, box in fixed_views(name, full).items()
+        if kind in kinds
+    ]
+    return _cut_split(split, cuts, channels, resize)
 
 
 def refine_split(split: Split, channels: int = 3, resize: str = "area") -> Split:
@@ -152,24 +144,36 @@ def refine_split(split: Split, channels: int = 3, resize: str = "area") -> Split
     What a second-stage (``--refine``) network is validated on: the crop the runtime would cut around a
     perfect first-stage mask. Names are ``<frame>_refine``.
     """
-    from .views import crop, nodule_box, refine_box
+    from .views import nodule_box, refine_box
+
+    cuts = [
+        (f"{name}_refine", image, full, refine_box(box, full.shape[:2]))
+        for name, image, full in zip(split.names, split.images, split.masks, strict=True)
+        if (box := nodule_box(full)) is not None
+    ]
+    if not cuts:
+        raise DataError(f"{split.folder}: no frame has a nodule, so there is no crop to validate a second stage on")
+    return _cut_split(split, cuts, channels, resize)
+
+
+def _cut_split(
+    split: Split, cuts: list[tuple[str, np.ndarray, np.ndarray, tuple[int, int, int, int]]], channels: int, resize: str
+) -> Split:
+    """A split of crops ``(name, frame's image, frame's mask, box)`` of ``split``'s frames, at its model size."""
+    from .views import crop
 
     size = split.x.shape[1:3]
     names, xs, ys, masks, sizes = [], [], [], [], []
-    for name, image, full in zip(split.names, split.images, split.masks, strict=True):
-        box = nodule_box(full)
-        if box is None:
-            continue
-        box = refine_box(box, full.shape[:2])
+    for name, image, full, box in cuts:
         im, m = crop(image, box), crop(full, box)
-        names.append(f"{name}_refine")
+        names.append(name)
         xs.append(preprocess(im, size, channels, resize))
         ys.append(model_target(m, size)[:, :, None])
         masks.append(m)
         sizes.append(m.shape[:2])
-    if not xs:
-        raise DataError(f"{split.folder}: no frame has a nodule, so there is no crop to validate a second stage on")
-    return Split(split.folder, names, np.stack(xs), np.stack(ys), masks, sizes, split.fingerprint, [])
+    x = np.stack(xs) if xs else np.empty((0, *size, channels), np.float32)
+    y = np.stack(ys) if ys else np.empty((0, *size, 1), np.float32)
+    return Split(split.folder, names, x, y, masks, sizes, split.fingerprint, [])
 
 
 def concat(*splits: Split) -> Split:

@@ -25,6 +25,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_runtime.core.refine import MARGIN as REFINE_MARGIN
+from edge_runtime.core.refine import MIN_MARGIN as REFINE_MIN_MARGIN
+from edge_runtime.core.refine import crop, mask_box
+from edge_runtime.core.refine import refine_box as runtime_box
+
 log = logging.getLogger(__name__)
 
 Box = tuple[int, int, int, int]
@@ -44,9 +49,8 @@ class ViewConfig:
 
 
 def nodule_box(mask: np.ndarray) -> Box | None:
-    """Bounding box of the mask's foreground (bool or 0/255), or None when it is empty."""
-    x, y, w, h = cv2.boundingRect((mask > 0).astype(np.uint8))
-    return None if w == 0 or h == 0 else (x, y, w, h)
+    """Bounding box of the mask's foreground (bool or 0/255), or None when it is empty (the runtime's own)."""
+    return mask_box(mask)
 
 
 def free_strips(shape: tuple[int, int], box: Box, cfg: ViewConfig = ViewConfig()) -> list[Box]:
@@ -148,21 +152,13 @@ def refine_box(box: Box, shape: tuple[int, int], rng: np.random.Generator | None
     the margin drawn from 0.1-0.45 and each edge first moved by up to a tenth of the box (normal, sd 0.06),
     so that training sees boxes as wrong as a first stage's.
     """
-    from edge_runtime.core.refine import MARGIN, MIN_MARGIN
-    from edge_runtime.core.refine import refine_box as runtime_box
-
     if rng is None:
-        return runtime_box(box, shape, MARGIN, MIN_MARGIN)
+        return runtime_box(box, shape, REFINE_MARGIN, REFINE_MIN_MARGIN)
     x, y, w, h = box
     margin = float(rng.uniform(0.1, 0.45))
     jx0, jx1, jy0, jy1 = np.clip(rng.normal(0.0, 0.06, 4), -0.1, 0.1)
     moved = (x + jx0 * w, y + jy0 * h, w * (1 + jx1 - jx0), h * (1 + jy1 - jy0))
-    return runtime_box(moved, shape, margin, MIN_MARGIN)
-
-
-def crop(array: np.ndarray, box: Box) -> np.ndarray:
-    x, y, w, h = box
-    return np.ascontiguousarray(array[y : y + h, x : x + w])
+    return runtime_box(moved, shape, margin, REFINE_MIN_MARGIN)
 
 
 def _name_rng(name: str, salt: str) -> np.random.Generator:

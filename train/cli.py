@@ -11,6 +11,8 @@ EPILOG = """example (the seed recipe on DDTI, validation on its own patients):
   edge-seg-train --train ../shared/data/ddti/train --val ../shared/data/ddti/val --out runs/seed
 then export it:
   edge-seg-export runs/seed/model.keras --out runs/seed/model.onnx
+cross-validation (fold 0 of 5 over train + val, groups kept whole); a stopped run resumes when started again:
+  edge-seg-train --train ../shared/data/ddti/train --val ../shared/data/ddti/val --fold 0 --folds 5 --out runs/f0
 """
 
 
@@ -75,6 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after the first epoch that ends past this many minutes of training (0: no limit); the record "
         "says how many epochs ran, and --epochs with that number reproduces the run",
     )
+    p.add_argument(
+        "--fold",
+        type=int,
+        help="cross-validation: pool --train and --val, split them into --folds folds that keep each patient group "
+        "whole (--groups), train on all folds but this one (0-based) and validate on it; implies --keep last",
+    )
+    p.add_argument("--folds", type=int, default=5, help="with --fold: the number of folds")
+    p.add_argument(
+        "--groups", metavar="CSV", help="with --fold: id,split,group of every frame (default: split.csv beside --train)"
+    )
+    p.add_argument(
+        "--keep",
+        choices=["best", "last"],
+        help="the weights kept: the best epoch by --monitor (default), or the last epoch (the default with --fold, "
+        "so that its validation fold stays unseen by every choice)",
+    )
     p.add_argument("--name", default="ddti-fcn", help="model name stored in the metadata")
     p.add_argument("--model-version", default="0.1.0", help="model version stored in the metadata")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -124,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         view_passes=args.view_passes,
         max_minutes=args.max_minutes,
         init_from=args.init_from,
+        fold=args.fold,
+        folds=args.folds,
+        groups_csv=args.groups,
+        keep=args.keep or ("last" if args.fold is not None else "best"),
         monitor=args.monitor,
         threads=args.threads,
         seed=args.seed,

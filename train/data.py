@@ -185,9 +185,13 @@ def concat(*splits: Split) -> Split:
         np.concatenate([s.y for s in splits]),
         [m for s in splits for m in s.masks],
         [hw for s in splits for hw in s.sizes],
-        splits[0].fingerprint,
-        [],
+        splits[0].fingerprint if len(splits) == 1 else _combined([s.fingerprint for s in splits]),
+        [im for s in splits for im in s.images] if all(len(s.images) == len(s) for s in splits) else [],
     )
+
+
+def _combined(fingerprints: list[str]) -> str:
+    return hashlib.sha256("\0".join(fingerprints).encode()).hexdigest()
 
 
 def split_fraction(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:

@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 
 
 class ViewSampler:
-    def __init__(self, split: Split, cfg: TrainConfig, aug: AugmentConfig, steps: int) -> None:
+    def __init__(self, split: Split, cfg: TrainConfig, aug: AugmentConfig, steps: int, start_epoch: int = 0) -> None:
         self.split, self.cfg, self.aug, self.steps = split, cfg, aug, steps
-        self.rng = np.random.default_rng(cfg.seed)
+        # a resumed run draws from a stream of its own (the stopped run's stream is not saved)
+        self.rng = np.random.default_rng([cfg.seed, start_epoch] if start_epoch else cfg.seed)
         self.size = split.x.shape[1:3]
         self.passes = cfg.view_passes if cfg.views or cfg.refine else 1
         self.order = self._order()

@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +59,10 @@ class TrainConfig:
     seed: int = 42
     max_minutes: float = 0.0  # stop after the first epoch that ends past this much training time (0: no limit)
     init_from: str | None = None  # start from this trained model's weights (same architecture and size)
+    fold: int | None = None  # with folds: pool train_dir and val_dir, train on every fold but this one, validate on it
+    folds: int = 5
+    groups_csv: str | None = None  # the frames' patient groups (id, split, group); default: split.csv beside train_dir
+    keep: str = "best"  # best: the best epoch by `monitor`; last: the last epoch (no choice made on validation)
     morphology_size: int = 3
     name: str = "ddti-fcn"
     version: str = "0.1.0"
@@ -114,6 +119,85 @@ def time_limit(minutes: float):
     return _TimeLimit()
 
 
+def resumed_epoch(backup: Path) -> int:
+    """The epochs a stopped run completed, from its BackupAndRestore folder (0: nothing to resume)."""
+    try:
+        return int(json.loads((backup / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """The per-epoch figures of a run's ``history.csv`` (CSVLogger's), every epoch of every start."""
+    import csv
+
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return {}
+    rows = list({int(r["epoch"]): r for r in rows}.values())  # an epoch logged twice (a resume): the later one
+    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
+
+
+def best_so_far(path: Path, monitor: str, mode: str) -> tuple[float | None, int]:
+    """The best ``monitor`` value in a stopped run's history and the epochs since it."""
+    values = read_history(path).get(monitor, [])
+    if not values:
+        return None, 0
+    i = int(np.argmin(values) if mode == "min" else np.argmax(values))
+    return values[i], len(values) - 1 - i
+
+
+def fold_split(cfg: TrainConfig, pooled_first):
+    """With ``cfg.fold``: ``train_dir`` and ``val_dir`` pooled, split into ``cfg.folds`` whole-group folds.
+
+    Returns (training split: every other fold, validation split: fold ``cfg.fold``, the record's fold block).
+    """
+    from .data import DataError, concat, load_split
+    from .folds import SMALL, FoldError, assign_folds, nodule_share, read_groups
+
+    if not cfg.val_dir:
+        raise DataError("--fold pools --train and --val into folds: give both folders")
+    fold = cfg.fold
+    assert fold is not None, "fold_split is for a fold run"
+    if not 0 <= fold < cfg.folds:
+        raise DataError(f"--fold {fold} is not one of the {cfg.folds} folds (0 to {cfg.folds - 1})")
+    size = pooled_first.x.shape[1:3]
+    pooled = concat(pooled_first, load_split(cfg.val_dir, size, cfg.channels, cfg.resize))
+    groups_csv = Path(cfg.groups_csv) if cfg.groups_csv else Path(cfg.train_dir).parent / "split.csv"
+    try:
+        groups = read_groups(groups_csv)
+        missing = [n for n in pooled.names if n not in groups]
+        if missing:
+            raise FoldError(f"{groups_csv}: no group for {len(missing)} frame(s): {', '.join(missing[:5])}")
+        small = [nodule_share(m) < SMALL for m in pooled.masks]
+        folds = assign_folds(pooled.names, [groups[n][1] for n in pooled.names], small, cfg.folds)
+    except FoldError as exc:
+        raise DataError(str(exc)) from None
+    mine = folds == cfg.fold
+    held = pooled.subset(np.flatnonzero(mine))
+    rest = pooled.subset(np.flatnonzero(~mine))
+    log.info(
+        "fold %d of %d: training on %d frames, validating on %d (%d small), whole patient groups from %s",
+        cfg.fold,
+        cfg.folds,
+        len(rest),
+        len(held),
+        int(np.sum(np.asarray(small)[mine])),
+        groups_csv,
+    )
+    info = {
+        "fold": cfg.fold,
+        "folds": cfg.folds,
+        "groups_csv": str(groups_csv),
+        "rule": "train.folds.assign_folds: whole groups, small-nodule frames spread first, then frames",
+        "train_frames": len(rest),
+        "held_out": held.names,
+    }
+    return rest, held, info
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train one model as configured; returns the training record (also written to disk)."""
     import keras
@@ -132,7 +216,10 @@ def train(cfg: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     size = (cfg.input_size, cfg.input_size)
     train_split = load_split(cfg.train_dir, size, cfg.channels, cfg.resize)
-    if cfg.val_dir:
+    fold_info = None
+    if cfg.fold is not None:
+        train_split, val_split, fold_info = fold_split(cfg, train_split)
+    elif cfg.val_dir:
         val_split = load_split(cfg.val_dir, size, cfg.channels, cfg.resize)
     else:
         train_split, val_split = split_fraction(train_split, cfg.val_fraction, cfg.seed)
@@ -185,7 +272,11 @@ def train(cfg: TrainConfig) -> dict:
         model.compile(optimizer=keras.optimizers.Adam(lr), loss=LOSSES[cfg.loss], metrics=metrics)
         val_data = (val_split.x, val_split.y)
 
-    sampler = ViewSampler(train_split, cfg, AugmentConfig(), steps)
+    backup = out / "backup"
+    resumed_at = resumed_epoch(backup)
+    if resumed_at:
+        log.info("resuming from the end of epoch %d (%s); delete that folder to start over", resumed_at, backup)
+    sampler = ViewSampler(train_split, cfg, AugmentConfig(), steps, resumed_at)
 
     class Batches(keras.utils.PyDataset):
         def __len__(self) -> int:
@@ -233,14 +324,23 @@ def train(cfg: TrainConfig) -> dict:
             log.info("%s", line)
 
     mode = "min" if cfg.monitor == "val_loss" else "max"
-    callbacks = [
-        ScanDice(),
-        keras.callbacks.EarlyStopping(
+    callbacks: list = [ScanDice()]
+    if cfg.keep == "best":
+        stopping = keras.callbacks.EarlyStopping(
             monitor=cfg.monitor, mode=mode, patience=cfg.patience, restore_best_weights=True, verbose=1
-        ),
-        keras.callbacks.ModelCheckpoint(str(out / "model.keras"), monitor=cfg.monitor, mode=mode, save_best_only=True),
-        keras.callbacks.CSVLogger(str(out / "history.csv")),
-    ]
+        )
+        checkpoint = keras.callbacks.ModelCheckpoint(
+            str(out / "model.keras"), monitor=cfg.monitor, mode=mode, save_best_only=True
+        )
+        if resumed_at:  # the best so far and the epochs since, as the stopped run left them
+            best, since = best_so_far(out / "history.csv", cfg.monitor, mode)
+            if best is not None:
+                checkpoint.best = stopping.best = best
+                stopping.wait = since
+        callbacks += [stopping, checkpoint]
+    # the CSV log is appended to when resuming; BackupAndRestore restores weights, optimizer and epoch
+    callbacks.append(keras.callbacks.CSVLogger(str(out / "history.csv"), append=bool(resumed_at)))
+    callbacks.append(keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False))
     if cfg.max_minutes:
         callbacks.append(time_limit(cfg.max_minutes))
     if cfg.lr_schedule == "plateau":
@@ -253,18 +353,22 @@ def train(cfg: TrainConfig) -> dict:
     t0 = time.time()
     hist = model.fit(Batches(), validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
     seconds = time.time() - t0
-    # the best epoch's weights: restored by early stopping when it fired, read back from the checkpoint when
-    # the epoch or time limit ended the run first
-    model.load_weights(out / "model.keras")
+    if cfg.keep == "best":
+        # the best epoch's weights: restored by early stopping when it fired, read back from the checkpoint when
+        # the epoch or time limit ended the run first
+        model.load_weights(out / "model.keras")
     model.save(out / "model.keras")
 
     probs, pres = predict(model, val_split.x)
     threshold, sweep = choose_threshold(probs, val_split, cfg.morphology_size)
     report_t = sorted({0.5, threshold, 0.85, 0.9, 0.95})
     val_scores = score(probs, val_split, report_t, cfg.morphology_size, True)
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    best_epoch = int(np.argmin(history["val_loss"]) if mode == "min" else np.argmax(history[cfg.monitor])) + 1
+    history = read_history(out / "history.csv") or {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     epochs_run = len(history[cfg.monitor])
+    if cfg.keep == "best":
+        best_epoch = int(np.argmin(history[cfg.monitor]) if mode == "min" else np.argmax(history[cfg.monitor])) + 1
+    else:
+        best_epoch = epochs_run
     record = {
         "record_schema": 2,
         "config": asdict(cfg),
@@ -323,8 +427,13 @@ def train(cfg: TrainConfig) -> dict:
             gated["nodule_free"][format(threshold, "g")]["fp_share"],
             gated["positive_crops"][format(threshold, "g")]["sensitivity"],
         )
+    if fold_info is not None:
+        record["fold"] = fold_info
+    if resumed_at:
+        record["resumed_after_epoch"] = resumed_at
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     (out / "training.json").write_text(json.dumps(record, indent=2, default=float))
+    shutil.rmtree(backup, ignore_errors=True)  # the run is complete: nothing left to resume
     log.info(
         "best epoch %d of %d; threshold %.2f chosen on validation: val Dice %.4f (at 0.5: %.4f); %s",
         best_epoch,

@@ -25,6 +25,7 @@ distributed = pytest.importorskip("distributed")
 from edge_runtime.cli import main  # noqa: E402
 from edge_runtime.job.cluster import parse_address  # noqa: E402
 from edge_runtime.job.ledger import Ledger, read_records  # noqa: E402
+from edge_runtime.outputs.naming import Names  # noqa: E402
 from tests.helpers import synthetic, write_png  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -89,10 +90,10 @@ def _hold_after_writing(gate: str) -> None:
     if getattr(real, "_held", False):
         return
 
-    def work(self, batch, known=None, begin=None):  # type: ignore[no-untyped-def]
+    def work(self, batch, known=None):  # type: ignore[no-untyped-def]
         import tempfile
 
-        results = real(self, batch, known, begin)
+        results = real(self, batch, known)
         # ... and is in the middle of rewriting its first mask: write_atomic's temporary file, half written
         first = self.out_dir / next(r for r in results if isinstance(r, processor.Written)).outcome.outputs[0]
         fd, _ = tempfile.mkstemp(prefix=f".{first.name}.", suffix=".tmp", dir=first.parent)
@@ -322,7 +323,7 @@ def test_a_worker_that_joins_later_and_does_not_match_gets_no_work(tmp_path, tin
             )
             assert f"{why}; the run goes on without it" in caplog.text
             assert dask.workers == 1  # its thread is not counted
-            results = [t.result() for t in [dask.submit(dask.work, [rel]) for rel in rels]]
+            results = [t.result() for t in [dask.submit(dask.work, [Names(rel)]) for rel in rels]]
             assert all(isinstance(r, Written) for [r] in results)
             assert sorted(r.outcome.rel for [r] in results) == sorted(rels)
             assert dask.workers == 1 and len(dask.refused) == 1  # said once
@@ -422,7 +423,7 @@ def test_a_run_whose_workers_are_all_gone_or_refused_stops_with_one_line(tmp_pat
             [pid] = dask.client.run(os.getpid).values()
             os.kill(pid, signal.SIGKILL)  # its nanny starts another, which finds no model file
             wait_for(lambda: dask.workers and dask.refused, "the new worker to be refused")
-            task = dask.submit(dask.work, [rels[0]])
+            task = dask.submit(dask.work, [Names(rels[0])])
             with pytest.raises(SetupError) as err:
                 task.result()
             assert str(err.value).startswith(

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.cli import main
+from edge_runtime.errors import ScanError
 from edge_runtime.job.ledger import read_records
 from tests.helpers import synthetic, write_png
 
@@ -181,27 +182,71 @@ def test_a_frame_named_scan_takes_its_name_from_a_cine_done_before_and_the_cine_
     assert (out / "cine.tif.error.txt").exists() and latest(out)["cine.tif"]["event"] == "error"
 
 
-def test_a_scan_named_like_the_mask_waits_for_one_being_written_now(tmp_path):
-    """In watch mode x.jpg may be in flight when x.png is read: x.png waits (the watcher tries again)."""
-    from edge_runtime.errors import ScanError
-    from edge_runtime.job.ledger import Ledger
-    from edge_runtime.job.plan import Planner
-    from edge_runtime.job.processor import ScanChanged
+class Done:
+    """The ledger's done records, as :class:`edge_runtime.outputs.naming.Naming` reads them."""
 
-    (tmp_path / "in").mkdir()
-    ledger = Ledger(tmp_path / "out")
-    try:
-        planner = Planner(tmp_path / "in", ledger, "sig", 1, [])
-        assert planner.reserve("x.jpg", ["x.png"]) == []
-        with pytest.raises(ScanChanged, match=re.escape("waits for x.jpg, which is writing OUT/x.png now")):
-            planner.reserve("x.png", ["x.png"])
-        with pytest.raises(ScanError, match=re.escape("by x.jpg")) as refused:
-            planner.reserve("x.bmp", ["x.png"])
-        assert not isinstance(refused.value, ScanChanged)
-        planner.release("x.jpg")
-        assert planner.reserve("x.png", ["x.png"]) == []  # x.jpg has no done record: nothing to take
-    finally:
-        ledger.close()
+    def __init__(self, **outputs: list[str]) -> None:
+        self.records = {rel.replace("_", "."): {"event": "done", "outputs": outs} for rel, outs in outputs.items()}
+
+    def done_with_prefix(self, prefix: str) -> list[tuple[str, dict]]:
+        return [(rel, rec) for rel, rec in self.records.items() if rel.startswith(prefix)]
+
+
+def test_a_group_goes_one_scan_at_a_time_and_the_client_decides_who_keeps_a_name(tmp_path):
+    """x.jpg out on a worker: x.png and x.bmp wait for it, then go with the names x.jpg keeps."""
+    from edge_runtime.outputs.naming import Names, Naming
+
+    for name in ("x.jpg", "x.png", "x.bmp", "y.png"):
+        (tmp_path / name).touch()
+    ledger = Done()
+    naming = Naming(tmp_path, ledger, 1, [])
+    assert naming.grant("x.jpg") == Names("x.jpg")
+    assert naming.grant("x.png") is None and naming.grant("x.bmp") is None  # wait for x.jpg
+    assert naming.waiting("x.png") and not naming.waiting("y.png")
+    assert naming.grant("y.png") == Names("y.png")  # another group goes at once
+    ledger.records["x.jpg"] = {"event": "done", "outputs": ["x.png", "overlays/x.png"]}  # x.jpg recorded done
+    assert naming.release("x.jpg") == ["x.png", "x.bmp"]
+    names = naming.grant("x.png")
+    assert isinstance(names, Names) and names.taken == {"x.png", "overlays/x.png"}
+    assert names.contested(["x.png"]) and not names.contested(["x_f0001.png"])
+    # read: x.png is named like its mask and takes it; x.bmp, not, is refused naming x.jpg
+    assert naming.contest("x.png", ["x.png", "overlays/x.png"]) == [("x.jpg", "x.png")]
+    with pytest.raises(ScanError, match=re.escape("OUT/x.png would be written by this scan and by x.jpg")):
+        naming.contest("x.bmp", ["x.png"])
+    (tmp_path / "x.jpg").unlink()  # once the scan that kept it is gone from IN, the name is free
+    assert naming.contest("x.bmp", ["x.png"]) == []
+
+
+def test_suffixes_compare_as_output_names_are_made_and_case_folds_where_the_file_system_does(tmp_path):
+    from edge_runtime.outputs.naming import Naming, folds_case
+
+    for name in ("x.Png", "x.jpg", "X.PNG", "Y.png", "y.jpg"):
+        (tmp_path / name).touch()
+    naming = Naming(tmp_path, Done(x_Png=["x.png"], Y_png=["Y.png"]), 1, [])
+    with pytest.raises(ScanError, match=re.escape("OUT/x.png would be written by this scan and by x.Png")):
+        naming.contest("x.jpg", ["x.png"])
+    assert naming.contest("y.jpg", ["y.png"]) == []  # Y.png and y.png are two files here
+    folding = Naming(tmp_path, Done(x_Png=["x.png"], Y_png=["Y.png"]), 1, [], folds_case=True)
+    assert folding.grant("y.jpg").contested(["y.png"])  # type: ignore[union-attr]
+    with pytest.raises(ScanError, match=re.escape("OUT/y.png would be written by this scan and by Y.png")):
+        folding.contest("y.jpg", ["y.png"])
+    assert folding.grant("x.jpg") is not None and folding.grant("X.PNG") is None  # one group: X.PNG waits
+    assert not folds_case(tmp_path)  # this machine's temporary folder tells X from x
+
+
+def test_a_case_variant_done_before_keeps_its_mask_from_a_newcomer(tmp_path, tiny_model, capfd):
+    """x.Png done, then x.jpg added: both would write OUT/x.png; x.Png, done first, keeps it (issue 27)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_png(src / "x.Png", synthetic(1, 120, 140)[0])
+    assert run(src, out, tiny_model, "--report") == 0
+    cv2.imwrite(str(src / "x.jpg"), synthetic(2, 90, 80)[0])
+    capfd.readouterr()
+    assert run(src, out, tiny_model, "--report") == 1
+    assert "FAIL x.jpg: OUT/x.png would be written by this scan and by x.Png" in capfd.readouterr().err
+    assert cv2.imread(str(out / "x.png"), cv2.IMREAD_UNCHANGED).shape == (120, 140)  # still x.Png's
+    assert json.loads((out / "reports" / "x.json").read_text())["scan"]["path"] == "x.Png"
+    assert latest(out)["x.Png"]["event"] == "done" and latest(out)["x.jpg"]["event"] == "error"
+    assert max(owners(out).values()) == 1
 
 
 def test_with_many_workers_the_same_scans_keep_their_names_every_time(tmp_path, tiny_model):

@@ -93,7 +93,7 @@ def test_default_workers_follow_the_session_threads(tmp_path, tiny_model, monkey
     job = job_for(tiny_model, tmp_path / "in", tmp_path / "out")
     job.close()
     assert job.scheduler.workers == 5  # the job's session runs on one thread
-    assert Scheduler(job.processor, job.planner, job.scheduler.recorder, workers=7).workers == 7
+    assert Scheduler(job.processor, job.naming, job.scheduler.recorder, workers=7).workers == 7
 
 
 def test_an_inference_failure_is_each_scans_fail_outcome_not_the_end_of_the_run(folder, tmp_path, tiny_model):
@@ -204,7 +204,7 @@ def test_batches_end_so_that_the_workers_finish_together(tmp_path, tiny_model, m
     real_work = Processor.work
 
     def spy(self, b, known=None):
-        seen.append(list(b))
+        seen.append([getattr(item, "rel", item) for item in b])  # the names each scan goes with
         return real_work(self, b, known)
 
     monkeypatch.setattr(Processor, "work", spy)

@@ -183,7 +183,7 @@ def test_error_records_that_older_versions_wrote_for_a_full_disk_are_retried_onc
     try:
         ledger.error("x.png", st.st_size, st.st_mtime_ns, "cannot write its outputs: No space left on device")
         ledger.error("y.png", 1, 1, "corrupt PNG data")
-        planner = Planner(src, ledger, "sig", 1, [])
+        planner = Planner(src, ledger, "sig")
         assert planner.needs_work("x.png", retry_failed=False)
         assert not planner.needs_work("x.png", retry_failed=False)  # once per process, not every rescan
     finally:

@@ -11,7 +11,7 @@ import cv2
 
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.job.discovery import check_folders
-from edge_runtime.job.ledger import Ledger, ScanState
+from edge_runtime.job.ledger import Ledger
 from edge_runtime.job.plan import Planner
 from edge_runtime.job.processor import Processor
 from edge_runtime.job.recorder import Recorder
@@ -20,6 +20,7 @@ from edge_runtime.job.settings import JobRequest, JobSpec, RunOptions
 from edge_runtime.job.settings_file import check_and_record
 from edge_runtime.outputs.base import OutputSetup
 from edge_runtime.outputs.layout import STATE_DIR
+from edge_runtime.outputs.naming import Naming, folds_case
 from edge_runtime.outputs.writers import make_writers
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class Job:
     segmenter: Segmenter
     ledger: Ledger
     planner: Planner
+    naming: Naming
     processor: Processor
     scheduler: Scheduler
     #: what differs from the settings OUT was made with, in words (:mod:`edge_runtime.job.settings_file`)
@@ -84,18 +86,13 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
     try:
         changed = check_and_record(out_dir, spec)
         writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
-        planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers, options.part)
-        recorder = Recorder(ledger, in_dir, out_dir, spec.signature, options.fsync, planner)
+        planner = Planner(in_dir, ledger, spec.signature, options.part)
+        folders = [(w.folder, w.kind) for w in writers if w.folder]
+        naming = Naming(in_dir, ledger, len(spec.thresholds), folders, folds_case(ledger.dir))
+        recorder = Recorder(ledger, in_dir, out_dir, spec.signature, options.fsync)
         if options.cluster is None:
-
-            def begin(state: ScanState, outputs: list[str]) -> None:
-                # another scan's outputs of the same name: ScanError, or that scan loses them to this one
-                for other, shared in planner.reserve(state.rel, outputs):
-                    recorder.displace(other, state.rel, shared, outputs)
-                ledger.begin(state, outputs)
-
-            processor = Processor(segmenter, spec, options, writers, in_dir, out_dir, begin=begin)
-            scheduler = Scheduler(processor, planner, recorder, options.workers)
+            processor = Processor(segmenter, spec, options, writers, in_dir, out_dir, begin=ledger.begin)
+            scheduler = Scheduler(processor, naming, recorder, options.workers)
         else:
             from edge_runtime.job.cluster import SCANS_PER_TASK, TAIL_SCANS_PER_TASK, connect
 
@@ -105,19 +102,31 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
             cluster = dask = connect(options.cluster, request, spec, options, in_dir, out_dir)
             scheduler = Scheduler(
                 processor,
-                planner,
+                naming,
                 recorder,
                 dask.workers,
                 executor=lambda _workers: dask,
                 work=dask.work,
                 batch_size=max(SCANS_PER_TASK, options.batch_size),
                 tail_size=TAIL_SCANS_PER_TASK,
-                send_owners=True,  # the workers reserve output names with them (cluster_worker.run_batch)
             )
     except BaseException:
         ledger.close()
         raise
-    return Job(in_dir, out_dir, spec, options, segmenter, ledger, planner, processor, scheduler, changed, cluster)
+    return Job(
+        in_dir,
+        out_dir,
+        spec,
+        options,
+        segmenter,
+        ledger,
+        planner=planner,
+        naming=naming,
+        processor=processor,
+        scheduler=scheduler,
+        settings_changed=changed,
+        cluster=cluster,
+    )
 
 
 def opencv_on_caller_threads() -> None:

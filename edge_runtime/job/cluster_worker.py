@@ -23,11 +23,10 @@ from distributed import WorkerPlugin, get_worker
 
 from edge_runtime._version import __version__
 from edge_runtime.errors import ScanError, SetupError
-from edge_runtime.job.ledger import ScanState
-from edge_runtime.job.plan import OwnersView, Reservations
-from edge_runtime.job.processor import Processor, Result, Written
+from edge_runtime.job.processor import Processor, Result
 from edge_runtime.job.settings import JobRequest, RunOptions
 from edge_runtime.outputs.base import OutputSetup
+from edge_runtime.outputs.naming import Names
 from edge_runtime.outputs.writers import make_writers
 
 log = logging.getLogger(__name__)
@@ -149,33 +148,13 @@ def worker_state(plugin: str, dask_worker: Any = None) -> str | None:
     return found.refused
 
 
-def run_batch(
-    batch: list[str | ScanError],
-    known: Mapping[str, str] | None = None,
-    owners: Mapping[str, dict[str, Any]] | None = None,
-    *,
-    plugin: str,
-) -> list[Result]:
+def run_batch(batch: list[Names | ScanError], known: Mapping[str, str] | None = None, *, plugin: str) -> list[Result]:
     """The task: one batch through this worker's processor (outputs written, nothing recorded).
 
-    Each scan's output names are reserved before it is written, as in one process
-    (:class:`~edge_runtime.job.plan.Reservations`), against the batch's own scans (the client keeps
-    scans that may collide in one batch) and ``owners``, the done records of the others the client sent
-    (:meth:`~edge_runtime.job.plan.Planner.owners`): a name another scan keeps is this scan's error, and
-    the scans a scan named like its mask takes a name from come back in :attr:`Written.displaced`.
+    Each scan comes with the output names the client granted it (:class:`~edge_runtime.outputs.naming.Names`);
+    one whose outputs another scan keeps comes back unnamed, for the client to decide.
     """
     found = get_worker().plugins.get(plugin)
     if not isinstance(found, EdgeSegPlugin) or found.processor is None:
         raise WorkerRefused(worker_state(plugin) or f"Dask worker {get_worker().address} has no processor")
-    processor = found.processor
-    names = Reservations(processor.in_dir, OwnersView(owners or {}))
-    taken: dict[str, list[tuple[str, str]]] = {}
-
-    def begin(state: ScanState, outputs: list[str]) -> None:
-        taken[state.rel] = names.reserve(state.rel, outputs)
-
-    results = processor.work(batch, known, begin)
-    for res in results:
-        if isinstance(res, Written):
-            res.displaced = taken.get(res.outcome.rel, [])
-    return results
+    return found.processor.work(batch, known)

@@ -6,13 +6,13 @@ ledger serialises their records); on several, each needs its own OUT (SQLite's W
 network file systems).
 
 The split is by a stable hash, not by position in the sorted list: the first 8 bytes of the SHA-1 of
-the scan's folder and :func:`edge_runtime.job.plan.group_key` (its name stem without a frame number),
+the scan's folder and :func:`edge_runtime.outputs.naming.group_key` (its name stem without a frame number),
 modulo N. So
 
 * a scan keeps its part when other files are added to IN or removed (a sorted split would move most
   scans to another part, and a rerun of part K would redo scans part K+1 already did);
 * scans that could write the same outputs (``a/x.png`` and ``a/x.jpg``; ``a/cine.dcm``, whose frames
-  are ``cine_f0002.png``, and ``a/cine_f0002.png``) fall in the same part, where the planner refuses
+  are ``cine_f0002.png``, and ``a/cine_f0002.png``) fall in the same part, where the naming refuses
   the second one as a single process does;
 * it is the same on every machine and Python (no ``hash()`` salt), so the parts agree.
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from edge_runtime.errors import SetupError
-from edge_runtime.job.plan import group_key
+from edge_runtime.outputs.naming import group_key
 
 
 @dataclass(frozen=True)

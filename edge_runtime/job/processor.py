@@ -5,8 +5,10 @@ once over all their frames, post-processes, has each output writer write its fil
 fsyncs the folders once. It never touches the ledger's done and error records: it returns, per scan,
 what happened (:data:`Result`), and the client records it (:mod:`edge_runtime.job.recorder`), so the
 same code runs on a worker thread of this process or on a Dask worker on another machine
-(:mod:`edge_runtime.job.cluster`). It never decides which scans need work (:mod:`edge_runtime.job.plan`)
-nor how batches are spread (:mod:`edge_runtime.job.scheduler`).
+(:mod:`edge_runtime.job.cluster`). It never decides which scans need work (:mod:`edge_runtime.job.plan`),
+how batches are spread (:mod:`edge_runtime.job.scheduler`) nor who keeps an output name: each scan
+comes with its :class:`~edge_runtime.outputs.naming.Names`, and one whose outputs another scan keeps
+is handed back :class:`Unnamed`, with nothing written (:mod:`edge_runtime.outputs.naming`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from edge_runtime.job.outcome import Outcome, Status
 from edge_runtime.job.settings import JobSpec, RunOptions
 from edge_runtime.outputs.base import OutputWriter, ScanResult
 from edge_runtime.outputs.layout import relative
+from edge_runtime.outputs.naming import Names
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +83,15 @@ class Written:
 
     outcome: Outcome
     state: ScanState  #: what its ledger records say about it
-    #: on a Dask worker: the scans done before whose output names this one took, with the name shared
-    #: (:meth:`edge_runtime.job.plan.Reservations.reserve`), for the client to record as displaced
-    displaced: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Unnamed:
+    """A scan read and segmented whose outputs include names other scans keep (:attr:`Names.taken`):
+    nothing was written; the client decides (:meth:`edge_runtime.outputs.naming.Naming.contest`)."""
+
+    rel: str
+    outputs: list[str]  #: what it would write, paths relative to OUT
 
 
 @dataclass
@@ -100,12 +109,12 @@ class Unchanged:
 Prediction = tuple[np.ndarray, np.ndarray | None]
 
 #: What :meth:`Processor.work` gives back for each scan of a batch: its outputs written, its content
-#: unchanged, or the error that kept it from being read or written (which the client turns into an
-#: error record, or a ``changed`` outcome for a file still being written).
-Result = Written | Unchanged | ScanError
+#: unchanged, its outputs' names kept by other scans, or the error that kept it from being read or
+#: written (which the client turns into an error record, or a ``changed`` outcome for a file still
+#: being written).
+Result = Written | Unchanged | Unnamed | ScanError
 
-#: Called with a scan's state and its outputs just before they are written: in this process, the
-#: planner's reservation of the output names (a ScanError refuses them) and the ledger's ``begin``.
+#: Called with a scan's state and its outputs just before they are written: the ledger's ``begin``.
 BeginHook = Callable[[ScanState, list[str]], None]
 
 
@@ -116,10 +125,9 @@ def _ms(t0: float) -> float:
 class Processor:
     """Turns batches of scans under ``in_dir`` into outputs under ``out_dir``.
 
-    ``begin``, when given, is called for each scan just before its outputs are written (in this process:
-    the planner's reservation of its output names, which may refuse them with a ScanError, and the
-    ledger's ``begin`` record, which lets a crash after the writes be recovered as done). A Dask worker
-    has neither and passes None.
+    ``begin``, when given, is called for each scan just before its outputs are written: in this process,
+    the ledger's ``begin`` record, which lets a crash after the writes be recovered as done. A Dask worker
+    has no ledger and passes None.
     """
 
     def __init__(
@@ -181,8 +189,9 @@ class Processor:
             start += n
         return out
 
-    def finish(self, item: Loaded, prediction: Prediction, begin: BeginHook | None = None) -> Written:
-        """Post-process and write the outputs atomically (their folders are synced by :meth:`work`)."""
+    def finish(self, item: Loaded, prediction: Prediction, names: Names) -> Written | Unnamed:
+        """Post-process and write the outputs atomically (their folders are synced by :meth:`work`), unless
+        another scan keeps one of their names (:class:`Unnamed`, nothing written)."""
         rel, scan = item.rel, item.scan
         t0 = time.perf_counter()
         thresholds = self.spec.thresholds
@@ -201,6 +210,8 @@ class Processor:
         item.timings["postprocess"] = _ms(t0)
         planned = [(writer, writer.paths(rel, scan)) for writer in self.writers]
         outputs = [relative(self.out_dir, p) for _, paths in planned for p in paths]
+        if names.contested(outputs):
+            return Unnamed(rel, outputs)
         state = ScanState(
             rel=rel,
             size=scan.size,
@@ -210,9 +221,8 @@ class Processor:
             model=self.spec.model.sha256[:16],
             frames=len(scan.frames),
         )
-        begin = begin or self.begin
-        if begin is not None:
-            begin(state, outputs)
+        if self.begin is not None:
+            self.begin(state, outputs)
         facts: dict[str, Any] = {}
         for writer, paths in planned:
             t1 = time.perf_counter()
@@ -243,12 +253,12 @@ class Processor:
             log.warning("inference failed for a batch of %d scans (%s); trying them one by one", len(items), exc)
             return [r for it in items for r in self._safe_infer([it])]
 
-    def _safe_finish(self, item: Loaded, prediction: Prediction, begin: BeginHook | None) -> Written | ScanError:
+    def _safe_finish(self, item: Loaded, prediction: Prediction, names: Names) -> Written | Unnamed | ScanError:
         try:
-            return self.finish(item, prediction, begin)
-        except (ScanChanged, SecondStageFailed) as exc:  # being written now: wait; or its inference failed
+            return self.finish(item, prediction, names)
+        except SecondStageFailed as exc:  # its inference failed
             return exc
-        except ScanError as exc:  # its output names were refused (the planner), or a writer refused the scan
+        except ScanError as exc:  # a writer refused the scan
             return WriteFailed(item.rel, exc.reason)
         except OSError as exc:
             return WriteFailed.of(item.rel, exc, f"cannot write its outputs: {exc.strerror or exc}")
@@ -256,20 +266,18 @@ class Processor:
             log.exception("unexpected error writing the outputs of %s", item.rel)
             return WriteFailed(item.rel, f"unexpected error: {type(exc).__name__}: {exc}")
 
-    def work(
-        self, batch: list[str | ScanError], known: Mapping[str, str] | None = None, begin: BeginHook | None = None
-    ) -> list[Result]:
+    def work(self, batch: list[Names | ScanError], known: Mapping[str, str] | None = None) -> list[Result]:
         """Load, infer and write one batch of scans on the calling thread, then sync the folders written.
 
         ``known`` maps a scan to the sha256 of the content already done with this job's signature; a
         scan read with those bytes again is :class:`Unchanged` and nothing is written for it (unless
-        ``force``). Returns one entry per scan, in order; an entry that already is a ScanError (its
-        output names were taken) is passed through. Every output of a :class:`Written` scan is on disk
+        ``force``). Returns one entry per scan, in order; an entry that already is a ScanError (refused
+        before it was read) is passed through. Every output of a :class:`Written` scan is on disk
         (with ``fsync``: its folder synced) before this returns, so the client may record it done.
-        ``begin`` replaces the processor's own hook for this batch (a Dask worker's reservations).
         """
         known = {} if self.options.force or known is None else known
-        got = [item if isinstance(item, ScanError) else self._safe_load(item) for item in batch]
+        names = {item.rel: item for item in batch if isinstance(item, Names)}
+        got = [item if isinstance(item, ScanError) else self._safe_load(item.rel) for item in batch]
         results: list[Result | Loaded] = []
         for g in got:
             if isinstance(g, Loaded) and known.get(g.rel) == g.scan.sha256:
@@ -284,7 +292,9 @@ class Processor:
                 done.append(r)
                 continue
             prediction = next(predictions)
-            done.append(prediction if isinstance(prediction, ScanError) else self._safe_finish(r, prediction, begin))
+            done.append(
+                prediction if isinstance(prediction, ScanError) else self._safe_finish(r, prediction, names[r.rel])
+            )
         if self.options.fsync:
             # The renames must be on disk before the ledger says "done"; one sync of the folders for a
             # whole batch rather than one per scan saves a folder fsync per scan (bench/README.md).

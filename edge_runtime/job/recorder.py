@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,11 +20,15 @@ from edge_runtime.errors import ScanError
 from edge_runtime.files.durable import sweep_temp_files_of, unwritable, write_atomic
 from edge_runtime.job.ledger import Ledger
 from edge_runtime.job.outcome import Outcome, Status
-from edge_runtime.job.plan import Planner, displaced_reason
-from edge_runtime.job.processor import Result, ScanChanged, Unchanged, WriteFailed, Written
+from edge_runtime.job.processor import ScanChanged, Unchanged, WriteFailed, Written
 from edge_runtime.outputs.layout import error_path
+from edge_runtime.outputs.naming import displaced_reason
 
 log = logging.getLogger(__name__)
+
+#: The results the recorder takes: a worker's, less the :class:`~edge_runtime.job.processor.Unnamed`
+#: ones (the scheduler has the naming decide those first).
+Recorded = Written | Unchanged | ScanError
 
 
 class Recorder:
@@ -38,11 +41,8 @@ class Recorder:
         out_dir: Path,
         signature: str,
         fsync: bool = True,
-        planner: Planner | None = None,
     ) -> None:
         self.ledger = ledger
-        #: whose output-name reservations (taken on worker threads of this process) end once recorded
-        self.planner = planner
         self.in_dir = in_dir
         self.out_dir = out_dir
         self.signature = signature
@@ -50,48 +50,29 @@ class Recorder:
         #: the outputs recorded done (POSIX paths under OUT), while :attr:`keep_outputs` (for :meth:`sweep_leftovers`)
         self.keep_outputs = False
         self.outputs: set[str] = set()
-        self._mutex = threading.Lock()
-        self._displaced: list[tuple[str, Outcome]] = []  # (by, scan done before that lost its outputs to it)
 
-    def known(self, batch: Iterable[str | ScanError]) -> dict[str, str]:
+    def known(self, batch: Iterable[str]) -> dict[str, str]:
         """For the scans of a batch done already with this signature (outputs still there): their sha256.
 
         A worker that reads the same bytes again writes nothing for them (a touched or copied-over file).
         """
         known = {}
         for rel in batch:
-            if isinstance(rel, str):
-                rec = self.ledger.get(rel)
-                if rec and rec["event"] == "done" and rec["sig"] == self.signature and self.ledger.outputs_exist(rec):
-                    known[rel] = rec["sha256"]
+            rec = self.ledger.get(rel)
+            if rec and rec["event"] == "done" and rec["sig"] == self.signature and self.ledger.outputs_exist(rec):
+                known[rel] = rec["sha256"]
         return known
 
-    def record(self, results: list[Result], defer: Callable[[str], bool] | None = None) -> Iterator[Outcome]:
+    def record(self, results: list[Recorded], defer: Callable[[str], bool] | None = None) -> Iterator[Outcome]:
         """Record one batch's results, in order, yielding each scan's outcome.
 
         ``defer(rel)``, when given and true for a scan that could not be read, turns its failure into a
         ``changed`` outcome with no error record (the watcher retries files modified a moment ago).
         """
-        try:
-            yield from self._record(results, defer)
-        finally:
-            if self.planner is not None:  # recorded or given up: the ledger speaks for them now
-                for res in results:
-                    self.planner.release(res.outcome.rel if isinstance(res, Written) else _rel(res))
-
-    def _record(self, results: list[Result], defer: Callable[[str], bool] | None) -> Iterator[Outcome]:
-        # A Dask worker's scans that took output names from scans done before: those lose them now.
-        results = [self._take_names(r) if isinstance(r, Written) and r.displaced else r for r in results]
         # The batch's done records first, in one transaction (not held across the yields below: the
         # ledger's lock would keep the worker threads' begin records waiting on the caller).
         with self.ledger.batch():
             done = {i: self.record_done(res) for i, res in enumerate(results) if isinstance(res, Written)}
-        # the scans this batch's scans took outputs from, unless they are in it (their own outcome says why)
-        rels = {res.outcome.rel if isinstance(res, Written) else _rel(res) for res in results}
-        with self._mutex:
-            mine = [(by, lost) for by, lost in self._displaced if by in rels]
-            self._displaced = [(by, lost) for by, lost in self._displaced if by not in rels]
-        yield from (lost for _, lost in mine if lost.rel not in rels)
         for i, res in enumerate(results):
             if isinstance(res, Written):
                 yield done[i]
@@ -106,18 +87,6 @@ class Recorder:
                 yield _unwritten(res.path, res.problem, res.reason, res.filename)
             else:
                 yield self.fail(res.path, res)
-
-    def _take_names(self, written: Written) -> Result:
-        """A scan written on a Dask worker that took output names from scans done before
-        (:attr:`Written.displaced`): they are recorded as displaced, as :meth:`displace` does in one process
-        before the writes. If OUT refuses that, the scan is not recorded done (it is done again later)."""
-        rel = written.outcome.rel
-        try:
-            for other, shared in written.displaced:
-                self.displace(other, rel, shared, written.outcome.outputs)
-        except OSError as exc:
-            return WriteFailed.of(rel, exc, f"cannot record the scan whose outputs it takes: {exc.strerror or exc}")
-        return written
 
     def record_done(self, written: Written) -> Outcome:
         """A scan whose outputs are on disk (the worker synced their folders): its done record.
@@ -150,13 +119,13 @@ class Recorder:
         outputs, self.outputs = self.outputs, set()
         return sweep_temp_files_of([self.out_dir / o for o in sorted(outputs)])
 
-    def displace(self, rel: str, by: str, shared: str, keep: Iterable[str]) -> None:
+    def displace(self, rel: str, by: str, shared: str, keep: Iterable[str]) -> Outcome:
         """Scan ``rel``, done before, loses its outputs to ``by``, named like the mask it shares (``shared``).
 
-        Called on the worker that is about to write ``by``'s outputs (``keep``), before it writes any:
-        ``rel`` gets its error record and the ledger's, then its outputs that ``by`` does not write again
-        are removed (the other frames of a multi-frame scan, its report). An OSError (OUT full, say) is
-        left to the caller, which then writes nothing for ``by`` either.
+        Called before ``by``'s outputs (``keep``) are written: ``rel`` gets its error record and the
+        ledger's, then its outputs that ``by`` does not write again are removed (the other frames of a
+        multi-frame scan, its report). An OSError (OUT full, say) is left to the caller, which then
+        writes nothing for ``by`` either (:meth:`unwritten`).
         """
         old = set((self.ledger.get(rel) or {}).get("outputs", [])) - set(keep)
         reason = displaced_reason(rel, by, shared)
@@ -164,8 +133,11 @@ class Recorder:
         for out in sorted(old):
             with contextlib.suppress(FileNotFoundError):
                 (self.out_dir / out).unlink()
-        with self._mutex:  # its FAIL outcome comes with by's batch
-            self._displaced.append((by, Outcome(rel, Status.FAILED, [], reason)))
+        return Outcome(rel, Status.FAILED, [], reason)
+
+    def unwritten(self, rel: str, exc: OSError, reason: str) -> Outcome:
+        """Scan ``rel`` is not written because OUT refused a record it needed first (``exc``, said as ``reason``)."""
+        return self._write_failure(rel, exc, f"{reason}: {exc.strerror or exc}")
 
     def _error_record(self, rel: str, reason: str) -> None:
         """The error file beside the scan's mask, then the ledger's record (OSError when OUT refuses them)."""
@@ -198,10 +170,6 @@ def _stat(path: Path) -> tuple[int, int]:
     except OSError:
         return -1, -1
     return st.st_size, st.st_mtime_ns
-
-
-def _rel(res: Unchanged | ScanError) -> str:
-    return res.rel if isinstance(res, Unchanged) else res.path
 
 
 def _unwritten(rel: str, problem: str, reason: str, filename: str | None, exc: OSError | None = None) -> Outcome:

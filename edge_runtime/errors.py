@@ -8,11 +8,21 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
+
+
+class ErrorKind(StrEnum):
+    """Whose fault a scan's failure is, as its error record says (``kind``): what decides a retry."""
+
+    SCAN = "scan"  #: the scan's own (unreadable, refused, ...): tried again once the file changes
+    WRITE = "write"  #: OUT did not take its outputs or records: tried again once by each new process
 
 
 class ScanError(Exception):
     """A single scan cannot be read or processed. ``str()`` is ``"<path>: <reason>"``."""
+
+    kind = ErrorKind.SCAN  #: what its error record says of it
 
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = str(path)

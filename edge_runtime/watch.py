@@ -39,11 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime._version import __version__
-from edge_runtime.errors import ScanError
+from edge_runtime.errors import ErrorKind
 from edge_runtime.files.durable import probe_writable, rewrite_in_place, unwritable, write_atomic
 from edge_runtime.job.assemble import Job, close_job, open_job
 from edge_runtime.job.discovery import describe_skipped
 from edge_runtime.job.outcome import Outcome, Status, log_outcome, log_summary
+from edge_runtime.job.processor import WriteFailed
 from edge_runtime.job.review import PageKeeper
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import WatchedFolder
@@ -190,7 +191,7 @@ class Daemon:
         tries = self._write_tries.get(outcome.rel, 0) + 1
         if tries >= MAX_WRITE_TRIES:  # OUT takes other writes, but never this scan's: its own problem
             self._write_tries.pop(outcome.rel, None)
-            error = ScanError(outcome.rel, f"cannot write its outputs: {outcome.reason}")
+            error = WriteFailed(outcome.rel, f"cannot write its outputs: {outcome.reason}", kind=ErrorKind.WRITE)
             self._handle(self.job.scheduler.recorder.fail(outcome.rel, error))
             return
         self._write_tries[outcome.rel] = tries

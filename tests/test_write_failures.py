@@ -7,6 +7,7 @@ Faults are injected in-process by replacing the durable writer the mask writer a
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import threading
@@ -179,13 +180,45 @@ def test_error_records_that_older_versions_wrote_for_a_full_disk_are_retried_onc
     src, out = tmp_path / "in", tmp_path / "out"
     write_png(src / "x.png", synthetic(1)[0])
     st = (src / "x.png").stat()
+    old = [  # as older versions wrote them: no kind (the ledger they left is moved in when it opens)
+        {"rel": "x.png", "event": "error", "size": st.st_size, "mtime_ns": st.st_mtime_ns, "reason": why}
+        for why in ("cannot write its outputs: No space left on device",)
+    ] + [{"rel": "y.png", "event": "error", "size": 1, "mtime_ns": 1, "reason": "corrupt PNG data"}]
+    (out / ".edge-seg").mkdir(parents=True)
+    (out / ".edge-seg" / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
     ledger = Ledger(out)
     try:
-        ledger.error("x.png", st.st_size, st.st_mtime_ns, "cannot write its outputs: No space left on device")
-        ledger.error("y.png", 1, 1, "corrupt PNG data")
         planner = Planner(src, ledger, "sig")
         assert planner.needs_work("x.png", retry_failed=False)
         assert not planner.needs_work("x.png", retry_failed=False)  # once per process, not every rescan
+    finally:
+        ledger.close()
+
+
+def test_whether_a_failed_scan_is_retried_is_its_error_records_kind_not_its_words(tmp_path):
+    from edge_runtime.errors import ErrorKind
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for name in ("w.png", "s.png", "old.png", "old-scan.png"):
+        write_png(src / name, synthetic(1)[0])
+    st = {p.name: p.stat() for p in src.iterdir()}
+    old = [  # error records as older versions wrote them, with no kind, in the ledger an older version left
+        {"rel": name, "event": "error", "size": st[name].st_size, "mtime_ns": st[name].st_mtime_ns, "reason": why}
+        for name, why in (("old.png", "cannot record its outputs: EIO"), ("old-scan.png", "corrupt PNG data"))
+    ]
+    (out / ".edge-seg").mkdir(parents=True)
+    (out / ".edge-seg" / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    ledger = Ledger(out)
+    try:
+        ledger.error("w.png", st["w.png"].st_size, st["w.png"].st_mtime_ns, "quota exceeded", ErrorKind.WRITE)
+        words = "cannot write its outputs: a writer refused it"  # a write failure's words, the scan's kind
+        ledger.error("s.png", st["s.png"].st_size, st["s.png"].st_mtime_ns, words, ErrorKind.SCAN)
+        assert ledger.get("w.png")["kind"] == "write" and "kind" not in ledger.get("old.png")  # type: ignore[index,operator]
+        planner = Planner(src, ledger, "sig")
+        assert planner.needs_work("w.png", retry_failed=False) and planner.needs_work("old.png", retry_failed=False)
+        assert not planner.needs_work("s.png", retry_failed=False)
+        assert not planner.needs_work("old-scan.png", retry_failed=False)
+        assert not planner.needs_work("w.png", retry_failed=False)  # once per process
     finally:
         ledger.close()
 

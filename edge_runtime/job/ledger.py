@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime.errors import SetupError
+from edge_runtime.errors import ErrorKind, SetupError
 from edge_runtime.files.durable import sweep_temp_files
 from edge_runtime.job.ledger_migrate import JSONL_NAME, migrate_jsonl
 from edge_runtime.job.locks import LOCK_NAME, FolderLock, Session
@@ -308,9 +308,11 @@ class Ledger:
         self._append({**rec, "rel": rel, "event": "done", "size": size, "mtime_ns": mtime_ns})
         return list(rec.get("outputs", []))
 
-    def error(self, rel: str, size: int, mtime_ns: int, reason: str) -> None:
-        """The scan could not be processed in this file state (size and mtime -1 when it is gone)."""
-        self._append({"rel": rel, "event": "error", "size": size, "mtime_ns": mtime_ns, "reason": reason})
+    def error(self, rel: str, size: int, mtime_ns: int, reason: str, kind: ErrorKind = ErrorKind.SCAN) -> None:
+        """The scan could not be processed in this file state (size and mtime -1 when it is gone), for a
+        person to read (``reason``) and whose fault (``kind``: what decides whether it is tried again)."""
+        rec = {"rel": rel, "event": "error", "size": size, "mtime_ns": mtime_ns, "reason": reason, "kind": kind}
+        self._append(rec)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:

@@ -1,4 +1,5 @@
-"""The ledger's records: which are well-formed, and the one-time move of a JSON-lines ledger into SQLite.
+"""The ledger's records: which are well-formed, what older ones mean, and the one-time move of a
+JSON-lines ledger into SQLite.
 
 Up to 0.3.0 the ledger was ``OUT/.edge-seg/ledger.jsonl``, one JSON record a line, the newest record of
 a scan winning. :func:`migrate_jsonl` reads it line by line (memory stays flat however long it is)
@@ -18,6 +19,8 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from edge_runtime.errors import ErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,20 @@ REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "done": _SCAN_FIELDS,
     "error": {"rel": str, "size": int, "mtime_ns": int, "reason": str},
 }
+
+
+#: How the reasons of error records that older versions wrote, with no ``kind``, begin when OUT did not
+#: take the scan's outputs or records (a full disk, say) rather than the scan failing.
+_OLD_WRITE_FAILURES = ("cannot write its outputs", "cannot record its outputs", "cannot write its error record")
+
+
+def error_kind(rec: dict[str, Any]) -> ErrorKind:
+    """Whose fault the failure an error record says is: its ``kind``, or for a record older versions wrote
+    without one, what its reason says (the one place the reason's words decide anything)."""
+    kind = str(rec.get("kind"))
+    if kind in set(ErrorKind):
+        return ErrorKind(kind)
+    return ErrorKind.WRITE if str(rec.get("reason", "")).startswith(_OLD_WRITE_FAILURES) else ErrorKind.SCAN
 
 
 def problem(rec: Any) -> str | None:

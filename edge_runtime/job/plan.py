@@ -7,14 +7,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_runtime.errors import ErrorKind
 from edge_runtime.job.ledger import Ledger
+from edge_runtime.job.ledger_migrate import error_kind
 
 if TYPE_CHECKING:
     from edge_runtime.job.parts import Part
-
-#: How the error records of scans that failed for want of a writable OUT begin (older versions recorded
-#: a full disk as the scan's error).
-WRITE_FAILURES = ("cannot write its outputs", "cannot record its outputs", "cannot write its error record")
 
 
 class Planner:
@@ -54,8 +52,7 @@ class Planner:
         if retry_failed or not self.ledger.known_failure(rel, st.st_size, st.st_mtime_ns):
             return True
         # Failing to write (OUT full, say) is not the scan's fault: tried again once by each new process.
-        reason = str((self.ledger.get(rel) or {}).get("reason", ""))
-        if reason.startswith(WRITE_FAILURES) and rel not in self._write_retried:
+        if error_kind(self.ledger.get(rel) or {}) == ErrorKind.WRITE and rel not in self._write_retried:
             self._write_retried.add(rel)
             return True
         return False

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.core.segmenter import Segmenter
-from edge_runtime.errors import ScanError
+from edge_runtime.errors import ErrorKind, ScanError
 from edge_runtime.files.durable import sync_dirs, unwritable
 from edge_runtime.files.scans import Scan, read_scan
 from edge_runtime.job.ledger import ScanState
@@ -50,21 +50,31 @@ class WriteFailed(ScanError):
 
     ``problem`` (:func:`edge_runtime.files.durable.unwritable`) when OUT cannot take writes now (disk
     full, read-only, ...): the client pauses the scan rather than blaming it; ``filename`` is the path.
+    ``kind``: :attr:`ErrorKind.WRITE` when OUT refused the writes, :attr:`ErrorKind.SCAN` when a writer
+    refused the scan.
     """
 
-    def __init__(self, path: str | Path, reason: str, problem: str | None = None, filename: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        reason: str,
+        problem: str | None = None,
+        filename: str | None = None,
+        kind: ErrorKind = ErrorKind.SCAN,
+    ):
         super().__init__(path, reason)
         self.problem = problem
         self.filename = filename
+        self.kind = kind
 
-    def __reduce__(self) -> tuple[type[WriteFailed], tuple[str, str, str | None, str | None]]:  # type: ignore[override]
-        return (type(self), (self.path, self.reason, self.problem, self.filename))
+    def __reduce__(self) -> tuple[type[WriteFailed], tuple[str, str, str | None, str | None, ErrorKind]]:  # type: ignore[override]
+        return (type(self), (self.path, self.reason, self.problem, self.filename, self.kind))
 
     @classmethod
     def of(cls, rel: str, exc: OSError, reason: str) -> WriteFailed:
         """The failure ``exc`` of writing scan ``rel``'s outputs, said as ``reason``."""
         filename = os.fsdecode(exc.filename) if exc.filename else None
-        return cls(rel, reason, unwritable(exc), filename)
+        return cls(rel, reason, unwritable(exc), filename, ErrorKind.WRITE)
 
 
 @dataclass

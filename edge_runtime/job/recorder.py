@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from edge_runtime.errors import ScanError
+from edge_runtime.errors import ErrorKind, ScanError
 from edge_runtime.files.durable import sweep_temp_files_of, unwritable, write_atomic
 from edge_runtime.job.ledger import Ledger
 from edge_runtime.job.outcome import Outcome, Status
@@ -108,7 +108,7 @@ class Recorder:
         """What the scan could not have written: a pause for OUT (nothing recorded), or the scan's error."""
         problem = unwritable(exc)
         if problem is None:
-            return self.fail(rel, ScanError(rel, reason))
+            return self.fail(rel, WriteFailed(rel, reason, kind=ErrorKind.WRITE))
         return _unwritten(rel, problem, reason, os.fsdecode(exc.filename) if exc.filename else None, exc)
 
     def sweep_leftovers(self) -> int:
@@ -139,25 +139,25 @@ class Recorder:
         """Scan ``rel`` is not written because OUT refused a record it needed first (``exc``, said as ``reason``)."""
         return self._write_failure(rel, exc, f"{reason}: {exc.strerror or exc}")
 
-    def _error_record(self, rel: str, reason: str) -> None:
+    def _error_record(self, rel: str, reason: str, kind: ErrorKind = ErrorKind.SCAN) -> None:
         """The error file beside the scan's mask, then the ledger's record (OSError when OUT refuses them)."""
         size, mtime = _stat(self.in_dir / rel)
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         text = f"scan: {rel}\nreason: {reason}\ntime: {now}\nsize: {size} bytes\n"
         write_atomic(error_path(self.out_dir, rel), text, fsync=self.fsync)
-        self.ledger.error(rel, size, mtime, reason)
+        self.ledger.error(rel, size, mtime, reason, kind)
 
     def fail(self, rel: str, exc: ScanError) -> Outcome:
         """Record a scan that could not be processed: error file beside its mask, ledger record."""
         try:
-            self._error_record(rel, exc.reason)
+            self._error_record(rel, exc.reason, exc.kind)
         except OSError as err:
             if unwritable(err) is not None:  # recorded once OUT can be written again
                 return self._write_failure(rel, err, f"cannot write its error record: {err.strerror or err}")
             log.error("cannot write the error record for %s: %s", rel, err)
             size, mtime = _stat(self.in_dir / rel)
             try:
-                self.ledger.error(rel, size, mtime, exc.reason)
+                self.ledger.error(rel, size, mtime, exc.reason, exc.kind)
             except OSError as err2:
                 return self._write_failure(rel, err2, f"cannot record its error: {err2.strerror or err2}")
         return Outcome(rel, Status.FAILED, [], exc.reason)

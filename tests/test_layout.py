@@ -9,7 +9,6 @@ import pytest
 from edge_runtime.core.thresholds import threshold_label
 from edge_runtime.outputs.layout import (
     error_path,
-    output_key,
     output_path,
     overlay_path,
     relative,
@@ -64,9 +63,13 @@ def test_an_error_record_is_named_after_the_whole_input_name():
 
 
 def test_scans_that_would_write_the_same_mask_share_a_key():
-    assert output_key("a/x.png") == output_key("a/x.jpg") == output_key("a/x.dcm")
-    assert output_key("a/x.png") != output_key("b/x.png")
-    assert output_key("a/x.png") != output_key("a/x.png.png")
+    from edge_runtime.outputs.naming import group_of
+
+    assert group_of("a/x.png") == group_of("a/x.jpg") == group_of("a/x.dcm") == group_of("a/x.Png")
+    assert group_of("a/x.png") == group_of("a/x_f0002.png")  # a frame of x.dcm's name
+    assert group_of("a/x.png") != group_of("b/x.png")
+    assert group_of("a/x.png") != group_of("a/x.png.png")
+    assert group_of("a/X.png") != group_of("a/x.png") and group_of("a/X.png", True) == group_of("a/x.png", True)
 
 
 def test_relative_paths_are_posix_and_relative_to_out():

@@ -278,13 +278,6 @@ class Ledger:
         rec = self.get(rel)
         return rec is not None and rec["event"] == "error" and rec["size"] == size and rec["mtime_ns"] == mtime_ns
 
-    def done_with_content(self, rel: str, sha256: str, signature: str) -> dict[str, Any] | None:
-        """The done record if this content was already processed with this signature (e.g. a ``touch``)."""
-        rec = self.get(rel)
-        if rec and rec["event"] == "done" and rec["sha256"] == sha256 and rec["sig"] == signature:
-            return rec if self.outputs_exist(rec) else None
-        return None
-
     def counts(self) -> dict[str, int]:
         """How many scans are done and how many failed, as their newest records say."""
         rows = dict(self._query("SELECT event, n FROM tallies"))

@@ -98,9 +98,3 @@ def relative(out_dir: Path, path: Path) -> str:
 def error_path(out_dir: Path, rel: str) -> Path:
     """Where the error record of scan ``rel`` goes: beside its mask, named after the whole input name."""
     return out_dir.joinpath(*PurePosixPath(rel).parts[:-1], PurePosixPath(rel).name + ".error.txt")
-
-
-def output_key(rel: str) -> str:
-    """Scans with the same key would write the same mask file (``a/x.png`` and ``a/x.jpg``)."""
-    relp = PurePosixPath(rel)
-    return str(relp.parent / scan_stem(relp.name))

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.job.assemble import Job
 from edge_runtime.job.outcome import Outcome, Status
 from edge_runtime.job.settings import NodeOptions
 from edge_runtime.outputs.layout import DICOM_DIR, STATE_DIR
+
+if TYPE_CHECKING:
+    from edge_runtime.net.outbox import Outbox
+    from edge_runtime.net.scp import StorageSCP
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +27,7 @@ log = logging.getLogger(__name__)
 class Node:
     """The listener and the outbox of one daemon (either may be absent)."""
 
-    def __init__(self, listener: Any = None, outbox: Any = None) -> None:
+    def __init__(self, listener: StorageSCP | None = None, outbox: Outbox | None = None) -> None:
         self.listener = listener
         self.outbox = outbox
 

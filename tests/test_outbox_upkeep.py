@@ -80,7 +80,7 @@ def test_a_result_the_pacs_keeps_refusing_is_set_aside_and_a_restart_tries_it_ag
         assert box.reconcile() == 0  # set aside, not found again as "never sent"
 
         pacs.status = 0x0000  # the PACS is fixed, and edge-seg restarted
-        again = Outbox(out, out / ".edge-seg", box.peer, retry=0.01)
+        again = Outbox(out, out / ".edge-seg", box.sender, retry=0.01)
         assert again.stats()["waiting"] == 1 and again.stats()["refused"] == 0
         assert not list((folder / REFUSED_DIR).glob("*.json"))
         assert again.send_due() == 1 and pacs.uids() == [str(dcmread(out / path).SOPInstanceUID)]
@@ -139,3 +139,40 @@ def test_sent_jsonl_keeps_only_the_results_still_in_out_as_they_were_sent(tmp_pa
     assert box.reconcile() == 1  # s2, rewritten since it was sent, is the one to send
     again = Outbox(out, out / ".edge-seg", peer)
     assert again.stats()["waiting"] == 1 and again.reconcile() == 0  # s2 waits; nothing else was unsent
+
+
+class Scripted:
+    """A sender (:class:`edge_runtime.net.senders.Sender`) answering from a script: one reply a dataset."""
+
+    target = "SCRIPTED@test"
+
+    def __init__(self, *replies: object) -> None:
+        self.replies = list(replies)
+        self.offered: list[int] = []
+
+    def send(self, datasets, stop):  # type: ignore[no-untyped-def]
+        self.offered.append(len(datasets))
+        yield from self.replies[: len(datasets)]
+
+
+def test_any_sender_that_answers_sent_refused_or_down_drives_the_queue(tmp_path):
+    """The outbox is the queue and a sender only one try: what a DICOMweb sender plugs into."""
+    from edge_runtime.net.senders import Delivery, Reply
+
+    out = tmp_path / "out"
+    script = Scripted(
+        Reply(Delivery.SENT), Reply(Delivery.REFUSED, "SCRIPTED@test: no"), Reply(Delivery.DOWN, "SCRIPTED@test: busy")
+    )  # and nothing for the fourth: the connection was lost before it was tried
+    box = Outbox(out, out / ".edge-seg", script, retry=60)
+    paths = results(out, 4)
+    box.add(paths)
+    assert box.send_due() == 1 and script.offered == [4]
+    sent = [json.loads(line) for line in (out / ".edge-seg" / "outbox" / SENT_LOG).read_text().splitlines()]
+    assert [(r["path"], r["to"]) for r in sent] == [(paths[0], "SCRIPTED@test")]
+    assert sent[0]["sop_instance_uid"] == str(dcmread(out / paths[0]).SOPInstanceUID)
+    waiting = {e.path: e for e in box.due(now=time.time() + 1e6)}
+    assert sorted(waiting) == paths[1:]
+    assert (waiting[paths[1]].attempts, waiting[paths[1]].refusals) == (1, 1)  # refused: counts toward set-aside
+    assert (waiting[paths[2]].attempts, waiting[paths[2]].refusals) == (1, 0)  # down: waited for
+    assert waiting[paths[3]].attempts == 0 and waiting[paths[3]].next_try <= time.time()  # not tried: due now
+    assert box.stats()["to"] == "SCRIPTED@test" and box.stats()["last_error"]["reason"] == "SCRIPTED@test: no"

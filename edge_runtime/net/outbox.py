@@ -1,4 +1,8 @@
-"""``--send-to AET@HOST:PORT``: the outbox of DICOM results, sent to PACS by C-STORE on its own thread.
+"""``--send-to AET@HOST:PORT``: the outbox of DICOM results, sent to PACS on its own thread.
+
+The outbox is the queue: what waits, the back-off, what was sent and what is set aside. Each try is
+one :class:`~edge_runtime.net.senders.Sender`'s (today DIMSE C-STORE, :mod:`edge_runtime.net.dimse`),
+which answers dataset by dataset: sent, refused, or the target down.
 
 State lives under ``OUT/.edge-seg/outbox/``, so it survives restarts and ``kill -9``:
 
@@ -27,6 +31,7 @@ segmentation: the daemon only adds files to the outbox.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.files.durable import write_atomic
+from edge_runtime.net.dimse import DimseSender
 from edge_runtime.net.peer import Peer
+from edge_runtime.net.senders import Delivery, Sender
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +79,6 @@ def _iso(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
 
 
-def _transient(status: int) -> bool:
-    """A C-STORE failure that waiting may cure: out of resources (0xA7xx), or no response at all."""
-    return status < 0 or 0xA700 <= status <= 0xA7FF
-
-
 def _order(path: str) -> tuple[str, int]:
     """A scan's SEG before its SR (the SR references the SEG)."""
     stem = path.removesuffix(".seg.dcm").removesuffix(".sr.dcm")
@@ -84,13 +86,18 @@ def _order(path: str) -> tuple[str, int]:
 
 
 class Outbox:
-    """The persistent queue and its sender thread (:meth:`start`, :meth:`stop`)."""
+    """The persistent queue and its sender thread (:meth:`start`, :meth:`stop`).
 
-    def __init__(self, out_dir: Path, state_dir: Path, peer: Peer, calling_ae: str = "EDGESEG", retry: float = 5.0):
+    ``to``: the sender of each try, or a DICOM peer, which gets a :class:`DimseSender` calling as ``calling_ae``.
+    """
+
+    def __init__(
+        self, out_dir: Path, state_dir: Path, to: Peer | Sender, calling_ae: str = "EDGESEG", retry: float = 5.0
+    ):
         self.out_dir = out_dir
         self.folder = state_dir / OUTBOX_DIR
-        self.peer = peer
-        self.calling_ae = calling_ae
+        self.sender: Sender = DimseSender(to, calling_ae) if isinstance(to, Peer) else to
+        self.target = self.sender.target
         self.retry = retry
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -195,7 +202,7 @@ class Outbox:
                 log.warning("outbox: cannot queue %s again: %s", path, exc.strerror or exc)
                 continue
             self._entries.setdefault(path, entry)
-        log.info("outbox: trying again %d result(s) %s refused before this start", len(refused), self.peer)
+        log.info("outbox: trying again %d result(s) %s refused before this start", len(refused), self.target)
 
     def _stat(self, path: str) -> tuple[int, int] | None:
         try:
@@ -212,7 +219,7 @@ class Outbox:
 
     def _record_sent(self, path: str, uid: str, stat: tuple[int, int]) -> None:
         rec = {"path": path, "sop_instance_uid": uid, "size": stat[0], "mtime_ns": stat[1]}
-        rec |= {"sent": _iso(time.time()), "to": str(self.peer)}
+        rec |= {"sent": _iso(time.time()), "to": str(self.target)}
         with open(self.folder / SENT_LOG, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
@@ -247,7 +254,7 @@ class Outbox:
         with self._lock:
             new = [p for p in found if p not in self._entries and p not in self._refused and not self._already_sent(p)]
         if new:
-            log.info("outbox: %d result(s) not yet sent to %s found in OUT", len(new), self.peer)
+            log.info("outbox: %d result(s) not yet sent to %s found in OUT", len(new), self.target)
             self.add(new)
         return len(new)
 
@@ -256,7 +263,7 @@ class Outbox:
         with self._lock:
             entries = list(self._entries.values())
         return {
-            "to": str(self.peer),
+            "to": str(self.target),
             "waiting": len(entries),
             "sent_since_start": self.sent_since_start,
             "sent_total": len(self._sent),
@@ -275,14 +282,38 @@ class Outbox:
         return sorted(ready, key=lambda e: (e.queued, _order(e.path)))[:BATCH]
 
     def send_due(self) -> int:
-        """One try for the results that are due, over one association; returns how many were sent."""
-        entries = self.due()
-        if not entries:
+        """One try for the results that are due (one connection, :attr:`sender`); returns how many were sent."""
+        loaded = self._load(self.due())
+        if not loaded:
             return 0
-        from pydicom import dcmread
-        from pynetdicom import AE
+        sent = 0
+        down: list[Entry] = []
+        refused: list[Entry] = []
+        reason = refusal_reason = ""
+        with contextlib.closing(self.sender.send([ds for _, ds, _ in loaded], self._stop.is_set)) as replies:
+            for reply, (entry, ds, stat) in zip(replies, loaded, strict=False):  # fewer replies: the rest untried
+                if reply.delivery == Delivery.SENT:
+                    self._sent_one(entry, str(ds.SOPInstanceUID), stat)
+                    sent += 1
+                elif reply.delivery == Delivery.DOWN:
+                    down.append(entry)
+                    reason = reply.reason
+                else:
+                    refused.append(entry)
+                    refusal_reason = reply.reason
+        if down:
+            self._failed(down, reason)
+        if refused:
+            self._failed(refused, refusal_reason, refusal=True)
+        return sent
 
-        datasets: list[tuple[Entry, Any, tuple[int, int]]] = []
+    def _load(self, entries: list[Entry]) -> list[tuple[Entry, Any, tuple[int, int]]]:
+        """The due results read back from OUT, with their size and mtime; one gone or unreadable is dropped."""
+        if not entries:
+            return []
+        from pydicom import dcmread
+
+        loaded: list[tuple[Entry, Any, tuple[int, int]]] = []
         for entry in entries:
             stat = self._stat(entry.path)
             try:
@@ -294,72 +325,19 @@ class Outbox:
                 (self.folder / f"{_key(entry.path)}.json").unlink(missing_ok=True)
                 continue
             if stat is not None:
-                datasets.append((entry, ds, stat))
-        if not datasets:
-            return 0
-        ae = AE(ae_title=self.calling_ae)
-        ae.connection_timeout = 10
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-        for sop_class, syntax in {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds, _ in datasets}:
-            ae.add_requested_context(sop_class, syntax)
-        assoc = ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title)
-        if not assoc.is_established:
-            refusal = False
-            if assoc.is_rejected:
-                why = "association rejected (is the PACS's AE title right, and does it know ours?)"
-            elif assoc.rejected_contexts:
-                offered = ", ".join(sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts}))
-                why = f"the PACS accepts none of the SOP classes offered ({offered})"
-                refusal = True
-            else:
-                why = "cannot connect (PACS down?)"
-            self._failed([e for e, _, _ in datasets], f"{self.peer}: {why}", refusal)
-            return 0
-        sent = 0
-        failed: list[Entry] = []
-        refused: list[Entry] = []
-        reason = refusal_reason = ""
-        try:
-            for entry, ds, stat in datasets:
-                if self._stop.is_set():
-                    break
-                try:
-                    status = assoc.send_c_store(ds)
-                except ValueError as exc:  # the PACS accepted no presentation context for this SOP class
-                    refused.append(entry)
-                    refusal_reason = f"{self.peer}: {str(exc).strip().splitlines()[0]}"
-                    continue
-                code = int(getattr(status, "Status", -1)) if status else -1
-                if code == 0 or 0xB000 <= code <= 0xBFFF:  # success, or success with a warning
-                    with self._lock:
-                        try:
-                            self._record_sent(entry.path, str(ds.SOPInstanceUID), stat)
-                        except OSError as exc:  # not sent again by this process; after a restart it would be
-                            log.warning("outbox: cannot record %s as sent: %s", entry.path, exc.strerror or exc)
-                        self._entries.pop(entry.path, None)
-                        self.sent_since_start += 1
-                    sent += 1
-                    log.info("sent %s to %s", entry.path, self.peer)
-                else:
-                    why = f"{self.peer}: C-STORE failed" + (
-                        f" with status 0x{code:04X}" if code >= 0 else " (no response)"
-                    )
-                    if _transient(code):
-                        failed.append(entry)
-                        reason = why
-                    else:
-                        refused.append(entry)
-                        refusal_reason = why
-                    if not assoc.is_established:
-                        break
-        finally:
-            if assoc.is_established:
-                assoc.release()
-        if failed:
-            self._failed(failed, reason)
-        if refused:
-            self._failed(refused, refusal_reason, refusal=True)
-        return sent
+                loaded.append((entry, ds, stat))
+        return loaded
+
+    def _sent_one(self, entry: Entry, uid: str, stat: tuple[int, int]) -> None:
+        """The target took ``entry``'s result: recorded sent (on disk) before the next is offered."""
+        with self._lock:
+            try:
+                self._record_sent(entry.path, uid, stat)
+            except OSError as exc:  # not sent again by this process; after a restart it would be
+                log.warning("outbox: cannot record %s as sent: %s", entry.path, exc.strerror or exc)
+            self._entries.pop(entry.path, None)
+            self.sent_since_start += 1
+        log.info("sent %s to %s", entry.path, self.target)
 
     def _failed(self, entries: list[Entry], reason: str, refusal: bool = False) -> None:
         """A failed try of ``entries``: back off; a result refused :data:`MAX_REFUSALS` times is set aside."""

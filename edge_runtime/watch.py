@@ -22,25 +22,22 @@ What it promises (contract 6 of docs/DESIGN.md):
   heartbeat older than a few ``heartbeat_every_s`` or a pid that is gone.
 
 Memory stays flat: the queue holds at most one entry per distinct pending file (capped), the ledger
-stays on disk (SQLite, read a row at a time), and the only state that grows is the planner's note of
-the output names claimed since start. The folder itself is followed by
-:class:`edge_runtime.job.sources.WatchedFolder`; this module is the loop around it.
+stays on disk (SQLite, read a row at a time), and who writes which output name is decided anew for
+each burst of arrivals (:mod:`edge_runtime.outputs.naming`), so nothing grows with the scans seen.
+The folder itself is followed by :class:`edge_runtime.job.sources.WatchedFolder`; this module is the
+loop around it and its parts: the status file (:mod:`edge_runtime.status_file`), the back-off while
+OUT takes no writes (:mod:`edge_runtime.blocked`), the review page (:class:`PageKeeper`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import socket
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edge_runtime._version import __version__
+from edge_runtime.blocked import RETRY_MAX, Backoff, Blocked
 from edge_runtime.errors import ErrorKind
-from edge_runtime.files.durable import probe_writable, rewrite_in_place, unwritable, write_atomic
 from edge_runtime.job.assemble import Job, close_job, open_job
 from edge_runtime.job.discovery import describe_skipped
 from edge_runtime.job.outcome import Outcome, Status, log_outcome, log_summary
@@ -50,37 +47,30 @@ from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import WatchedFolder
 from edge_runtime.memory import release_free_memory, settle_allocator
 from edge_runtime.node import Node, open_node, prepare_inbox
-from edge_runtime.outputs.layout import STATE_DIR
+from edge_runtime.status_file import STATUS_BYTES, STATUS_EVERY, StatusFile, Tally, iso
 from edge_runtime.stopping import StopSignals
+
+if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver
+
+__all__ = ["STATUS_BYTES", "Blocked", "Daemon", "run_watch"]
 
 log = logging.getLogger(__name__)
 
-STATUS_NAME = "status.json"
-STATUS_EVERY = 5.0  # seconds between status file rewrites
 TRIM_EVERY = 10.0  # at most this often, freed memory goes back to the OS when the queue runs dry
-STATUS_BYTES = 4096  # the status file is padded to this size (one block), to be rewritable on a full disk
-RETRY_FIRST = 5.0  # seconds before OUT is probed again after a write failed, doubling ...
-RETRY_MAX = 60.0  # ... up to this
 #: A scan OUT would not take this many times in a row, each after the probe said OUT takes writes
 #: again, is the scan's own problem (a folder in the way, say): it gets an error record.
 MAX_WRITE_TRIES = 3
 ERROR_WAIT_FIRST = 1.0  # seconds the loop waits after an unexpected error, doubling up to RETRY_MAX
 
 
-@dataclass
-class Blocked:
-    """OUT stopped taking writes: what the status file and the one log line say, and when to look again."""
-
-    problem: str  #: ``"disk full"``, ``"read-only file system"``, ... (:func:`edge_runtime.files.durable.unwritable`)
-    detail: str  #: the error, with the file it was about
-    folder: Path  #: where the write failed, which the probe tries
-    since: float  #: time.time() it began
-    delay: float = RETRY_FIRST  #: seconds until the next probe, doubling up to RETRY_MAX
-    next_try: float = 0.0  #: time.monotonic() of the next probe
-
-
 class Daemon:
-    """Processes the scans of a :class:`WatchedFolder` as they become complete, until stopped."""
+    """Processes the scans of a :class:`WatchedFolder` as they become complete, until stopped.
+
+    Its parts: the job (ledger, scheduler), the folder, the status file (:class:`StatusFile`), the
+    back-off while OUT takes no writes (:class:`Backoff`), the review page (:class:`PageKeeper`) and
+    the DICOM node; :meth:`run` is the loop that calls them.
+    """
 
     def __init__(
         self,
@@ -96,15 +86,25 @@ class Daemon:
         self.page = page  #: the review page (--report), rewritten every few seconds when something changed
         self.rescan_every = rescan
         self.stop_requested = threading.Event()
-        self.started = time.time()
-        self.done = 0
-        self.failed = 0
-        self.last_error: dict | None = None
-        self.blocked: Blocked | None = None
-        self._write_tries: dict[str, int] = {}  # scans OUT would not take: how often in a row
-        self._status_warned = False
-        self._loop_error: str | None = None  # the last unexpected error, logged in full once
+        self.tally = Tally()
+        self.backoff = Backoff(job.out_dir)
+        self.status = StatusFile(job, folder, self.node, self.tally)
         self.stop_reason = ""
+        self._write_tries: dict[str, int] = {}  # scans OUT would not take: how often in a row
+        self._loop_error: str | None = None  # the last unexpected error, logged in full once
+        self._error_wait = ERROR_WAIT_FIRST
+        self._observer: BaseObserver | None = None  # on IN while run() runs
+        self._last_rescan = self._last_trim = 0.0
+        self._worked = False  # scans were done since memory was last given back
+
+    @property
+    def blocked(self) -> Blocked | None:
+        """OUT not taking writes, as the daemon last found (None: it takes them)."""
+        return self.backoff.blocked
+
+    @blocked.setter
+    def blocked(self, value: Blocked | None) -> None:
+        self.backoff.blocked = value
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Finish the scans in hand, then leave :meth:`run` (safe from a signal handler).
@@ -115,57 +115,137 @@ class Daemon:
         self.stop_requested.set()
         self.folder.wake.set()
 
-    # -- status ------------------------------------------------------------------------------------
     def write_status(self, state: str = "running", exit_info: dict | None = None) -> None:
-        """Rewrite ``OUT/.edge-seg/status.json``: the state, and a heartbeat a monitor can check (docs/OUTPUTS.md)."""
-        job = self.job
-        info = job.spec.model
-        now = time.time()
-        blocked = self.blocked
-        status = {
-            "state": "blocked" if state == "running" and blocked is not None else state,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "version": __version__,
-            "started": _iso(self.started),
-            "updated": _iso(now),
-            "heartbeat": now,
-            "heartbeat_every_s": STATUS_EVERY,
-            "input": str(job.in_dir),
-            "output": str(job.out_dir),
-            "observer": self.folder.observer_kind,
-            "model": {"name": info.name, "version": info.version, "path": str(info.path), "sha256": info.sha256},
-            "thresholds": list(job.spec.thresholds),
-            "outputs": list(job.spec.kinds),
-            "done": self.done,
-            "failed": self.failed,
-            "queued": self.folder.queued(),
-            "problem": None
-            if blocked is None
-            else {"what": blocked.problem, "detail": blocked.detail, "since": _iso(blocked.since)},
-            "last_error": self.last_error,
-            "ledger": job.ledger.counts(),
-            "exit": exit_info,
-            **self.node.status(),  # the DICOM listener and the outbox, when there are
-        }
-        text = json.dumps(status, indent=2)
-        # Padded to a fixed size, so that on a full disk it can still be rewritten in its own blocks.
-        data = (text + " " * max(0, STATUS_BYTES - len(text) - 1) + "\n").encode("utf-8")
-        path = job.out_dir / STATE_DIR / STATUS_NAME
-        try:
-            try:
-                write_atomic(path, data, fsync=False)
-            except OSError as exc:
-                if unwritable(exc) is None or not path.exists() or path.stat().st_size < len(data):
-                    raise
-                rewrite_in_place(path, data)
-            self._status_warned = False
-        except OSError as exc:
-            if not self._status_warned:  # once, until it works again
-                self._status_warned = True
-                log.warning("cannot write the status file: %s", exc)
+        """Rewrite ``OUT/.edge-seg/status.json`` now (:class:`StatusFile`)."""
+        self.status.write(self.backoff.blocked, state, exit_info)
 
-    # -- running -----------------------------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Follow the folder until stopped; 0 (a crash raises, with the status file saying ``crashed``)."""
+        self._start()
+        state, exit_info = "stopped", None
+        try:
+            while not self.stop_requested.is_set():
+                try:
+                    self._turn()
+                    self._loop_error, self._error_wait = None, ERROR_WAIT_FIRST
+                except Exception as exc:  # the daemon must not die of one bad scan or a passing I/O error
+                    self._survive(exc)
+        except BaseException as exc:
+            state, exit_info = "crashed", {"error": f"{type(exc).__name__}: {exc}", "time": iso(time.time())}
+            raise
+        finally:
+            self._finish(state, exit_info)
+        changed = self.job.settings_changed
+        since = f"; OUT's settings changed at start: {'; '.join(changed)}" if changed else ""
+        log_summary(f"stopped: {self.tally.done} segmented, {self.tally.failed} failed since start{since}")
+        return 0
+
+    def _turn(self) -> None:
+        """One pass: probe a blocked OUT, the ready scans through the job, the folder's upkeep, the status
+        file and the review page; then, with nothing ready, sleep until something arrives or is due."""
+        if self.backoff.probe(self.folder.queued()):
+            self.folder.retry_now()
+            self.write_status()
+        ready, worked, wait = self._work()
+        now = time.monotonic()
+        self._keep_watching(now)
+        self.status.dirty = self.status.dirty or worked  # rewritten soon after a change, else as a heartbeat
+        self.status.keep(self.backoff.blocked, now)
+        if self.page is not None and self.backoff.blocked is None:  # (OUT takes no writes while blocked)
+            self.page.maybe_write()
+        self._worked = self._worked or worked
+        if not ready:
+            self._idle(now, self.backoff.wait(now, STATUS_EVERY) or wait)
+
+    def _work(self) -> tuple[list[str], bool, float]:
+        """The scans ready now that need work, through the scheduler: (ready, any done, how long to wait)."""
+        if self.backoff.blocked is not None:  # while OUT takes no writes, scans wait in the queue
+            return [], False, 1.0
+        scheduler = self.job.scheduler
+        ready, fresh, wait = self.folder.take_ready(limit=scheduler.batch_size * scheduler.workers)
+        todo = [r for r in ready if self.job.planner.needs_work(r, retry_failed=False)]
+        if todo:
+            for outcome in scheduler.process(todo, defer=fresh.__contains__):
+                self._handle(outcome)
+        return ready, bool(todo), wait
+
+    def _idle(self, now: float, wait: float) -> None:
+        """Nothing ready: give freed memory back after work, then sleep until an arrival, the page or a probe."""
+        if self._worked and now - self._last_trim >= TRIM_EVERY:  # idle again after work
+            self._worked, self._last_trim = False, now
+            release_free_memory()
+        page_due = self.page.due_in() if self.page is not None else None
+        if self.status.dirty:
+            wait = min(wait, 1.0)
+        self.folder.wake.wait(wait if page_due is None else min(wait, page_due + 0.05))
+        self.folder.wake.clear()
+
+    def _survive(self, exc: Exception) -> None:
+        """An unexpected error in a pass: logged in full once (the same again, one debug line), then a back-off."""
+        what = f"{type(exc).__name__}: {exc}"
+        if what != self._loop_error:
+            self._loop_error = what
+            log.exception("unexpected error in the watch loop; continuing")
+        else:
+            log.debug("the same error again in the watch loop: %s", what)
+        self.stop_requested.wait(self._error_wait)
+        self._error_wait = min(self._error_wait * 2, RETRY_MAX)
+
+    # -- the folder --------------------------------------------------------------------------------
+    def _start(self) -> None:
+        folder = self.folder
+        self._observer = folder.start_observer()
+        log.info(
+            "watching %s (%s); masks go to %s; settle %g s, rescan every %g s",
+            folder.root,
+            folder.observer_kind,
+            self.job.out_dir,
+            folder.settle,
+            self.rescan_every,
+        )
+        queued = folder.rescan()
+        if queued:
+            log.info("%d scan(s) without up-to-date masks found at start", queued)
+        if folder.skipped:
+            log.info("not scans, left alone: %s (-v names them)", describe_skipped(folder.skipped))
+        self._last_rescan = time.monotonic()
+        self.write_status()
+
+    def _keep_watching(self, now: float) -> None:
+        """Rescan when due or asked (IN back after it was gone), and keep an observer on IN."""
+        folder = self.folder
+        if folder.missing and folder.root.is_dir():  # IN is back: look at once
+            folder.rescan_now.set()
+        if folder.rescan_now.is_set() or now - self._last_rescan >= self.rescan_every:
+            folder.rescan_now.clear()
+            self._last_rescan = now
+            folder.rescan()
+        if folder.reattach.is_set():  # IN was removed and made again
+            folder.reattach.clear()
+            if self._observer is not None:
+                self._observer.stop()
+            self._observer = folder.start_observer()
+        elif self._observer is None or not self._observer.is_alive():
+            log.error("the file-system observer stopped; restarting it")
+            self._observer = folder.start_observer()
+            folder.request_rescan()
+
+    def _finish(self, state: str, exit_info: dict | None) -> None:
+        """Stop the observer, sync the ledger, say how the daemon ended, and write the page a last time."""
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        try:
+            self.job.ledger.sync()
+        except OSError as exc:  # the records are in the kernel still; close_job says it if they stay there
+            log.debug("cannot sync the ledger: %s", exc)
+        finally:
+            self.write_status(state, exit_info or {"time": iso(time.time()), "reason": self.stop_reason})
+        if self.page is not None and state != "crashed" and self.backoff.blocked is None:
+            self.page.write(finished=True)
+
+    # -- outcomes ----------------------------------------------------------------------------------
     def _handle(self, outcome: Outcome) -> None:
         if outcome.status == Status.CHANGED:
             log.debug("wait %s: %s", outcome.rel, outcome.reason)
@@ -180,10 +260,10 @@ class Daemon:
         if self.page is not None and outcome.status in (Status.OK, Status.FAILED):
             self.page.changed()
         if outcome.status == Status.OK:
-            self.done += 1
+            self.tally.done += 1
         elif outcome.status == Status.FAILED:
-            self.failed += 1
-            self.last_error = {"scan": outcome.rel, "reason": outcome.reason, "time": _iso(time.time())}
+            self.tally.failed += 1
+            self.tally.last_error = {"scan": outcome.rel, "reason": outcome.reason, "time": iso(time.time())}
 
     def _unwritten(self, outcome: Outcome) -> None:
         """OUT would not take a scan's outputs: keep the scan for later, stop taking new ones, say so once."""
@@ -192,150 +272,12 @@ class Daemon:
         if tries >= MAX_WRITE_TRIES:  # OUT takes other writes, but never this scan's: its own problem
             self._write_tries.pop(outcome.rel, None)
             error = WriteFailed(outcome.rel, f"cannot write its outputs: {outcome.reason}", kind=ErrorKind.WRITE)
-            self._handle(self.job.scheduler.recorder.fail(outcome.rel, error))
+            self._handle(self.job.fail(error))
             return
         self._write_tries[outcome.rel] = tries
         self.folder.requeue(outcome.rel)
-        if self.blocked is None:
-            problem = str(outcome.facts.get("problem", "cannot write"))
-            failed_at = outcome.facts.get("path")
-            folder = Path(failed_at).parent if failed_at else self.job.out_dir
-            self.blocked = Blocked(problem, outcome.reason, folder, time.time())
-            self.blocked.next_try = time.monotonic() + self.blocked.delay
-            log.error(
-                "cannot write to %s: %s; not taking new scans, and retrying (every %g s, then up to %g s)",
-                self.job.out_dir,
-                outcome.reason,
-                RETRY_FIRST,
-                RETRY_MAX,
-            )
+        if self.backoff.block(outcome):
             self.write_status()
-
-    def _probe(self) -> None:
-        """While blocked: is OUT writable again? One log line when it is; nothing while it is not."""
-        blocked = self.blocked
-        if blocked is None or time.monotonic() < blocked.next_try:
-            return
-        if probe_writable(blocked.folder) is not None:
-            blocked.delay = min(blocked.delay * 2, RETRY_MAX)
-            blocked.next_try = time.monotonic() + blocked.delay
-            return
-        self.blocked = None
-        log.warning(
-            "%s can be written again after %.0f s (%s before); taking scans again, %d waiting",
-            self.job.out_dir,
-            time.time() - blocked.since,
-            blocked.problem,
-            self.folder.queued(),
-        )
-        self.folder.retry_now()
-        self.write_status()
-
-    def run(self) -> int:
-        folder, job = self.folder, self.job
-        planner, scheduler = job.planner, job.scheduler
-        observer = folder.start_observer()
-        log.info(
-            "watching %s (%s); masks go to %s; settle %g s, rescan every %g s",
-            folder.root,
-            folder.observer_kind,
-            job.out_dir,
-            folder.settle,
-            self.rescan_every,
-        )
-        queued = folder.rescan()
-        if queued:
-            log.info("%d scan(s) without up-to-date masks found at start", queued)
-        if folder.skipped:
-            log.info("not scans, left alone: %s (-v names them)", describe_skipped(folder.skipped))
-        last_rescan = last_status = time.monotonic()
-        status_dirty = worked = False
-        last_trim = 0.0
-        error_wait = ERROR_WAIT_FIRST
-        self.write_status()
-        batch = scheduler.batch_size * scheduler.workers  # a burst keeps every worker busy
-        state, exit_info = "stopped", None
-        try:
-            while not self.stop_requested.is_set():
-                try:
-                    self._probe()
-                    todo: list[str] = []
-                    ready: list[str] = []
-                    wait = 1.0
-                    if self.blocked is None:  # while OUT takes no writes, scans wait in the queue
-                        ready, fresh, wait = folder.take_ready(limit=batch)
-                        todo = [r for r in ready if planner.needs_work(r, retry_failed=False)]
-                        if todo:
-                            for outcome in scheduler.process(todo, defer=fresh.__contains__):
-                                self._handle(outcome)
-                    now = time.monotonic()
-                    if folder.missing and folder.root.is_dir():  # IN is back: look at once
-                        folder.rescan_now.set()
-                    if folder.rescan_now.is_set() or now - last_rescan >= self.rescan_every:
-                        folder.rescan_now.clear()
-                        last_rescan = now
-                        folder.rescan()
-                    if folder.reattach.is_set():  # IN was removed and made again
-                        folder.reattach.clear()
-                        observer.stop()
-                        observer = folder.start_observer()
-                    elif not observer.is_alive():
-                        log.error("the file-system observer stopped; restarting it")
-                        observer = folder.start_observer()
-                        folder.request_rescan()
-                    # Rewrite the status every few seconds as a heartbeat, and soon after any change.
-                    status_dirty = status_dirty or bool(todo)
-                    if now - last_status >= STATUS_EVERY or (status_dirty and now - last_status >= 1.0):
-                        last_status, status_dirty = now, False
-                        self.write_status()
-                    if self.page is not None and self.blocked is None:  # (OUT takes no writes while blocked)
-                        self.page.maybe_write()
-                    if todo:
-                        worked = True
-                    if self.blocked is not None:
-                        wait = max(0.05, min(self.blocked.next_try - now, STATUS_EVERY))
-                    if not ready:
-                        if worked and now - last_trim >= TRIM_EVERY:  # idle again after work
-                            worked, last_trim = False, now
-                            release_free_memory()
-                        page_due = self.page.due_in() if self.page is not None else None
-                        if status_dirty:
-                            wait = min(wait, 1.0)
-                        folder.wake.wait(wait if page_due is None else min(wait, page_due + 0.05))
-                        folder.wake.clear()
-                    self._loop_error, error_wait = None, ERROR_WAIT_FIRST
-                except Exception as exc:  # the daemon must not die of one bad scan or a passing I/O error
-                    what = f"{type(exc).__name__}: {exc}"
-                    if what != self._loop_error:  # in full once; the same error again is one line at debug
-                        self._loop_error = what
-                        log.exception("unexpected error in the watch loop; continuing")
-                    else:
-                        log.debug("the same error again in the watch loop: %s", what)
-                    self.stop_requested.wait(error_wait)
-                    error_wait = min(error_wait * 2, RETRY_MAX)
-        except BaseException as exc:
-            state, exit_info = "crashed", {"error": f"{type(exc).__name__}: {exc}", "time": _iso(time.time())}
-            raise
-        finally:
-            observer.stop()
-            observer.join(timeout=5)
-            try:
-                job.ledger.sync()
-            except OSError as exc:  # the records are in the kernel still; close_job says it if they stay there
-                log.debug("cannot sync the ledger: %s", exc)
-            finally:
-                self.write_status(state, exit_info or {"time": _iso(time.time()), "reason": self.stop_reason})
-            if self.page is not None and state != "crashed" and self.blocked is None:
-                self.page.write(finished=True)
-        changed = (
-            f"; OUT's settings changed at start: {'; '.join(job.settings_changed)}" if job.settings_changed else ""
-        )
-        log_summary(f"stopped: {self.done} segmented, {self.failed} failed since start{changed}")
-        return 0
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
 
 
 def run_watch(settings: RunSettings) -> int:

@@ -85,8 +85,11 @@ class InProcessDaemon:
 
 @pytest.fixture
 def fast_retry(monkeypatch):
-    monkeypatch.setattr(watch_mod, "RETRY_FIRST", 0.2)
-    monkeypatch.setattr(watch_mod, "RETRY_MAX", 0.4)
+    from edge_runtime import blocked, status_file
+
+    monkeypatch.setattr(blocked, "RETRY_FIRST", 0.2)  # the daemon's back-off while OUT takes no writes
+    monkeypatch.setattr(blocked, "RETRY_MAX", 0.4)
+    monkeypatch.setattr(status_file, "STATUS_EVERY", 0.3)
     monkeypatch.setattr(watch_mod, "STATUS_EVERY", 0.3)
 
 
@@ -235,7 +238,9 @@ def test_the_status_file_is_rewritten_in_place_when_the_disk_is_too_full_for_a_n
         def full(*_a, **_k):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(watch_mod, "write_atomic", full)
+        from edge_runtime import status_file
+
+        monkeypatch.setattr(status_file, "write_atomic", full)  # where the status file is written
         d.daemon.blocked = watch_mod.Blocked("disk full", "No space left on device", out, time.time(), 60.0)
         d.daemon.blocked.next_try = time.monotonic() + 600
         d.daemon.write_status()

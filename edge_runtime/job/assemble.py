@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 import cv2
 
 from edge_runtime.core.segmenter import Segmenter
+from edge_runtime.errors import ScanError
 from edge_runtime.job.discovery import check_folders
 from edge_runtime.job.ledger import Ledger
+from edge_runtime.job.outcome import Outcome
 from edge_runtime.job.plan import Planner
 from edge_runtime.job.processor import Processor
 from edge_runtime.job.recorder import Recorder
@@ -47,6 +49,10 @@ class Job:
     settings_changed: list[str] = field(default_factory=list)
     #: the Dask cluster the batches run on (``--cluster``), or None: threads of this process
     cluster: DaskExecutor | None = None
+
+    def fail(self, error: ScanError) -> Outcome:
+        """Record ``error`` as its scan's failure (error file and ledger record): its outcome."""
+        return self.scheduler.recorder.fail(error.path, error)
 
     def close(self) -> None:
         try:

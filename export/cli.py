@@ -13,7 +13,6 @@ existing fp32 ONNX file instead, without TensorFlow.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -23,6 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.console import HelpFormatter, threshold_arg
+
+from .pipeline import (
+    Exported,
+    Failed,
+    Refused,
+    Settings,
+    add_second_stage,
+    check,
+    check_and_write,
+    choose_again,
+    convert,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,23 +132,6 @@ def _training_folder(meta: dict, split: str) -> Path | None:
     return Path(folder) if folder else None
 
 
-def _int8_inputs_problem(calibration: Path | None, labelled: Path | None, count: int) -> str | None:
-    """Why the int8 step could not run with these folders (None when it can), checked before any work."""
-    from edge_runtime.errors import SetupError
-
-    from .quantize import calibration_files
-
-    if calibration is None:
-        return "int8 needs training scans to calibrate on: pass --calibration DIR (the record names none)"
-    if labelled is None or not (labelled / "image").is_dir() or not (labelled / "mask").is_dir():
-        return f"the int8 parity check needs a labelled folder (image/ + mask/): pass --int8-parity DIR ({labelled})"
-    try:
-        calibration_files(calibration, count)
-    except SetupError as exc:
-        return str(exc)
-    return None
-
-
 def quantize_checked(
     fp32_path: Path, out: Path, calibration: Path | None, labelled: Path | None, count: int, pre_process: bool
 ) -> int:
@@ -207,207 +201,72 @@ def _write_derived(tmp: Path, out: Path, what: str, make: Callable[[], object], 
     return 0
 
 
-def _ensemble_members(first: Path, record: dict | None, more: list[Path]) -> list[tuple[str, dict | None]] | None:
-    """Every ensemble member (file, training record beside it), the first included; [] without --ensemble;
-    None (after saying why) when a member file is missing."""
-    if not more:
-        return []
-    members: list[tuple[str, dict | None]] = [(str(first), record)]
-    for path in more:
-        if not path.is_file():
-            log.error("%s: no such model file (--ensemble)", path)
-            return None
-        rec_path = path.with_name("training.json")
-        rec = json.loads(rec_path.read_text()) if rec_path.is_file() else None
-        if rec is None:
-            log.warning("no training record at %s: the metadata will say nothing of that member", rec_path)
-        members.append((str(path), rec))
-    return members
-
-
 def main(argv: list[str] | None = None) -> int:
+    """``edge-seg-export``: check, convert, choose again, add the second stage, check parity and write, shrink."""
     args = build_parser().parse_args(argv)
+    _log_to_console(args.verbose)
+    if args.from_onnx is not None:
+        return _quantize_onnx(args)
+    try:
+        settings = check(args)
+        t0 = time.time()
+        exported = _export_fp32(settings)
+    except Refused as exc:
+        log.error("%s", exc)
+        return 2
+    except Failed as exc:
+        log.error("%s", exc)
+        return 1
+    out, seconds = settings.fp32_out, time.time() - t0
+    log.info("wrote %s (%.2f MB) in %.1f s; threshold %g", out, out.stat().st_size / 1e6, seconds, exported.threshold)
+    return _shrink(settings)
+
+
+def _export_fp32(s: Settings) -> Exported:
+    """The fp32 model through every step into ``s.fp32_out``; the temporary graph never stays."""
+    from edge_runtime.errors import ModelError, ScanError, SetupError
+
+    tmp = s.fp32_out.with_name(f".{s.fp32_out.name}.parity")
+    try:
+        exported = convert(s, tmp)
+        try:
+            return check_and_write(add_second_stage(choose_again(exported, tmp), tmp), tmp)
+        except (ModelError, ScanError, SetupError) as exc:
+            raise Failed(str(exc)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _shrink(s: Settings) -> int:
+    """After the checked fp32 model: quantize it (--precision int8) or store its weights smaller (--weights)."""
+    if s.precision == "int8":
+        return quantize_checked(s.fp32_out, s.out, s.calibration, s.labelled, s.calibration_count, s.pre_process)
+    if s.weights != "fp32" and s.labelled is not None:
+        return store_weights_checked(s.fp32_out, s.out, s.labelled, s.weights)
+    log.info("use it:  edge-seg IN --out OUT --model %s", s.fp32_out)
+    return 0
+
+
+def _quantize_onnx(args: argparse.Namespace) -> int:
+    """``--from-onnx``: quantize an existing fp32 ONNX file (no TensorFlow)."""
+    if args.precision != "int8" or args.keras_model is not None:
+        log.error("--from-onnx quantizes an fp32 ONNX file: give --precision int8 and no Keras model")
+        return 2
+    if not args.from_onnx.is_file():
+        log.error("%s: no such model file", args.from_onnx)
+        return 2
+    return quantize_checked(
+        args.from_onnx, args.out, args.calibration, args.int8_parity, args.calibration_count, args.pre_process
+    )
+
+
+def _log_to_console(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.from_onnx is not None:
-        if args.precision != "int8" or args.keras_model is not None:
-            log.error("--from-onnx quantizes an fp32 ONNX file: give --precision int8 and no Keras model")
-            return 2
-        if not args.from_onnx.is_file():
-            log.error("%s: no such model file", args.from_onnx)
-            return 2
-        return quantize_checked(
-            args.from_onnx,
-            args.out,
-            args.calibration,
-            args.int8_parity,
-            args.calibration_count,
-            args.pre_process,
-        )
-    if args.keras_model is None:
-        log.error("give a model.keras to export (or --from-onnx FILE with --precision int8)")
-        return 2
-    try:
-        import onnx
-        import tf2onnx  # noqa: F401
-    except ImportError:
-        log.error("export needs TensorFlow, tf2onnx and onnx: pip install 'edge-seg[train]'")
-        return 2
-    from edge_runtime.core.metadata import COMPARE_THRESHOLDS
-    from edge_runtime.errors import ModelError, ScanError, SetupError
-    from edge_runtime.files.durable import write_atomic
-
-    from .choose import choose_presence_on, choose_threshold_on
-    from .convert import (
-        attach_metadata,
-        build_metadata,
-        has_presence,
-        load_keras,
-        to_onnx,
-        with_ensemble,
-        with_flip_tta,
-        with_refine,
-    )
-    from .parity import check_parity, parity_images
-
-    if not args.keras_model.is_file():
-        log.error("%s: no such model file", args.keras_model)
-        return 2
-    record_path = args.record or args.keras_model.with_name("training.json")
-    record = json.loads(record_path.read_text()) if record_path.is_file() else None
-    if record is None:
-        log.warning("no training record at %s: the metadata will carry no training facts", record_path)
-    threshold = args.threshold or (record or {}).get("threshold") or 0.5
-    cfg = (record or {}).get("config", {})
-    name = args.name or cfg.get("name") or args.keras_model.stem
-    version = args.model_version or cfg.get("version") or "0.0.0"
-    parity_dir = args.parity_scans or (Path(cfg["val_dir"]) if cfg.get("val_dir") else None)
-    if parity_dir is None or not parity_dir.is_dir():
-        log.error("parity check needs real scans: pass --parity-scans DIR (looked for %s)", parity_dir)
-        return 2
-
-    fp32_out = args.out
-    labelled = args.int8_parity or (Path(cfg["val_dir"]) if cfg.get("val_dir") else None)
-    calibration = args.calibration or (Path(cfg["train_dir"]) if cfg.get("train_dir") else None)
-    if args.precision == "int8" and args.weights != "fp32":
-        log.error(f"--weights {args.weights} and --precision int8 are two ways to shrink the file: give one")
-        return 2
-    if args.weights != "fp32":  # the fp32 parent is written and checked first, then stored smaller into --out
-        fp32_out = args.fp32_out or args.out.with_name(f"{args.out.stem}.fp32.onnx")
-        if labelled is None or not (labelled / "image").is_dir() or not (labelled / "mask").is_dir():
-            log.error(
-                f"--weights {args.weights} is checked on a labelled folder (image/ + mask/): pass --int8-parity DIR"
-            )
-            return 2
-    if args.precision == "int8":  # the fp32 parent is written and checked first, then quantized into --out
-        fp32_out = args.fp32_out or args.out.with_name(f"{args.out.stem}.fp32.onnx")
-        problem = _int8_inputs_problem(calibration, labelled, args.calibration_count)
-        if problem:  # before the conversion, not after it
-            log.error("%s", problem)
-            return 2
-
-    members = _ensemble_members(args.keras_model, record, args.ensemble)
-    if members is None:
-        return 2
-    refine: tuple[str, dict | None, float] | None = None  # (file, record, box threshold) once stage 1 is chosen
-    if args.refine is not None and not args.refine.is_file():
-        log.error("%s: no such model file (--refine)", args.refine)
-        return 2
-    if args.refine is not None and args.precision == "int8":
-        log.error("--refine and --precision int8: a two-stage graph is not quantized (use --weights int8 or fp16)")
-        return 2
-    presence_threshold: float | None = None  # None: the record's (chosen again below for --tta / --ensemble)
-    chosen: dict | None = None  # what the export chose again, for the metadata
-
-    def metadata(threshold: float) -> dict:
-        meta = build_metadata(
-            graph, record, name, version, threshold, args.opset, args.tta, presence_threshold, chosen, members, refine
-        )
-        meta["precision"] = "fp32"
-        return meta
-
-    t0 = time.time()
-    model = load_keras(args.keras_model)
-    if args.ensemble:
-        try:
-            model = with_ensemble([model, *(load_keras(m) for m in args.ensemble)])
-        except ValueError as exc:
-            log.error("%s", exc)
-            return 2
-    if args.tta == "flip":
-        model = with_flip_tta(model)
-    graph = model  # what is converted: the first stage, then (with --refine) both stages
-    proto = to_onnx(model, args.opset)
-    attach_metadata(proto, metadata(threshold))
-    onnx.checker.check_model(proto)
-    tmp = fp32_out.with_name(f".{fp32_out.name}.parity")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, tmp)
-    try:
-        reason = " ".join(([f"--tta {args.tta}"] if args.tta != "none" else []) + (["--ensemble"] if members else []))
-        if reason and args.threshold is None:
-            # The record's thresholds were chosen for the plain model: choose again, on the same validation
-            # folder, with the graph as exported and the runtime's own scoring (export/choose.py).
-            val_dir = Path(cfg["val_dir"]) if cfg.get("val_dir") else parity_dir
-            if has_presence(model):
-                presence_threshold, _ = choose_presence_on(tmp, val_dir)
-                attach_metadata(proto, metadata(threshold))
-                onnx.save(proto, tmp)
-            threshold = choose_threshold_on(tmp, val_dir)
-            chosen = {"folder": str(val_dir), "reason": reason, "threshold": threshold}
-            if presence_threshold is not None:
-                chosen["presence_threshold"] = presence_threshold
-            attach_metadata(proto, metadata(threshold))
-            onnx.save(proto, tmp)
-        second = None
-        if args.refine is not None:
-            second = load_keras(args.refine)
-            try:
-                graph = with_refine(model, second)
-            except ValueError as exc:
-                log.error("%s", exc)
-                return 2
-            rec_path = args.refine.with_name("training.json")
-            refine = (str(args.refine), json.loads(rec_path.read_text()) if rec_path.is_file() else None, threshold)
-            proto = to_onnx(graph, args.opset)
-            attach_metadata(proto, metadata(threshold))
-            onnx.save(proto, tmp)
-            if args.threshold is None:  # the box comes from the first stage's threshold; the masks from the blend's
-                val_dir = Path(cfg["val_dir"]) if cfg.get("val_dir") else parity_dir
-                first_threshold, threshold = threshold, choose_threshold_on(tmp, val_dir)
-                chosen = {
-                    **(chosen or {"folder": str(val_dir)}),
-                    "reason": " ".join(filter(None, [(chosen or {}).get("reason"), "--refine"])),
-                    "threshold": threshold,
-                    "box_threshold": first_threshold,
-                }
-                attach_metadata(proto, metadata(threshold))
-                onnx.save(proto, tmp)
-        images = parity_images(parity_dir, args.parity_count)
-        thresholds = sorted({*COMPARE_THRESHOLDS, float(threshold)})
-        report = check_parity(model, tmp, images, thresholds, second)
-        if not report.ok:
-            log.error("parity check FAILED: %s", report.describe())
-            return 1
-        log.info("parity ok: %s", report.describe())
-        write_atomic(fp32_out, tmp.read_bytes())
-    except (ModelError, ScanError, SetupError) as exc:
-        log.error("%s", exc)
-        return 1
-    finally:
-        tmp.unlink(missing_ok=True)
-    size = fp32_out.stat().st_size
-    log.info("wrote %s (%.2f MB) in %.1f s; threshold %g", fp32_out, size / 1e6, time.time() - t0, threshold)
-    if args.precision == "int8":
-        return quantize_checked(fp32_out, args.out, calibration, labelled, args.calibration_count, args.pre_process)
-    if args.weights != "fp32" and labelled is not None:
-        return store_weights_checked(fp32_out, args.out, labelled, args.weights)
-    log.info("use it:  edge-seg IN --out OUT --model %s", fp32_out)
-    return 0
 
 
 def store_weights_checked(fp32_path: Path, out: Path, labelled: Path, kind: str = "fp16") -> int:

@@ -49,7 +49,6 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     record = RunRecord(job, ["edge-seg", *settings.argv]) if "reports" in job.spec.outputs else None
     page = PageKeeper(job, ["edge-seg", *settings.argv], started=started) if "review" in job.spec.outputs else None
     record_failed = False
-    displaced = 0  # scans up to date at start that a scan named like their mask took it from
     skipped: Counter[str] = Counter()
     blocked: Outcome | None = None  # the first scan whose outputs OUT could not take
     try:
@@ -63,8 +62,8 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
             rels = [r for r in rels if part.owns(r)]
             log.info("%s: %d of the %d scans under %s", part, len(rels), found, settings.in_dir)
         todo = [r for r in rels if force or job.planner.needs_work(r)]
-        counts: Counter = Counter({Status.SKIPPED: len(rels) - len(todo)})
-        skipped_before = counts[Status.SKIPPED]
+        # each scan's last status (a scan up to date at start may yet lose its name to one named like its mask)
+        final = dict.fromkeys(set(rels) - set(todo), Status.SKIPPED)
         if record is not None or log.isEnabledFor(logging.DEBUG):  # -v lists the up-to-date scans too
             for rel in sorted(set(rels) - set(todo)):
                 rec = job.ledger.get(rel) or {}
@@ -77,19 +76,15 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
         def halt() -> bool:  # once OUT stops taking writes (disk full, ...), every scan after fails too
             return blocked is not None or stop.requested.is_set()
 
-        planned = set(todo)
         for outcome in show_progress(_no_waiting(job.scheduler.process(todo, stop=halt)), len(todo)):
-            if outcome.rel not in planned:  # up to date at start, then refused: a scan took its name
-                counts[Status.SKIPPED] -= 1
-                skipped_before -= 1
-                displaced += 1
             if outcome.status == Status.UNWRITTEN:
                 blocked = blocked or outcome
-            counts[outcome.status] += 1
+            final[outcome.rel] = outcome.status
             if outcome.status == Status.FAILED:
                 failures.append(outcome)
             if record is not None:
                 record.add(outcome)
+        counts: Counter = Counter(final.values())
         cut_short = blocked is not None or stop.requested.is_set()
         if record is not None and not cut_short:
             try:
@@ -109,10 +104,8 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
         log_summary(f"not scans, left alone: {describe_skipped(skipped)} (-v names them)")
     if failures:
         log_failures(failures)
-    not_done = (
-        len(todo) - counts[Status.OK] - (counts[Status.FAILED] - displaced) - (counts[Status.SKIPPED] - skipped_before)
-    )
     # (the scans OUT could not take are among them)
+    not_done = sum(final.get(rel) not in (Status.OK, Status.FAILED, Status.SKIPPED) for rel in todo)
     if blocked is not None:
         log.error(
             "cannot write to %s: %s; stopped with %d scan(s) not done, which the next run does; nothing written "

@@ -206,6 +206,7 @@ def train(cfg: TrainConfig) -> dict:
 
     from .augment import AugmentConfig
     from .data import DataError, concat, load_split, refine_split, split_fraction, views_split
+    from .loading import ModelLoadError, load_weights_into
     from .losses import LOSSES, dice_at_half, iou_at_half
     from .models import PRESENCE, PROBABILITY, count_macs, get_model
     from .sampling import ViewSampler
@@ -237,10 +238,9 @@ def train(cfg: TrainConfig) -> dict:
     model = get_model(cfg.architecture, size, cfg.channels, presence=cfg.views)
     if cfg.init_from:
         try:
-            model.load_weights(cfg.init_from)
-        except (OSError, ValueError) as exc:
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            why = why if len(why) <= 120 else why[:117] + "..."
+            load_weights_into(model, cfg.init_from)
+        except ModelLoadError as exc:
+            why = str(exc).removeprefix(f"{cfg.init_from}: ")
             raise DataError(
                 f"--init-from {cfg.init_from}: cannot start from it ({why}); it must be a model.keras of "
                 f"--arch {cfg.architecture} at --input-size {cfg.input_size}{' with --views' if cfg.views else ''}"

@@ -63,6 +63,10 @@ class TrainConfig:
     folds: int = 5
     groups_csv: str | None = None  # the frames' patient groups (id, split, group); default: split.csv beside train_dir
     keep: str = "best"  # best: the best epoch by `monitor`; last: the last epoch (no choice made on validation)
+    distill_from: list[str] = field(default_factory=list)  # teacher model.keras files: train a student (train.distill)
+    distill_passes: int = 6  # views drawn per frame for the distillation bank
+    distill_alpha: float = 0.5  # weight of the teachers' average in the targets (the truth has 1 - alpha)
+    thresholds_from: str | None = None  # an oof.json (train.oof): its out-of-fold thresholds go into the record
     morphology_size: int = 3
     name: str = "ddti-fcn"
     version: str = "0.1.0"
@@ -117,6 +121,29 @@ def time_limit(minutes: float):
                 self.model.stop_training = True
 
     return _TimeLimit()
+
+
+def samples_in_bank(split, cfg: TrainConfig) -> int:
+    return len(split) * cfg.distill_passes
+
+
+def distillation_bank(cfg: TrainConfig, split, out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The student's training views and blended targets (``train.distill``), kept in OUT/bank.npz for a resume."""
+    from .distill import build_bank, load_teachers
+
+    cached = out / "bank.npz"
+    key = json.dumps([cfg.distill_from, cfg.distill_passes, cfg.distill_alpha, cfg.seed, split.fingerprint])
+    if cached.is_file():
+        with np.load(cached) as f:
+            if str(f["key"]) == key:
+                log.info("distillation bank read from %s", cached)
+                return f["x"], f["y"], f["presence"]
+    teachers = load_teachers(cfg.distill_from, (cfg.input_size, cfg.input_size))
+    x, y, presence = build_bank(split, cfg, teachers, cfg.distill_passes, cfg.distill_alpha)
+    tmp = out / "bank.tmp.npz"
+    np.savez(tmp, x=x, y=y, presence=presence, key=np.array(key))
+    tmp.replace(cached)
+    return x, y, presence
 
 
 def resumed_epoch(backup: Path) -> int:
@@ -206,6 +233,7 @@ def train(cfg: TrainConfig) -> dict:
 
     from .augment import AugmentConfig
     from .data import DataError, concat, load_split, refine_split, split_fraction, views_split
+    from .distill import BankSampler
     from .loading import ModelLoadError, load_weights_into
     from .losses import LOSSES, dice_at_half, iou_at_half
     from .models import PRESENCE, PROBABILITY, count_macs, get_model
@@ -222,6 +250,9 @@ def train(cfg: TrainConfig) -> dict:
         train_split, val_split, fold_info = fold_split(cfg, train_split)
     elif cfg.val_dir:
         val_split = load_split(cfg.val_dir, size, cfg.channels, cfg.resize)
+        if cfg.distill_from:  # a student learns from every labelled frame; val is watched, not held out
+            train_split = concat(train_split, val_split)
+            log.warning("distillation: training on --train and --val together; validation figures are on seen frames")
     else:
         train_split, val_split = split_fraction(train_split, cfg.val_fraction, cfg.seed)
     if cfg.refine:
@@ -276,7 +307,14 @@ def train(cfg: TrainConfig) -> dict:
     resumed_at = resumed_epoch(backup)
     if resumed_at:
         log.info("resuming from the end of epoch %d (%s); delete that folder to start over", resumed_at, backup)
-    sampler = ViewSampler(train_split, cfg, AugmentConfig(), steps, resumed_at)
+    sampler: ViewSampler | BankSampler
+    if cfg.distill_from:
+        if not cfg.views or cfg.keep != "last":
+            raise DataError("--distill trains a student with --views and keeps its last epoch (--keep last)")
+        bank = distillation_bank(cfg, train_split, out)
+        sampler = BankSampler(bank, samples, cfg.batch_size, cfg.seed, resumed_at)
+    else:
+        sampler = ViewSampler(train_split, cfg, AugmentConfig(), steps, resumed_at)
 
     class Batches(keras.utils.PyDataset):
         def __len__(self) -> int:
@@ -429,16 +467,44 @@ def train(cfg: TrainConfig) -> dict:
         )
     if fold_info is not None:
         record["fold"] = fold_info
+    if cfg.distill_from:
+        record["distillation"] = {
+            "teachers": cfg.distill_from,
+            "passes": cfg.distill_passes,
+            "alpha": cfg.distill_alpha,
+            "bank_views": samples_in_bank(train_split, cfg),
+            "note": "trained on --train and --val together: the val figures above are on frames it saw",
+        }
+    if cfg.thresholds_from:
+        chosen = json.loads(Path(cfg.thresholds_from).read_text())["chosen_out_of_fold"]
+        record["thresholds_chosen_on_val"] = {
+            "threshold": record["threshold"],
+            **({"presence_threshold": record["presence_threshold"]} if "presence_threshold" in record else {}),
+        }
+        record["threshold"] = chosen["threshold"]
+        record["presence_threshold"] = chosen["presence_threshold"]
+        record["thresholds_chosen"] = {
+            "on": "out-of-fold predictions of the fold teachers",
+            "file": cfg.thresholds_from,
+        }
+        log.info(
+            "thresholds from %s (chosen out of fold): mask %.2f, presence %.2f",
+            cfg.thresholds_from,
+            chosen["threshold"],
+            chosen["presence_threshold"],
+        )
     if resumed_at:
         record["resumed_after_epoch"] = resumed_at
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     (out / "training.json").write_text(json.dumps(record, indent=2, default=float))
     shutil.rmtree(backup, ignore_errors=True)  # the run is complete: nothing left to resume
     log.info(
-        "best epoch %d of %d; threshold %.2f chosen on validation: val Dice %.4f (at 0.5: %.4f); %s",
+        "%s epoch %d of %d; threshold %.2f%s: val Dice %.4f (at 0.5: %.4f); %s",
+        "best" if cfg.keep == "best" else "kept the last,",
         best_epoch,
         record["epochs_run"],
-        threshold,
+        record["threshold"],
+        " (out of fold)" if cfg.thresholds_from else " chosen on validation",
         record["val_dice"],
         val_scores[0.5]["dice_mean"],
         out / "model.keras",

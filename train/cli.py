@@ -50,9 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=5, help="early stopping patience on validation loss")
     p.add_argument(
         "--monitor",
-        default="val_loss",
         choices=["val_loss", "val_scan_dice", "val_view_dice"],
-        help="what early stopping and the checkpoint watch",
+        help="what early stopping and the checkpoint watch (default: val_view_dice with --views, else val_loss)",
     )
     p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
     p.add_argument("--augment", action="store_true", help="ultrasound augmentation (flips, affine, gamma, speckle)")
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         distill_passes=args.distill_passes,
         distill_alpha=args.distill_alpha,
         thresholds_from=args.thresholds_from,
-        monitor=args.monitor,
+        monitor=args.monitor or ("val_view_dice" if args.views else "val_loss"),
         threads=args.threads,
         seed=args.seed,
         name=args.name,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .augment import AugmentConfig
+from .data import DataError
 from .sampling import ViewSampler
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class DistillError(Exception):
+class DistillError(DataError):
     """The teachers cannot be used; the message names the file and the reason."""
 
 

@@ -402,7 +402,7 @@ def train(cfg: TrainConfig) -> dict:
     report_t = sorted({0.5, threshold, 0.85, 0.9, 0.95})
     val_scores = score(probs, val_split, report_t, cfg.morphology_size, True)
     history = read_history(out / "history.csv") or {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    epochs_run = len(history[cfg.monitor])
+    epochs_run = len(history["loss"])
     if cfg.keep == "best":
         best_epoch = int(np.argmin(history[cfg.monitor]) if mode == "min" else np.argmax(history[cfg.monitor])) + 1
     else:

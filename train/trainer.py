@@ -340,6 +340,14 @@ def train(cfg: TrainConfig) -> dict:
             logs["val_scan_iou"] = s["iou_mean"]
             val_loss = f"val_loss {logs['val_loss']:.4f}  " if "val_loss" in logs else ""
             line = f"epoch {epoch + 1}: {val_loss}val_scan_dice@0.5 {s['dice_mean']:.4f}"
+            small = s["by_band"].get("small")
+            if small:  # the band the average hides
+                logs["val_small_dice"] = small["dice_mean"]
+                logs["val_small_area_ratio"] = small["area_ratio_mean"]
+                line += (
+                    f" (nodules under 3%: {small['dice_mean']:.4f} on {small['positives']}, "
+                    f"area ratio {small['area_ratio_mean']:.2f})"
+                )
             if cfg.views:
                 assert val_frames_and_free is not None
                 probs_n, pres_n = predict(self.model, val_neg.x)

@@ -3,8 +3,9 @@
 The SEG references its source instance, series and study (highdicom copies the patient and study and
 writes the Referenced Series Sequence), names the model as the segment's algorithm (name, version,
 family "Artificial Intelligence", the model file's sha256 as its parameter), gives the segment the
-Tracking ID and UID that the SR's group for it repeats (:mod:`edge_runtime.outputs.ai_identity`) and holds one frame per source frame, empty frames included, so a
-viewer shows "no nodule" rather than nothing.
+Tracking ID and UID that the SR's group for it repeats (:mod:`edge_runtime.outputs.ai_identity`), and
+holds one frame per source frame, empty frames included, so a viewer shows "no nodule" rather than
+nothing.
 
 highdicom refuses a multi-frame source whose frames are not placed in a coordinate system (its message:
 "Only a single frame is supported when the source image has no Frame of Reference UID"; ultrasound

@@ -58,7 +58,7 @@ pip install "edge-seg[dicom]". TIFF pages and GIF/WEBP frames are frames: OUT/<n
 --overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, the review
 page OUT/index.html (every scan with its outline and findings, flagged ones first), and for
 one-shot runs OUT/run-summary.csv and OUT/run-provenance.json; --dicom-results: OUT/dicom/<relative
-path>.seg.dcm and .sr.dcm for each DICOM scan.
+path>.seg.dcm and .sr.dcm (and .sc.dcm with seg,sr,sc) for each DICOM scan.
 Console: up to 20 scans, a line each; more, a progress bar on a terminal, otherwise a progress line at
 every tenth and every minute (-v: a line each). --watch lines start with the time, except under
 journald (which adds it).

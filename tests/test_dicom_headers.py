@@ -54,6 +54,13 @@ SOURCES = {
     "jpeg-gray-minimal": (gray, {"jpeg": True}, minimal_ids),
     "16-bit": (lambda: gray().astype(np.uint16) * 200, {"bits_stored": 16}, scanner_us_ids),
     "monochrome1": (gray, {"photometric": "MONOCHROME1"}, scanner_us_ids),
+    "colour-ybr-full": (rgb, {"photometric": "YBR_FULL"}, scanner_us_ids),
+    "utf-8-patient-name": (
+        gray,
+        {},
+        lambda: scanner_us_ids(SpecificCharacterSet="ISO_IR 192", PatientName="山田^太郎"),
+    ),
+    "secondary-capture-source": (gray, {}, lambda: us_ids(SOPClassUID=SC_CLASS, Modality="OT")),
 }
 
 
@@ -176,6 +183,40 @@ def test_a_source_without_modality_gets_no_sr_and_its_seg_and_sc(tmp_path, tiny_
     assert "warning: m.dcm: no DICOM SR: the source has no Modality (Type 1)" in capfd.readouterr().err
     dicom = tmp_path / "out" / "dicom"
     assert sorted(p.name for p in dicom.iterdir()) == ["m.sc.dcm", "m.seg.dcm", "m.sr.failed.txt"]
+
+
+def test_a_one_frame_loop_gets_no_seg_and_an_unknown_sop_class_only_its_sc(tmp_path, tiny_model, capfd):
+    write_dicom(tmp_path / "in" / "one.dcm", [gray()], SOPClassUID=US_MULTIFRAME, NumberOfFrames=1, **us_ids())
+    write_dicom(tmp_path / "in" / "odd.dcm", gray(), SOPClassUID="1.2.3.4.5.6.7", **us_ids())
+    assert run(tmp_path / "in", tmp_path / "out", tiny_model) == 0
+    err = capfd.readouterr().err
+    assert "warning: odd.dcm: no DICOM SEG: highdicom does not know its SOP Class UID 1.2.3.4.5.6.7" in err
+    assert "warning: odd.dcm: no DICOM SR: No IOD found for SOP Class UID: 1.2.3.4.5.6.7." in err
+    assert "warning: one.dcm" not in err  # a loop gets no SEG by design: nothing to warn about
+    assert sorted(p.name for p in (tmp_path / "out" / "dicom").iterdir()) == [
+        "odd.sc.dcm",
+        "odd.seg.failed.txt",
+        "odd.sr.failed.txt",
+        "one.sc.dcm",
+        "one.sr.dcm",
+    ]
+
+
+def test_a_bug_while_making_a_result_is_logged_with_its_traceback_and_the_scan_is_still_ok(
+    tmp_path, tiny_model, caplog, monkeypatch
+):
+    import edge_runtime.outputs.sc as sc_module
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sc_module, "build_sc", bug)
+    write_dicom(tmp_path / "in" / "s.dcm", gray(), **us_ids())
+    assert run(tmp_path / "in", tmp_path / "out", tiny_model) == 0
+    [record] = [r for r in caplog.records if r.exc_info]
+    assert record.getMessage() == "unexpected error making the DICOM Secondary Capture of s.dcm"
+    assert "reason: unexpected error: RuntimeError: a bug" in (tmp_path / "out/dicom/s.sc.failed.txt").read_text()
+    assert (tmp_path / "out" / "dicom" / "s.seg.dcm").exists() and (tmp_path / "out" / "s.png").exists()
 
 
 def test_a_result_highdicom_refuses_leaves_the_others_and_is_made_again_when_the_settings_change(

@@ -137,8 +137,13 @@ class DicomResultsWriter:
             by_frame = [s.masks for s in result.segmentations]
             return build_sc(source, result.scan.frames, by_frame, self.setup.thresholds, ident)
         except REFUSALS as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ResultRefused(text) from None
+            if isinstance(exc, KeyError) and exc.args and str(exc.args[0]) == str(source.SOPClassUID):
+                raise ResultRefused(f"highdicom does not know its SOP Class UID {source.SOPClassUID}") from None
+            said = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).strip()
+            raise ResultRefused(said.splitlines()[0] if said else type(exc).__name__) from None
+        except Exception as exc:  # a bug (ours or highdicom's): said with its traceback, and the mask still kept
+            log.exception("unexpected error making the DICOM %s of %s", NAMES[kind], result.rel)
+            raise ResultRefused(f"unexpected error: {type(exc).__name__}: {exc}") from None
 
     def _refuse(self, rel: str, path: Path, kind: str, reason: str) -> None:
         """The warning and the error record of a result that cannot be made (and no stale result left)."""

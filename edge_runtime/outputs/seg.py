@@ -24,11 +24,15 @@ from edge_runtime.outputs.ai_identity import MANUFACTURER, SEGMENT_TRACKING_ID, 
 
 
 def seg_supported(source: Any) -> bool:
-    """Whether highdicom can write a SEG for this source: single-frame, or frames placed in a coordinate
-    system (a Frame of Reference UID *and* image positions; an ultrasound loop has at most the UID)."""
+    """Whether highdicom can write a SEG for this source: a single-frame image, or frames placed in a
+    coordinate system (a Frame of Reference UID *and* image positions; an ultrasound loop has at most the
+    UID). An instance of a multi-frame class (Ultrasound Multi-frame) is a loop even with one frame:
+    highdicom reads such a source's geometry from functional groups it does not have."""
     from highdicom.spatial import get_image_coordinate_system
+    from highdicom.utils import is_multiframe_image
 
-    return int(source.get("NumberOfFrames", 1) or 1) == 1 or get_image_coordinate_system(source) is not None
+    single = int(source.get("NumberOfFrames", 1) or 1) == 1 and not is_multiframe_image(source)
+    return single or get_image_coordinate_system(source) is not None
 
 
 def build_seg(source: Any, masks: list[np.ndarray], ident: ResultIdentity, threshold: float) -> Any:

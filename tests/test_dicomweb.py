@@ -26,7 +26,7 @@ from tests.helpers import nodule_scan, us_ids, write_dicom
 class Service:
     """A DICOMweb service answering every POST with ``status`` (and ``body`` as DICOM JSON)."""
 
-    def __init__(self, status: int, body: dict | None = None) -> None:
+    def __init__(self, status: int, body: dict | None = None, tls: tuple[Path, Path] | None = None) -> None:
         self.requests: list[dict[str, str]] = []
         outer = self
 
@@ -45,7 +45,14 @@ class Service:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+        if tls is not None:  # (cert, key)
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/dicom-web"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -100,6 +107,34 @@ def test_an_instance_the_service_lists_as_failed_is_refused_with_its_reason(resu
 def test_no_service_is_down(result):
     answer = StowSender(WebTarget(f"http://127.0.0.1:{free_port()}/dicom-web")).send([result])
     assert answer.outcome == "down" and "cannot connect" in answer.reason
+
+
+def test_tls_certificates_are_verified_by_default_and_a_hospital_ca_is_taken_from_requests_ca_bundle(
+    tmp_path, result, monkeypatch
+):
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed here (Debian: apt-get install openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1"]
+    subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run([openssl, *request, *subject], check=True, capture_output=True)
+    service = Service(200, tls=(cert, key))
+    try:
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        refused = StowSender(WebTarget(service.url)).send([result])  # a certificate no CA vouches for
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # the hospital's own CA
+        taken = StowSender(WebTarget(service.url)).send([result])
+    finally:
+        service.close()
+    assert (
+        refused.outcome == "down" and "TLS failed" in refused.reason and "CERTIFICATE_VERIFY_FAILED" in refused.reason
+    )
+    assert taken.outcome == "sent" and len(service.requests) == 1
 
 
 @pytest.mark.parametrize(

@@ -239,3 +239,25 @@ def test_a_result_highdicom_refuses_leaves_the_others_and_is_made_again_when_the
     monkeypatch.undo()
     assert run(tmp_path / "in", tmp_path / "out", tiny_model, "seg,sr,sc") == 0  # other settings: made again
     assert sorted(p.name for p in dicom.iterdir()) == ["s.sc.dcm", "s.seg.dcm", "s.sr.dcm"]
+
+
+@pytest.mark.slow
+def test_a_daemon_makes_the_results_an_older_version_failed_the_scan_for(tmp_path, tiny_model):
+    from edge_runtime.job.ledger import Ledger
+    from tests.helpers import wait_for
+    from tests.test_dicom_node import Daemon
+
+    src = write_dicom(tmp_path / "in" / "s.dcm", gray(), **without(us_ids(), "PatientBirthDate"))
+    st = src.stat()
+    ledger = Ledger(tmp_path / "out")
+    try:  # what 0.6.0 recorded for it: a failed scan, never tried again by a daemon
+        reason = "cannot make DICOM results: 'FileDataset' object has no attribute 'PatientBirthDate'"
+        ledger.error("s.dcm", st.st_size, st.st_mtime_ns, reason)
+    finally:
+        ledger.close()
+    daemon = Daemon(tmp_path, tiny_model, "--dicom-results")
+    try:
+        wait_for(lambda: (tmp_path / "out" / "dicom" / "s.sr.dcm").exists(), "the results of the scan failed before")
+    finally:
+        daemon.stop()
+    assert (tmp_path / "out" / "dicom" / "s.seg.dcm").exists() and "FAIL" not in daemon.text()

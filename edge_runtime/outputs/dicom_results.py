@@ -68,7 +68,10 @@ class DicomResultsWriter:
 
     kind = "dicom"
     stage = "dicom"
-    signature = "dicom-seg-sr/2"  # 2: made from whatever the header has; shared AI identification
+    # Kept at 1 although the results now carry more identification: a new version would redo every DICOM
+    # scan of an OUT and send its results to PACS again, as new objects. The scans an older version failed
+    # ("cannot make DICOM results") are tried again once by each new process (job.plan.WRITE_FAILURES).
+    signature = "dicom-seg-sr/1"
     folder = DICOM_DIR
     results: tuple[str, ...] = ("seg", "sr")
 

@@ -185,6 +185,8 @@ def test_error_records_that_older_versions_wrote_for_a_full_disk_are_retried_onc
         ledger.error("y.png", 1, 1, "corrupt PNG data")
         planner = Planner(src, ledger, "sig", 1, [])
         assert planner.needs_work("x.png", retry_failed=False)
+        assert planner.needs_work("x.png", retry_failed=False)  # asked again before it is taken: still
+        planner.reserve("x.png", ["x.png"])  # taken, as far as writing: the one retry of this process is used
         assert not planner.needs_work("x.png", retry_failed=False)  # once per process, not every rescan
     finally:
         ledger.close()

@@ -19,9 +19,15 @@ from edge_runtime.outputs.layout import scan_stem
 if TYPE_CHECKING:
     from edge_runtime.job.parts import Part
 
-#: How the error records of scans that failed for want of a writable OUT begin (older versions recorded
-#: a full disk as the scan's error).
-WRITE_FAILURES = ("cannot write its outputs", "cannot record its outputs", "cannot write its error record")
+#: How the error records of scans that failed not for their own fault begin: for want of a writable OUT
+#: (older versions recorded a full disk as the scan's error), or -- in older versions -- for a DICOM result its
+#: header could not give (now that result alone is refused and the scan is ok).
+WRITE_FAILURES = (
+    "cannot write its outputs",
+    "cannot record its outputs",
+    "cannot write its error record",
+    "cannot make DICOM results",
+)
 
 
 class Planner:
@@ -63,6 +69,7 @@ class Planner:
         self.folders = [(w.folder, w.kind) for w in writers if w.folder]
         self.part = part
         self._write_retried: set[str] = set()
+        self._retrying: set[str] = set()  #: write failures let through by needs_work, not yet taken
         self.reservations = Reservations(in_dir, ledger)
 
     def needs_work(self, rel: str, retry_failed: bool = True) -> bool:
@@ -78,10 +85,12 @@ class Planner:
             return False
         if retry_failed or not self.ledger.known_failure(rel, st.st_size, st.st_mtime_ns):
             return True
-        # Failing to write (OUT full, say) is not the scan's fault: tried again once by each new process.
+        # Failing to write (OUT full, say) is not the scan's fault: tried again once by each new process --
+        # until it gets as far as writing (:meth:`reserve`), not merely until it is first asked about (a
+        # daemon asks when it finds the scan and again when it takes it).
         reason = str((self.ledger.get(rel) or {}).get("reason", ""))
         if reason.startswith(WRITE_FAILURES) and rel not in self._write_retried:
-            self._write_retried.add(rel)
+            self._retrying.add(rel)
             return True
         return False
 
@@ -98,7 +107,10 @@ class Planner:
                     )
 
     def reserve(self, rel: str, outputs: list[str]) -> list[tuple[str, str]]:
-        """:meth:`Reservations.reserve` against the job's ledger."""
+        """:meth:`Reservations.reserve` against the job's ledger (the scan's retry of a write failure is used)."""
+        if rel in self._retrying:  # (only such scans are remembered: a daemon's memory stays flat)
+            self._retrying.discard(rel)
+            self._write_retried.add(rel)
         return self.reservations.reserve(rel, outputs)
 
     def release(self, rel: str) -> None:

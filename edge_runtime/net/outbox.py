@@ -1,4 +1,6 @@
-"""``--send-to AET@HOST:PORT``: the outbox of DICOM results, sent to PACS by C-STORE on its own thread.
+"""``--send-to``: the outbox of DICOM results, sent to one PACS on its own thread, by C-STORE
+(``AET@HOST:PORT``) or by DICOMweb STOW-RS (a URL, :mod:`edge_runtime.net.dicomweb`); one outbox per
+target, each with its own state folder.
 
 State lives under ``OUT/.edge-seg/outbox/``, so it survives restarts and ``kill -9``:
 
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.files.durable import write_atomic
-from edge_runtime.net.peer import Peer
+from edge_runtime.net.peer import Peer, Target, WebTarget
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +79,39 @@ def _transient(status: int) -> bool:
     return status < 0 or 0xA700 <= status <= 0xA7FF
 
 
+#: The results the outbox sends, in the order a scan's are sent (the SR references the SEG).
+RESULT_SUFFIXES = (".seg.dcm", ".sr.dcm", ".sc.dcm")
+
+
 def _order(path: str) -> tuple[str, int]:
-    """A scan's SEG before its SR (the SR references the SEG)."""
-    stem = path.removesuffix(".seg.dcm").removesuffix(".sr.dcm")
-    return stem, 0 if path.endswith(".seg.dcm") else 1
+    """A scan's SEG before its SR (the SR references the SEG), then its Secondary Capture."""
+    for rank, suffix in enumerate(RESULT_SUFFIXES):
+        if path.endswith(suffix):
+            return path.removesuffix(suffix), rank
+    return path, len(RESULT_SUFFIXES)
 
 
 class Outbox:
     """The persistent queue and its sender thread (:meth:`start`, :meth:`stop`)."""
 
-    def __init__(self, out_dir: Path, state_dir: Path, peer: Peer, calling_ae: str = "EDGESEG", retry: float = 5.0):
+    def __init__(
+        self,
+        out_dir: Path,
+        state_dir: Path,
+        peer: Target,
+        calling_ae: str = "EDGESEG",
+        retry: float = 5.0,
+        folder: Path | None = None,
+        auth: tuple[str, str] | str | None = None,
+    ):
         self.out_dir = out_dir
-        self.folder = state_dir / OUTBOX_DIR
+        self.folder = folder or state_dir / OUTBOX_DIR
         self.peer = peer
+        self.web: Any = None  #: the STOW-RS sender of a DICOMweb target
+        if isinstance(peer, WebTarget):
+            from edge_runtime.net.dicomweb import StowSender
+
+            self.web = StowSender(peer, auth)
         self.calling_ae = calling_ae
         self.retry = retry
         self._lock = threading.Lock()
@@ -242,7 +264,7 @@ class Outbox:
         for dirpath, dirs, files in os.walk(self.out_dir / folder):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             for name in files:
-                if name.endswith((".seg.dcm", ".sr.dcm")) and not name.startswith("."):
+                if name.endswith(RESULT_SUFFIXES) and not name.startswith("."):
                     found.append((Path(dirpath) / name).relative_to(self.out_dir).as_posix())
         with self._lock:
             new = [p for p in found if p not in self._entries and p not in self._refused and not self._already_sent(p)]
@@ -297,12 +319,16 @@ class Outbox:
                 datasets.append((entry, ds, stat))
         if not datasets:
             return 0
+        if self.web is not None:
+            return self._send_web(datasets)
+        peer = self.peer
+        assert isinstance(peer, Peer)  # (a WebTarget has its sender)
         ae = AE(ae_title=self.calling_ae)
         ae.connection_timeout = 10
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
         for sop_class, syntax in {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds, _ in datasets}:
             ae.add_requested_context(sop_class, syntax)
-        assoc = ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title)
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
         if not assoc.is_established:
             refusal = False
             if assoc.is_rejected:
@@ -331,15 +357,8 @@ class Outbox:
                     continue
                 code = int(getattr(status, "Status", -1)) if status else -1
                 if code == 0 or 0xB000 <= code <= 0xBFFF:  # success, or success with a warning
-                    with self._lock:
-                        try:
-                            self._record_sent(entry.path, str(ds.SOPInstanceUID), stat)
-                        except OSError as exc:  # not sent again by this process; after a restart it would be
-                            log.warning("outbox: cannot record %s as sent: %s", entry.path, exc.strerror or exc)
-                        self._entries.pop(entry.path, None)
-                        self.sent_since_start += 1
+                    self._took(entry, str(ds.SOPInstanceUID), stat)
                     sent += 1
-                    log.info("sent %s to %s", entry.path, self.peer)
                 else:
                     why = f"{self.peer}: C-STORE failed" + (
                         f" with status 0x{code:04X}" if code >= 0 else " (no response)"
@@ -359,6 +378,34 @@ class Outbox:
             self._failed(failed, reason)
         if refused:
             self._failed(refused, refusal_reason, refusal=True)
+        return sent
+
+    def _took(self, entry: Entry, uid: str, stat: tuple[int, int]) -> None:
+        """Record one result as taken by the PACS (it is not sent again)."""
+        with self._lock:
+            try:
+                self._record_sent(entry.path, uid, stat)
+            except OSError as exc:  # not sent again by this process; after a restart it would be
+                log.warning("outbox: cannot record %s as sent: %s", entry.path, exc.strerror or exc)
+            self._entries.pop(entry.path, None)
+            self.sent_since_start += 1
+        log.info("sent %s to %s", entry.path, self.peer)
+
+    def _send_web(self, datasets: list[tuple[Entry, Any, tuple[int, int]]]) -> int:
+        """One STOW-RS request per result; a service that is down is not asked again in this try."""
+        sent = 0
+        for i, (entry, ds, stat) in enumerate(datasets):
+            if self._stop.is_set():
+                break
+            answer = self.web.send([ds])
+            if answer.outcome == "sent":
+                self._took(entry, str(ds.SOPInstanceUID), stat)
+                sent += 1
+            elif answer.outcome == "refused":
+                self._failed([entry], answer.reason, refusal=True)
+            else:
+                self._failed([e for e, _, _ in datasets[i:]], answer.reason)
+                break
         return sent
 
     def _failed(self, entries: list[Entry], reason: str, refusal: bool = False) -> None:

@@ -4,6 +4,7 @@
     python -m bench.opened --dicom           # the DICOM node: a C-STORE until its SEG and SR reach the PACS
     python -m bench.opened --root ../other   # the same, counting another checkout's edge_runtime
     python -m bench.opened -v                # and list them, module by module
+    python -m bench.opened --largest         # the largest function of each folder of edge_runtime, export, train
 
 Counted with ``sys.setprofile`` and ``threading.setprofile`` (every thread, the workers' too): each
 function or method of ``ROOT/edge_runtime`` that is called at least once from the command's start
@@ -118,12 +119,32 @@ def dicom_node(work: Path, opened: Opened) -> int:
         pacs.server.shutdown()
 
 
+def largest(root: Path) -> str:
+    """The largest function (its lines, ``def`` to last) of each package folder, as ``ast`` reads them."""
+    import ast
+
+    best: dict[str, tuple[int, str]] = {}
+    for package in ("edge_runtime", "export", "train"):
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root)
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if lines > best.get(str(rel.parent), (0, ""))[0]:
+                        best[str(rel.parent)] = (lines, f"{rel.as_posix()}:{node.lineno} {node.name}")
+    return "\n".join(f"{folder:22s} {n:4d}  {where}" for folder, (n, where) in sorted(best.items()))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.opened", description=__doc__.split("\n\n")[0])
     p.add_argument("--dicom", action="store_true", help="the DICOM node's path instead of a one-shot run")
     p.add_argument("--root", type=Path, default=REPO, help="the checkout whose edge_runtime is run and counted")
     p.add_argument("-v", "--verbose", action="store_true", help="list the functions, module by module")
+    p.add_argument("--largest", action="store_true", help="only the largest function of each package folder")
     args = p.parse_args()
+    if args.largest:
+        print(largest(args.root.resolve()))
+        return
     sys.path.insert(0, str(args.root.resolve()))
     sys.modules.pop("edge_runtime", None)
     import edge_runtime

@@ -22,9 +22,10 @@ from edge_runtime.console import (
     ae_title_arg,
     listen_arg,
     outputs_doc,
-    peer_arg,
     positive_int_arg,
+    results_arg,
     setup_logging,
+    target_arg,
     threshold_arg,
 )
 
@@ -57,7 +58,7 @@ pip install "edge-seg[dicom]". TIFF pages and GIF/WEBP frames are frames: OUT/<n
 --overlay: OUT/overlays/<relative path>.png; --report: OUT/reports/<relative path>.json, the review
 page OUT/index.html (every scan with its outline and findings, flagged ones first), and for
 one-shot runs OUT/run-summary.csv and OUT/run-provenance.json; --dicom-results: OUT/dicom/<relative
-path>.seg.dcm and .sr.dcm for each DICOM scan.
+path>.seg.dcm and .sr.dcm (and .sc.dcm with seg,sr,sc) for each DICOM scan.
 Console: up to 20 scans, a line each; more, a progress bar on a terminal, otherwise a progress line at
 every tenth and every minute (-v: a line each). --watch lines start with the time, except under
 journald (which adds it).
@@ -183,15 +184,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--dicom-results",
-        action="store_true",
-        help="for each DICOM scan also write a DICOM SEG and SR (TID 1500): OUT/dicom/<relative path>.seg.dcm, .sr.dcm",
+        type=results_arg,
+        nargs="?",
+        const=("seg", "sr"),
+        metavar="seg,sr,sc",
+        help="for each DICOM scan also write DICOM results: a SEG and a SR (TID 1500), and with sc a Secondary "
+        "Capture of the overlay: OUT/dicom/<relative path>.seg.dcm, .sr.dcm, .sc.dcm (alone: seg,sr)",
     )
     d.add_argument(
         "--send-to",
-        type=peer_arg,
-        metavar="AET@HOST:PORT",
-        help="C-STORE the SEG and SR to this PACS (implies --dicom-results); they wait in an outbox in "
-        "OUT/.edge-seg/ and are retried with back-off until the PACS takes them",
+        type=target_arg,
+        action="append",
+        metavar="AET@HOST:PORT|URL",
+        help="send the results to this PACS by C-STORE, or to this DICOMweb service (http(s)://host:port/dicom-web) "
+        "by STOW-RS (implies --dicom-results); repeat for several, each gets each result; they wait in an outbox "
+        "in OUT/.edge-seg/ and are retried with back-off until the PACS takes them",
+    )
+    d.add_argument(
+        "--send-auth",
+        type=Path,
+        metavar="FILE",
+        help="credentials for the DICOMweb targets, read from FILE: a bearer token, or user:password",
     )
     d.add_argument(
         "--send-retry",
@@ -235,7 +248,8 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
     # --report: the findings and the review page, which shows the overlays
     asked = (
         ("overlays", args.overlay or args.report),
-        ("dicom", args.dicom_results or args.send_to),
+        ("dicom", "seg" in (args.dicom_results or ()) or (args.send_to and not args.dicom_results)),
+        ("dicom-sc", "sc" in (args.dicom_results or ())),
         ("reports", args.report),
         ("review", args.report),
     )
@@ -257,7 +271,8 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         max_associations=args.max_associations,
         max_instance_mb=args.max_instance_mb,
         min_free_mb=args.min_free_mb,
-        send_to=args.send_to,
+        send_to=tuple(dict.fromkeys(args.send_to or ())),
+        send_auth=args.send_auth,
         retry=args.send_retry,
     )
     if args.demo is not None:  # the demo writes its scans into DIR/scans, and masks by default into DIR/masks
@@ -299,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--threads is for this machine; with --cluster, each worker's are `dask worker --nthreads N`")
     if (args.dicom_listen or args.send_to) and args.watch is None:
         parser.error("--dicom-listen and --send-to are for the daemon: add --watch IN")
+    if args.send_auth is not None and not any(str(t).startswith("http") for t in args.send_to or ()):
+        parser.error("--send-auth is for DICOMweb targets: add --send-to https://host:port/dicom-web")
     if args.send_retry <= 0:
         parser.error("--send-retry must be positive")
     from edge_runtime.errors import SetupError

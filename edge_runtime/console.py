@@ -155,6 +155,38 @@ def listen_arg(text: str) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0", _port(port, text))
 
 
+def target_arg(text: str):  # -> edge_runtime.net.peer.Target
+    """argparse type for ``--send-to``: ``AET@HOST:PORT``, or a DICOMweb base URL (``http(s)://host:port/path``)."""
+    from urllib.parse import urlsplit
+
+    from edge_runtime.net.peer import WebTarget
+
+    if not text.lower().startswith(("http://", "https://")):
+        return peer_arg(text)
+    parts = urlsplit(text)
+    if not parts.hostname or parts.username or parts.password or parts.query or parts.fragment:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a DICOMweb base URL (e.g. https://pacs.example.org/dicom-web; "
+            "credentials go in --send-auth FILE)"
+        )
+    try:
+        parts.port  # noqa: B018  (a bad port raises here)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} has a bad port") from None
+    return WebTarget(text.rstrip("/"))
+
+
+def results_arg(text: str) -> tuple[str, ...]:
+    """argparse type for ``--dicom-results seg,sr,sc``: which DICOM results to make."""
+    kinds = tuple(k.strip().lower() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in ("seg", "sr", "sc")]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of seg, sr and sc (e.g. seg,sr,sc)")
+    if ("seg" in kinds) != ("sr" in kinds):
+        raise argparse.ArgumentTypeError(f"{text!r}: seg and sr are made together (the SR references the SEG)")
+    return kinds
+
+
 def peer_arg(text: str):  # -> edge_runtime.net.peer.Peer (imported late: the CLI starts fast)
     """argparse type for ``AET@HOST:PORT``."""
     from edge_runtime.net.peer import Peer

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edge_runtime._version import __version__
 from edge_runtime.console import HelpFormatter
+from edge_runtime.core.metrics import BAND_LABELS
 from edge_runtime.core.thresholds import parse_threshold
 from edge_runtime.errors import ScanError, SetupError
 from edge_runtime.scoring import evaluate, evaluate_written
@@ -55,6 +56,20 @@ def format_table(summary: dict[str, dict], with_hd95: bool = True) -> str:
             sens = "    n/a" if math.isnan(s["sensitivity"]) else f"{s['sensitivity']:7.1%}"
             line += f"  {sens:>11}  {s['negatives']:>11}  {s['fp_share']:11.1%}"
         lines.append(line)
+    return "\n".join(lines)
+
+
+def format_bands(summary: dict[str, dict]) -> str:
+    """Per threshold, the figures of each nodule size band: the average hides the small nodules."""
+    head = f"{'threshold':>9}  {'nodule size':>11}  {'scans':>5}  {'dice mean/med':>15}  {'area ratio mean/med':>19}"
+    lines = [head + "  missed"]
+    for label, s in summary.items():
+        for band, b in s.get("by_band", {}).items():
+            dice = f"{_fmt('{:6.4f}', b['dice_mean'])} / {_fmt('{:6.4f}', b['dice_median'])}"
+            ratio = f"{_fmt('{:5.2f}', b['area_ratio_mean'])} / {_fmt('{:5.2f}', b['area_ratio_median'])}"
+            lines.append(
+                f"{label:>9}  {BAND_LABELS[band]:>11}  {b['positives']:>5}  {dice:>15}  {ratio:>19}  {b['missed']:>6}"
+            )
     return "\n".join(lines)
 
 
@@ -134,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("error: %s", exc)
         return 2
     sys.stdout.write(format_table(summary, not args.no_hd95) + "\n")
+    if any(s.get("by_band") for s in summary.values()):
+        sys.stdout.write("\nby nodule size (the true nodule's share of the scan; area ratio: predicted / true)\n")
+        sys.stdout.write(format_bands(summary) + "\n")
     if any(s.get("negatives") for s in summary.values()):
         log.info(
             "overlap figures are over the scans with a nodule (the 'with-nodule' column); 'with a mask' is the share "

@@ -1,9 +1,13 @@
-"""The daemon as a DICOM node: the storage SCP that feeds IN and the outbox that sends results to PACS.
+"""The daemon as a DICOM node: the storage SCP that feeds IN and the outboxes that send results to PACS.
 
 :func:`open_node` starts what the command line asked for (``--dicom-listen``, ``--send-to``) around
 a job that is already open; the daemon (:mod:`edge_runtime.watch`) hands it each scan's outcome, so
-that the scan's SEG and SR join the outbox once the scan is recorded done, and shows its
+that the scan's DICOM results join every target's outbox once the scan is recorded done, and shows its
 :meth:`Node.status` in the status file.
+
+One outbox per ``--send-to`` target, each with its state folder: the first target's is
+``OUT/.edge-seg/outbox/`` (where a single target's always was, so an upgrade sends nothing twice), the
+others' ``OUT/.edge-seg/outbox/<target>/`` (:func:`edge_runtime.net.peer.folder_name`).
 """
 
 from __future__ import annotations
@@ -27,34 +31,43 @@ log = logging.getLogger(__name__)
 class Node:
     """The listener and the outbox of one daemon (either may be absent)."""
 
-    def __init__(self, listener: StorageSCP | None = None, outbox: Outbox | None = None) -> None:
+    def __init__(self, listener: StorageSCP | None = None, outboxes: list[Outbox] | None = None) -> None:
         self.listener = listener
-        self.outbox = outbox
+        self.outboxes: list[Outbox] = outboxes or []
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """The first target's outbox (None without ``--send-to``)."""
+        return self.outboxes[0] if self.outboxes else None
 
     def on_outcome(self, outcome: Outcome) -> None:
-        """Queue a scan's DICOM results for sending once it is recorded done."""
-        if self.outbox is None or outcome.status != Status.OK:
+        """Queue a scan's DICOM results for sending to each target once it is recorded done."""
+        if not self.outboxes or outcome.status != Status.OK:
             return
         results = [p for p in outcome.outputs if p.startswith(f"{DICOM_DIR}/") and p.endswith(".dcm")]
-        if results:
+        for outbox in self.outboxes if results else []:
             try:
-                self.outbox.add(results)
+                outbox.add(results)
             except OSError as exc:  # the next start finds them (Outbox.reconcile)
-                log.error("cannot queue the DICOM results of %s for sending: %s", outcome.rel, exc)
+                log.error("cannot queue the DICOM results of %s for %s: %s", outcome.rel, outbox.peer, exc)
 
     def status(self) -> dict[str, Any]:
+        """The listener's and the outboxes' part of the status file (``outbox``: the first target's;
+        ``outboxes``: every target's, with several)."""
         out: dict[str, Any] = {}
         if self.listener is not None:
             out["dicom_listener"] = self.listener.stats()
-        if self.outbox is not None:
-            out["outbox"] = self.outbox.stats()
+        if self.outboxes:
+            out["outbox"] = self.outboxes[0].stats()
+        if len(self.outboxes) > 1:
+            out["outboxes"] = [o.stats() for o in self.outboxes]
         return out
 
     def close(self) -> None:
         if self.listener is not None:
             self.listener.stop()
-        if self.outbox is not None:
-            self.outbox.stop()
+        for outbox in self.outboxes:
+            outbox.stop()
 
 
 def prepare_inbox(in_dir: Path) -> None:
@@ -83,13 +96,20 @@ def open_node(job: Job, options: NodeOptions, verbose: bool = False) -> Node:
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     node = Node()
     try:
-        if options.send_to is not None:
-            from edge_runtime.net.outbox import Outbox
+        if options.send_to:
+            from edge_runtime.net.dicomweb import read_auth
+            from edge_runtime.net.outbox import OUTBOX_DIR, Outbox
+            from edge_runtime.net.peer import folder_name
 
-            node.outbox = Outbox(job.out_dir, job.out_dir / STATE_DIR, options.send_to, options.ae_title, options.retry)
-            node.outbox.reconcile(DICOM_DIR)
-            node.outbox.start()
-            log.info("DICOM results go to %s (outbox in %s)", options.send_to, node.outbox.folder)
+            auth = read_auth(options.send_auth) if options.send_auth is not None else None
+            state = job.out_dir / STATE_DIR
+            for i, target in enumerate(options.send_to):
+                folder = state / OUTBOX_DIR if i == 0 else state / OUTBOX_DIR / folder_name(target)
+                outbox = Outbox(job.out_dir, state, target, options.ae_title, options.retry, folder, auth)
+                node.outboxes.append(outbox)
+                outbox.reconcile(DICOM_DIR)
+                outbox.start()
+                log.info("DICOM results go to %s (outbox in %s)", target, outbox.folder)
         if options.listen is not None:
             from edge_runtime.net.scp import StorageSCP
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.core.metrics import as_dict, scan_metrics, summarise
+from edge_runtime.core.metrics import ScanMetrics, as_dict, scan_metrics, summarise, summarise_by_band
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.core.thresholds import parse_threshold, threshold_label
 from edge_runtime.errors import ScanError, SetupError
@@ -55,10 +55,15 @@ def evaluate(
             per_t[t].append(m)
             rows.append({"scan": ip.name, "threshold": t, "presence": result.presence, **as_dict(m)})
     seconds = time.perf_counter() - t0
-    summary = {threshold_label(t): summarise(v) for t, v in per_t.items()}
+    summary = {threshold_label(t): with_bands(v) for t, v in per_t.items()}
     for s in summary.values():
         s["seconds"] = round(seconds, 2)
     return summary, rows
+
+
+def with_bands(per_scan: list[ScanMetrics]) -> dict:
+    """The summary of ``per_scan`` with a ``by_band`` block: the same figures per nodule size band."""
+    return {**summarise(per_scan), "by_band": summarise_by_band(per_scan)}
 
 
 def threshold_folders(predicted: Path) -> dict[str, Path]:
@@ -119,4 +124,4 @@ def _score_folder(predicted: Path, masks: Path, with_hd95: bool) -> tuple[dict, 
         m = scan_metrics(pred, truth, with_hd95)
         per_scan.append(m)
         rows.append({"scan": mp.name, **as_dict(m)})
-    return summarise(per_scan), rows
+    return with_bands(per_scan), rows

@@ -165,6 +165,7 @@ class Daemon:
         scheduler = self.job.scheduler
         ready, fresh, wait = self.folder.take_ready(limit=scheduler.batch_size * scheduler.workers)
         todo = [r for r in ready if self.job.planner.needs_work(r, retry_failed=False)]
+        self.job.planner.taking(todo)
         if todo:
             for outcome in scheduler.process(todo, defer=fresh.__contains__):
                 self._handle(outcome)

@@ -25,9 +25,10 @@ DEFAULT_OPSET = 17
 
 
 def load_keras(path: str | Path):
-    import keras
+    """The trained model at ``path``, every weight loaded (``train.loading``: a skipped layer is an error)."""
+    from edge_seg_train.loading import load_keras as load_whole
 
-    return keras.models.load_model(path, compile=False)
+    return load_whole(path)
 
 
 def with_flip_tta(model):

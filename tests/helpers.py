@@ -277,3 +277,34 @@ def us_ids(study: str | None = None, series: str | None = None, **more) -> dict:
         "Manufacturer": "test",
     }
     return {**ids, **more}
+
+
+def scanner_us_ids(study: str | None = None, series: str | None = None, **more) -> dict:
+    """A full header as an ultrasound scanner writes it: :func:`us_ids` plus equipment, institution,
+    operators, descriptions, image type and a Latin-1 patient name (for ``write_dicom``)."""
+    full = {
+        "SpecificCharacterSet": "ISO_IR 100",
+        "PatientName": "Müller^Anna",
+        "PatientBirthDate": "19700402",
+        "PatientSex": "F",
+        "StudyDescription": "US Thyroid",
+        "SeriesDescription": "Thyroid transverse",
+        "BodyPartExamined": "THYROID",
+        "Manufacturer": "ACME Medical",
+        "ManufacturerModelName": "Sono 9000",
+        "DeviceSerialNumber": "SN12345",
+        "SoftwareVersions": "4.2.1",
+        "InstitutionName": "General Hospital",
+        "StationName": "US_ROOM1",
+        "OperatorsName": "Tech^Tina",
+        "PerformingPhysicianName": "Doc^Dan",
+        "ImageType": ["ORIGINAL", "PRIMARY", "SMALL PARTS"],
+        "ContentDate": "20260101",
+        "ContentTime": "120500",
+        "AcquisitionDateTime": "20260101120500",
+        "SeriesNumber": 3,
+        "InstanceNumber": 7,
+        "PatientOrientation": "",
+        "Laterality": "",
+    }
+    return us_ids(study, series, **{**full, **more})

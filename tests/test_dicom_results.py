@@ -117,15 +117,18 @@ def test_a_cine_loop_without_frame_of_reference_gets_a_sr_per_frame_and_no_seg(
     assert len(list((tmp_path / "out").glob("loop_f*.png"))) == 3  # the masks, as for any scan
 
 
-def test_scans_that_are_not_dicom_get_no_dicom_results_and_unusable_dicom_a_clear_failure(tmp_path, tiny_model, capfd):
+def test_scans_that_are_not_dicom_get_no_dicom_results_and_unusable_dicom_a_warning(tmp_path, tiny_model, capfd):
     write_png(tmp_path / "in" / "plain.png", nodule_scan()[0])
     write_dicom(tmp_path / "in" / "anonymous.dcm", nodule_scan()[0])  # no study or series
-    assert run(tmp_path / "in", tmp_path / "out", tiny_model) == 1
-    assert (tmp_path / "out" / "plain.png").exists()
-    assert not (tmp_path / "out" / "dicom").exists()
+    assert run(tmp_path / "in", tmp_path / "out", tiny_model) == 0  # the masks are what counts
+    assert (tmp_path / "out" / "plain.png").exists() and (tmp_path / "out" / "anonymous.png").exists()
+    assert sorted(p.name for p in (tmp_path / "out" / "dicom").iterdir()) == [
+        "anonymous.seg.failed.txt",
+        "anonymous.sr.failed.txt",
+    ]
     err = capfd.readouterr().err
-    assert "FAIL anonymous.dcm: cannot make DICOM results: the scan has no StudyInstanceUID, SeriesInstanceUID" in err
-    assert "Traceback" not in err
+    assert "warning: anonymous.dcm: no DICOM SEG: the source has no StudyInstanceUID, SeriesInstanceUID (Type 1)" in err
+    assert "Traceback" not in err and "FAIL" not in err
 
 
 def test_dciodvfy_finds_no_errors_in_the_seg_and_the_sr(tmp_path, tiny_model):

@@ -122,11 +122,13 @@ def test_console_script_exits_0_and_prints_a_row_per_threshold(console_run):
     res, _, _ = console_run
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
-    lines = res.stdout.strip().splitlines()
+    table, *bands = res.stdout.strip().split("\n\n")  # the overall table, then the one by nodule size
+    lines = table.splitlines()
     assert lines[0].split()[:2] == ["threshold", "scans"]
     rows = lines[1:]
     assert [r.split()[0] for r in rows] == DEFAULT_LABELS
     assert all(r.split()[1] == str(len(SCANS)) for r in rows)
+    assert bands and bands[0].startswith("by nodule size"), res.stdout
 
 
 def test_console_json_has_command_model_summary_and_per_scan_rows(console_run, tiny_model):
@@ -169,7 +171,7 @@ def test_console_json_has_command_model_summary_and_per_scan_rows(console_run, t
 def test_printed_table_shows_the_json_numbers(console_run):
     res, _, report = console_run
     assert res.returncode == 0, res.stderr
-    rows = {ln.split()[0]: ln for ln in res.stdout.strip().splitlines()[1:]}
+    rows = {ln.split()[0]: ln for ln in res.stdout.strip().split("\n\n")[0].splitlines()[1:]}
     for label, s in report["summary"].items():
         cells = rows[label].split()
         # threshold, scans, with a nodule (the folder holds a nodule-free scan), then "mean / median" for dice,
@@ -187,7 +189,7 @@ def test_thresholds_are_chosen_with_threshold(labelled, tiny_model, tmp_path, ca
     argv = ["--images", labelled / "image", "--masks", labelled / "mask", "--model", tiny_model]
     argv = [str(a) for a in [*argv, "--threshold", "0.7", "0.3", "0.7", "--json", out, "--no-hd95"]]
     assert main(argv) == 0
-    table = capsys.readouterr().out.strip().splitlines()
+    table = capsys.readouterr().out.strip().split("\n\n")[0].splitlines()
     assert [ln.split()[0] for ln in table[1:]] == ["0.3", "0.7"]  # sorted, once each; not the model's own 0.5
     # issue 15: a skipped HD95 says so instead of "nan / nan"
     assert all("skipped" in ln and "nan" not in ln for ln in table[1:])
@@ -395,13 +397,19 @@ def test_real_ddti_scans_with_the_bundled_model(ddti, tmp_path, capsys):
     report = json.loads(out.read_text())
     default = format(report["model"]["default_threshold"], "g")
     assert default in report["summary"]
-    table = capsys.readouterr().out.strip().splitlines()
+    table = capsys.readouterr().out.strip().split("\n\n")[0].splitlines()
     assert len(table) == 1 + len(report["summary"])
     assert all(ln.split()[1] == "8" for ln in table[1:])
     for s in report["summary"].values():
         assert s["scans"] == 8
         assert math.isnan(s["hd95_mean"]) and s["hd95_undefined"] == 8
         assert 0.0 <= s["dice_mean"] <= 1.0
+        # every scan in exactly one size band, banded by its own true mask's share of the scan
+        assert sum(b["positives"] for b in s["by_band"].values()) == 8
+    for r in report["per_scan"]:
+        share = r["truth_pixels"] / r["pixels"]
+        assert r["band"] == ("small" if share < 0.03 else "medium" if share <= 0.10 else "large")
+        assert r["area_ratio"] == pytest.approx(r["predicted_pixels"] / r["truth_pixels"])
     assert len(report["per_scan"]) == 8 * len(report["summary"])
     assert {r["scan"] for r in report["per_scan"]} == {f"{s}.png" for s in stems}
     # the bundled model is a real one: at its own threshold it finds most nodules

@@ -161,3 +161,21 @@ def test_different_shapes_are_refused_and_hd95_can_be_skipped():
         scan_metrics(np.zeros((10, 12), bool), np.zeros((12, 10), bool))
     m = scan_metrics(square(10, 15, 20), square(10, 10, 20), with_hd95=False)
     assert math.isnan(m.hd95) and m.dice == pytest.approx(0.75)
+
+
+def test_size_bands_split_at_3_and_10_percent_and_area_ratio_is_predicted_over_true():
+    from edge_runtime.core.metrics import size_band, summarise_by_band
+
+    assert [size_band(s) for s in (0.0299, 0.03, 0.10, 0.1001)] == ["small", "medium", "medium", "large"]
+    shape = (100, 100)
+    small = square(10, 10, 5, shape)  # 25 px: 0.25% of the scan
+    large = square(10, 10, 40, shape)  # 1,600 px: 16%
+    twice = square(10, 10, 7, shape)  # 49 px, about twice the small truth
+    per_scan = [scan_metrics(twice, small), scan_metrics(large, large), scan_metrics(large, np.zeros(shape, bool))]
+    assert per_scan[0].band == "small" and per_scan[1].band == "large" and per_scan[2].band is None
+    assert per_scan[0].area_ratio == pytest.approx(49 / 25)
+    bands = summarise_by_band(per_scan)
+    assert set(bands) == {"small", "large"}  # no medium nodule, and the nodule-free scan is in no band
+    assert bands["small"]["area_ratio_mean"] == pytest.approx(49 / 25)
+    assert bands["large"]["dice_mean"] == 1.0
+    assert summarise(per_scan)["area_ratio_mean"] == pytest.approx((49 / 25 + 1.0) / 2)

@@ -150,7 +150,7 @@ class Scripted:
         self.replies = list(replies)
         self.offered: list[int] = []
 
-    def send(self, datasets, stop):  # type: ignore[no-untyped-def]
+    def offer(self, datasets, stop):  # type: ignore[no-untyped-def]
         self.offered.append(len(datasets))
         yield from self.replies[: len(datasets)]
 

@@ -193,6 +193,8 @@ def test_error_records_that_older_versions_wrote_for_a_full_disk_are_retried_onc
     try:
         planner = Planner(src, ledger, "sig")
         assert planner.needs_work("x.png", retry_failed=False)
+        assert planner.needs_work("x.png", retry_failed=False)  # asked again before it is taken: still
+        planner.taking(["x.png"])  # taken for work: the one retry of this process is used
         assert not planner.needs_work("x.png", retry_failed=False)  # once per process, not every rescan
     finally:
         ledger.close()
@@ -221,6 +223,7 @@ def test_whether_a_failed_scan_is_retried_is_its_error_records_kind_not_its_word
         assert planner.needs_work("w.png", retry_failed=False) and planner.needs_work("old.png", retry_failed=False)
         assert not planner.needs_work("s.png", retry_failed=False)
         assert not planner.needs_work("old-scan.png", retry_failed=False)
+        planner.taking(["w.png", "old.png"])
         assert not planner.needs_work("w.png", retry_failed=False)  # once per process
     finally:
         ledger.close()

@@ -50,9 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=5, help="early stopping patience on validation loss")
     p.add_argument(
         "--monitor",
-        default="val_loss",
         choices=["val_loss", "val_scan_dice", "val_view_dice"],
-        help="what early stopping and the checkpoint watch",
+        help="what early stopping and the checkpoint watch (default: val_view_dice with --views, else val_loss)",
     )
     p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
     p.add_argument("--augment", action="store_true", help="ultrasound augmentation (flips, affine, gamma, speckle)")
@@ -92,6 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["best", "last"],
         help="the weights kept: the best epoch by --monitor (default), or the last epoch (the default with --fold, "
         "so that its validation fold stays unseen by every choice)",
+    )
+    p.add_argument(
+        "--distill",
+        nargs="+",
+        metavar="TEACHER",
+        help="train a student on every frame of --train and --val with targets blending the truth and these "
+        "teachers' averaged outputs (model.keras files of --views runs at the same --input-size); keeps the last epoch",
+    )
+    p.add_argument("--distill-passes", type=int, default=6, help="with --distill: views drawn per frame for the bank")
+    p.add_argument(
+        "--distill-alpha", type=float, default=0.5, help="with --distill: the teachers' share of the targets"
+    )
+    p.add_argument(
+        "--thresholds-from",
+        metavar="OOF_JSON",
+        help="store the thresholds chosen out of fold (python -m train.oof's oof.json) as the model's own",
     )
     p.add_argument("--name", default="ddti-fcn", help="model name stored in the metadata")
     p.add_argument("--model-version", default="0.1.0", help="model version stored in the metadata")
@@ -145,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         fold=args.fold,
         folds=args.folds,
         groups_csv=args.groups,
-        keep=args.keep or ("last" if args.fold is not None else "best"),
-        monitor=args.monitor,
+        keep=args.keep or ("last" if args.fold is not None or args.distill else "best"),
+        distill_from=args.distill or [],
+        distill_passes=args.distill_passes,
+        distill_alpha=args.distill_alpha,
+        thresholds_from=args.thresholds_from,
+        monitor=args.monitor or ("val_view_dice" if args.views else "val_loss"),
         threads=args.threads,
         seed=args.seed,
         name=args.name,

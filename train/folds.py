@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.core.metrics import SIZE_BANDS
+
 log = logging.getLogger(__name__)
 
-SMALL = 0.03  #: a nodule under this share of the frame's area is "small" (the size bands: < 3%, 3-10%, > 10%)
+SMALL = SIZE_BANDS["small"][1]  #: a nodule under this share of the frame's area is "small"
 POOLED = ("train", "val")  #: the splits pooled into folds; test is never pooled
 
 
@@ -75,11 +77,6 @@ def assign_folds(names: Sequence[str], groups: Sequence[str], small: Sequence[bo
 def nodule_share(mask: np.ndarray) -> float:
     """The nodule's share of the frame's area (a bool mask at the frame's own size)."""
     return float(mask.sum()) / float(mask.size) if mask.size else 0.0
-
-
-def size_band(share: float) -> str:
-    """The size band of a nodule covering ``share`` of its frame: "small" (< 3%), "medium" (3-10%), "large"."""
-    return "small" if share < SMALL else "medium" if share <= 0.10 else "large"
 
 
 def fold_table(root: str | Path, k: int) -> list[dict[str, Any]]:

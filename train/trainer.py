@@ -63,6 +63,10 @@ class TrainConfig:
     folds: int = 5
     groups_csv: str | None = None  # the frames' patient groups (id, split, group); default: split.csv beside train_dir
     keep: str = "best"  # best: the best epoch by `monitor`; last: the last epoch (no choice made on validation)
+    distill_from: list[str] = field(default_factory=list)  # teacher model.keras files: train a student (train.distill)
+    distill_passes: int = 6  # views drawn per frame for the distillation bank
+    distill_alpha: float = 0.5  # weight of the teachers' average in the targets (the truth has 1 - alpha)
+    thresholds_from: str | None = None  # an oof.json (train.oof): its out-of-fold thresholds go into the record
     morphology_size: int = 3
     name: str = "ddti-fcn"
     version: str = "0.1.0"
@@ -117,6 +121,29 @@ def time_limit(minutes: float):
                 self.model.stop_training = True
 
     return _TimeLimit()
+
+
+def samples_in_bank(split, cfg: TrainConfig) -> int:
+    return len(split) * cfg.distill_passes
+
+
+def distillation_bank(cfg: TrainConfig, split, out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The student's training views and blended targets (``train.distill``), kept in OUT/bank.npz for a resume."""
+    from .distill import build_bank, load_teachers
+
+    cached = out / "bank.npz"
+    key = json.dumps([cfg.distill_from, cfg.distill_passes, cfg.distill_alpha, cfg.seed, split.fingerprint])
+    if cached.is_file():
+        with np.load(cached) as f:
+            if str(f["key"]) == key:
+                log.info("distillation bank read from %s", cached)
+                return f["x"], f["y"], f["presence"]
+    teachers = load_teachers(cfg.distill_from, (cfg.input_size, cfg.input_size))
+    x, y, presence = build_bank(split, cfg, teachers, cfg.distill_passes, cfg.distill_alpha)
+    tmp = out / "bank.tmp.npz"
+    np.savez(tmp, x=x, y=y, presence=presence, key=np.array(key))
+    tmp.replace(cached)
+    return x, y, presence
 
 
 def resumed_epoch(backup: Path) -> int:
@@ -206,6 +233,8 @@ def train(cfg: TrainConfig) -> dict:
 
     from .augment import AugmentConfig
     from .data import DataError, concat, load_split, refine_split, split_fraction, views_split
+    from .distill import BankSampler
+    from .loading import ModelLoadError, load_weights_into
     from .losses import LOSSES, dice_at_half, iou_at_half
     from .models import PRESENCE, PROBABILITY, count_macs, get_model
     from .sampling import ViewSampler
@@ -221,6 +250,9 @@ def train(cfg: TrainConfig) -> dict:
         train_split, val_split, fold_info = fold_split(cfg, train_split)
     elif cfg.val_dir:
         val_split = load_split(cfg.val_dir, size, cfg.channels, cfg.resize)
+        if cfg.distill_from:  # a student learns from every labelled frame; val is watched, not held out
+            train_split = concat(train_split, val_split)
+            log.warning("distillation: training on --train and --val together; validation figures are on seen frames")
     else:
         train_split, val_split = split_fraction(train_split, cfg.val_fraction, cfg.seed)
     if cfg.refine:
@@ -237,10 +269,9 @@ def train(cfg: TrainConfig) -> dict:
     model = get_model(cfg.architecture, size, cfg.channels, presence=cfg.views)
     if cfg.init_from:
         try:
-            model.load_weights(cfg.init_from)
-        except (OSError, ValueError) as exc:
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            why = why if len(why) <= 120 else why[:117] + "..."
+            load_weights_into(model, cfg.init_from)
+        except ModelLoadError as exc:
+            why = str(exc).removeprefix(f"{cfg.init_from}: ")
             raise DataError(
                 f"--init-from {cfg.init_from}: cannot start from it ({why}); it must be a model.keras of "
                 f"--arch {cfg.architecture} at --input-size {cfg.input_size}{' with --views' if cfg.views else ''}"
@@ -276,7 +307,14 @@ def train(cfg: TrainConfig) -> dict:
     resumed_at = resumed_epoch(backup)
     if resumed_at:
         log.info("resuming from the end of epoch %d (%s); delete that folder to start over", resumed_at, backup)
-    sampler = ViewSampler(train_split, cfg, AugmentConfig(), steps, resumed_at)
+    sampler: ViewSampler | BankSampler
+    if cfg.distill_from:
+        if not cfg.views or cfg.keep != "last":
+            raise DataError("--distill trains a student with --views and keeps its last epoch (--keep last)")
+        bank = distillation_bank(cfg, train_split, out)
+        sampler = BankSampler(bank, samples, cfg.batch_size, cfg.seed, resumed_at)
+    else:
+        sampler = ViewSampler(train_split, cfg, AugmentConfig(), steps, resumed_at)
 
     class Batches(keras.utils.PyDataset):
         def __len__(self) -> int:
@@ -302,6 +340,14 @@ def train(cfg: TrainConfig) -> dict:
             logs["val_scan_iou"] = s["iou_mean"]
             val_loss = f"val_loss {logs['val_loss']:.4f}  " if "val_loss" in logs else ""
             line = f"epoch {epoch + 1}: {val_loss}val_scan_dice@0.5 {s['dice_mean']:.4f}"
+            small = s["by_band"].get("small")
+            if small:  # the band the average hides
+                logs["val_small_dice"] = small["dice_mean"]
+                logs["val_small_area_ratio"] = small["area_ratio_mean"]
+                line += (
+                    f" (nodules under 3%: {small['dice_mean']:.4f} on {small['positives']}, "
+                    f"area ratio {small['area_ratio_mean']:.2f})"
+                )
             if cfg.views:
                 assert val_frames_and_free is not None
                 probs_n, pres_n = predict(self.model, val_neg.x)
@@ -364,7 +410,7 @@ def train(cfg: TrainConfig) -> dict:
     report_t = sorted({0.5, threshold, 0.85, 0.9, 0.95})
     val_scores = score(probs, val_split, report_t, cfg.morphology_size, True)
     history = read_history(out / "history.csv") or {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    epochs_run = len(history[cfg.monitor])
+    epochs_run = len(history["loss"])
     if cfg.keep == "best":
         best_epoch = int(np.argmin(history[cfg.monitor]) if mode == "min" else np.argmax(history[cfg.monitor])) + 1
     else:
@@ -429,16 +475,44 @@ def train(cfg: TrainConfig) -> dict:
         )
     if fold_info is not None:
         record["fold"] = fold_info
+    if cfg.distill_from:
+        record["distillation"] = {
+            "teachers": cfg.distill_from,
+            "passes": cfg.distill_passes,
+            "alpha": cfg.distill_alpha,
+            "bank_views": samples_in_bank(train_split, cfg),
+            "note": "trained on --train and --val together: the val figures above are on frames it saw",
+        }
+    if cfg.thresholds_from:
+        chosen = json.loads(Path(cfg.thresholds_from).read_text())["chosen_out_of_fold"]
+        record["thresholds_chosen_on_val"] = {
+            "threshold": record["threshold"],
+            **({"presence_threshold": record["presence_threshold"]} if "presence_threshold" in record else {}),
+        }
+        record["threshold"] = chosen["threshold"]
+        record["presence_threshold"] = chosen["presence_threshold"]
+        record["thresholds_chosen"] = {
+            "on": "out-of-fold predictions of the fold teachers",
+            "file": cfg.thresholds_from,
+        }
+        log.info(
+            "thresholds from %s (chosen out of fold): mask %.2f, presence %.2f",
+            cfg.thresholds_from,
+            chosen["threshold"],
+            chosen["presence_threshold"],
+        )
     if resumed_at:
         record["resumed_after_epoch"] = resumed_at
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     (out / "training.json").write_text(json.dumps(record, indent=2, default=float))
     shutil.rmtree(backup, ignore_errors=True)  # the run is complete: nothing left to resume
     log.info(
-        "best epoch %d of %d; threshold %.2f chosen on validation: val Dice %.4f (at 0.5: %.4f); %s",
+        "%s epoch %d of %d; threshold %.2f%s: val Dice %.4f (at 0.5: %.4f); %s",
+        "best" if cfg.keep == "best" else "kept the last,",
         best_epoch,
         record["epochs_run"],
-        threshold,
+        record["threshold"],
+        " (out of fold)" if cfg.thresholds_from else " chosen on validation",
         record["val_dice"],
         val_scores[0.5]["dice_mean"],
         out / "model.keras",

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from edge_runtime.core.metrics import scan_metrics, summarise
+from edge_runtime.core.metrics import scan_metrics, summarise, summarise_by_band
 from edge_runtime.core.postprocess import gate, masks_for_scan
 from edge_runtime.core.thresholds import THRESHOLD_GRID, best_threshold
 
@@ -46,7 +46,7 @@ def score(
         masks = gate(masks, None if p is None else float(p), presence_threshold)
         for t, m in masks.items():
             per_t[t].append(scan_metrics(m, truth, with_hd95))
-    return {t: summarise(v) for t, v in per_t.items()}
+    return {t: {**summarise(v), "by_band": summarise_by_band(v)} for t, v in per_t.items()}
 
 
 def choose_threshold(probs: np.ndarray, split: Split, morphology_size: int = 3) -> tuple[float, dict]:

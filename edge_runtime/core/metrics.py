@@ -14,6 +14,8 @@ recall and HD95 are summarised over the *positive* scans only; negatives give th
 specificity (negatives with an empty mask), the false-positive share (negatives with any mask) and the
 area of those false masks. Sensitivity is the share of positives with any mask. ``view_dice_mean`` is
 the mean Dice over every scan with the both-empty-is-1 convention (one number for mixed folders).
+The area ratio (predicted over true area) shows masks drawn too large or too small, and
+:func:`summarise_by_band` gives every figure per nodule size band (under 3%, 3-10%, over 10% of the scan).
 """
 
 from __future__ import annotations
@@ -39,6 +41,26 @@ class ScanMetrics:
     @property
     def missed(self) -> bool:
         return self.truth_pixels > 0 and self.dice == 0.0
+
+    @property
+    def area_ratio(self) -> float:
+        """Predicted over true area (1: the right size, 2: twice too large); NaN without a true nodule."""
+        return self.predicted_pixels / self.truth_pixels if self.truth_pixels else math.nan
+
+    @property
+    def band(self) -> str | None:
+        """The true nodule's size band (:data:`SIZE_BANDS`), None for a nodule-free scan."""
+        return size_band(self.truth_pixels / self.pixels) if self.truth_pixels and self.pixels else None
+
+
+#: Nodule size bands by the true nodule's share of the scan's area: the average hides the small ones.
+SIZE_BANDS: dict[str, tuple[float, float]] = {"small": (0.0, 0.03), "medium": (0.03, 0.10), "large": (0.10, 1.0)}
+BAND_LABELS = {"small": "under 3%", "medium": "3-10%", "large": "over 10%"}
+
+
+def size_band(share: float) -> str:
+    """The band of a nodule covering ``share`` of its scan: small (< 3%), medium (3-10%), large (> 10%)."""
+    return "small" if share < SIZE_BANDS["small"][1] else "medium" if share <= SIZE_BANDS["medium"][1] else "large"
 
 
 def _boundary(mask: np.ndarray) -> np.ndarray:
@@ -92,6 +114,9 @@ def summarise(per_scan: list[ScanMetrics]) -> dict[str, float | int]:
         out[f"{name}_median"] = float(np.median(finite)) if finite.size else math.nan
         if name in ("precision", "hd95"):
             out[f"{name}_undefined"] = int(values.size - finite.size)
+    ratios = np.array([m.area_ratio for m in positives], dtype=np.float64)
+    out["area_ratio_mean"] = float(ratios.mean()) if ratios.size else math.nan
+    out["area_ratio_median"] = float(np.median(ratios)) if ratios.size else math.nan
     out["missed"] = sum(m.missed for m in positives)
     out["missed_share"] = out["missed"] / len(positives) if positives else 0.0
     detected = sum(m.predicted_pixels > 0 for m in positives)
@@ -108,5 +133,10 @@ def summarise(per_scan: list[ScanMetrics]) -> dict[str, float | int]:
     return out
 
 
-def as_dict(m: ScanMetrics) -> dict[str, float | int | bool]:
-    return {**asdict(m), "missed": m.missed}
+def summarise_by_band(per_scan: list[ScanMetrics]) -> dict[str, dict[str, float | int]]:
+    """:func:`summarise` of the positive scans of each size band that has any (small, medium, large)."""
+    return {band: summarise(members) for band in SIZE_BANDS if (members := [m for m in per_scan if m.band == band])}
+
+
+def as_dict(m: ScanMetrics) -> dict[str, float | int | bool | str | None]:
+    return {**asdict(m), "missed": m.missed, "area_ratio": m.area_ratio, "band": m.band}

@@ -44,9 +44,15 @@ REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 
-#: How the reasons of error records that older versions wrote, with no ``kind``, begin when OUT did not
-#: take the scan's outputs or records (a full disk, say) rather than the scan failing.
-_OLD_WRITE_FAILURES = ("cannot write its outputs", "cannot record its outputs", "cannot write its error record")
+#: How the reasons of error records that older versions wrote, with no ``kind``, begin when the scan failed
+#: not for its own fault: OUT did not take its outputs or records (a full disk, say), or a DICOM result its
+#: header could not give (now that result alone is refused and the scan is done).
+_OLD_WRITE_FAILURES = (
+    "cannot write its outputs",
+    "cannot record its outputs",
+    "cannot write its error record",
+    "cannot make DICOM results",
+)
 
 
 def error_kind(rec: dict[str, Any]) -> ErrorKind:

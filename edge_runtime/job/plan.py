@@ -37,6 +37,7 @@ class Planner:
         self.signature = signature
         self.part = part
         self._write_retried: set[str] = set()
+        self._retrying: set[str] = set()  #: write failures let through by needs_work, not yet taken
 
     def needs_work(self, rel: str, retry_failed: bool = True) -> bool:
         """False when the scan's outputs are up to date (or, unless ``retry_failed``, it failed as it is),
@@ -51,8 +52,17 @@ class Planner:
             return False
         if retry_failed or not self.ledger.known_failure(rel, st.st_size, st.st_mtime_ns):
             return True
-        # Failing to write (OUT full, say) is not the scan's fault: tried again once by each new process.
+        # Failing to write (OUT full, say) is not the scan's fault: tried again once by each new process --
+        # once it is taken for work (:meth:`taking`), not merely once it is first asked about (a daemon asks
+        # when it finds the scan and again when it takes it).
         if error_kind(self.ledger.get(rel) or {}) == ErrorKind.WRITE and rel not in self._write_retried:
-            self._write_retried.add(rel)
+            self._retrying.add(rel)
             return True
         return False
+
+    def taking(self, rels: list[str]) -> None:
+        """These scans go to work now: the one retry of a write failure this process gives each is used."""
+        for rel in rels:
+            if rel in self._retrying:  # (only such scans are remembered: a daemon's memory stays flat)
+                self._retrying.discard(rel)
+                self._write_retried.add(rel)

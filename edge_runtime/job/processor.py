@@ -30,7 +30,7 @@ from edge_runtime.files.scans import Scan, read_scan
 from edge_runtime.job.ledger import ScanState
 from edge_runtime.job.outcome import Outcome, Status
 from edge_runtime.job.settings import JobSpec, RunOptions
-from edge_runtime.outputs.base import OutputWriter, ScanResult
+from edge_runtime.outputs.base import INSTEAD, OutputWriter, ScanResult
 from edge_runtime.outputs.layout import relative
 from edge_runtime.outputs.naming import Names
 
@@ -236,7 +236,10 @@ class Processor:
         facts: dict[str, Any] = {}
         for writer, paths in planned:
             t1 = time.perf_counter()
-            facts.update(writer.write(ScanResult(rel, scan, segs, paths, item.timings)) or {})
+            got = dict(writer.write(ScanResult(rel, scan, segs, paths, item.timings)) or {})
+            for named, instead in got.pop(INSTEAD, {}).items():  # an error record stands for a file not made
+                outputs[outputs.index(relative(self.out_dir, Path(named)))] = relative(self.out_dir, Path(instead))
+            facts.update(got)
             item.timings[writer.stage] = _ms(t1)
         return Written(Outcome(rel, Status.OK, outputs, "", item.timings, facts), state)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from edge_runtime.core.model import ModelInfo
 from edge_runtime.errors import SetupError
-from edge_runtime.net.peer import Peer
+from edge_runtime.net.peer import Target
 from edge_runtime.outputs.writers import EXTRAS, extras_signature
 
 if TYPE_CHECKING:
@@ -125,14 +125,16 @@ class NodeOptions:
     max_instance_mb: int = 512
     #: new instances are refused (out of resources) when less than this is free under IN
     min_free_mb: int = 1024
-    #: where SEG and SR go (``--send-to AET@HOST:PORT``); None: they stay in OUT
-    send_to: Peer | None = None
+    #: where the results go (``--send-to AET@HOST:PORT`` or a DICOMweb URL, each to each); empty: they stay in OUT
+    send_to: tuple[Target, ...] = ()
+    #: ``--send-auth FILE``: the credentials for the DICOMweb targets (a bearer token or user:password)
+    send_auth: Path | None = None
     #: the first retry of a failed send waits this long, each further one twice as long (up to 10 minutes)
     retry: float = 5.0
 
     @property
     def active(self) -> bool:
-        return self.listen is not None or self.send_to is not None
+        return self.listen is not None or bool(self.send_to)
 
 
 @dataclass(frozen=True)

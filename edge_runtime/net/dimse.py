@@ -36,7 +36,7 @@ class DimseSender:
         self.calling_ae = calling_ae
         self.target = str(peer)
 
-    def send(self, datasets: Sequence[Dataset], stop: Callable[[], bool]) -> Generator[Reply, None, None]:
+    def offer(self, datasets: Sequence[Dataset], stop: Callable[[], bool]) -> Generator[Reply, None, None]:
         from pynetdicom import AE
         from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 

@@ -1,8 +1,11 @@
-"""``--send-to AET@HOST:PORT``: the outbox of DICOM results, sent to PACS on its own thread.
+"""``--send-to``: the outbox of DICOM results, sent to one PACS on its own thread, by C-STORE
+(``AET@HOST:PORT``) or by DICOMweb STOW-RS (a URL, :mod:`edge_runtime.net.dicomweb`); one outbox per
+target, each with its own state folder.
 
 The outbox is the queue: what waits, the back-off, what was sent and what is set aside. Each try is
-one :class:`~edge_runtime.net.senders.Sender`'s (today DIMSE C-STORE, :mod:`edge_runtime.net.dimse`),
-which answers dataset by dataset: sent, refused, or the target down.
+one :class:`~edge_runtime.net.senders.Sender`'s (DIMSE C-STORE, :mod:`edge_runtime.net.dimse`, or
+STOW-RS, :mod:`edge_runtime.net.dicomweb`), which answers dataset by dataset: sent, refused, or the
+target down.
 
 State lives under ``OUT/.edge-seg/outbox/``, so it survives restarts and ``kill -9``:
 
@@ -44,7 +47,7 @@ from typing import Any
 
 from edge_runtime.files.durable import write_atomic
 from edge_runtime.net.dimse import DimseSender
-from edge_runtime.net.peer import Peer
+from edge_runtime.net.peer import Peer, Target, WebTarget
 from edge_runtime.net.senders import Delivery, Sender
 
 log = logging.getLogger(__name__)
@@ -79,25 +82,41 @@ def _iso(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
 
 
+#: The results the outbox sends, in the order a scan's are sent (the SR references the SEG).
+RESULT_SUFFIXES = (".seg.dcm", ".sr.dcm", ".sc.dcm")
+
+
 def _order(path: str) -> tuple[str, int]:
-    """A scan's SEG before its SR (the SR references the SEG)."""
-    stem = path.removesuffix(".seg.dcm").removesuffix(".sr.dcm")
-    return stem, 0 if path.endswith(".seg.dcm") else 1
+    """A scan's SEG before its SR (the SR references the SEG), then its Secondary Capture."""
+    for rank, suffix in enumerate(RESULT_SUFFIXES):
+        if path.endswith(suffix):
+            return path.removesuffix(suffix), rank
+    return path, len(RESULT_SUFFIXES)
 
 
 class Outbox:
     """The persistent queue and its sender thread (:meth:`start`, :meth:`stop`).
 
-    ``to``: the sender of each try, or a DICOM peer, which gets a :class:`DimseSender` calling as ``calling_ae``.
+    ``peer``: where results go -- a DICOM peer (a :class:`DimseSender` calling as ``calling_ae``), a
+    DICOMweb service (a :class:`~edge_runtime.net.dicomweb.StowSender` with ``auth``), or any sender.
+    ``folder``: the outbox's state folder (default ``state_dir/outbox``).
     """
 
     def __init__(
-        self, out_dir: Path, state_dir: Path, to: Peer | Sender, calling_ae: str = "EDGESEG", retry: float = 5.0
+        self,
+        out_dir: Path,
+        state_dir: Path,
+        peer: Target | Sender,
+        calling_ae: str = "EDGESEG",
+        retry: float = 5.0,
+        folder: Path | None = None,
+        auth: tuple[str, str] | str | None = None,
     ):
         self.out_dir = out_dir
-        self.folder = state_dir / OUTBOX_DIR
-        self.sender: Sender = DimseSender(to, calling_ae) if isinstance(to, Peer) else to
-        self.target = self.sender.target
+        self.folder = folder or state_dir / OUTBOX_DIR
+        self.sender = _sender(peer, calling_ae, auth)
+        self.peer = peer if isinstance(peer, (Peer, WebTarget)) else self.sender.target
+        self.target = str(self.sender.target)
         self.retry = retry
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -249,7 +268,7 @@ class Outbox:
         for dirpath, dirs, files in os.walk(self.out_dir / folder):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             for name in files:
-                if name.endswith((".seg.dcm", ".sr.dcm")) and not name.startswith("."):
+                if name.endswith(RESULT_SUFFIXES) and not name.startswith("."):
                     found.append((Path(dirpath) / name).relative_to(self.out_dir).as_posix())
         with self._lock:
             new = [p for p in found if p not in self._entries and p not in self._refused and not self._already_sent(p)]
@@ -287,24 +306,16 @@ class Outbox:
         if not loaded:
             return 0
         sent = 0
-        down: list[Entry] = []
-        refused: list[Entry] = []
-        reason = refusal_reason = ""
-        with contextlib.closing(self.sender.send([ds for _, ds, _ in loaded], self._stop.is_set)) as replies:
+        failed: dict[tuple[bool, str], list[Entry]] = {}  # (a refusal, the reason): the results so answered
+        with contextlib.closing(self.sender.offer([ds for _, ds, _ in loaded], self._stop.is_set)) as replies:
             for reply, (entry, ds, stat) in zip(replies, loaded, strict=False):  # fewer replies: the rest untried
                 if reply.delivery == Delivery.SENT:
                     self._sent_one(entry, str(ds.SOPInstanceUID), stat)
                     sent += 1
-                elif reply.delivery == Delivery.DOWN:
-                    down.append(entry)
-                    reason = reply.reason
                 else:
-                    refused.append(entry)
-                    refusal_reason = reply.reason
-        if down:
-            self._failed(down, reason)
-        if refused:
-            self._failed(refused, refusal_reason, refusal=True)
+                    failed.setdefault((reply.delivery == Delivery.REFUSED, reply.reason), []).append(entry)
+        for (refusal, reason), entries in sorted(failed.items(), key=lambda kv: kv[0][0]):  # the target down first
+            self._failed(entries, reason, refusal)
         return sent
 
     def _load(self, entries: list[Entry]) -> list[tuple[Entry, Any, tuple[int, int]]]:
@@ -405,3 +416,14 @@ class Outbox:
             wait = 60.0 if nxt is None else max(0.05, min(60.0, nxt - time.time()))
             self._wake.wait(wait)
             self._wake.clear()
+
+
+def _sender(peer: Target | Sender, calling_ae: str, auth: tuple[str, str] | str | None) -> Sender:
+    """The sender for ``peer``: C-STORE to a DICOM peer, STOW-RS to a DICOMweb service, or ``peer`` itself."""
+    if isinstance(peer, Peer):
+        return DimseSender(peer, calling_ae)
+    if isinstance(peer, WebTarget):
+        from edge_runtime.net.dicomweb import StowSender
+
+        return StowSender(peer, auth)
+    return peer

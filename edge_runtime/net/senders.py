@@ -4,8 +4,8 @@ The outbox (:mod:`edge_runtime.net.outbox`) holds the queue, the back-off and wh
 :class:`Sender` only makes one try: it takes the datasets of the results that are due and answers,
 dataset by dataset and in order as the target answers, :class:`Reply` -- sent, refused with a reason
 (an answer that does not change by waiting: the outbox sets such a result aside after a few), or the
-target down (waited for without end). Today's sender is DIMSE C-STORE (:mod:`edge_runtime.net.dimse`);
-a DICOMweb STOW-RS sender is another class with the same :meth:`Sender.send`.
+target down (waited for without end). The senders: DIMSE C-STORE (:mod:`edge_runtime.net.dimse`) and
+DICOMweb STOW-RS (:mod:`edge_runtime.net.dicomweb`).
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ class Reply:
 class Sender(Protocol):
     """One try at sending datasets to one target."""
 
-    #: the target, as the log lines and the status file name it (``PACS@10.0.0.5:104``)
-    target: str
+    @property
+    def target(self) -> object:
+        """The target; ``str()`` names it as the log lines and the status file do (``PACS@10.0.0.5:104``)."""
+        ...
 
-    def send(self, datasets: Sequence[Dataset], stop: Callable[[], bool]) -> Generator[Reply, None, None]:
+    def offer(self, datasets: Sequence[Dataset], stop: Callable[[], bool]) -> Generator[Reply, None, None]:
         """Offer ``datasets`` (one connection where the protocol has them), yielding a :class:`Reply` for
         each, in order, as it comes; fewer than there are datasets when ``stop()`` turns true or the
         connection is lost after an answer (the rest were not tried)."""

@@ -16,6 +16,11 @@ from edge_runtime.core.model import ModelInfo
 from edge_runtime.core.segmenter import Segmentation
 from edge_runtime.files.scans import Scan
 
+#: A key of the facts :meth:`OutputWriter.write` returns: ``{named file: file written instead}`` (absolute
+#: paths) for files a writer named in :meth:`OutputWriter.paths` but could not make and stood an error
+#: record in for (a DICOM result its source cannot give); the scan's outputs list the record instead.
+INSTEAD = "outputs_instead"
+
 
 @dataclass(frozen=True)
 class OutputSetup:

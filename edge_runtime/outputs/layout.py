@@ -10,7 +10,9 @@ Outputs for the scan ``IN/a/b/scan.jpg``:
 * with ``--report``:   ``OUT/reports/a/b/scan.json`` (findings; docs/OUTPUTS.md describes every field),
   the review page ``OUT/index.html`` (``index-2.html``, ... for more pages) and, beside the overlays,
   ``OUT/overlays/a/b/scan.thumb.jpg`` (thumbnail) and ``scan.plain.jpg`` (the scan without outline)
-* with ``--dicom-results``, for DICOM scans: ``OUT/dicom/a/b/scan.seg.dcm`` and ``scan.sr.dcm``
+* with ``--dicom-results``, for DICOM scans: ``OUT/dicom/a/b/scan.seg.dcm``, ``scan.sr.dcm`` (and
+  ``scan.sc.dcm``), or in a result's place the error record ``scan.seg.failed.txt`` when the scan's
+  header cannot give it
 * the run's own state: ``OUT/.edge-seg/`` (ledger, lock, status file)
 """
 
@@ -86,7 +88,7 @@ def report_path(out_dir: Path, rel: str) -> Path:
 
 
 def dicom_result_path(out_dir: Path, rel: str, kind: str) -> Path:
-    """Where the DICOM ``kind`` (``seg`` or ``sr``) of scan ``rel`` goes: ``OUT/dicom/<folder>/<stem>.<kind>.dcm``."""
+    """Where the DICOM ``kind`` (``seg``, ``sr``, ``sc``) of scan ``rel`` goes: ``OUT/dicom/.../<stem>.<kind>.dcm``."""
     return _beside(out_dir / DICOM_DIR, rel, None, f".{kind}.dcm")
 
 

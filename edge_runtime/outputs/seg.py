@@ -2,8 +2,10 @@
 
 The SEG references its source instance, series and study (highdicom copies the patient and study and
 writes the Referenced Series Sequence), names the model as the segment's algorithm (name, version,
-family "Artificial Intelligence") and holds one frame per source frame, empty frames included, so a
-viewer shows "no nodule" rather than nothing.
+family "Artificial Intelligence", the model file's sha256 as its parameter), gives the segment the
+Tracking ID and UID that the SR's group for it repeats (:mod:`edge_runtime.outputs.ai_identity`), and
+holds one frame per source frame, empty frames included, so a viewer shows "no nodule" rather than
+nothing.
 
 highdicom refuses a multi-frame source whose frames are not placed in a coordinate system (its message:
 "Only a single frame is supported when the source image has no Frame of Reference UID"; ultrasound
@@ -18,33 +20,26 @@ from typing import Any
 import numpy as np
 
 from edge_runtime._version import __version__
-from edge_runtime.core.model import ModelInfo
-
-#: The SEG's and SR's series numbers: high, so they sort after the scanner's own series.
-SEG_SERIES_NUMBER = 9901
-MANUFACTURER = "edge-seg"
+from edge_runtime.outputs.ai_identity import MANUFACTURER, SEGMENT_TRACKING_ID, ResultIdentity, series_description
 
 
 def seg_supported(source: Any) -> bool:
-    """Whether highdicom can write a SEG for this source: single-frame, or frames placed in a coordinate
-    system (a Frame of Reference UID *and* image positions; an ultrasound loop has at most the UID)."""
+    """Whether highdicom can write a SEG for this source: a single-frame image, or frames placed in a
+    coordinate system (a Frame of Reference UID *and* image positions; an ultrasound loop has at most the
+    UID). An instance of a multi-frame class (Ultrasound Multi-frame) is a loop even with one frame:
+    highdicom reads such a source's geometry from functional groups it does not have."""
     from highdicom.spatial import get_image_coordinate_system
+    from highdicom.utils import is_multiframe_image
 
-    return int(source.get("NumberOfFrames", 1) or 1) == 1 or get_image_coordinate_system(source) is not None
-
-
-def algorithm(model: ModelInfo) -> Any:
-    """The model as highdicom's Algorithm Identification Sequence."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    return hd.AlgorithmIdentificationSequence(
-        name=model.name, family=codes.cid7162.ArtificialIntelligence, version=model.version, source=MANUFACTURER
-    )
+    single = int(source.get("NumberOfFrames", 1) or 1) == 1 and not is_multiframe_image(source)
+    return single or get_image_coordinate_system(source) is not None
 
 
-def build_seg(source: Any, masks: list[np.ndarray], model: ModelInfo, threshold: float) -> Any:
-    """The SEG dataset for ``source`` (a pydicom header) from its frames' 0/255 masks."""
+def build_seg(source: Any, masks: list[np.ndarray], ident: ResultIdentity, threshold: float) -> Any:
+    """The SEG dataset for ``source`` (a pydicom header) from its frames' 0/255 masks.
+
+    The segment carries the scan's segment Tracking ID and UID, which the SR's group for it repeats.
+    """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -54,9 +49,12 @@ def build_seg(source: Any, masks: list[np.ndarray], model: ModelInfo, threshold:
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Nodule,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm(model),
+        algorithm_identification=ident.seg_algorithm(),
         anatomic_regions=[codes.SCT.Thyroid],
+        tracking_id=SEGMENT_TRACKING_ID,
+        tracking_uid=ident.segment_tracking_uid,
     )
+    model = ident.model
     pixels = np.stack([m > 0 for m in masks]).astype(np.uint8)
     seg = hd.seg.Segmentation(
         source_images=[source],
@@ -64,14 +62,14 @@ def build_seg(source: Any, masks: list[np.ndarray], model: ModelInfo, threshold:
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
         series_instance_uid=hd.UID(),
-        series_number=SEG_SERIES_NUMBER,
+        series_number=ident.series["seg"],
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=f"{model.name} {model.version}"[:64],
         software_versions=__version__,
         device_serial_number="0",
-        series_description="edge-seg thyroid nodule",
+        series_description=series_description(model, "seg"),
         content_description=f"nodule where P > {threshold:g}"[:64],
         content_label="NODULE",
         omit_empty_frames=False,

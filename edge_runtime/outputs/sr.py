@@ -4,8 +4,9 @@ One measurement group (TID 1410) per nodule -- a connected component (8-connecte
 largest first, per frame -- with its area (``SCT 42798000`` "Area") in mm² when the pixel spacing is
 known and in pixels otherwise, and its outline as a closed polyline on the source image (its frame,
 for a cine loop). When a SEG was written, one more group references its segment ("thyroid nodule")
-with the area of the whole segment, and the SEG is part of the report's evidence. Observer: the
-device edge-seg; every group names the model as its algorithm.
+with the area of the whole segment and the segment's own Tracking ID and UID, and the SEG is part of
+the report's evidence. Observer: the device edge-seg; every group names the model as its algorithm
+(name, version, and the model file's sha256 as its parameter: :mod:`edge_runtime.outputs.ai_identity`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_runtime.core.model import ModelInfo
-from edge_runtime.outputs.seg import MANUFACTURER, SEG_SERIES_NUMBER
+from edge_runtime.outputs.ai_identity import MANUFACTURER, SEGMENT_TRACKING_ID, ResultIdentity, series_description
 
-SR_SERIES_NUMBER = SEG_SERIES_NUMBER + 1
 #: UCUM has no pixel unit; ``{pixels}`` is an annotation (a unit of 1), as dcmqi writes it.
 PIXEL_UNIT = ("{pixels}", "UCUM", "pixels")
 
@@ -51,7 +50,7 @@ def build_sr(
     source: Any,
     masks: list[np.ndarray],
     spacing_mm: tuple[float, float] | None,
-    model: ModelInfo,
+    ident: ResultIdentity,
     seg: Any | None,
 ) -> Any:
     """The SR dataset for ``source`` (a pydicom header) from its frames' 0/255 masks, referencing ``seg``."""
@@ -59,7 +58,8 @@ def build_sr(
     from pydicom.sr.codedict import codes
 
     multi = len(masks) > 1
-    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
+    model = ident.model
+    algorithm = ident.sr_algorithm()
     groups = []
     for f, mask in enumerate(masks, 1):
         image = hd.sr.SourceImageForRegion.from_source_image(source, referenced_frame_numbers=[f] if multi else None)
@@ -88,7 +88,9 @@ def build_sr(
         total = sum(int(np.count_nonzero(m)) for m in masks)
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="segment thyroid nodule"),
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=ident.segment_tracking_uid, identifier=SEGMENT_TRACKING_ID
+                ),
                 referenced_segment=segment,
                 finding_type=codes.SCT.ThyroidNodule,
                 measurements=[_area(total, spacing_mm)],
@@ -111,13 +113,13 @@ def build_sr(
         evidence=[source] if seg is None else [source, seg],
         content=report,
         series_instance_uid=hd.UID(),
-        series_number=SR_SERIES_NUMBER,
+        series_number=ident.series["sr"],
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,
-        series_description="edge-seg thyroid nodule measurements",
+        series_description=series_description(model, "sr"),
     )
     _whole_segment_references(sr.ContentSequence)
     return sr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edge_runtime.outputs.base import OutputSetup, OutputWriter
-from edge_runtime.outputs.dicom_results import DicomResultsWriter
+from edge_runtime.outputs.dicom_results import DicomResultsWriter, SecondaryCaptureWriter
 from edge_runtime.outputs.masks import MaskWriter
 from edge_runtime.outputs.overlays import OverlayWriter
 from edge_runtime.outputs.reports import ReportWriter
@@ -14,6 +14,7 @@ from edge_runtime.outputs.review import ReviewWriter
 EXTRAS: dict[str, type[OverlayWriter] | type[ReportWriter] | type[DicomResultsWriter] | type[ReviewWriter]] = {
     "overlays": OverlayWriter,
     "dicom": DicomResultsWriter,
+    "dicom-sc": SecondaryCaptureWriter,
     "reports": ReportWriter,
     "review": ReviewWriter,
 }

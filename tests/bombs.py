@@ -42,7 +42,8 @@ def tiff_bomb(pages: int = 100, side: int = 6000) -> bytes:
         nxt = here + 2 + 12 * len(entries) + 4 if i + 1 < len(ifds) else 0
         out += struct.pack("<H", len(entries))
         for tag, typ, n, value in entries:
-            out += struct.pack("<HHI", tag, typ, n) + (struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value))
+            packed = struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
+            out += struct.pack("<HHI", tag, typ, n) + packed
         out += struct.pack("<I", nxt)
     out[4:8] = struct.pack("<I", first_ifd)
     return bytes(out)

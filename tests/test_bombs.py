@@ -100,7 +100,7 @@ def _decoders_off(monkeypatch):
         ("1.2.840.10008.1.2.4.50", lambda: bombs.jpeg_declaring(50000, 50000)),  # JPEG Baseline
         ("1.2.840.10008.1.2.4.80", lambda: _as_jpeg_ls(bombs.jpeg_declaring(50000, 50000))),  # JPEG-LS
         ("1.2.840.10008.1.2.4.90", lambda: bombs.j2k_declaring(50000, 50000)),  # JPEG 2000
-        ("1.2.840.10008.1.2.4.90", lambda: bombs.j2k_declaring(50000, 50000)[bombs.j2k_declaring(1, 1).index(b"\xff\x4f") :]),
+        ("1.2.840.10008.1.2.4.90", lambda: _codestream(bombs.j2k_declaring(50000, 50000))),
     ],
     ids=["jpeg", "jpeg-ls", "jp2", "j2k-codestream"],
 )
@@ -110,8 +110,11 @@ def test_an_encapsulated_frame_declaring_another_size_is_refused_before_decoding
     path = write_dicom(tmp_path / "bomb.dcm", np.zeros((64, 64), np.uint8), jpeg=True)
     _rewrite(path, syntax, encapsulate([frame()]))
     _decoders_off(monkeypatch)
-    with pytest.raises(ScanError, match=r"bomb.dcm: DICOM frame 1 declares 50000 x 50000 pixels in its own header, "
-                       r"the DICOM header 64 x 64: refused before decoding"):
+    with pytest.raises(
+        ScanError,
+        match=r"bomb.dcm: DICOM frame 1 declares 50000 x 50000 pixels in its own header, "
+        r"the DICOM header 64 x 64: refused before decoding",
+    ):
         read_scan(path)
 
 
@@ -136,6 +139,11 @@ def test_native_pixel_data_longer_than_the_header_is_refused_naming_both_lengths
         f"{path}: DICOM pixel data is {side * side * frames:,} bytes but the header (1 frame(s) of {side} x {side}, "
         f"1 sample(s) of 8 bits) says {side * side:,}: refused"
     )
+
+
+def _codestream(jp2: bytes) -> bytes:
+    """A JP2 file's codestream alone (as most DICOM JPEG 2000 frames are stored)."""
+    return jp2[jp2.index(b"\xff\x4f\xff\x51") :]
 
 
 def _as_jpeg_ls(jpeg: bytes) -> bytes:

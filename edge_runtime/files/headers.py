@@ -286,7 +286,8 @@ def _webp(data: bytes, name: str | Path) -> list[Declared]:
         elif kind == b"ANMF":
             fw, fh = int.from_bytes(body[6:9], "little") + 1, int.from_bytes(body[9:12], "little") + 1
             if canvas and (fw > canvas[0] or fh > canvas[1]):
-                raise ScanError(name, f"corrupt WEBP: frame {frames + 1} is {fw} x {fh}, its canvas {canvas[0]} x {canvas[1]}")
+                where = f"its canvas {canvas[0]} x {canvas[1]}"
+                raise ScanError(name, f"corrupt WEBP: frame {frames + 1} is {fw} x {fh}, {where}")
             frames += 1
         elif kind == b"VP8 " and single is None:
             w, h = struct.unpack("<HH", body[6:10])

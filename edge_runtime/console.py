@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_runtime.core.thresholds import parse_threshold
@@ -129,6 +131,27 @@ def positive_int_arg(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
     return value
+
+
+def number_arg(low: float, high: float, *, low_ok: bool = False) -> Callable[[str], float]:
+    """argparse type for a finite number in (``low``, ``high``] (``[low, high]`` with ``low_ok``).
+
+    NaN and infinity are refused: ``--settle nan`` would compare false with every age, and no scan would ever
+    be taken.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        above = value >= low if low_ok else value > low
+        if not math.isfinite(value) or not above or value > high:
+            bounds = f"{'[' if low_ok else '('}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number in {bounds}")
+        return value
+
+    return parse
 
 
 def ae_title_arg(text: str) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_runtime.core.thresholds import parse_threshold
+from edge_runtime.errors import one_line
 from edge_runtime.job.outcome import SUMMARY
 
 #: The console's time stamps (``--watch`` off journald): local time, to the second.
@@ -40,7 +41,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-class ConsoleFormatter(logging.Formatter):
+class OneLineFormatter(logging.Formatter):
+    """Every message on one line: control characters in it (a scan named ``a<newline>FAIL b.png``) are escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
+class ConsoleFormatter(OneLineFormatter):
     """Per-scan lines and the summary as they are; other warnings and errors say what they are."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
@@ -85,7 +94,7 @@ def setup_logging(
             from edge_runtime.errors import SetupError
 
             raise SetupError(f"cannot write the log file {log_file}: {exc.strerror or exc}") from None
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         fh.edge_seg = True  # type: ignore[attr-defined]
         root.addHandler(fh)
 

@@ -10,6 +10,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators, as escapes.
+_ESCAPES = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))},
+    0x09: "\\t",
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``): a name or reason that cannot start
+    another line of a log or a record file, or move a terminal's cursor."""
+    return text.translate(_ESCAPES)
+
 
 class ScanError(Exception):
     """A single scan cannot be read or processed. ``str()`` is ``"<path>: <reason>"``."""

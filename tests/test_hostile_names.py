@@ -23,3 +23,24 @@ def test_names_that_start_a_formula_are_quoted_in_the_run_summary(tmp_path, tiny
     rows = list(csv.DictReader((out / "run-summary.csv").open()))
     assert [r["path"] for r in rows] == ["'" + name]
     assert rows[0]["status"] == "ok" and rows[0]["frames"] == "1"
+
+
+def test_a_name_with_a_newline_cannot_forge_another_scans_error_record(tmp_path, tiny_model, capfd):
+    from edge_runtime.outputs.page import ReviewPage
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_png(src / "victim.png", synthetic(2, 80, 90)[0])
+    forged = "zzz\nscan: victim.png"
+    (src / forged).write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    (src / "esc\x1b[2J.png").write_bytes(b"")
+    assert run(src, "--out", out, "--model", tiny_model, "--report") == 1
+    cards = {c.rel: c for c in ReviewPage(out).collect()}
+    assert set(cards) == {"victim.png", forged, "esc\x1b[2J.png"}
+    assert "failed" not in cards["victim.png"].flags
+    assert "failed" in cards[forged].flags and "failed" in cards["esc\x1b[2J.png"].flags
+    record = (out / (forged + ".error.txt")).read_text()
+    assert record.startswith("scan: zzz\\nscan: victim.png\nreason: ")
+    err = capfd.readouterr().err
+    # every log line stays one line: the name's newline and escape sequence are shown escaped
+    assert "FAIL zzz\\nscan: victim.png: " in err and "FAIL esc\\x1b[2J.png: empty file" in err
+    assert "\x1b" not in err and not any(line.startswith("scan: victim.png") for line in err.splitlines())

@@ -147,8 +147,11 @@ class ReviewPage:
         try:
             text = path.read_text(encoding="utf-8", errors="surrogateescape")  # a name's own bytes
             if path.name.endswith(ERROR_SUFFIX):
-                fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
-                return failed_card(fields["scan"], fields.get("reason", "unknown"), mtime_ns)
+                # The scan is the record's own path (OUT/<scan>.error.txt), never a line of its text, which a
+                # name holding a newline could forge; the reason is its first "reason: " line.
+                rel = relative(self.out_dir, path).removesuffix(ERROR_SUFFIX)
+                reasons = [line[8:] for line in text.split("\n") if line.startswith("reason: ")]
+                return failed_card(rel, reasons[0] if reasons else "unknown", mtime_ns)
             card = report_card(json.loads(text), mtime_ns)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             log.warning("review page: %s left out, it cannot be read: %s", relative(self.out_dir, path), exc)

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from edge_runtime import MAX_PIXELS
 from edge_runtime.errors import ScanError
-from edge_runtime.files import headers
+from edge_runtime.files import exif, headers
 from edge_runtime.files.formats import (
     DICOM_SUFFIXES,
     MULTI_IMAGE_FORMATS,
@@ -96,6 +97,8 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
     try:
         if multi:
             decoded = _decode_pages(buf, len(declared), name)
+        elif fmt == "JPEG":
+            decoded = [_decode_jpeg(data, buf, name)]
         else:
             one = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
             decoded = [] if one is None else [one]
@@ -105,7 +108,8 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
         raise ScanError(name, f"corrupt {fmt} data ({str(exc).strip().splitlines()[-1]})") from None
     if not decoded or any(p is None or p.size == 0 for p in decoded):
         raise ScanError(name, f"corrupt or truncated {fmt} data: it could not be decoded")
-    frames = [_to_rgb(p, name) for p in decoded]
+    turn = exif.orientation(data, fmt)
+    frames = [exif.orient(_to_rgb(p, name), turn) for p in decoded]
     for pixels in frames:
         if pixels.shape[0] * pixels.shape[1] > MAX_PIXELS:
             raise ScanError(
@@ -134,6 +138,27 @@ def _decode_pages(buf: np.ndarray, declared: int, name: str | Path) -> list[np.n
     if len(images) > declared:
         raise ScanError(name, f"corrupt: its headers declare {declared} image(s) but it holds more")
     return list(images)
+
+
+def _decode_jpeg(data: bytes, buf: np.ndarray, name: str | Path) -> np.ndarray | None:
+    """A JPEG's pixels (gray, or BGR as OpenCV gives them), any decoder warning being the scan's failure.
+
+    libjpeg-turbo (through simplejpeg) in strict mode stops at what libjpeg only warns of ("Corrupt JPEG
+    data: premature end of data segment", bytes zeroed or cut): a picture decoded past such damage is
+    grey blocks or a smeared nodule, and must not be segmented and called "ok". A JPEG simplejpeg cannot
+    decode even leniently (CMYK, 12-bit) is left to OpenCV.
+    """
+    try:
+        gray = simplejpeg.decode_jpeg_header(data)[2] == "Gray"
+        pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if gray else "BGR", strict=True)
+    except ValueError as exc:
+        try:
+            simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=False)
+        except ValueError:
+            one = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)  # a kind simplejpeg does not read
+            return one
+        raise ScanError(name, f"corrupt JPEG data: {str(exc).strip()} (libjpeg)") from None
+    return pixels[:, :, 0] if gray else pixels
 
 
 def _to_rgb(pixels: np.ndarray, name: str | Path) -> np.ndarray:

@@ -98,7 +98,8 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
         if multi:
             decoded = _decode_pages(buf, len(declared), name)
         elif fmt == "JPEG":
-            decoded = [_decode_jpeg(data, buf, name)]
+            jpeg = _decode_jpeg(data, buf, name)
+            decoded = [] if jpeg is None else [jpeg]
         else:
             one = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
             decoded = [] if one is None else [one]

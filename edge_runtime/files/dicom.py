@@ -65,26 +65,7 @@ def read_dicom(data: bytes, path: str | Path = "<bytes>") -> DicomImage:
     """Decode a DICOM file's bytes: frames, pixel spacing and its source. Raises :class:`ScanError`."""
     pydicom, get_decoder = _pydicom(path)
     ds = _parse(pydicom, data, path)
-    tsyntax = ds.file_meta.get("TransferSyntaxUID")
-    if tsyntax is None:
-        raise ScanError(path, "corrupt DICOM: its file meta information names no transfer syntax")
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ScanError(path, "DICOM file has no pixel data (not an image: a report, structured data or DICOMDIR?)")
-    if "PixelData" not in ds:
-        raise ScanError(path, "DICOM float pixel data is not supported (expected integer pixels)")
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        n = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise ScanError(path, f"corrupt DICOM: image size missing or malformed ({exc})") from None
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    allocated = int(ds.get("BitsAllocated", 8) or 8)
-    frame = headers.Declared(cols, rows, max(1, min(samples, 4)) * (2 if allocated > 8 else 1))
-    headers.check_declared(path, "DICOM", [frame] * max(n, 1))
-    if getattr(tsyntax, "is_encapsulated", False):
-        _check_encapsulated(ds.PixelData, rows, cols, n, path)
-    else:
-        _check_native_length(ds, rows, cols, n, samples, allocated, path)
+    tsyntax = check_image(ds, path)
     frames = _decode(pydicom, get_decoder, ds, tsyntax, path)
     spacing, source = pixel_spacing(ds)
     info = {
@@ -96,6 +77,42 @@ def read_dicom(data: bytes, path: str | Path = "<bytes>") -> DicomImage:
     }
     del ds.PixelData  # the pixels are in ``frames``; the header alone is kept, for the results that reference it
     return DicomImage(frames, spacing, source, info, ds)
+
+
+def check_image(ds: Any, path: str | Path = "<bytes>") -> Any:
+    """Everything about a parsed dataset's pixels that can be checked without decoding them; its transfer syntax.
+
+    Pixel data present and integer; Rows, Columns and frames within the limits and the decode budget; native
+    pixel data exactly as long as the header says (longer would give frames the header hides, shorter is
+    truncated); each encapsulated frame's own header (SOF, SIZ) agreeing with Rows and Columns. Raises
+    :class:`ScanError` naming ``path``; the storage SCP refuses a received instance with the same reasons.
+    """
+    tsyntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in dir(ds) else None
+    if tsyntax is None:
+        raise ScanError(path, "corrupt DICOM: its file meta information names no transfer syntax")
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ScanError(path, "DICOM file has no pixel data (not an image: a report, structured data or DICOMDIR?)")
+    if "PixelData" not in ds:
+        raise ScanError(path, "DICOM float pixel data is not supported (expected integer pixels)")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        allocated = int(ds.get("BitsAllocated", 8) or 8)
+        pixel_data = ds.PixelData
+    except Exception as exc:  # pydicom raises many types for a malformed or cut element
+        raise ScanError(
+            path, f"corrupt DICOM: image size or pixel data missing or malformed ({_first_line(exc)})"
+        ) from None
+    if pixel_data is None:
+        raise ScanError(path, "corrupt DICOM: its pixel data element is empty")
+    frame = headers.Declared(cols, rows, max(1, min(samples, 4)) * (2 if allocated > 8 else 1))
+    headers.check_declared(path, "DICOM", [frame] * max(n, 1))
+    if getattr(tsyntax, "is_encapsulated", False):
+        _check_encapsulated(pixel_data, rows, cols, n, path)
+    else:
+        _check_native_length(ds, rows, cols, n, samples, allocated, path)
+    return tsyntax
 
 
 def _parse(pydicom, data: bytes, path: str | Path):
@@ -119,6 +136,12 @@ def _check_native_length(ds, rows: int, cols: int, n: int, samples: int, allocat
         per_frame = rows * cols * 2
     expected = (per_frame * n * allocated + 7) // 8
     actual = len(ds.PixelData)
+    if actual < expected:
+        raise ScanError(
+            path,
+            f"corrupt or truncated DICOM pixel data: {actual:,} bytes where the header ({n} frame(s) of {cols} x {rows}, "
+            f"{samples} sample(s) of {allocated} bits) says {expected:,}",
+        )
     if actual > expected + (expected & 1):  # one pad byte makes an odd length even
         raise ScanError(
             path,

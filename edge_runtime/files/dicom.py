@@ -136,18 +136,11 @@ def _check_native_length(ds, rows: int, cols: int, n: int, samples: int, allocat
         per_frame = rows * cols * 2
     expected = (per_frame * n * allocated + 7) // 8
     actual = len(ds.PixelData)
+    header = f"the header ({n} frame(s) of {cols} x {rows}, {samples} sample(s) of {allocated} bits)"
     if actual < expected:
-        raise ScanError(
-            path,
-            f"corrupt or truncated DICOM pixel data: {actual:,} bytes where the header ({n} frame(s) of {cols} x {rows}, "
-            f"{samples} sample(s) of {allocated} bits) says {expected:,}",
-        )
+        raise ScanError(path, f"corrupt or truncated DICOM pixel data: {actual:,} bytes where {header} says {expected:,}")
     if actual > expected + (expected & 1):  # one pad byte makes an odd length even
-        raise ScanError(
-            path,
-            f"DICOM pixel data is {actual:,} bytes but the header ({n} frame(s) of {cols} x {rows}, "
-            f"{samples} sample(s) of {allocated} bits) says {expected:,}: refused",
-        )
+        raise ScanError(path, f"DICOM pixel data is {actual:,} bytes but {header} says {expected:,}: refused")
 
 
 def _check_encapsulated(pixel_data: bytes, rows: int, cols: int, n: int, path: str | Path) -> None:

@@ -138,7 +138,8 @@ def _check_native_length(ds, rows: int, cols: int, n: int, samples: int, allocat
     actual = len(ds.PixelData)
     header = f"the header ({n} frame(s) of {cols} x {rows}, {samples} sample(s) of {allocated} bits)"
     if actual < expected:
-        raise ScanError(path, f"corrupt or truncated DICOM pixel data: {actual:,} bytes where {header} says {expected:,}")
+        cut = f"{actual:,} bytes where {header} says {expected:,}"
+        raise ScanError(path, f"corrupt or truncated DICOM pixel data: {cut}")
     if actual > expected + (expected & 1):  # one pad byte makes an odd length even
         raise ScanError(path, f"DICOM pixel data is {actual:,} bytes but {header} says {expected:,}: refused")
 

@@ -15,7 +15,7 @@
   a proper A-ASSOCIATE-RJ), and all peers together at most twice ``--max-associations`` still waiting to
   complete their request; beyond, a new connection is closed at once.
 
-pynetdicom has no hooks for these, so :func:`install` replaces three of its functions (once a process);
+pynetdicom has no hooks for these, so :func:`install` replaces four of its functions (once a process);
 each replacement calls pynetdicom's own and is a no-op for associations of other AEs (a PACS in a test, the
 outbox's sender).
 """
@@ -58,6 +58,13 @@ def install() -> None:
             return
         _config.STORE_RECV_CHUNKED_DATASET = True
         dimse_messages.NamedTemporaryFile = _incoming_file
+        make_meta = dimse_messages.create_file_meta
+
+        def create_file_meta(*, sop_instance_uid: Any, **kwargs: Any) -> Any:
+            # the temporary file's own header: an empty UID there would stop pynetdicom's reading thread
+            return make_meta(sop_instance_uid=sop_instance_uid if valid_uid(sop_instance_uid) else "0", **kwargs)
+
+        dimse_messages.create_file_meta = create_file_meta
         original = dimse_messages.DIMSEMessage.message_to_primitive
 
         def message_to_primitive(self: Any) -> Any:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydicom.uid import UID
 from pynetdicom import AE, _config, dimse_messages
 from pynetdicom.dimse_primitives import C_STORE
 
@@ -62,7 +63,8 @@ def install() -> None:
 
         def create_file_meta(*, sop_instance_uid: Any, **kwargs: Any) -> Any:
             # the temporary file's own header: an empty UID there would stop pynetdicom's reading thread
-            return make_meta(sop_instance_uid=sop_instance_uid if valid_uid(sop_instance_uid) else "0", **kwargs)
+            usable = sop_instance_uid if valid_uid(sop_instance_uid) else UID("0")
+            return make_meta(sop_instance_uid=usable, **kwargs)
 
         dimse_messages.create_file_meta = create_file_meta
         original = dimse_messages.DIMSEMessage.message_to_primitive

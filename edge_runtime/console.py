@@ -13,11 +13,14 @@ import logging.handlers
 import math
 import os
 import sys
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from edge_runtime.core.thresholds import parse_threshold
-from edge_runtime.errors import one_line
+from edge_runtime.errors import one_line, scan_being_read
 from edge_runtime.job.outcome import SUMMARY
 
 #: The console's time stamps (``--watch`` off journald): local time, to the second.
@@ -62,6 +65,56 @@ class ConsoleFormatter(OneLineFormatter):
         return super().format(record).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+class LibraryLines(logging.Filter):
+    """Lines from libraries (pydicom, pynetdicom, Python warnings): one line each, without a traceback (-v keeps
+    it), naming the scan being read when there is one, and the same line at most once a minute."""
+
+    REPEAT_SECONDS = 60.0
+
+    def __init__(self, verbose: bool = False) -> None:
+        super().__init__()
+        self.verbose = verbose
+        self._said: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("edge_runtime"):
+            return True
+        if not self.verbose:
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        message = record.getMessage()
+        scan = scan_being_read()
+        if scan is not None and not message.startswith(scan):
+            message = f"{scan}: {message}"
+        record.msg, record.args = message, None
+        now, key = time.monotonic(), (record.name, message)
+        if now - self._said.get(key, -self.REPEAT_SECONDS) < self.REPEAT_SECONDS:
+            return False
+        if len(self._said) > 10_000:
+            self._said.clear()
+        self._said[key] = now
+        return True
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Python warnings as one log line each; pydicom's are left out, as it logs every one of them itself."""
+    if file is not None:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+        return
+    if f"{os.sep}pydicom{os.sep}" in str(filename):
+        return
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
 def setup_logging(
     verbose: bool = False, quiet: bool = False, log_file: Path | None = None, timestamps: bool = False
 ) -> None:
@@ -83,7 +136,10 @@ def setup_logging(
     console.edge_seg = True  # type: ignore[attr-defined]
     stamped = timestamps and not under_journald()
     console.setFormatter(ConsoleFormatter("%(asctime)s %(message)s" if stamped else "%(message)s", TIME_FORMAT))
+    library_lines = LibraryLines(verbose)
+    console.addFilter(library_lines)
     root.addHandler(console)
+    warnings.showwarning = _show_warning
     if log_file:
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +150,7 @@ def setup_logging(
             from edge_runtime.errors import SetupError
 
             raise SetupError(f"cannot write the log file {log_file}: {exc.strerror or exc}") from None
+        fh.addFilter(library_lines)
         fh.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         fh.edge_seg = True  # type: ignore[attr-defined]
         root.addHandler(fh)

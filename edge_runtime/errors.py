@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 #: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators, as escapes.
@@ -46,3 +49,22 @@ class SetupError(Exception):
 
 class ModelError(SetupError):
     """The model file is missing, unreadable, or not one this runtime understands."""
+
+
+_reading = threading.local()
+
+
+@contextlib.contextmanager
+def reading_scan(path: str | Path) -> Iterator[None]:
+    """While this thread reads ``path``: a library's log line or warning is said with the scan's name."""
+    before = getattr(_reading, "path", None)
+    _reading.path = str(path)
+    try:
+        yield
+    finally:
+        _reading.path = before
+
+
+def scan_being_read() -> str | None:
+    """The scan this thread is reading (:func:`reading_scan`), or None."""
+    return getattr(_reading, "path", None)

@@ -44,3 +44,32 @@ def test_a_name_with_a_newline_cannot_forge_another_scans_error_record(tmp_path,
     # every log line stays one line: the name's newline and escape sequence are shown escaped
     assert "FAIL zzz\\nscan: victim.png: " in err and "FAIL esc\\x1b[2J.png: empty file" in err
     assert "\x1b" not in err and not any(line.startswith("scan: victim.png") for line in err.splitlines())
+
+
+def test_library_lines_and_warnings_are_one_line_each_naming_the_scan_without_a_traceback(tmp_path, capfd):
+    import logging
+    import warnings
+
+    from edge_runtime.console import setup_logging
+    from edge_runtime.errors import reading_scan
+
+    setup_logging(quiet=True)
+    try:
+        with reading_scan("a/scan.dcm"):
+            try:
+                raise ValueError("bad\nframe")
+            except ValueError:
+                logging.getLogger("pydicom").exception("cannot decode")
+            for _ in range(3):  # the same line once, not three times
+                logging.getLogger("pynetdicom.dul").error("The received PDU is shorter than expected")
+        warnings.warn("stray\nwarning", UserWarning, stacklevel=1)
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "edge_seg", False)]:
+            root.removeHandler(handler)
+    err = capfd.readouterr().err
+    lines = err.splitlines()
+    assert "error: a/scan.dcm: cannot decode" in lines
+    assert lines.count("error: a/scan.dcm: The received PDU is shorter than expected") == 1
+    assert "warning: UserWarning: stray\\nwarning" in lines
+    assert "Traceback" not in err and len(lines) == 3

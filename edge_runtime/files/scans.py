@@ -21,7 +21,7 @@ import numpy as np
 import simplejpeg
 
 from edge_runtime import MAX_PIXELS
-from edge_runtime.errors import ScanError
+from edge_runtime.errors import ScanError, reading_scan
 from edge_runtime.files import exif, headers
 from edge_runtime.files.formats import (
     DICOM_SUFFIXES,
@@ -210,8 +210,15 @@ def _file_kind(mode: int) -> str:
 
 
 def read_scan(path: str | Path) -> Scan:
-    """Read, hash and decode one scan file (PNG, JPEG, BMP, TIFF, WEBP, GIF, JPEG 2000; DICOM with the extra)."""
-    path = Path(path)
+    """Read, hash and decode one scan file (PNG, JPEG, BMP, TIFF, WEBP, GIF, JPEG 2000; DICOM with the extra).
+
+    A library's own log line or warning while it reads names the file (:func:`~edge_runtime.errors.reading_scan`).
+    """
+    with reading_scan(path):
+        return _read_scan(Path(path))
+
+
+def _read_scan(path: Path) -> Scan:
     data, st = read_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
     fmt = sniff_format(data) if data else None

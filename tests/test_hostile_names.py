@@ -73,3 +73,22 @@ def test_library_lines_and_warnings_are_one_line_each_naming_the_scan_without_a_
     assert lines.count("error: a/scan.dcm: The received PDU is shorter than expected") == 1
     assert "warning: UserWarning: stray\\nwarning" in lines
     assert "Traceback" not in err and len(lines) == 3
+
+
+def test_names_too_long_for_a_temporary_name_are_written_and_their_error_record_too(tmp_path, tiny_model, capfd):
+    from edge_runtime.outputs.page import ReviewPage
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    good, bad = "g" * 246 + ".png", "b" * 246 + ".png"  # 250 bytes: the mask fits, "<name>.error.txt" does not
+    write_png(src / good, synthetic(3, 80, 90)[0])
+    (src / bad).write_bytes(b"\x89PNG\r\n\x1a\n cut")
+    assert run(src, "--out", out, "--model", tiny_model, "--report") == 1
+    err = capfd.readouterr().err
+    assert "File name too long" not in err
+    assert (out / ("g" * 246 + ".png")).is_file()
+    records = list(out.glob("*.error.txt"))
+    assert len(records) == 1 and len(records[0].name.encode()) <= 255
+    assert records[0].read_text().startswith(f"scan: {bad}\nreason: ")
+    cards = {c.rel: c for c in ReviewPage(out).collect()}
+    assert set(cards) == {good, bad} and "failed" in cards[bad].flags and "failed" not in cards[good].flags
+    assert not list(out.rglob(".*.tmp"))

@@ -77,6 +77,7 @@ def run_case(name: str, make: Callable[[Path], object], source: Path | None, cap
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 env=env,
+                cwd=tmp,  # not the checkout: `-m` puts the working folder first on sys.path
                 preexec_fn=limit,
             )
             _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS, not all children's

@@ -6,6 +6,8 @@ each case shows the file is refused on its headers alone, not after a decode tha
 
 from __future__ import annotations
 
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -62,6 +64,8 @@ def test_a_frame_larger_than_its_canvas_is_refused(no_decoder, kind):
             data[at : at + 6] = (31).to_bytes(3, "little") * 2
         else:
             data[at : at + 8] = (32).to_bytes(4, "big") * 2
+            ihdr = data.index(b"IHDR")  # its CRC made right again: only the sizes are wrong
+            data[ihdr + 17 : ihdr + 21] = zlib.crc32(data[ihdr : ihdr + 17]).to_bytes(4, "big")
     with pytest.raises(ScanError, match=r"frame 1 is 64 x 64, its (canvas|screen) 32 x 32"):
         decode_frames(bytes(data), "x")
 

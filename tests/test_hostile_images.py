@@ -123,3 +123,13 @@ def test_a_clean_jpeg_decodes_exactly_as_opencv_decodes_it():
     )
     with pytest.raises(ScanError, match=r"x\.jpg: corrupt JPEG data"):
         decode_frames(_cut(data), "x.jpg")
+
+
+def test_a_png_with_a_flipped_bit_is_refused_naming_the_chunk_not_by_an_unnamed_libpng_line(capfd):
+    data = bytearray(cv2.imencode(".png", nodule_scan(60, 80, seed=3)[0])[1].tobytes())
+    data[data.index(b"IDAT") + 50] ^= 0xFF
+    with pytest.raises(
+        ScanError, match=r"x\.png: corrupt PNG data: the CRC of its IDAT chunk at byte \d+ does not match"
+    ):
+        decode_frames(bytes(data), "x.png")
+    assert "libpng" not in capfd.readouterr().err

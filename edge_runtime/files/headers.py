@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,11 +108,17 @@ def declared_frames(data: bytes, fmt: str, name: str | Path = "<bytes>") -> list
 # --- PNG and APNG ------------------------------------------------------------------------------------------
 
 
-def _png_chunks(data: bytes):
+def _png_chunks(data: bytes, name: str | Path):
+    """Each chunk's type and data, its CRC checked: a flipped bit is refused here, before libpng prints an
+    unnamed "libpng error" line on stderr and OpenCV says only that the image could not be decoded."""
     pos = 8
     while pos + 8 <= len(data):
         length = int.from_bytes(data[pos : pos + 4], "big")
         kind = data[pos + 4 : pos + 8]
+        crc = data[pos + 8 + length : pos + 12 + length]
+        if len(crc) == 4 and zlib.crc32(data[pos + 4 : pos + 8 + length]) != int.from_bytes(crc, "big"):
+            shown = kind.decode("latin-1") if kind.isalpha() else kind.hex()
+            raise ScanError(name, f"corrupt PNG data: the CRC of its {shown} chunk at byte {pos:,} does not match")
         yield kind, data[pos + 8 : pos + 8 + length]
         if kind == b"IEND":
             return
@@ -124,7 +131,7 @@ _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 def _png(data: bytes, name: str | Path) -> list[Declared]:
     width = height = 0
     pixel_bytes, frames = 3, 0
-    for kind, body in _png_chunks(data):
+    for kind, body in _png_chunks(data, name):
         if kind == b"IHDR":
             width, height, depth, colour = struct.unpack(">IIBB", body[:10])
             pixel_bytes = _PNG_CHANNELS.get(colour, 4) * (2 if depth == 16 else 1)

@@ -85,8 +85,11 @@ def test_the_daemon_lives_under_a_memory_limit_with_every_bomb_in_in(tmp_path, t
             for name, words in EXPECTED.items():
                 record = (out / f"{name}.error.txt").read_text()
                 assert f"reason: {words}" in record, record
-            status = json.loads((out / ".edge-seg" / "status.json").read_text())
-            assert status["state"] == "running"
+            status_file = out / ".edge-seg" / "status.json"
+            wait_for(lambda: json.loads(status_file.read_text())["failed"] == len(EXPECTED), "the status to count them")
+            status = json.loads(status_file.read_text())
+            assert status["state"] == "running" and status["last_error"]["scan"] in EXPECTED
+            assert EXPECTED[status["last_error"]["scan"]] in status["last_error"]["reason"]
             text = log.read_text()
             assert all(f"FAIL {name}: {words}" in text for name, words in EXPECTED.items())
             assert "Traceback" not in text and "MemoryError" not in text

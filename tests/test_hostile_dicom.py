@@ -21,7 +21,7 @@ pytest.importorskip("pynetdicom")
 from pydicom import dcmread
 
 from edge_runtime.net.scp import StorageSCP
-from tests.dicomnet import need_tool
+from tests.dicomnet import need_tool, storage_scps
 from tests.helpers import nodule_scan, us_ids, wait_for, write_dicom
 
 US = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -29,18 +29,8 @@ US = "1.2.840.10008.5.1.4.1.1.6.1"
 
 @pytest.fixture
 def node(tmp_path):
-    made: list[StorageSCP] = []
-
-    def start(**kwargs) -> StorageSCP:
-        (tmp_path / "in").mkdir(exist_ok=True)
-        scp = StorageSCP(tmp_path / "in", **kwargs)
-        scp.start("127.0.0.1", 0)
-        made.append(scp)
-        return scp
-
-    yield start
-    for scp in made:
-        scp.stop()
+    with storage_scps(tmp_path / "in") as start:
+        yield start
 
 
 def _raw_store(port: int, uid: str, payload: bytes, sop_class: str = US) -> int | None:

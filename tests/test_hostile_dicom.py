@@ -231,3 +231,23 @@ def test_a_silent_connection_is_closed_and_the_slot_was_never_its(node):
         wait_for(lambda: _closed_by_peer(silent), "the silent connection to be closed")
     finally:
         silent.close()
+
+
+def test_a_dicom_bomb_sent_by_c_store_is_refused_before_it_is_stored(tmp_path, node, caplog):
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    from tests import bombs
+    from tests.dicomnet import store
+
+    scp = node()
+    path = write_dicom(tmp_path / "bomb.dcm", np.zeros((64, 64), np.uint8), jpeg=True, **us_ids())
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([bombs.jpeg_declaring(50000, 50000)])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    with caplog.at_level(logging.WARNING):
+        assert store(scp.address[1], [path]) == [0xC000]  # acknowledged 0x0000 before, then decoded to 12 GB
+    lines = _refusals(caplog)
+    assert len(lines) == 1 and "DICOM frame 1 declares 50000 x 50000 pixels in its own header" in lines[0]
+    assert not [p for p in (tmp_path / "in").rglob("*.dcm")]

@@ -124,7 +124,7 @@ class StorageSCP:
             raise SetupError(f"--dicom-listen: cannot make {guard.incoming}: {exc.strerror or exc}") from None
         ae = guards.GuardedAE(ae_title=self.ae_title)
         ae.maximum_associations = self.max_associations
-        ae.acse_timeout = guards.REQUEST_SECONDS  # a connection that sends nothing is closed as soon
+        ae.acse_timeout = guards.REQUEST_SECONDS  # pynetdicom's own wait for a request: the guard's time
         ae.require_calling_aet = list(self.allow_ae)
         syntaxes = transfer_syntaxes()
         ae.add_supported_context(VERIFICATION)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import logging
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -251,3 +253,35 @@ def test_a_dicom_bomb_sent_by_c_store_is_refused_before_it_is_stored(tmp_path, n
     lines = _refusals(caplog)
     assert len(lines) == 1 and "DICOM frame 1 declares 50000 x 50000 pixels in its own header" in lines[0]
     assert not [p for p in (tmp_path / "in").rglob("*.dcm")]
+
+
+def test_one_refused_instance_is_one_line_of_the_daemon_with_q(tmp_path, tiny_model):
+    """A real daemon with -q: a C-STORE with a 300-character UID is one refusal line, no raw Python warning,
+    no traceback (6 to 9 lines before: pydicom's UID warnings repeated, Python's warnings with source lines)."""
+    from tests.dicomnet import free_port
+
+    port = free_port()
+    log = tmp_path / "daemon.log"
+    cmd = [sys.executable, "-m", "edge_runtime", "--watch", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    cmd += ["--model", str(tiny_model), "--dicom-listen", f"127.0.0.1:{port}", "-q"]
+    ds = dcmread(write_dicom(tmp_path / "a.dcm", nodule_scan(seed=1)[0], **us_ids()))
+    with log.open("w") as fh:
+        daemon = subprocess.Popen(cmd, stdout=fh, stderr=fh)
+        try:
+            wait_for(lambda: _listening(port), "the node to listen")
+            assert _raw_store(port, "1." * 150, _encoded(ds)) == 0xA900
+            wait_for(lambda: "refused" in log.read_text(), "the refusal line")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(60)
+    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+    refusals = [ln for ln in lines if "DICOM refused from AE 'SCANNER'" in ln]
+    assert len(refusals) == 1 and "its Affected SOP Instance UID is not a valid UID" in refusals[0]
+    noise = [ln for ln in lines if ln not in refusals and not ln.split(" ", 2)[-1].startswith(("stopped", "SIGTERM"))]
+    assert len(noise) <= 1, noise  # at most pydicom's one "value length (300) exceeds" line, said once
+    assert not any("Traceback" in ln or "warn_and_log" in ln or "UserWarning" in ln for ln in lines)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

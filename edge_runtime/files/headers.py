@@ -111,15 +111,15 @@ def declared_frames(data: bytes, fmt: str, name: str | Path = "<bytes>") -> list
 def _png_chunks(data: bytes, name: str | Path):
     """Each chunk's type and data, its CRC checked: a flipped bit is refused here, before libpng prints an
     unnamed "libpng error" line on stderr and OpenCV says only that the image could not be decoded."""
-    pos = 8
+    pos, view = 8, memoryview(data)  # the CRCs are computed on the file's own bytes, not on copies
     while pos + 8 <= len(data):
         length = int.from_bytes(data[pos : pos + 4], "big")
         kind = data[pos + 4 : pos + 8]
         crc = data[pos + 8 + length : pos + 12 + length]
-        if len(crc) == 4 and zlib.crc32(data[pos + 4 : pos + 8 + length]) != int.from_bytes(crc, "big"):
+        if len(crc) == 4 and zlib.crc32(view[pos + 4 : pos + 8 + length]) != int.from_bytes(crc, "big"):
             shown = kind.decode("latin-1") if kind.isalpha() else kind.hex()
             raise ScanError(name, f"corrupt PNG data: the CRC of its {shown} chunk at byte {pos:,} does not match")
-        yield kind, data[pos + 8 : pos + 8 + length]
+        yield kind, view[pos + 8 : pos + 8 + min(length, 16)]  # what the readers look at: a chunk's start
         if kind == b"IEND":
             return
         pos += 12 + length
@@ -287,7 +287,7 @@ def _webp(data: bytes, name: str | Path) -> list[Declared]:
     single: Declared | None = None
     while pos + 8 <= len(data) and frames <= MAX_FRAMES:
         kind, length = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        body = data[pos + 8 : pos + 8 + length]
+        body = data[pos + 8 : pos + 8 + min(length, 16)]  # a chunk's start is all that is read
         if kind == b"VP8X":
             canvas = (int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1)
         elif kind == b"ANMF":

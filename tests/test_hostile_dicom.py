@@ -73,6 +73,7 @@ def _refusals(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "edge_runtime.net.scp" and "refused" in r.getMessage()]
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI", "ignore:The value length")  # the bad UID is the point
 @pytest.mark.parametrize(
     ("uid", "shown"), [("", "instance ''"), ("1." * 150, "instance '1.1.1.1.1.1.1"), ("1.2.x", "instance '1.2.x'")]
 )

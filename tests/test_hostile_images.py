@@ -133,3 +133,17 @@ def test_a_png_with_a_flipped_bit_is_refused_naming_the_chunk_not_by_an_unnamed_
     ):
         decode_frames(bytes(data), "x.png")
     assert "libpng" not in capfd.readouterr().err
+
+
+def test_webp_orientation_is_applied_too():
+    stored = nodule_scan(40, 60, seed=8)[0]
+    still = cv2.imencode(".webp", stored, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()  # lossless
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return kind + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) % 2)
+
+    header = bytes([0x08, 0, 0, 0]) + (59).to_bytes(3, "little") + (39).to_bytes(3, "little")  # EXIF flag, 60 x 40
+    body = chunk(b"VP8X", header) + still[12:] + chunk(b"EXIF", _exif(6))
+    webp = b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+    frame = decode_frames(webp, "x.webp")[0]
+    assert frame.shape[:2] == (60, 40) and np.array_equal(frame[:, :, 0], np.rot90(stored, -1))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from edge_runtime.console import (
     HelpFormatter,
     ae_title_arg,
     listen_arg,
+    number_arg,
     outputs_doc,
     positive_int_arg,
     results_arg,
@@ -134,14 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     w = p.add_argument_group("watch mode")
     w.add_argument(
         "--settle",
-        type=float,
+        type=number_arg(0, 86400, low_ok=True),
         default=2.0,
         metavar="SECONDS",
         help="a scan with no close/rename event is taken once unchanged for this long",
     )
     w.add_argument(
         "--polling",
-        type=float,
+        type=number_arg(0, 3600),
         nargs="?",
         const=2.0,
         metavar="SECONDS",
@@ -149,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--rescan",
-        type=float,
+        type=number_arg(0, 7 * 86400),
         default=60.0,
         metavar="SECONDS",
         help="full rescan interval, to catch anything the events missed",
@@ -208,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--send-retry",
-        type=float,
+        type=number_arg(0, 600),
         default=5.0,
         metavar="SECONDS",
         help="first retry of a failed send after this long, each further one twice as long (at most 10 minutes)",
@@ -221,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write synthetic ultrasound scans into DIR/scans, segment them into DIR/masks and draw what was "
         "found into DIR/masks/overlays",
+    )
+    p.add_argument(
+        "--decode-budget-mb",
+        type=number_arg(0, 1e6),
+        metavar="MB",
+        help="memory one scan's decoded frames may take; a scan whose headers declare more is refused before "
+        "it is decoded (default: 1024, or the EDGE_SEG_DECODE_BUDGET_MB environment variable)",
     )
     p.add_argument("--log-file", type=Path, help="also log to this file (rotated at 10 MB, 5 kept)")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors, warnings and the summary")
@@ -316,8 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dicom-listen and --send-to are for the daemon: add --watch IN")
     if args.send_auth is not None and not any(str(t).startswith("http") for t in args.send_to or ()):
         parser.error("--send-auth is for DICOMweb targets: add --send-to https://host:port/dicom-web")
-    if args.send_retry <= 0:
-        parser.error("--send-retry must be positive")
+    if args.threshold:
+        from edge_runtime.core.thresholds import check_labels
+
+        try:
+            check_labels(args.threshold)
+        except ValueError as exc:
+            parser.error(f"--threshold: {exc}")
+    if args.decode_budget_mb is not None:  # read by files.headers in every worker thread (and child process)
+        os.environ["EDGE_SEG_DECODE_BUDGET_MB"] = repr(args.decode_budget_mb)
     from edge_runtime.errors import SetupError
 
     try:

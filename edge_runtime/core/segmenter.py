@@ -53,12 +53,18 @@ class Segmenter:
             bundled default model.
         threads: intra-op threads (default: the cores this process may use).
         spinning: False for a daemon, so idle worker threads sleep instead of spinning.
+        cache_dir: keep onnxruntime's optimised graph of the model in this folder and open it from there
+            next time (:mod:`edge_runtime.core.graph_cache`; ``default_cache_dir()`` is the CLI's); None: no cache.
     """
 
     def __init__(
-        self, model: str | Path | OnnxModel | None = None, threads: int | None = None, spinning: bool = True
+        self,
+        model: str | Path | OnnxModel | None = None,
+        threads: int | None = None,
+        spinning: bool = True,
+        cache_dir: Path | None = None,
     ) -> None:
-        self.model = model if isinstance(model, OnnxModel) else OnnxModel(model, threads, spinning)
+        self.model = model if isinstance(model, OnnxModel) else OnnxModel(model, threads, spinning, cache_dir)
 
     @property
     def info(self) -> ModelInfo:

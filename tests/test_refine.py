@@ -171,3 +171,19 @@ def test_training_cuts_the_crop_the_runtime_cuts():
     for _ in range(50):  # jittered training boxes stay inside the frame and hold at least a pixel
         x, y, w, h = training_box((100, 50, 40, 30), (360, 560), rng)
         assert x >= 0 and y >= 0 and w >= 1 and h >= 1 and x + w <= 560 and y + h <= 360
+
+
+def test_the_crops_of_a_batch_go_through_the_second_stage_in_one_run(two_stage, monkeypatch):
+    seg = Segmenter(two_stage)
+    tissue = np.clip(np.random.default_rng(0).normal(170, 18, (200, 260)), 0, 255).astype(np.uint8)
+    images = [nodule_scan(200 + 20 * i, 260 + 10 * i, (120 + 10 * i, 100), (40, 30), i)[0] for i in range(3)]
+    images.insert(1, tissue)  # no mask from the first stage: no crop
+    alone = [seg.segment(im, [0.3, 0.5]) for im in images]
+    calls = []
+    real = seg.model.run_refine
+    monkeypatch.setattr(seg.model, "run_refine", lambda batch: calls.append(len(batch)) or real(batch))
+    together = seg.segment_batch(images, [0.3, 0.5])
+    assert calls == [3]
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-6)
+        assert all(np.array_equal(a.masks[t], b.masks[t]) for t in (0.3, 0.5))

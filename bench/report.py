@@ -276,6 +276,11 @@ def report(r: dict) -> str:
             ["pipeline", f"peak RSS, {n} scans (MB)", "peak RSS, 1 scan (MB)", "site-packages MB (without pip)"], rows
         )
     )
+    out.append(
+        "\nPeak RSS: GNU time's `%M` for the process"
+        if r.get("gnu_time")
+        else "\nPeak RSS: an upper bound (no /usr/bin/time: wait4 also counts the benchmark's own memory)"
+    )
     for name, size in r.get("sizes", {}).items():
         big = ", ".join(f"{k} {v:.0f}" for k, v in size["largest_mb"].items())
         out.append(f"\n{PIPELINE_NAMES[name]}: `pip install {' '.join(size['requirements'])}`; largest (MB): {big}")

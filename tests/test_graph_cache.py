@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,15 @@ def test_warm_up_into_an_unwritable_folder_exits_2(tiny_model, tmp_path, caplog)
     cache = unwritable(tmp_path)
     assert main(["--warm-up", "--model", str(tiny_model), "--cache-dir", str(cache)]) == 2
     assert "could not be built" in caplog.text or "takes no writes" in caplog.text
+
+
+def test_a_refused_model_builds_nothing(tmp_path):
+    from edge_runtime.errors import ModelError
+    from tests.helpers import tiny_metadata
+
+    bad = make_tiny_model(tmp_path / "bad.onnx", metadata=tiny_metadata(64, schema=2))  # schema 2 without a refine
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelError):
+        OnnxModel(bad, threads=1, cache_dir=cache)
+    assert [t.name for t in threading.enumerate() if t.name == "edge-seg-graph-cache"] == []
+    assert list(cache.iterdir()) == []

@@ -20,6 +20,7 @@ a CRC-32 of the file's own bytes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -84,11 +85,21 @@ def file_crc(path: Path) -> int:
 
 @dataclass
 class Opened:
-    """A session, what the cache did (``optimised graph loaded from PATH``, ...), and the thread building it."""
+    """A session, what the cache did (``optimised graph loaded from PATH``, ...), and the thread that will build
+    the cache (not started: the caller starts it once it has accepted the model, :meth:`start_build`)."""
 
     session: Any
     note: str
     building: threading.Thread | None = None
+
+    def start_build(self) -> None:
+        if self.building is not None and self.building.ident is None:
+            self.building.start()
+
+    def wait(self) -> None:
+        """Wait until the cache's build, if one was started, has written the file (or given up)."""
+        if self.building is not None and self.building.ident is not None:
+            self.building.join()
 
 
 def open_cached(
@@ -102,8 +113,8 @@ def open_cached(
 
     ``options(optimise)`` gives the session options, with onnxruntime's optimisations at level ALL or off.
     Without ``cache_dir`` the model is opened as it is. When the cache has no good graph and its folder takes
-    writes, the model is opened as it is and a thread builds the cache beside the run (:attr:`Opened.building`;
-    the process waits for it before it exits), so the first run on a machine is not held up by it.
+    writes, the model is opened as it is, and :meth:`Opened.start_build` starts a thread that builds the cache
+    beside the run (the process waits for it before it exits), so the first run on a machine is not held up.
     Errors opening ``model`` itself are onnxruntime's.
     """
     plain = partial(ort.InferenceSession, str(model), providers=[PROVIDER])
@@ -114,17 +125,16 @@ def open_cached(
         session = _load(ort, path, options)
         if session is not None:
             return Opened(session, f"optimised graph loaded from {path}")
-    try:  # the temporary file the build writes: made here, so that a folder taking no writes is told at once
+    try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{key}-", suffix=".tmp", dir=cache_dir)
-        os.close(fd)
+        if not os.access(cache_dir, os.W_OK):  # (a read-only file system says so here, even to root)
+            raise PermissionError(errno.EACCES, "no write permission")
     except OSError as exc:
         return Opened(plain(options(True)), f"no graph cache: {cache_dir} takes no writes ({exc.strerror or exc})")
-    session = plain(options(True))  # raises before any thread starts for a model onnxruntime cannot load
+    session = plain(options(True))
     builder = threading.Thread(
-        target=build, args=(ort, model, Path(name), key, options), name="edge-seg-graph-cache", daemon=False
+        target=build, args=(ort, model, cache_dir, key, options), name="edge-seg-graph-cache", daemon=False
     )
-    builder.start()
     return Opened(session, f"optimised graph being built into {cache_dir}, for the next runs", builder)
 
 
@@ -167,11 +177,18 @@ def _load(ort: Any, path: Path, options: Callable[[bool], Any]) -> Any:
     return None
 
 
-def build(ort: Any, model: Path, tmp: Path, key: str, options: Callable[[bool], Any]) -> Path | None:
-    """Save ``model``'s optimised graph into ``tmp``, check it, and rename it into place; its path, or None.
-
-    A folder that stops taking writes, or a graph that fails its check, leaves nothing behind.
+def build(ort: Any, model: Path, cache_dir: Path, key: str, options: Callable[[bool], Any]) -> Path | None:
+    """Save ``model``'s optimised graph under a temporary name in ``cache_dir``, check it, and rename it into
+    place; its path, or None. A folder that stops taking writes, or a graph that fails its check, leaves
+    nothing behind.
     """
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{key}-", suffix=".tmp", dir=cache_dir)
+        os.close(fd)
+    except OSError as exc:
+        log.debug("graph cache: cannot write into %s (%s); not cached", cache_dir, exc.strerror or exc)
+        return None
+    tmp = Path(name)
     try:
         opts = options(True)
         opts.optimized_model_filepath = str(tmp)
@@ -184,13 +201,13 @@ def build(ort: Any, model: Path, tmp: Path, key: str, options: Callable[[bool], 
             log.warning("graph cache: the optimised graph of %s computes other outputs; not cached", model)
             return None
         # No fsync: a file torn by a power cut fails its CRC on the next open and is built again.
-        path = tmp.parent / f"{key}-{file_crc(tmp):08x}.onnx"
+        path = cache_dir / f"{key}-{file_crc(tmp):08x}.onnx"
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         log.debug("graph cache: built %s", path)
         return path
     except OSError as exc:  # a full disk, say: the runs go on without the cache
-        log.debug("graph cache: cannot write into %s (%s); not cached", tmp.parent, exc.strerror or exc)
+        log.debug("graph cache: cannot write into %s (%s); not cached", cache_dir, exc.strerror or exc)
     except Exception as exc:  # onnxruntime could not save or load the graph, or an input is not float32
         log.warning("graph cache: the optimised graph of %s could not be saved or checked (%s)", model, exc)
     finally:

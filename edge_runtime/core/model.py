@@ -123,7 +123,7 @@ class OnnxModel:
             raise ModelError(f"model {path} is not a loadable ONNX model: {first}") from None
         self.session = opened.session
         self.graph_cache: str = opened.note  #: what the graph cache did, in words
-        self._cache_build = opened.building
+        self._opened = opened
         meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         presence = meta.get("presence")
@@ -218,11 +218,11 @@ class OnnxModel:
             "" if spinning else ", spinning off",
         )
         log.debug("model %s: %s", path.name, self.graph_cache)
+        opened.start_build()  # (only for a model accepted)
 
     def wait_for_cache(self) -> None:
         """Wait until the graph cache this open started building is written (or given up)."""
-        if self._cache_build is not None:
-            self._cache_build.join()
+        self._opened.wait()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a float32 NHWC batch; returns float32 ``(N, height, width)``."""

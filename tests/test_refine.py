@@ -187,3 +187,26 @@ def test_the_crops_of_a_batch_go_through_the_second_stage_in_one_run(two_stage, 
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_allclose(a.probability, b.probability, atol=1e-6)
         assert all(np.array_equal(a.masks[t], b.masks[t]) for t in (0.3, 0.5))
+
+
+def test_a_post_processing_bug_on_one_scan_fails_that_scan_only(tmp_path, tiny_model, monkeypatch):
+    """The batch's frames are post-processed together; one that breaks it is tried alone and fails alone."""
+    from edge_runtime import cli
+    from edge_runtime.core import segmenter
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    for i, (h, w) in enumerate([(200, 260), (111, 133), (220, 240)]):
+        write_png(inp / f"s{i}.png", nodule_scan(h, w, (w // 2, h // 2), (30, 20), i)[0])
+    real = segmenter.probability_at_scan_size
+
+    def odd(probability, scan_hw):
+        if tuple(scan_hw) == (111, 133):
+            raise ValueError("a bug for this size")
+        return real(probability, scan_hw)
+
+    monkeypatch.setattr(segmenter, "probability_at_scan_size", odd)
+    assert (
+        cli.main([str(inp), "--out", str(out), "--model", str(tiny_model), "--batch-size", "4", "--threads", "1"]) == 1
+    )
+    assert "unexpected error: ValueError: a bug for this size" in (out / "s1.png.error.txt").read_text()
+    assert (out / "s0.png").is_file() and (out / "s2.png").is_file() and not (out / "s1.png").exists()

@@ -262,14 +262,17 @@ class Processor:
     def _safe_postprocess(
         self, items: list[Loaded], predictions: list[Prediction]
     ) -> list[list[Segmentation] | ScanError]:
-        """postprocess(); if a batch's second-stage run fails, each scan alone, so only a scan that still
-        fails gets the error."""
+        """postprocess(); if it fails for a batch (its second-stage run, say), each scan alone, so that only a
+        scan that still fails gets an error and the others are written."""
         try:
             return list(self.postprocess(items, predictions))
-        except SecondStageFailed as exc:
-            if len(items) == 1:
+        except Exception as exc:
+            if len(items) > 1:
+                return [r for it, p in zip(items, predictions, strict=True) for r in self._safe_postprocess([it], [p])]
+            if isinstance(exc, SecondStageFailed):
                 return [exc]
-            return [r for it, p in zip(items, predictions, strict=True) for r in self._safe_postprocess([it], [p])]
+            log.exception("unexpected error post-processing %s", items[0].rel)  # a bug: its traceback
+            return [ScanError(items[0].rel, f"unexpected error: {type(exc).__name__}: {exc}")]
 
     def _safe_finish(self, item: Loaded, segs: list[Segmentation], begin: BeginHook | None) -> Written | ScanError:
         try:

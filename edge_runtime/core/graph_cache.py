@@ -193,10 +193,12 @@ def build(ort: Any, model: Path, cache_dir: Path, key: str, options: Callable[[b
         opts = options(True)
         opts.optimized_model_filepath = str(tmp)
         session = ort.InferenceSession(str(model), opts, providers=[PROVIDER])
-        saved = ort.InferenceSession(str(tmp), options(False), providers=[PROVIDER])
         feeds = check_feeds(session)
-        same = all(np.array_equal(a, b) for a, b in zip(session.run(None, feeds), saved.run(None, feeds), strict=True))
-        del session, saved
+        expected = session.run(None, feeds)
+        del session  # one session at a time: the first run's peak memory is the run's and one more session
+        saved = ort.InferenceSession(str(tmp), options(False), providers=[PROVIDER])
+        same = all(np.array_equal(a, b) for a, b in zip(expected, saved.run(None, feeds), strict=True))
+        del saved
         if not same:
             log.warning("graph cache: the optimised graph of %s computes other outputs; not cached", model)
             return None

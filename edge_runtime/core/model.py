@@ -112,7 +112,7 @@ class OnnxModel:
             opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimise else level.ORT_DISABLE_ALL
             # No memory patterns: onnxruntime keeps one for each input shape, and batches come in several
             # (a second stage's as many as a batch's crops). A one-shot run over 100 DDTI scans peaked at
-            # 390-420 MB without them against 625-680 MB with them from the graph cache (470-490 MB from
+            # 381-410 MB without them against 610-663 MB with them from the graph cache (460-476 MB from
             # the model file), at the same CPU time (bench/README.md, issue 30).
             opts.enable_mem_pattern = False
             if not spinning:  # a daemon idles most of the time: do not burn a core waiting for work,

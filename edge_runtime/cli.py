@@ -4,6 +4,7 @@ One-shot:  edge-seg IN --out OUT          every scan under IN (subfolders too), 
 Daemon:    edge-seg --watch IN --out OUT  the same, then follow new scans until stopped
 Cluster:   edge-seg IN --out OUT --cluster tcp://SCHEDULER:8786   one-shot, on Dask workers
 Demo:      edge-seg --demo [DIR]          synthetic scans, segmented with the bundled model
+Warm-up:   edge-seg --warm-up             build the model's optimised graph in the cache folder, then exit
 
 Exit codes: 0 all scans done, 1 some scans failed (the others are written), 2 usage or setup error.
 """
@@ -225,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
         "found into DIR/masks/overlays",
     )
     p.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep onnxruntime's optimised graph of the model here, so that later runs open it several times "
+        "faster (default: $XDG_CACHE_HOME/edge-seg, else ~/.cache/edge-seg; nothing is written if it takes no "
+        "writes; safe to delete)",
+    )
+    p.add_argument(
+        "--warm-up",
+        action="store_true",
+        help="only build the optimised graph of the model (--model, or the bundled one) in the cache folder, "
+        "then exit: for an installer, so that the first run is as fast as the others",
+    )
+    p.add_argument(
         "--decode-budget-mb",
         type=number_arg(0, 1e6),
         metavar="MB",
@@ -271,6 +286,7 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         force=args.force,
         cluster=args.cluster,
         part=_part(args.num_parts, args.part_id),
+        cache_dir=cache_dir(args.cache_dir),
     )
     watch = WatchOptions(args.settle, args.polling, args.rescan)
     node = NodeOptions(
@@ -297,6 +313,28 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
     return RunSettings(in_dir, out_dir, job, run, watch, node, tuple(argv), scan)
 
 
+def cache_dir(given: Path | None) -> Path:
+    """``--cache-dir``, or the user's cache folder."""
+    from edge_runtime.core.graph_cache import default_cache_dir
+
+    return given if given is not None else default_cache_dir()
+
+
+def warm_up(model: Path | None, folder: Path) -> int:
+    """``--warm-up``: open the model once, so that its optimised graph is in the cache; 2 if it could not be."""
+    from edge_runtime.core.graph_cache import cached_graph
+    from edge_runtime.core.model import OnnxModel
+
+    opened = OnnxModel(model, threads=1, cache_dir=folder)
+    opened.wait_for_cache()
+    path = cached_graph(opened.info.sha256, folder)
+    if path is None:
+        log.error("%s: %s", opened.info.describe(), opened.graph_cache.replace("being built", "could not be built"))
+        return 2
+    log.info("%s: optimised graph in %s", opened.info.describe(), path)
+    return 0
+
+
 def _part(num_parts: int | None, part_id: int | None) -> Part | None:
     """``--num-parts N --part-id K`` as a :class:`Part` (both or neither)."""
     from edge_runtime.errors import SetupError
@@ -312,10 +350,10 @@ def _part(num_parts: int | None, part_id: int | None) -> Part | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    modes = sum(x is not None for x in (args.input, args.watch, args.demo))
+    modes = sum(x is not None for x in (args.input, args.watch, args.demo)) + args.warm_up
     if modes != 1:
-        parser.error("give one of: IN (one-shot), --watch IN (daemon) or --demo")
-    if args.demo is None and args.out is None:
+        parser.error("give one of: IN (one-shot), --watch IN (daemon), --demo or --warm-up")
+    if args.demo is None and not args.warm_up and args.out is None:
         parser.error("--out OUT is required")
     if args.cluster is not None and args.input is None:
         parser.error("--cluster runs one-shot conversions (edge-seg IN --out OUT --cluster ...), not --watch or --demo")
@@ -338,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         setup_logging(args.verbose, args.quiet, args.log_file, timestamps=args.watch is not None)
+        if args.warm_up:
+            return warm_up(args.model, cache_dir(args.cache_dir))
         settings = settings_from_args(args, _argv(argv))
         if args.demo is not None:
             from edge_runtime.demo import run_demo

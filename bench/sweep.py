@@ -83,6 +83,9 @@ def main() -> None:
         settings += [(f"workers {n}", {"workers": n}, (1, True)) for n in (1, 2, 3, 4, 6) if n != cores + 1]
         if cores > 1:
             settings += [
+                # issue 30's other layout: one run at a time on all the cores, with batches
+                (f"1 worker, session on {cores} threads", {"workers": 1}, (cores, True)),
+                (f"1 worker, session on {cores} threads, batch 8", {"workers": 1, "batch_size": 8}, (cores, True)),
                 (f"session on {cores} threads", {}, (cores, True)),
                 (f"session on {cores} threads, spinning off", {}, (cores, False)),
             ]

@@ -4,6 +4,7 @@ One-shot:  edge-seg IN --out OUT          every scan under IN (subfolders too), 
 Daemon:    edge-seg --watch IN --out OUT  the same, then follow new scans until stopped
 Cluster:   edge-seg IN --out OUT --cluster tcp://SCHEDULER:8786   one-shot, on Dask workers
 Demo:      edge-seg --demo [DIR]          synthetic scans, segmented with the bundled model
+Warm-up:   edge-seg --warm-up             build the model's optimised graph in the cache folder, then exit
 
 Exit codes: 0 all scans done, 1 some scans failed (the others are written), 2 usage or setup error.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +23,7 @@ from edge_runtime.console import (
     HelpFormatter,
     ae_title_arg,
     listen_arg,
+    number_arg,
     outputs_doc,
     positive_int_arg,
     results_arg,
@@ -134,14 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     w = p.add_argument_group("watch mode")
     w.add_argument(
         "--settle",
-        type=float,
+        type=number_arg(0, 86400, low_ok=True),
         default=2.0,
         metavar="SECONDS",
         help="a scan with no close/rename event is taken once unchanged for this long",
     )
     w.add_argument(
         "--polling",
-        type=float,
+        type=number_arg(0, 3600),
         nargs="?",
         const=2.0,
         metavar="SECONDS",
@@ -149,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--rescan",
-        type=float,
+        type=number_arg(0, 7 * 86400),
         default=60.0,
         metavar="SECONDS",
         help="full rescan interval, to catch anything the events missed",
@@ -208,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--send-retry",
-        type=float,
+        type=number_arg(0, 600),
         default=5.0,
         metavar="SECONDS",
         help="first retry of a failed send after this long, each further one twice as long (at most 10 minutes)",
@@ -221,6 +224,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write synthetic ultrasound scans into DIR/scans, segment them into DIR/masks and draw what was "
         "found into DIR/masks/overlays",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep onnxruntime's optimised graph of the model here, so that later runs open it several times "
+        "faster (default: $XDG_CACHE_HOME/edge-seg, else ~/.cache/edge-seg; nothing is written if it takes no "
+        "writes; safe to delete)",
+    )
+    p.add_argument(
+        "--warm-up",
+        action="store_true",
+        help="only build the optimised graph of the model (--model, or the bundled one) in the cache folder, "
+        "then exit: for an installer, so that the first run is as fast as the others",
+    )
+    p.add_argument(
+        "--decode-budget-mb",
+        type=number_arg(0, 1e6),
+        metavar="MB",
+        help="memory one scan's decoded frames may take; a scan whose headers declare more is refused before "
+        "it is decoded (default: 1024, or the EDGE_SEG_DECODE_BUDGET_MB environment variable)",
     )
     p.add_argument("--log-file", type=Path, help="also log to this file (rotated at 10 MB, 5 kept)")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors, warnings and the summary")
@@ -262,6 +286,7 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         force=args.force,
         cluster=args.cluster,
         part=_part(args.num_parts, args.part_id),
+        cache_dir=cache_dir(args.cache_dir),
     )
     watch = WatchOptions(args.settle, args.polling, args.rescan)
     node = NodeOptions(
@@ -288,6 +313,28 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
     return RunSettings(in_dir, out_dir, job, run, watch, node, tuple(argv), scan)
 
 
+def cache_dir(given: Path | None) -> Path:
+    """``--cache-dir``, or the user's cache folder."""
+    from edge_runtime.core.graph_cache import default_cache_dir
+
+    return given if given is not None else default_cache_dir()
+
+
+def warm_up(model: Path | None, folder: Path) -> int:
+    """``--warm-up``: open the model once, so that its optimised graph is in the cache; 2 if it could not be."""
+    from edge_runtime.core.graph_cache import cached_graph
+    from edge_runtime.core.model import OnnxModel
+
+    opened = OnnxModel(model, threads=1, cache_dir=folder)
+    opened.wait_for_cache()
+    path = cached_graph(opened.info.sha256, folder)
+    if path is None:
+        log.error("%s: %s", opened.info.describe(), opened.graph_cache.replace("being built", "could not be built"))
+        return 2
+    log.info("%s: optimised graph in %s", opened.info.describe(), path)
+    return 0
+
+
 def _part(num_parts: int | None, part_id: int | None) -> Part | None:
     """``--num-parts N --part-id K`` as a :class:`Part` (both or neither)."""
     from edge_runtime.errors import SetupError
@@ -303,10 +350,10 @@ def _part(num_parts: int | None, part_id: int | None) -> Part | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    modes = sum(x is not None for x in (args.input, args.watch, args.demo))
+    modes = sum(x is not None for x in (args.input, args.watch, args.demo)) + args.warm_up
     if modes != 1:
-        parser.error("give one of: IN (one-shot), --watch IN (daemon) or --demo")
-    if args.demo is None and args.out is None:
+        parser.error("give one of: IN (one-shot), --watch IN (daemon), --demo or --warm-up")
+    if args.demo is None and not args.warm_up and args.out is None:
         parser.error("--out OUT is required")
     if args.cluster is not None and args.input is None:
         parser.error("--cluster runs one-shot conversions (edge-seg IN --out OUT --cluster ...), not --watch or --demo")
@@ -316,12 +363,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dicom-listen and --send-to are for the daemon: add --watch IN")
     if args.send_auth is not None and not any(str(t).startswith("http") for t in args.send_to or ()):
         parser.error("--send-auth is for DICOMweb targets: add --send-to https://host:port/dicom-web")
-    if args.send_retry <= 0:
-        parser.error("--send-retry must be positive")
+    if args.threshold:
+        from edge_runtime.core.thresholds import check_labels
+
+        try:
+            check_labels(args.threshold)
+        except ValueError as exc:
+            parser.error(f"--threshold: {exc}")
+    if args.decode_budget_mb is not None:  # read by files.headers in every worker thread (and child process)
+        os.environ["EDGE_SEG_DECODE_BUDGET_MB"] = repr(args.decode_budget_mb)
     from edge_runtime.errors import SetupError
 
     try:
         setup_logging(args.verbose, args.quiet, args.log_file, timestamps=args.watch is not None)
+        if args.warm_up:
+            return warm_up(args.model, cache_dir(args.cache_dir))
         settings = settings_from_args(args, _argv(argv))
         if args.demo is not None:
             from edge_runtime.demo import run_demo

@@ -10,11 +10,17 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import math
 import os
 import sys
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from edge_runtime.core.thresholds import parse_threshold
+from edge_runtime.errors import one_line, scan_being_read
 from edge_runtime.job.outcome import SUMMARY
 
 #: The console's time stamps (``--watch`` off journald): local time, to the second.
@@ -38,7 +44,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-class ConsoleFormatter(logging.Formatter):
+class OneLineFormatter(logging.Formatter):
+    """Every message on one line: control characters in it (a scan named ``a<newline>FAIL b.png``) are escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
+class ConsoleFormatter(OneLineFormatter):
     """Per-scan lines and the summary as they are; other warnings and errors say what they are."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
@@ -49,6 +63,56 @@ class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         # A file name that is not UTF-8 is shown escaped (``bad\udcffname.png``), whatever the stream's encoding.
         return super().format(record).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class LibraryLines(logging.Filter):
+    """Lines from libraries (pydicom, pynetdicom, Python warnings): one line each, without a traceback (-v keeps
+    it), naming the scan being read when there is one, and the same line at most once a minute."""
+
+    REPEAT_SECONDS = 60.0
+
+    def __init__(self, verbose: bool = False) -> None:
+        super().__init__()
+        self.verbose = verbose
+        self._said: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("edge_runtime"):
+            return True
+        if not self.verbose:
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        message = record.getMessage()
+        scan = scan_being_read()
+        if scan is not None and not message.startswith(scan):
+            message = f"{scan}: {message}"
+        record.msg, record.args = message, None
+        now, key = time.monotonic(), (record.name, message)
+        if now - self._said.get(key, -self.REPEAT_SECONDS) < self.REPEAT_SECONDS:
+            return False
+        if len(self._said) > 10_000:
+            self._said.clear()
+        self._said[key] = now
+        return True
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Python warnings as one log line each; pydicom's are left out, as it logs every one of them itself."""
+    if file is not None:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+        return
+    if f"{os.sep}pydicom{os.sep}" in str(filename):
+        return
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)
+
+
+_SHOW_WARNING = warnings.showwarning
 
 
 def setup_logging(
@@ -72,7 +136,10 @@ def setup_logging(
     console.edge_seg = True  # type: ignore[attr-defined]
     stamped = timestamps and not under_journald()
     console.setFormatter(ConsoleFormatter("%(asctime)s %(message)s" if stamped else "%(message)s", TIME_FORMAT))
+    library_lines = LibraryLines(verbose)
+    console.addFilter(library_lines)
     root.addHandler(console)
+    warnings.showwarning = _show_warning
     if log_file:
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +150,8 @@ def setup_logging(
             from edge_runtime.errors import SetupError
 
             raise SetupError(f"cannot write the log file {log_file}: {exc.strerror or exc}") from None
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh.addFilter(library_lines)
+        fh.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         fh.edge_seg = True  # type: ignore[attr-defined]
         root.addHandler(fh)
 
@@ -129,6 +197,27 @@ def positive_int_arg(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
     return value
+
+
+def number_arg(low: float, high: float, *, low_ok: bool = False) -> Callable[[str], float]:
+    """argparse type for a finite number in (``low``, ``high``] (``[low, high]`` with ``low_ok``).
+
+    NaN and infinity are refused: ``--settle nan`` would compare false with every age, and no scan would ever
+    be taken.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        above = value >= low if low_ok else value > low
+        if not math.isfinite(value) or not above or value > high:
+            bounds = f"{'[' if low_ok else '('}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number in {bounds}")
+        return value
+
+    return parse
 
 
 def ae_title_arg(text: str) -> str:

@@ -8,8 +8,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
+
+#: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators, as escapes.
+_ESCAPES = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))},
+    0x09: "\\t",
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``): a name or reason that cannot start
+    another line of a log or a record file, or move a terminal's cursor."""
+    return text.translate(_ESCAPES)
 
 
 class ErrorKind(StrEnum):
@@ -40,3 +59,22 @@ class SetupError(Exception):
 
 class ModelError(SetupError):
     """The model file is missing, unreadable, or not one this runtime understands."""
+
+
+_reading = threading.local()
+
+
+@contextlib.contextmanager
+def reading_scan(path: str | Path) -> Iterator[None]:
+    """While this thread reads ``path``: a library's log line or warning is said with the scan's name."""
+    before = getattr(_reading, "path", None)
+    _reading.path = str(path)
+    try:
+        yield
+    finally:
+        _reading.path = before
+
+
+def scan_being_read() -> str | None:
+    """The scan this thread is reading (:func:`reading_scan`), or None."""
+    return getattr(_reading, "path", None)

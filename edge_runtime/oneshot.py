@@ -6,17 +6,19 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from edge_runtime.job.assemble import close_job, open_job
-from edge_runtime.job.discovery import describe_skipped
+from edge_runtime.job.discovery import describe_skipped, iter_scans
 from edge_runtime.job.outcome import Outcome, Status, log_failures, log_outcome, log_summary
 from edge_runtime.job.progress import show_progress
-from edge_runtime.job.review import PageKeeper
-from edge_runtime.job.run_record import RunRecord
 from edge_runtime.job.settings import RunSettings
-from edge_runtime.job.sources import list_folder
 from edge_runtime.stopping import StopSignals
+
+if TYPE_CHECKING:  # imported when a run writes them: Jinja2 for the page, importlib.metadata for the record
+    from edge_runtime.job.review import PageKeeper
+    from edge_runtime.job.run_record import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +48,21 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     t0, started = time.perf_counter(), time.time()
     job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run, scan=settings.scan)
     force = settings.run.force
-    record = RunRecord(job, ["edge-seg", *settings.argv]) if "reports" in job.spec.outputs else None
-    page = PageKeeper(job, ["edge-seg", *settings.argv], started=started) if "review" in job.spec.outputs else None
+    record: RunRecord | None = None
+    page: PageKeeper | None = None
+    if "reports" in job.spec.outputs:
+        from edge_runtime.job.run_record import RunRecord
+
+        record = RunRecord(job, ["edge-seg", *settings.argv])
+    if "review" in job.spec.outputs:
+        from edge_runtime.job.review import PageKeeper
+
+        page = PageKeeper(job, ["edge-seg", *settings.argv], started=started)
     record_failed = False
     skipped: Counter[str] = Counter()
     blocked: Outcome | None = None  # the first scan whose outputs OUT could not take
     try:
-        rels = [settings.scan] if settings.scan is not None else list_folder(job.in_dir, skipped)
+        rels = [settings.scan] if settings.scan is not None else list(iter_scans(job.in_dir, skipped=skipped))
         if not rels:
             suffixes = " ".join(sorted(IMAGE_SUFFIXES | DICOM_SUFFIXES))
             log.warning("no scans found under %s (looked for %s and DICOM by content)", settings.in_dir, suffixes)

@@ -21,6 +21,18 @@ def ddti() -> Path:
     return DDTI
 
 
+@pytest.fixture(scope="session")
+def _graph_cache_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_folder(monkeypatch, _graph_cache_home):
+    # The CLI keeps optimised graphs under $XDG_CACHE_HOME/edge-seg: the suite's go into a folder of its own
+    # (subprocesses inherit it), never into the user's ~/.cache.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(_graph_cache_home))
+
+
 @pytest.fixture(autouse=True)
 def _quiet_threads(monkeypatch):
     # Keep test runs polite on a 2-core CI machine.

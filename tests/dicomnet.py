@@ -3,11 +3,13 @@ and DCMTK / dicom3tools lookups (tests skip with the reason when they are missin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,27 @@ def need_tool(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} {DCMTK_HINT}")
     return path
+
+
+@contextlib.contextmanager
+def storage_scps(in_dir: Path) -> Iterator[Callable[..., Any]]:
+    """``start(**options)`` starts a StorageSCP on IN (on a free port of 127.0.0.1); all are stopped after."""
+    from edge_runtime.net.scp import StorageSCP
+
+    made: list[StorageSCP] = []
+
+    def start(**options: Any) -> StorageSCP:
+        in_dir.mkdir(exist_ok=True)
+        node = StorageSCP(in_dir, **options)
+        node.start("127.0.0.1", 0)
+        made.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in made:
+            node.stop()
 
 
 def free_port() -> int:

@@ -135,14 +135,14 @@ def test_files_that_are_not_scans_are_counted_in_the_summary_and_named_with_v(tm
 
 
 def test_a_tiff_of_too_many_pages_is_refused_before_it_is_decoded_whole(monkeypatch):
-    from edge_runtime.files import scans as scanio
+    from edge_runtime.files import headers
 
     pages = [synthetic(s, 40, 50)[0] for s in range(6)]
     _, buf = cv2.imencodemulti(".tif", pages)
-    monkeypatch.setattr(scanio, "MAX_TOTAL_PIXELS", 4 * 40 * 50)
-    with pytest.raises(ScanError, match="too large: more than 4 images of 50 x 40 pixels"):
+    monkeypatch.setattr(headers, "MAX_TOTAL_PIXELS", 4 * 40 * 50)
+    with pytest.raises(ScanError, match="too large: 6 pages of 12,000 pixels in all, over the limit of 8,000"):
         decode_frames(buf.tobytes(), "x.tif")
-    monkeypatch.setattr(scanio, "MAX_TOTAL_PIXELS", 6 * 40 * 50)
+    monkeypatch.setattr(headers, "MAX_TOTAL_PIXELS", 6 * 40 * 50)
     assert len(decode_frames(buf.tobytes(), "x.tif")) == 6
 
 

@@ -171,3 +171,42 @@ def test_training_cuts_the_crop_the_runtime_cuts():
     for _ in range(50):  # jittered training boxes stay inside the frame and hold at least a pixel
         x, y, w, h = training_box((100, 50, 40, 30), (360, 560), rng)
         assert x >= 0 and y >= 0 and w >= 1 and h >= 1 and x + w <= 560 and y + h <= 360
+
+
+def test_the_crops_of_a_batch_go_through_the_second_stage_in_one_run(two_stage, monkeypatch):
+    seg = Segmenter(two_stage)
+    tissue = np.clip(np.random.default_rng(0).normal(170, 18, (200, 260)), 0, 255).astype(np.uint8)
+    images = [nodule_scan(200 + 20 * i, 260 + 10 * i, (120 + 10 * i, 100), (40, 30), i)[0] for i in range(3)]
+    images.insert(1, tissue)  # no mask from the first stage: no crop
+    alone = [seg.segment(im, [0.3, 0.5]) for im in images]
+    calls = []
+    real = seg.model.run_refine
+    monkeypatch.setattr(seg.model, "run_refine", lambda batch: calls.append(len(batch)) or real(batch))
+    together = seg.segment_batch(images, [0.3, 0.5])
+    assert calls == [3]
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-6)
+        assert all(np.array_equal(a.masks[t], b.masks[t]) for t in (0.3, 0.5))
+
+
+def test_a_post_processing_bug_on_one_scan_fails_that_scan_only(tmp_path, tiny_model, monkeypatch):
+    """The batch's frames are post-processed together; one that breaks it is tried alone and fails alone."""
+    from edge_runtime import cli
+    from edge_runtime.core import segmenter
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    for i, (h, w) in enumerate([(200, 260), (111, 133), (220, 240)]):
+        write_png(inp / f"s{i}.png", nodule_scan(h, w, (w // 2, h // 2), (30, 20), i)[0])
+    real = segmenter.probability_at_scan_size
+
+    def odd(probability, scan_hw):
+        if tuple(scan_hw) == (111, 133):
+            raise ValueError("a bug for this size")
+        return real(probability, scan_hw)
+
+    monkeypatch.setattr(segmenter, "probability_at_scan_size", odd)
+    assert (
+        cli.main([str(inp), "--out", str(out), "--model", str(tiny_model), "--batch-size", "4", "--threads", "1"]) == 1
+    )
+    assert "unexpected error: ValueError: a bug for this size" in (out / "s1.png.error.txt").read_text()
+    assert (out / "s0.png").is_file() and (out / "s2.png").is_file() and not (out / "s1.png").exists()

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.core.graph_cache import open_cached
 from edge_runtime.core.metadata import METADATA_KEY, parse_metadata, require
 from edge_runtime.core.refine import RefineSpec
 from edge_runtime.errors import ModelError
@@ -87,26 +88,47 @@ def _ort():
 class OnnxModel:
     """One onnxruntime session for a model file, reused for every scan."""
 
-    def __init__(self, path: str | Path | None = None, threads: int | None = None, spinning: bool = True):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        threads: int | None = None,
+        spinning: bool = True,
+        cache_dir: Path | None = None,
+    ):
+        """``cache_dir``: keep onnxruntime's optimised graph there (:mod:`edge_runtime.core.graph_cache`)."""
         path = Path(path) if path is not None else default_model_path()
         if not path.is_file():
             raise ModelError(f"model {path} does not exist" if not path.exists() else f"model {path} is not a file")
         ort = _ort()
         self.threads = threads or available_cores()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if not spinning:  # a daemon idles most of the time: do not burn a core waiting for work,
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            # and do not keep a peak-sized memory arena between batches (~200 MB for the seed FCN).
-            opts.enable_cpu_mem_arena = False
+        sha256 = file_sha256(path)
+
+        def options(optimise: bool) -> Any:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            level = ort.GraphOptimizationLevel
+            opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimise else level.ORT_DISABLE_ALL
+            # No memory patterns: onnxruntime keeps one for each input shape, and batches come in several
+            # (a second stage's as many as a batch's crops). A one-shot run over 100 DDTI scans peaked at
+            # 381-410 MB without them against 610-663 MB with them from the graph cache (460-476 MB from
+            # the model file), at the same CPU time (bench/README.md, issue 30).
+            opts.enable_mem_pattern = False
+            if not spinning:  # a daemon idles most of the time: do not burn a core waiting for work,
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                # and do not keep a peak-sized memory arena between batches (~200 MB for the seed FCN).
+                opts.enable_cpu_mem_arena = False
+            return opts
+
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            opened = open_cached(ort, path, sha256, options, cache_dir)
         except Exception as exc:  # onnxruntime raises several private exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"model {path} is not a loadable ONNX model: {first}") from None
+        self.session = opened.session
+        self.graph_cache: str = opened.note  #: what the graph cache did, in words
+        self._opened = opened
         meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         presence = meta.get("presence")
@@ -156,7 +178,7 @@ class OnnxModel:
         )
         self.info = ModelInfo(
             path=path,
-            sha256=file_sha256(path),
+            sha256=sha256,
             name=str(meta.get("name", path.stem)),
             version=str(meta.get("version", "0")),
             input_name=scan_input.name,
@@ -200,6 +222,12 @@ class OnnxModel:
             self.threads,
             "" if spinning else ", spinning off",
         )
+        log.debug("model %s: %s", path.name, self.graph_cache)
+        opened.start_build()  # (only for a model accepted)
+
+    def wait_for_cache(self) -> None:
+        """Wait until the graph cache this open started building is written (or given up)."""
+        self._opened.wait()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a float32 NHWC batch; returns float32 ``(N, height, width)``."""

@@ -53,12 +53,18 @@ class Segmenter:
             bundled default model.
         threads: intra-op threads (default: the cores this process may use).
         spinning: False for a daemon, so idle worker threads sleep instead of spinning.
+        cache_dir: keep onnxruntime's optimised graph of the model in this folder and open it from there
+            next time (:mod:`edge_runtime.core.graph_cache`; ``default_cache_dir()`` is the CLI's); None: no cache.
     """
 
     def __init__(
-        self, model: str | Path | OnnxModel | None = None, threads: int | None = None, spinning: bool = True
+        self,
+        model: str | Path | OnnxModel | None = None,
+        threads: int | None = None,
+        spinning: bool = True,
+        cache_dir: Path | None = None,
     ) -> None:
-        self.model = model if isinstance(model, OnnxModel) else OnnxModel(model, threads, spinning)
+        self.model = model if isinstance(model, OnnxModel) else OnnxModel(model, threads, spinning, cache_dir)
 
     @property
     def info(self) -> ModelInfo:
@@ -100,25 +106,44 @@ class Segmenter:
         When the presence score is below the model's presence threshold, the model says "no nodule" and
         every mask is empty; the probability map is kept as it is, for a person to look at. A model with a
         second stage looks again at the scan's pixels (``image``, the scan itself) around the first
-        stage's mask (:meth:`refine`); without ``image`` the first stage's map is used as it is.
+        stage's mask (:meth:`refine_crop`); without ``image`` the first stage's map is used as it is.
         """
-        thresholds = tuple(thresholds) if thresholds else (self.threshold,)
-        info = self.info
-        prob = probability_at_scan_size(probability, scan_hw)
-        kernel = opening_kernel(scan_hw, probability.shape[:2], info.morphology_size)
-        present = nodule_present(presence, self.presence_threshold)
-        if info.refine is not None and image is not None and present:
-            prob = self.refine(prob, image, kernel)
-        masks = {t: mask_from_probability(prob, t, kernel) for t in thresholds}
-        return Segmentation(prob, gate(masks, presence, self.presence_threshold), presence, present)
+        return self.postprocess_batch([probability], [scan_hw], thresholds, [presence], [image])[0]
 
-    def refine(self, probability: np.ndarray, image: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
-        """The scan-size map with the second stage averaged in around the first stage's mask (unchanged without one)."""
-        cut = self.refine_crop(probability, image, kernel)
-        if cut is None:
-            return probability
-        box, tensor = cut
-        return blend(probability, self.model.run_refine(tensor[None])[0], box)
+    def postprocess_batch(
+        self,
+        probabilities: Sequence[np.ndarray],
+        scan_hws: Sequence[tuple[int, int]],
+        thresholds: Sequence[float] | None = None,
+        presences: Sequence[float | None] | None = None,
+        images: Sequence[np.ndarray | None] | None = None,
+    ) -> list[Segmentation]:
+        """:meth:`postprocess` for several frames, whose second-stage crops go through one inference run."""
+        thresholds = tuple(thresholds) if thresholds else (self.threshold,)
+        n = len(probabilities)
+        presences = presences if presences is not None else [None] * n
+        images = images if images is not None else [None] * n
+        info = self.info
+        maps = [probability_at_scan_size(p, hw) for p, hw in zip(probabilities, scan_hws, strict=True)]
+        kernels = [
+            opening_kernel(hw, p.shape[:2], info.morphology_size) for p, hw in zip(probabilities, scan_hws, strict=True)
+        ]
+        present = [nodule_present(q, self.presence_threshold) for q in presences]
+        if info.refine is not None:
+            cuts = {}
+            for i, (m, im, k, ok) in enumerate(zip(maps, images, kernels, present, strict=True)):
+                cut = self.refine_crop(m, im, k) if im is not None and ok else None
+                if cut is not None:
+                    cuts[i] = cut
+            if cuts:  # one run for every crop: a scan where the first stage marked nothing has none
+                refined = self.model.run_refine(np.stack([tensor for _, tensor in cuts.values()]))
+                for r, (i, (box, _)) in zip(refined, cuts.items(), strict=True):
+                    maps[i] = blend(maps[i], r, box)
+        out = []
+        for prob, kernel, q, ok in zip(maps, kernels, presences, present, strict=True):
+            masks = {t: mask_from_probability(prob, t, kernel) for t in thresholds}
+            out.append(Segmentation(prob, gate(masks, q, self.presence_threshold), q, ok))
+        return out
 
     def refine_crop(
         self, probability: np.ndarray, image: np.ndarray, kernel: np.ndarray | None
@@ -141,9 +166,7 @@ class Segmenter:
         batch = np.stack([self.preprocess(im) for im in images])
         probs, presence = self.run(batch)
         scores = [None] * len(images) if presence is None else [float(q) for q in presence]
-        return [
-            self.postprocess(p, im.shape[:2], thresholds, q, im) for p, q, im in zip(probs, scores, images, strict=True)
-        ]
+        return self.postprocess_batch(list(probs), [im.shape[:2] for im in images], thresholds, scores, images)
 
     def segment(self, image: np.ndarray, thresholds: Sequence[float] | None = None) -> Segmentation:
         """Segment one image (H x W gray, H x W x 3 RGB or H x W x 4 RGBA; 8 or 16 bit).

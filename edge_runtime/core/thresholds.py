@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,6 +29,22 @@ def parse_threshold(text: str | float) -> float:
 def threshold_label(threshold: float) -> str:
     """The folder name for a threshold: ``0.9`` -> ``"0.9"``, ``0.85`` -> ``"0.85"``."""
     return format(threshold, "g")
+
+
+def check_labels(thresholds: Sequence[float]) -> None:
+    """Refuse thresholds that would write into one folder (``0.5000001`` and ``0.5000002`` are both ``0.5``).
+
+    Raises :class:`ValueError` naming them and the folder.
+    """
+    seen: dict[str, float] = {}
+    for t in sorted(set(thresholds)):
+        label = threshold_label(t)
+        if label in seen:
+            raise ValueError(
+                f"thresholds {seen[label]!r} and {t!r} would both write OUT/{label}/; give thresholds that differ "
+                "in their first 6 significant digits"
+            )
+        seen[label] = t
 
 
 def best_threshold(dice_by_threshold: Mapping[float, float]) -> float:

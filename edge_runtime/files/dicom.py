@@ -22,14 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime import MAX_PIXELS
 from edge_runtime.errors import ScanError
+from edge_runtime.files import headers
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'DICOM needs the dicom extra: pip install "edge-seg[dicom]"'
-#: The most pixels (all frames together) one DICOM file may decode to: a long cine loop beyond this is refused.
-MAX_TOTAL_PIXELS = 4 * MAX_PIXELS
 #: PhysicalUnitsX/YDirection code for centimetres (DICOM PS3.3 C.8.5.5.1.15).
 _UNITS_CM = 3
 #: Photometric interpretations pydicom's decoders return as RGB (when not asked for raw data).
@@ -67,26 +65,8 @@ def read_dicom(data: bytes, path: str | Path = "<bytes>") -> DicomImage:
     """Decode a DICOM file's bytes: frames, pixel spacing and its source. Raises :class:`ScanError`."""
     pydicom, get_decoder = _pydicom(path)
     ds = _parse(pydicom, data, path)
-    tsyntax = ds.file_meta.get("TransferSyntaxUID")
-    if tsyntax is None:
-        raise ScanError(path, "corrupt DICOM: its file meta information names no transfer syntax")
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ScanError(path, "DICOM file has no pixel data (not an image: a report, structured data or DICOMDIR?)")
-    if "PixelData" not in ds:
-        raise ScanError(path, "DICOM float pixel data is not supported (expected integer pixels)")
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        n = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise ScanError(path, f"corrupt DICOM: image size missing or malformed ({exc})") from None
-    if rows * cols > MAX_PIXELS or rows * cols * n > MAX_TOTAL_PIXELS:
-        raise ScanError(
-            path,
-            f"DICOM image too large: {n} frame(s) of {cols} x {rows} pixels is over the limit of "
-            f"{MAX_PIXELS:,} pixels per frame and {MAX_TOTAL_PIXELS:,} per file",
-        )
-    arr, meta = _decode(get_decoder, ds, tsyntax, path)
-    frames = _to_frames(pydicom, ds, arr, meta, path)
+    tsyntax = check_image(ds, path)
+    frames = _decode(pydicom, get_decoder, ds, tsyntax, path)
     spacing, source = pixel_spacing(ds)
     info = {
         "transfer_syntax": str(tsyntax),
@@ -97,6 +77,42 @@ def read_dicom(data: bytes, path: str | Path = "<bytes>") -> DicomImage:
     }
     del ds.PixelData  # the pixels are in ``frames``; the header alone is kept, for the results that reference it
     return DicomImage(frames, spacing, source, info, ds)
+
+
+def check_image(ds: Any, path: str | Path = "<bytes>") -> Any:
+    """Everything about a parsed dataset's pixels that can be checked without decoding them; its transfer syntax.
+
+    Pixel data present and integer; Rows, Columns and frames within the limits and the decode budget; native
+    pixel data exactly as long as the header says (longer would give frames the header hides, shorter is
+    truncated); each encapsulated frame's own header (SOF, SIZ) agreeing with Rows and Columns. Raises
+    :class:`ScanError` naming ``path``; the storage SCP refuses a received instance with the same reasons.
+    """
+    tsyntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in dir(ds) else None
+    if tsyntax is None:
+        raise ScanError(path, "corrupt DICOM: its file meta information names no transfer syntax")
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ScanError(path, "DICOM file has no pixel data (not an image: a report, structured data or DICOMDIR?)")
+    if "PixelData" not in ds:
+        raise ScanError(path, "DICOM float pixel data is not supported (expected integer pixels)")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        allocated = int(ds.get("BitsAllocated", 8) or 8)
+        pixel_data = ds.PixelData
+    except Exception as exc:  # pydicom raises many types for a malformed or cut element
+        raise ScanError(
+            path, f"corrupt DICOM: image size or pixel data missing or malformed ({_first_line(exc)})"
+        ) from None
+    if pixel_data is None:
+        raise ScanError(path, "corrupt DICOM: its pixel data element is empty")
+    frame = headers.Declared(cols, rows, max(1, min(samples, 4)) * (2 if allocated > 8 else 1))
+    headers.check_declared(path, "DICOM", [frame] * max(n, 1))
+    if getattr(tsyntax, "is_encapsulated", False):
+        _check_encapsulated(pixel_data, rows, cols, n, path)
+    else:
+        _check_native_length(ds, rows, cols, n, samples, allocated, path)
+    return tsyntax
 
 
 def _parse(pydicom, data: bytes, path: str | Path):
@@ -113,7 +129,52 @@ def _parse(pydicom, data: bytes, path: str | Path):
     return ds
 
 
-def _decode(get_decoder, ds, tsyntax, path: str | Path) -> tuple[np.ndarray, dict]:
+def _check_native_length(ds, rows: int, cols: int, n: int, samples: int, allocated: int, path: str | Path) -> None:
+    """Refuse native pixel data longer than the header's frames (it would be decoded as extra frames)."""
+    per_frame = rows * cols * samples
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        per_frame = rows * cols * 2
+    expected = (per_frame * n * allocated + 7) // 8
+    actual = len(ds.PixelData)
+    header = f"the header ({n} frame(s) of {cols} x {rows}, {samples} sample(s) of {allocated} bits)"
+    if actual < expected:
+        cut = f"{actual:,} bytes where {header} says {expected:,}"
+        raise ScanError(path, f"corrupt or truncated DICOM pixel data: {cut}")
+    if actual > expected + (expected & 1):  # one pad byte makes an odd length even
+        raise ScanError(path, f"DICOM pixel data is {actual:,} bytes but {header} says {expected:,}: refused")
+
+
+def _check_encapsulated(pixel_data: bytes, rows: int, cols: int, n: int, path: str | Path) -> None:
+    """Each encapsulated image's own header (JPEG / JPEG-LS SOF, JPEG 2000 SIZ) against Rows, Columns and n.
+
+    Every fragment that starts an image is read, before anything is decoded: a frame that declares another
+    size, or more images than the header's frames, is refused.
+    """
+    from pydicom.encaps import generate_fragments
+
+    images = 0
+    try:
+        fragments = list(generate_fragments(pixel_data))
+    except Exception as exc:
+        raise ScanError(path, f"corrupt encapsulated DICOM pixel data: {_first_line(exc)}") from None
+    for fragment in fragments:
+        declared = headers.jpeg_family_frame(fragment, path)
+        if not declared:
+            continue  # a continuation fragment, or a codec whose frames carry no size (RLE)
+        images += 1
+        size = declared[0]
+        if (size.width, size.height) != (cols, rows):
+            raise ScanError(
+                path,
+                f"DICOM frame {images} declares {size.width} x {size.height} pixels in its own header, "
+                f"the DICOM header {cols} x {rows}: refused before decoding",
+            )
+    if images > n:
+        raise ScanError(path, f"DICOM pixel data holds {images} encapsulated frames, the header says {n}: refused")
+
+
+def _decode(pydicom, get_decoder, ds, tsyntax, path: str | Path) -> list[np.ndarray]:
+    """The frames, decoded one at a time (never the whole array and its frames side by side)."""
     name = getattr(tsyntax, "name", str(tsyntax))
     try:
         decoder = get_decoder(tsyntax)
@@ -122,10 +183,15 @@ def _decode(get_decoder, ds, tsyntax, path: str | Path) -> tuple[np.ndarray, dic
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies) or "a decoding plugin"
         raise ScanError(path, f"cannot decode {name} pixel data: needs {missing} ({INSTALL_HINT})")
+    frames: list[np.ndarray] = []
     try:
-        return decoder.as_array(ds, raw=False)
+        for arr, meta in decoder.iter_array(ds, raw=False):
+            frames += _to_frames(pydicom, ds, arr, {**meta, "number_of_frames": 1}, path)
+    except ScanError:
+        raise
     except Exception as exc:
         raise ScanError(path, f"corrupt or truncated DICOM pixel data ({name}): {_first_line(exc)}") from None
+    return frames
 
 
 def _to_frames(pydicom, ds, arr: np.ndarray, meta: dict, path: str | Path) -> list[np.ndarray]:

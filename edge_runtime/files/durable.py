@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -31,7 +32,7 @@ def write_atomic(path: str | Path, data: bytes | str, fsync: bool = True) -> Non
     if isinstance(data, str):  # a file name that is not UTF-8 (surrogate-escaped) is written as its own bytes
         data = data.encode("utf-8", "surrogateescape")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{temp_stem(path.name)}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -44,6 +45,30 @@ def write_atomic(path: str | Path, data: bytes | str, fsync: bool = True) -> Non
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+#: The longest file name most file systems take (ext4, XFS, btrfs, tmpfs: 255 bytes).
+NAME_MAX = 255
+#: What a temporary name adds to the name it is for: "." before, ".<8 chars>.tmp" after.
+_TEMP_EXTRA = 14
+
+
+def fitting_name(name: str, extra: int = 0) -> str:
+    """``name`` if it and ``extra`` more bytes fit in :data:`NAME_MAX`; else its start and a hash of it that do.
+
+    ``x~<12 hex digits of sha256(name)>``: still unique among long names that share their first 200 bytes.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) + extra <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    keep = NAME_MAX - extra - len(digest) - 1
+    return raw[:keep].decode("utf-8", "surrogateescape") + "~" + digest
+
+
+def temp_stem(name: str) -> str:
+    """The part of ``name`` a temporary file for it carries: all of it, or as much as fits (:func:`fitting_name`)."""
+    return fitting_name(name, _TEMP_EXTRA)
 
 
 def sync_dirs(folders: list[Path]) -> None:
@@ -153,7 +178,7 @@ def sweep_temp_files_of(paths: list[Path]) -> int:
     """
     wanted: dict[Path, set[str]] = {}
     for path in paths:
-        wanted.setdefault(path.parent, set()).add(path.name)
+        wanted.setdefault(path.parent, set()).add(temp_stem(path.name))
     removed = 0
     for folder, names in wanted.items():
         try:
@@ -161,7 +186,7 @@ def sweep_temp_files_of(paths: list[Path]) -> int:
         except OSError:
             continue
         for entry in entries:
-            if _TEMP_NAME.match(entry) and entry[1:-13] in names:  # ".<name>.<8 chars>.tmp"
+            if _TEMP_NAME.match(entry) and entry[1:-13] in names:  # ".<name, or as much as fits>.<8 chars>.tmp"
                 with contextlib.suppress(OSError):
                     os.unlink(folder / entry)
                     removed += 1

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from edge_runtime import MAX_PIXELS
-from edge_runtime.errors import ScanError
+from edge_runtime.errors import ScanError, reading_scan
+from edge_runtime.files import exif, headers
 from edge_runtime.files.formats import (
     DICOM_SUFFIXES,
     MULTI_IMAGE_FORMATS,
@@ -33,8 +35,6 @@ from edge_runtime.files.formats import (
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
-#: Pixels of all the images of one multi-image file together (as for multi-frame DICOM).
-MAX_TOTAL_PIXELS = 4 * MAX_PIXELS
 
 with contextlib.suppress(Exception):  # keep libpng/libjpeg warnings off the console; we report ourselves
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -55,12 +55,6 @@ class Scan:
     #: reader-specific facts; DICOM: ``pixel_spacing_source``, ``dicom`` (transfer syntax, photometric, bits)
     #: and ``dicom_header`` (the pydicom dataset without its pixel data)
     extra: dict = field(default_factory=dict)
-
-
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    if len(data) >= 24 and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    return None
 
 
 def decode_image(data: bytes, name: str | Path = "<bytes>") -> np.ndarray:
@@ -88,10 +82,6 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
         raise ScanError(name, f"not an image: the content is not {READ_FORMATS}")
     if fmt == "DICOM":
         raise ScanError(name, "DICOM file: read it with read_scan() (needs the [dicom] extra)")
-    if fmt == "PNG":
-        dims = _png_size(data)
-        if dims and dims[0] * dims[1] > MAX_PIXELS:
-            raise ScanError(name, f"image too large: {dims[0]} x {dims[1]} pixels is over the limit of {MAX_PIXELS:,}")
     end = image_end(data, fmt)
     if end is None:
         what = "its IEND chunk" if fmt == "PNG" else "its end-of-image marker"
@@ -99,11 +89,17 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
     if end < len(data):
         log.warning("%s: %d byte(s) after the end of the %s image are ignored", name, len(data) - end, fmt)
         data = data[:end]
+    # Every page's and frame's declared size, and their total, against the limits before any is decoded.
+    declared = headers.declared_frames(data, fmt, name)
+    headers.check_declared(name, fmt, declared)
     buf = np.frombuffer(data, dtype=np.uint8)
     multi = fmt in MULTI_IMAGE_FORMATS or (fmt == "PNG" and is_animated_png(data))
     try:
         if multi:
-            decoded = _decode_pages(buf, name)
+            decoded = _decode_pages(buf, len(declared), name)
+        elif fmt == "JPEG":
+            jpeg = _decode_jpeg(data, buf, name)
+            decoded = [] if jpeg is None else [jpeg]
         else:
             one = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
             decoded = [] if one is None else [one]
@@ -113,7 +109,8 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
         raise ScanError(name, f"corrupt {fmt} data ({str(exc).strip().splitlines()[-1]})") from None
     if not decoded or any(p is None or p.size == 0 for p in decoded):
         raise ScanError(name, f"corrupt or truncated {fmt} data: it could not be decoded")
-    frames = [_to_rgb(p, name) for p in decoded]
+    turn = exif.orientation(data, fmt)
+    frames = [exif.orient(_to_rgb(p, name), turn) for p in decoded]
     for pixels in frames:
         if pixels.shape[0] * pixels.shape[1] > MAX_PIXELS:
             raise ScanError(
@@ -121,10 +118,6 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
                 f"image too large: {pixels.shape[1]} x {pixels.shape[0]} pixels is over the limit of {MAX_PIXELS:,}",
             )
     if len(frames) > 1:
-        total = sum(p.shape[0] * p.shape[1] for p in frames)
-        if total > MAX_TOTAL_PIXELS:
-            what = f"{len(frames)} images of {total:,} pixels in all"
-            raise ScanError(name, f"too large: {what}, over the limit of {MAX_TOTAL_PIXELS:,}")
         sizes = sorted({(p.shape[1], p.shape[0]) for p in frames})
         if len(sizes) > 1:
             shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
@@ -135,24 +128,38 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
     return frames
 
 
-def _decode_pages(buf: np.ndarray, name: str | Path) -> list[np.ndarray]:
-    """Every page or frame, but never more than :data:`MAX_TOTAL_PIXELS` pixels' worth in memory.
+def _decode_pages(buf: np.ndarray, declared: int, name: str | Path) -> list[np.ndarray]:
+    """The pages or frames, never more than the ``declared`` ones whose sizes were checked.
 
-    The first page gives the size; then at most as many pages as fit in the limit, and one more to tell
-    whether there are too many (so a file of a thousand large pages is refused, not decoded whole).
+    One more is asked for, to tell a file whose decoder finds pages its headers did not show (refused).
     """
-    ok, first = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED, None, (0, 1))
-    if not ok or not first or first[0] is None or first[0].size == 0:
-        return []
-    fits = max(1, MAX_TOTAL_PIXELS // (first[0].shape[0] * first[0].shape[1]))
-    ok, images = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED, None, (0, fits + 1))
+    ok, images = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED, None, (0, declared + 1))
     if not ok:
         return []
-    if len(images) > fits:
-        h, w = first[0].shape[:2]
-        limit = f"over the limit of {MAX_TOTAL_PIXELS:,} in all"
-        raise ScanError(name, f"too large: more than {fits} images of {w} x {h} pixels, {limit}")
+    if len(images) > declared:
+        raise ScanError(name, f"corrupt: its headers declare {declared} image(s) but it holds more")
     return list(images)
+
+
+def _decode_jpeg(data: bytes, buf: np.ndarray, name: str | Path) -> np.ndarray | None:
+    """A JPEG's pixels (gray, or BGR as OpenCV gives them), any decoder warning being the scan's failure.
+
+    libjpeg-turbo (through simplejpeg) in strict mode stops at what libjpeg only warns of ("Corrupt JPEG
+    data: premature end of data segment", bytes zeroed or cut): a picture decoded past such damage is
+    grey blocks or a smeared nodule, and must not be segmented and called "ok". A JPEG simplejpeg cannot
+    decode even leniently (CMYK, 12-bit) is left to OpenCV.
+    """
+    try:
+        gray = simplejpeg.decode_jpeg_header(data)[2] == "Gray"
+        pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if gray else "BGR", strict=True)
+    except ValueError as exc:
+        try:
+            simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=False)
+        except ValueError:
+            one = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)  # a kind simplejpeg does not read
+            return one
+        raise ScanError(name, f"corrupt JPEG data: {str(exc).strip()} (libjpeg)") from None
+    return pixels[:, :, 0] if gray else pixels
 
 
 def _to_rgb(pixels: np.ndarray, name: str | Path) -> np.ndarray:
@@ -203,8 +210,15 @@ def _file_kind(mode: int) -> str:
 
 
 def read_scan(path: str | Path) -> Scan:
-    """Read, hash and decode one scan file (PNG, JPEG, BMP, TIFF, WEBP, GIF, JPEG 2000; DICOM with the extra)."""
-    path = Path(path)
+    """Read, hash and decode one scan file (PNG, JPEG, BMP, TIFF, WEBP, GIF, JPEG 2000; DICOM with the extra).
+
+    A library's own log line or warning while it reads names the file (:func:`~edge_runtime.errors.reading_scan`).
+    """
+    with reading_scan(path):
+        return _read_scan(Path(path))
+
+
+def _read_scan(path: Path) -> Scan:
     data, st = read_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
     fmt = sniff_format(data) if data else None

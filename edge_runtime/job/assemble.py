@@ -78,7 +78,7 @@ def open_job(
     in_dir, out_dir = check_folders(in_dir, out_dir, scan)
     # One intra-op thread per session run, and a worker per core (plus one) taking whole batches
     # through the pipeline (Scheduler.process): cheaper than one run split over all cores (bench/README.md).
-    segmenter = Segmenter(request.model, threads=1, spinning=not daemon)
+    segmenter = Segmenter(request.model, threads=1, spinning=not daemon, cache_dir=options.cache_dir)
     opencv_on_caller_threads()  # the workers are the parallelism
     return build_job(segmenter, in_dir, out_dir, request, options)
 

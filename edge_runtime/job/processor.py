@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.core.segmenter import Segmenter
+from edge_runtime.core.segmenter import Segmentation, Segmenter
 from edge_runtime.errors import ErrorKind, ScanError
 from edge_runtime.files.durable import sync_dirs, unwritable
 from edge_runtime.files.scans import Scan, read_scan
@@ -199,25 +199,41 @@ class Processor:
             start += n
         return out
 
-    def finish(self, item: Loaded, prediction: Prediction, names: Names) -> Written | Unnamed:
-        """Post-process and write the outputs atomically (their folders are synced by :meth:`work`), unless
-        another scan keeps one of their names (:class:`Unnamed`, nothing written)."""
-        rel, scan = item.rel, item.scan
+    def postprocess(self, items: list[Loaded], predictions: list[Prediction]) -> list[list[Segmentation]]:
+        """Every frame of several scans to its masks; a second stage's crops of them all go in one run.
+
+        Raises :class:`SecondStageFailed` (for the first scan) when that run fails.
+        """
         t0 = time.perf_counter()
-        thresholds = self.spec.thresholds
-        probs, presence = prediction
-        scores: list[float | None] = [None] * len(probs) if presence is None else [float(q) for q in presence]
+        frames = [f for it in items for f in it.scan.frames]
+        probs: list[np.ndarray] = []
+        scores: list[float | None] = []
+        for maps, presence in predictions:
+            probs += list(maps)
+            scores += [None] * len(maps) if presence is None else [float(q) for q in presence]
         try:
-            segs = [
-                self.segmenter.postprocess(p, f.shape[:2], thresholds, q, f)
-                for p, q, f in zip(probs, scores, scan.frames, strict=True)
-            ]
+            segs = self.segmenter.postprocess_batch(
+                probs, [f.shape[:2] for f in frames], self.spec.thresholds, scores, frames
+            )
         except Exception as exc:  # only the second stage's onnxruntime pass can fail here
             if self.segmenter.info.refine is None:
                 raise
+            rel = items[0].rel
             log.debug("second stage failed for %s", rel, exc_info=True)  # its FAIL line says why
             raise SecondStageFailed(rel, f"inference failed (second stage): {type(exc).__name__}: {exc}") from None
-        item.timings["postprocess"] = _ms(t0)
+        per_frame = _ms(t0) / max(1, len(frames))
+        out, start = [], 0
+        for it in items:
+            n = len(it.scan.frames)
+            out.append(segs[start : start + n])
+            it.timings["postprocess"] = per_frame * n
+            start += n
+        return out
+
+    def finish(self, item: Loaded, segs: list[Segmentation], names: Names) -> Written | Unnamed:
+        """Write a scan's outputs atomically (their folders are synced by :meth:`work`), unless another scan
+        keeps one of their names (:class:`Unnamed`, nothing written)."""
+        rel, scan = item.rel, item.scan
         planned = [(writer, writer.paths(rel, scan)) for writer in self.writers]
         outputs = [relative(self.out_dir, p) for _, paths in planned for p in paths]
         if names.contested(outputs):
@@ -266,11 +282,24 @@ class Processor:
             log.warning("inference failed for a batch of %d scans (%s); trying them one by one", len(items), exc)
             return [r for it in items for r in self._safe_infer([it])]
 
-    def _safe_finish(self, item: Loaded, prediction: Prediction, names: Names) -> Written | Unnamed | ScanError:
+    def _safe_postprocess(
+        self, items: list[Loaded], predictions: list[Prediction]
+    ) -> list[list[Segmentation] | ScanError]:
+        """postprocess(); if it fails for a batch (its second-stage run, say), each scan alone, so that only a
+        scan that still fails gets an error and the others are written."""
         try:
-            return self.finish(item, prediction, names)
-        except SecondStageFailed as exc:  # its inference failed
-            return exc
+            return list(self.postprocess(items, predictions))
+        except Exception as exc:
+            if len(items) > 1:
+                return [r for it, p in zip(items, predictions, strict=True) for r in self._safe_postprocess([it], [p])]
+            if isinstance(exc, SecondStageFailed):
+                return [exc]
+            log.exception("unexpected error post-processing %s", items[0].rel)  # a bug: its traceback
+            return [ScanError(items[0].rel, f"unexpected error: {type(exc).__name__}: {exc}")]
+
+    def _safe_finish(self, item: Loaded, segs: list[Segmentation], names: Names) -> Written | Unnamed | ScanError:
+        try:
+            return self.finish(item, segs, names)
         except ScanError as exc:  # a writer refused the scan
             return WriteFailed(item.rel, exc.reason)
         except OSError as exc:
@@ -298,16 +327,21 @@ class Processor:
             else:
                 results.append(g)
         loaded = [g for g in results if isinstance(g, Loaded)]
-        predictions = iter(self._safe_infer(loaded) if loaded else [])
+        predictions = self._safe_infer(loaded) if loaded else []
+        # the masks of every scan inferred, in one postprocess (the second stage's crops in one run)
+        ok = [(i, p) for i, p in enumerate(predictions) if not isinstance(p, ScanError)]
+        segmented = self._safe_postprocess([loaded[i] for i, _ in ok], [p for _, p in ok]) if ok else []
+        per_scan: list[list[Segmentation] | ScanError] = [p if isinstance(p, ScanError) else [] for p in predictions]
+        for (i, _), segs in zip(ok, segmented, strict=True):
+            per_scan[i] = segs
+        masks = iter(per_scan)
         done: list[Result] = []
         for r in results:
             if not isinstance(r, Loaded):
                 done.append(r)
                 continue
-            prediction = next(predictions)
-            done.append(
-                prediction if isinstance(prediction, ScanError) else self._safe_finish(r, prediction, names[r.rel])
-            )
+            segs = next(masks)
+            done.append(segs if isinstance(segs, ScanError) else self._safe_finish(r, segs, names[r.rel]))
         if self.options.fsync:
             # The renames must be on disk before the ledger says "done"; one sync of the folders for a
             # whole batch rather than one per scan saves a folder fsync per scan (bench/README.md).

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from edge_runtime.errors import ErrorKind, ScanError
+from edge_runtime.errors import ErrorKind, ScanError, one_line
 from edge_runtime.files.durable import sweep_temp_files_of, unwritable, write_atomic
 from edge_runtime.job.ledger import Ledger
 from edge_runtime.job.outcome import Outcome, Status
@@ -143,7 +143,8 @@ class Recorder:
         """The error file beside the scan's mask, then the ledger's record (OSError when OUT refuses them)."""
         size, mtime = _stat(self.in_dir / rel)
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        text = f"scan: {rel}\nreason: {reason}\ntime: {now}\nsize: {size} bytes\n"
+        # one line a field, whatever the name holds; the review page takes the scan from the file's own path
+        text = f"scan: {one_line(rel)}\nreason: {one_line(reason)}\ntime: {now}\nsize: {size} bytes\n"
         write_atomic(error_path(self.out_dir, rel), text, fsync=self.fsync)
         self.ledger.error(rel, size, mtime, reason, kind)
 

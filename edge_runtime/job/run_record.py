@@ -86,7 +86,7 @@ class RunRecord:
         writer = csv.DictWriter(buf, SUMMARY_COLUMNS, restval="", lineterminator="\n")
         writer.writeheader()
         for rel in sorted(self.rows):
-            writer.writerow({k: ("" if v is None else v) for k, v in self.rows[rel].items()})
+            writer.writerow({k: _cell(v) for k, v in self.rows[rel].items()})
         summary, provenance = record_paths(out, self.job.options.part)
         write_atomic(summary, buf.getvalue())
         write_atomic(provenance, to_json(self.provenance(exit_code)))
@@ -153,3 +153,16 @@ def versions() -> dict[str, str | None]:
         "pydicom": dist("pydicom"),
         "pylibjpeg-libjpeg": dist("pylibjpeg-libjpeg"),
     }
+
+
+#: What a spreadsheet takes for the start of a formula (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A CSV cell: a text that a spreadsheet would run as a formula gets a leading ``'`` (numbers stay numbers)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value

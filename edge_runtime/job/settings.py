@@ -95,6 +95,9 @@ class RunOptions:
     cluster: str | None = None
     #: ``--num-parts N --part-id K``: do only this share of the scans (None: all of them)
     part: Part | None = None
+    #: keep onnxruntime's optimised graph of the model in this folder (None: no cache; the CLI's default
+    #: is ``$XDG_CACHE_HOME/edge-seg``, :mod:`edge_runtime.core.graph_cache`)
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)

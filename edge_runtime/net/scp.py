@@ -7,25 +7,33 @@ instance is written atomically to ``IN/<StudyInstanceUID>/<SOPInstanceUID>.dcm``
 name, fsync, rename, folder fsync) and acknowledged only then; the daemon's watched folder picks it up
 like any other arrival, so the ledger, error records and status file work for it as for a copied file.
 
-Refused, each with one log line naming the calling AE title and the reason: associations from AE
-titles not in ``--allow-ae``, associations beyond ``--max-associations`` (pynetdicom rejects both),
-instances over ``--max-instance-mb`` and instances that would leave less than ``--min-free-mb`` free
-on IN's disk (status 0xA700, out of resources: the sender may retry later), instances whose UIDs
-cannot name a file (0xA900), and associations none of whose SOP classes it takes (logged only).
+Received data is written to disk as it arrives (:mod:`edge_runtime.net.guards`), under
+``IN/.edge-seg-incoming/``, and the instance is checked there before it is renamed into place.
+
+Refused, each with one log line naming the calling AE title (or, before there is one, the peer's
+address) and the reason: associations from AE titles not in ``--allow-ae``, associations beyond
+``--max-associations`` (pynetdicom rejects both); connections that do not complete their association
+request in time or come one too many (closed; :mod:`~edge_runtime.net.guards`); an instance that passes
+``--max-instance-mb`` while it arrives (its association aborted, nothing more of it stored), instances
+that would leave less than ``--min-free-mb`` free on IN's disk (status 0xA700, out of resources: the
+sender may retry later); instances whose UIDs cannot name a file, or whose content is not the SOP class
+or instance the request names (0xA900); instances that cannot be parsed, are cut short or whose pixels
+fail :func:`edge_runtime.files.dicom.check_image` (0xC000); and associations none of whose SOP classes it
+takes (logged only). Every C-STORE gets a status.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import os
 import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.errors import SetupError
-from edge_runtime.files.durable import sync_dirs, write_atomic
+from edge_runtime.errors import ScanError, SetupError, one_line
+from edge_runtime.files.durable import sync_dirs
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +50,6 @@ STORAGE_CLASSES = {
 }
 VERIFICATION = "1.2.840.10008.1.1"
 SUCCESS, OUT_OF_RESOURCES, NOT_MATCHING, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 def transfer_syntaxes() -> list[str]:
@@ -72,9 +79,10 @@ def transfer_syntaxes() -> list[str]:
     return [str(ts) for ts in native + usable]
 
 
-def _valid_uid(value: Any) -> bool:
-    text = str(value or "")
-    return 0 < len(text) <= 64 and _UID.match(text) is not None
+def _shown(value: Any, limit: int = 70) -> str:
+    """A peer's value for a log line: quoted, control characters escaped, cut to ``limit`` characters."""
+    text = one_line(str(value if value is not None else ""))
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 class StorageSCP:
@@ -97,6 +105,7 @@ class StorageSCP:
         self.min_free = min_free_mb * 1024 * 1024
         self._lock = threading.Lock()
         self._server: Any = None
+        self._guard: Any = None
         self.address: tuple[str, int] | None = None
         self.counts = {"associations": 0, "rejected": 0, "echoes": 0, "received": 0, "refused": 0, "bytes": 0}
         self.last_refusal: dict[str, Any] | None = None
@@ -104,10 +113,18 @@ class StorageSCP:
     # -- the server ------------------------------------------------------------------------------------
     def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on ``host:port`` (port 0: any free one); returns the address bound."""
-        from pynetdicom import AE, evt
+        from pynetdicom import evt
 
-        ae = AE(ae_title=self.ae_title)
+        from edge_runtime.net import guards
+
+        guard = guards.Guard(self.in_dir, self.max_bytes, self.max_associations, self._refuse_peer)
+        try:
+            guard.prepare()
+        except OSError as exc:
+            raise SetupError(f"--dicom-listen: cannot make {guard.incoming}: {exc.strerror or exc}") from None
+        ae = guards.GuardedAE(ae_title=self.ae_title)
         ae.maximum_associations = self.max_associations
+        ae.acse_timeout = guards.REQUEST_SECONDS  # pynetdicom's own wait for a request: the guard's time
         ae.require_calling_aet = list(self.allow_ae)
         syntaxes = transfer_syntaxes()
         ae.add_supported_context(VERIFICATION)
@@ -124,6 +141,8 @@ class StorageSCP:
         except OSError as exc:
             raise SetupError(f"--dicom-listen {host}:{port}: cannot listen there ({exc.strerror or exc})") from None
         self.address = self._server.server_address[:2]
+        guard.attach(ae, self._server)
+        ae.guard = self._guard = guard
         log.info(
             "DICOM node %s listening on %s:%d (C-ECHO; C-STORE of ultrasound and secondary capture; %s)",
             self.ae_title,
@@ -136,6 +155,9 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self._guard is not None:
+            self._guard.detach()
+            self._guard = None
 
     def stats(self) -> dict[str, Any]:
         """What the status file shows: where it listens, associations open and counted, instances received."""
@@ -151,10 +173,17 @@ class StorageSCP:
 
     # -- events ----------------------------------------------------------------------------------------
     def _refuse(self, calling: str, reason: str, what: str = "refused") -> None:
-        log.warning("DICOM %s from AE %r: %s", what, calling, reason)
+        self._refuse_peer(f"AE {_shown(calling, 16)}", reason, what, calling)
+
+    def _refuse_peer(self, who: str, reason: str, what: str = "refused", calling: str | None = None) -> None:
+        log.warning("DICOM %s from %s: %s", what, who, reason)
         with self._lock:
             self.counts["refused" if what == "refused" else "rejected"] += 1
-            self.last_refusal = {"ae": calling, "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            self.last_refusal = {
+                "ae": calling if calling is not None else who,
+                "reason": reason,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
 
     def _on_accepted(self, event: Any) -> None:
         assoc = event.assoc
@@ -193,8 +222,17 @@ class StorageSCP:
             return CANNOT_UNDERSTAND
 
     def _store(self, event: Any, calling: str) -> int:
-        sop = str(event.request.AffectedSOPInstanceUID or "")
-        size = len(event.request.DataSet.getbuffer())
+        request = event.request
+        raw = getattr(request, "raw_instance_uid", None)
+        if raw is not None:  # pynetdicom could not take its Affected SOP Instance UID (net.guards)
+            self._refuse(calling, f"instance {_shown(raw)}: its Affected SOP Instance UID is not a valid UID")
+            return NOT_MATCHING
+        sop = str(request.AffectedSOPInstanceUID or "")
+        over = self._guard.over.get(id(event.assoc)) if self._guard is not None else None
+        if over is not None:  # refused and logged as it passed the limit
+            return OUT_OF_RESOURCES
+        source = Path(event.dataset_path)
+        size = source.stat().st_size
         if size > self.max_bytes:
             self._refuse(calling, f"instance {sop} of {size:,} bytes is over --max-instance-mb {self.max_bytes >> 20}")
             return OUT_OF_RESOURCES
@@ -203,25 +241,23 @@ class StorageSCP:
         except OSError as exc:  # IN unmounted or gone
             self._refuse(calling, f"instance {sop}: cannot check the disk under {self.in_dir}: {exc.strerror or exc}")
             return OUT_OF_RESOURCES
-        if free - size < self.min_free:
+        if free < self.min_free:
             self._refuse(
                 calling,
                 f"instance {sop}: only {free >> 20} MB free on the disk under {self.in_dir}, "
                 f"below --min-free-mb {self.min_free >> 20}",
             )
             return OUT_OF_RESOURCES
-        try:
-            study = event.dataset.get("StudyInstanceUID")
-        except Exception as exc:
-            self._refuse(calling, f"instance {sop}: cannot be parsed ({type(exc).__name__}: {exc})")
-            return CANNOT_UNDERSTAND
-        if not (_valid_uid(study) and _valid_uid(sop)):
-            self._refuse(calling, f"instance {sop!r}: StudyInstanceUID {study!r} or SOPInstanceUID is not a valid UID")
-            return NOT_MATCHING
-        folder = self.in_dir / str(study)
+        status, study, reason = _check_instance(source, request)
+        if status != SUCCESS:
+            self._refuse(calling, f"instance {_shown(sop)}: {reason}")
+            return status
+        folder = self.in_dir / study
         path = folder / f"{sop}.dcm"
         try:
-            write_atomic(path, event.encoded_dataset(include_meta=True), fsync=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            _fsync(source)
+            os.replace(source, path)  # same file system: IN/.edge-seg-incoming/ -> IN/<study>/
             sync_dirs([folder, self.in_dir])  # the new name, and a new study's folder, survive a power cut
         except OSError as exc:
             self._refuse(calling, f"instance {sop}: cannot write {path}: {exc.strerror or exc}")
@@ -234,6 +270,49 @@ class StorageSCP:
             study,
             sop,
             calling,
-            STORAGE_CLASSES.get(str(event.request.AffectedSOPClassUID), "storage"),
+            STORAGE_CLASSES.get(str(request.AffectedSOPClassUID), "storage"),
         )
         return SUCCESS
+
+
+def _check_instance(source: Path, request: Any) -> tuple[int, str, str]:
+    """(status, StudyInstanceUID, reason): whether a received instance is whole and what its request says."""
+    import pydicom
+
+    from edge_runtime.files.dicom import check_image
+    from edge_runtime.net.guards import valid_uid
+
+    try:
+        ds = pydicom.dcmread(source)
+        for _ in ds.iterall():  # every element parsed now: a cut or malformed one fails here, not later
+            pass
+    except Exception as exc:  # pydicom raises many types for bad input
+        return CANNOT_UNDERSTAND, "", f"cannot be parsed ({_first_line(exc)})"
+    sent_as = str(request.AffectedSOPClassUID)
+    sop_class, sop = str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
+    if sop_class != sent_as:
+        what = STORAGE_CLASSES.get(sent_as, sent_as)
+        return NOT_MATCHING, "", f"its content is SOP class {_shown(sop_class)}, not the {what} it was sent as"
+    if sop != str(request.AffectedSOPInstanceUID):
+        return NOT_MATCHING, "", f"its content's SOP Instance UID is {_shown(sop)}, not the one in the request"
+    study = ds.get("StudyInstanceUID")
+    if not (valid_uid(study) and valid_uid(sop)):
+        return NOT_MATCHING, "", f"StudyInstanceUID {_shown(study)} or SOPInstanceUID is not a valid UID"
+    try:
+        check_image(ds, source.name)
+    except ScanError as exc:
+        return CANNOT_UNDERSTAND, "", exc.reason
+    return SUCCESS, str(study), ""
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

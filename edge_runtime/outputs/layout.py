@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from edge_runtime.core.thresholds import threshold_label
+from edge_runtime.files.durable import fitting_name
 from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
 #: The folder under OUT that holds the ledger, the status file and run records.
@@ -50,12 +51,12 @@ def output_path(
 
 
 def _beside(base: Path, rel: str, frame: int | None, suffix: str) -> Path:
-    """``base/<relative folder>/<stem>[_fNNNN]<suffix>``."""
+    """``base/<relative folder>/<stem>[_fNNNN]<suffix>``; a name over 255 bytes is shortened (``fitting_name``)."""
     relp = PurePosixPath(rel)
     stem = scan_stem(relp.name)
     if frame is not None:
         stem = f"{stem}_f{frame:04d}"
-    return base.joinpath(*relp.parent.parts, stem + suffix)
+    return base.joinpath(*relp.parent.parts, fitting_name(stem, len(suffix.encode())) + suffix)
 
 
 def scan_stem(name: str) -> str:
@@ -92,11 +93,20 @@ def dicom_result_path(out_dir: Path, rel: str, kind: str) -> Path:
     return _beside(out_dir / DICOM_DIR, rel, None, f".{kind}.dcm")
 
 
+#: The suffix of an error record's name.
+ERROR_SUFFIX = ".error.txt"
+
+
 def relative(out_dir: Path, path: Path) -> str:
     """``path`` as the POSIX path relative to OUT that the ledger, the reports and the logs use."""
     return path.relative_to(out_dir).as_posix()
 
 
 def error_path(out_dir: Path, rel: str) -> Path:
-    """Where the error record of scan ``rel`` goes: beside its mask, named after the whole input name."""
-    return out_dir.joinpath(*PurePosixPath(rel).parts[:-1], PurePosixPath(rel).name + ".error.txt")
+    """Where the error record of scan ``rel`` goes: beside its mask, named after the whole input name.
+
+    A name too long for that (over 245 bytes) gives ``<its start>~<hash>.error.txt``
+    (:func:`~edge_runtime.files.durable.fitting_name`); the record's ``scan:`` line names the scan.
+    """
+    name = fitting_name(PurePosixPath(rel).name, len(ERROR_SUFFIX)) + ERROR_SUFFIX
+    return out_dir.joinpath(*PurePosixPath(rel).parts[:-1], name)

@@ -27,7 +27,15 @@ import jinja2
 from edge_runtime._version import __version__
 from edge_runtime.files.durable import write_atomic
 from edge_runtime.outputs.cards import FLAGS, Card, failed_card, report_card
-from edge_runtime.outputs.layout import PAGE_NAME, REPORT_DIR, STATE_DIR, plain_path, relative, thumbnail_path
+from edge_runtime.outputs.layout import (
+    PAGE_NAME,
+    REPORT_DIR,
+    STATE_DIR,
+    error_path,
+    plain_path,
+    relative,
+    thumbnail_path,
+)
 from edge_runtime.outputs.review import thumb_size
 
 log = logging.getLogger(__name__)
@@ -147,8 +155,15 @@ class ReviewPage:
         try:
             text = path.read_text(encoding="utf-8", errors="surrogateescape")  # a name's own bytes
             if path.name.endswith(ERROR_SUFFIX):
-                fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
-                return failed_card(fields["scan"], fields.get("reason", "unknown"), mtime_ns)
+                # The scan is the record's own path (OUT/<scan>.error.txt), never a line of its text, which a
+                # name holding a newline could forge; the reason is its first "reason: " line.
+                rel = relative(self.out_dir, path).removesuffix(ERROR_SUFFIX)
+                lines = text.split("\n")
+                named = lines[0][6:] if lines and lines[0].startswith("scan: ") else ""
+                if named != rel and error_path(self.out_dir, named) == path:  # a name too long, shortened
+                    rel = named
+                reasons = [line[8:] for line in lines if line.startswith("reason: ")]
+                return failed_card(rel, reasons[0] if reasons else "unknown", mtime_ns)
             card = report_card(json.loads(text), mtime_ns)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             log.warning("review page: %s left out, it cannot be read: %s", relative(self.out_dir, path), exc)

@@ -151,7 +151,7 @@ def test_eval_scores_each_threshold_folder_of_an_out(labelled, tmp_path, tiny_mo
     )
     common = ["--images", str(labelled / "image"), "--masks", str(labelled / "mask"), "--no-hd95"]
     assert eval_main([*common, "--predicted", str(out), "--json", str(tmp_path / "w.json")]) == 0
-    table = capsys.readouterr().out.strip().splitlines()
+    table = capsys.readouterr().out.strip().split("\n\n")[0].splitlines()
     assert [ln.split()[0] for ln in table[1:]] == ["0.3", "0.7"]
     assert eval_main([*common, "--model", str(tiny_model), "--threshold", "0.3", "0.7", "--json",
                       str(tmp_path / "d.json")]) == 0  # fmt: skip

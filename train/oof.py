@@ -124,14 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    import tensorflow as tf
-
     from .data import concat, load_split, views_split
     from .loading import load_keras
+    from .trainer import set_threads
 
     if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        set_threads(args.threads)
     records = [json.loads((d / "training.json").read_text()) for d in args.folds]
     if any("fold" not in r for r in records):
         log.error("error: every folder must hold a --fold run's training.json")

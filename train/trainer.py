@@ -73,13 +73,23 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
+def set_threads(threads: int) -> None:
+    """TensorFlow's thread pools; once TensorFlow has run (a second run in one process) they stay as they are."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # "cannot be modified after initialization"
+        log.warning("TensorFlow is already running in this process: its thread count stays as it is")
+
+
 def set_seed(seed: int, threads: int = 0) -> None:
     import keras
     import tensorflow as tf
 
     if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        set_threads(threads)
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)

@@ -163,7 +163,7 @@ def test_eval_scores_each_threshold_folder_of_an_out(labelled, tmp_path, tiny_mo
     assert {r["threshold"] for r in written["per_scan"]} == {0.3, 0.7} and len(written["per_scan"]) == 8
     # --threshold picks folders; one that is not there is named with those that are
     assert eval_main([*common, "--predicted", str(out), "--threshold", "0.7"]) == 0
-    assert [ln.split()[0] for ln in capsys.readouterr().out.strip().splitlines()[1:]] == ["0.7"]
+    assert [ln.split()[0] for ln in capsys.readouterr().out.strip().split("\n\n")[0].splitlines()[1:]] == ["0.7"]
     assert eval_main([*common, "--predicted", str(out), "--threshold", "0.5"]) == 2
 
 

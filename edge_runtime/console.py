@@ -121,7 +121,7 @@ def threshold_arg(text: str) -> float:
 
 
 def spacing_arg(text: str) -> tuple[float, float]:
-    """argparse type for ``--pixel-spacing MM`` or ``MM_ROW,MM_COL`` (:func:`edge_runtime.core.calibration.parse_spacing`)."""
+    """argparse type for ``--pixel-spacing MM`` or ``MM_ROW,MM_COL`` (:func:`.calibration.parse_spacing`)."""
     from edge_runtime.core.calibration import parse_spacing
 
     try:

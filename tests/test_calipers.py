@@ -261,7 +261,8 @@ def test_given_spacing_for_png_and_imager_pixel_spacing(tmp_path, tiny_model):
     image, _ = nodule_scan(240, 320, (160, 120), (40, 25))
     write_png(src / "a.png", image)
     write_dicom(src / "b.dcm", image, ImagerPixelSpacing=[0.25, 0.25])
-    assert main([str(src), "--out", str(out), "--model", str(tiny_model), "--report", "--pixel-spacing", "0.2,0.1"]) == 0
+    args = [str(src), "--out", str(out), "--model", str(tiny_model), "--report"]
+    assert main([*args, "--pixel-spacing", "0.2,0.1"]) == 0
     a = json.loads((out / "reports" / "a.json").read_text())
     b = json.loads((out / "reports" / "b.json").read_text())
     assert a["scan"]["pixel_spacing_mm"] == [0.2, 0.1] and a["scan"]["pixel_spacing_source"] == "given"
@@ -277,7 +278,7 @@ def test_given_spacing_for_png_and_imager_pixel_spacing(tmp_path, tiny_model):
     provenance = json.loads((out / "run-provenance.json").read_text())
     assert provenance["pixel_spacing"] == [0.2, 0.1]
     # a different spacing makes the reports out of date: the scans are redone
-    assert main([str(src), "--out", str(out), "--model", str(tiny_model), "--report", "--pixel-spacing", "0.3"]) == 0
+    assert main([*args, "--pixel-spacing", "0.3"]) == 0
     assert json.loads((out / "reports" / "a.json").read_text())["scan"]["pixel_spacing_mm"] == [0.3, 0.3]
 
 

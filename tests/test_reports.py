@@ -120,7 +120,7 @@ def test_report_json_has_every_field_with_sensible_values(folder, tmp_path, tiny
         assert nodule["taller_than_wide_candidate"] is (h > w)
         ends = np.array(nodule["long_axis_endpoints"])
         assert np.hypot(*(ends[1] - ends[0])) == pytest.approx(nodule["long_axis_px"], abs=0.02)
-        assert all(mask[int(round(py)), int(round(px))] for px, py in ends)  # end points are mask pixels
+        assert all(mask[round(py), round(px)] for px, py in ends)  # end points are mask pixels
         if rel.endswith(".dcm"):
             assert scan["pixel_spacing_mm"] == [0.1, 0.15] and scan["pixel_spacing_source"] == "pixel_spacing"
             assert nodule["area_mm2"] == pytest.approx(nodule["area_px"] * 0.015, abs=1e-3)

@@ -93,7 +93,7 @@ class Calibration:
             return NoduleSpacing(None, None, f"the ultrasound regions holding the nodule disagree ({shown})")
         return NoduleSpacing(first, "ultrasound_region")
 
-    def for_points(self, points) -> NoduleSpacing:  # noqa: ANN001 - an (N, 2) array of (x, y)
+    def for_points(self, points) -> NoduleSpacing:
         """:meth:`for_box` of a component's pixels (an (N, 2) array of ``(x, y)``)."""
         xs, ys = points[:, 0], points[:, 1]
         return self.for_box((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())))

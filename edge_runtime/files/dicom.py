@@ -10,7 +10,8 @@ Pixel spacing, in millimetres as (row, column): from the first ultrasound region
 (SequenceOfUltrasoundRegions) whose physical units are cm in both directions, else from PixelSpacing,
 else from ImagerPixelSpacing, else unknown (None). Every such calibrated region is kept with its
 bounds (:attr:`DicomImage.regions`): which one applies to a nodule is
-:mod:`edge_runtime.core.calibration`'s business. Every problem is a :class:`~edge_runtime.errors.ScanError` naming the file.
+:mod:`edge_runtime.core.calibration`'s business.
+Every problem is a :class:`~edge_runtime.errors.ScanError` naming the file.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def ultrasound_regions(ds) -> tuple[Region, ...]:
                 bounds.append(int(region.get(f"RegionLocation{key}", default)))
             except (TypeError, ValueError):
                 bounds.append(default)
-        found.append(Region(*bounds, spacing=(dy, dx)))
+        found.append(Region(bounds[0], bounds[1], bounds[2], bounds[3], (dy, dx)))
     return tuple(found)
 
 

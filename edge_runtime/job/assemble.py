@@ -83,7 +83,9 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
     cluster = None
     try:
         changed = check_and_record(out_dir, spec)
-        writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync, spec.pixel_spacing))
+        writers = make_writers(
+            OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync, spec.pixel_spacing)
+        )
         planner = Planner(in_dir, ledger, spec.signature, len(spec.thresholds), writers, options.part)
         recorder = Recorder(ledger, in_dir, out_dir, spec.signature, options.fsync, planner)
         if options.cluster is None:

@@ -47,7 +47,12 @@ def changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     old_model = old_model if isinstance(old_model, dict) else {}
     if old_model.get("sha256") != new_model["sha256"]:
         said.append(f"model {_model(old_model)} -> {_model(new_model)}")
-    named = (("thresholds", "threshold"), ("outputs", "outputs"), ("opening", "opening size"), ("pixel_spacing", "pixel spacing"))
+    named = (
+        ("thresholds", "threshold"),
+        ("outputs", "outputs"),
+        ("opening", "opening size"),
+        ("pixel_spacing", "pixel spacing"),
+    )
     for key, name in named:
         if before.get(key) != now[key]:
             said.append(f"{name} {_words(before.get(key))} -> {_words(now[key])}")

@@ -286,3 +286,24 @@ def test_pixel_spacing_usage_error(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path), "--out", str(tmp_path / "o"), "--pixel-spacing", "0.1,x"])
     assert exc.value.code == 2 and "not a number of millimetres" in capsys.readouterr().err
+
+
+def test_overlay_draws_both_calipers_and_labels_the_long_axis():
+    from edge_runtime.outputs.overlays import LONG_AXIS_COLOUR, SHORT_AXIS_COLOUR, render_overlay
+
+    image, truth = nodule_scan(240, 320, (160, 120), (70, 30))
+    mask = np.where(truth, 255, 0).astype(np.uint8)
+    plain = render_overlay(image, {0.5: mask}, legend=False)
+    drawn = render_overlay(image, {0.5: mask}, legend=False, calibration=Calibration(given=(0.1, 0.1)))
+    (c,) = measure_mask(mask, (0.1, 0.1))
+    for ends, colour in ((c.long_axis_endpoints, LONG_AXIS_COLOUR), (c.short_axis_endpoints, SHORT_AXIS_COLOUR)):
+        (x0, y0), (x1, y1) = ends
+        for s in (0.3, 0.7):  # inside the dark nodule, away from the other axis
+            x, y = round(x0 + s * (x1 - x0)), round(y0 + s * (y1 - y0))
+            patch = drawn[y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3).astype(int)
+            assert (np.abs(patch - colour).sum(axis=1) < 100).any(), (ends, s)  # anti-aliased
+    changed = np.argwhere((drawn != plain).any(axis=2))
+    label_side = changed[changed[:, 1] > max(x for x, _ in c.long_axis_endpoints) + 2]
+    assert len(label_side) > 50  # the label "14.0 mm" beside the right-hand end
+    without = render_overlay(image, {0.5: mask}, legend=False)
+    assert np.array_equal(without, plain)  # no calibration: no calipers (the thumbnails)

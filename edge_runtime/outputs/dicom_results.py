@@ -75,7 +75,7 @@ class DicomResultsWriter:
         masks = [s.masks[self.threshold] for s in result.segmentations]
         try:
             seg = build_seg(header, masks, model, self.threshold) if len(result.paths) == 2 else None
-            sr = build_sr(header, masks, scan.pixel_spacing_mm, model, seg)
+            sr = build_sr(header, masks, self.setup.calibration(scan), model, seg)
         except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom's word on a source it cannot use
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ScanError(result.rel, f"cannot make DICOM results: {text}") from None

@@ -307,3 +307,62 @@ def test_overlay_draws_both_calipers_and_labels_the_long_axis():
     assert len(label_side) > 50  # the label "14.0 mm" beside the right-hand end
     without = render_overlay(image, {0.5: mask}, legend=False)
     assert np.array_equal(without, plain)  # no calibration: no calipers (the thumbnails)
+
+
+# -- measurement error against the truth (edge_runtime.core.caliper_error) -------------------------------
+
+
+def box(h: int, w: int, y: int = 10, x: int = 10, size=(100, 100)) -> np.ndarray:
+    mask = np.zeros(size, np.uint8)
+    mask[y : y + h, x : x + w] = 255
+    return mask
+
+
+def test_caliper_rows_and_their_summary_on_any_subset():
+    from edge_runtime.core.caliper_error import caliper_row, summarise_calipers
+
+    truth = box(31, 41)  # 40 x 30 between pixel centres: long 50, short 30 * 50 / 40 = 37.5
+    exact = caliper_row(box(31, 41, 20, 30), truth)  # the same size elsewhere: no error
+    assert exact["long_axis_true_px"] == 50.0 and exact["long_axis_error"] == 0.0 and exact["short_axis_error"] == 0
+    longer = caliper_row(box(31 + 6, 41 + 8), truth)  # 48 x 36: 20 % longer on both axes
+    assert longer["long_axis_px"] == 60.0 and longer["long_axis_error"] == pytest.approx(0.2)
+    assert longer["short_axis_error"] == pytest.approx(0.2)
+    tall = caliper_row(box(41, 31), truth)  # the truth is wide, this one tall
+    assert tall["taller_than_wide"] is True and tall["taller_than_wide_true"] is False
+    missed = caliper_row(np.zeros((100, 100), np.uint8), truth)
+    assert missed["long_axis_px"] is None and missed["long_axis_error"] == 1.0 and missed["taller_than_wide"] is None
+    assert caliper_row(truth, np.zeros((100, 100), np.uint8)) == {}  # nodule-free truth: nothing to measure
+    slightly = caliper_row(box(31 + 3, 41 + 4), truth)  # 10 % longer
+    rows = [exact, longer, tall, missed, slightly, {}]
+    s = summarise_calipers(rows)
+    assert s["calipers_scans"] == 5
+    assert s["long_axis_error_median"] == pytest.approx(0.1)  # 0, 0.1, 0.2, 1 and tall's 0
+    assert s["long_axis_within_10"] == pytest.approx(3 / 5) and s["long_axis_within_20"] == pytest.approx(4 / 5)
+    assert s["taller_than_wide_agreement"] == pytest.approx(3 / 5)  # tall disagrees, missed never agrees
+    subset = summarise_calipers([exact, longer])  # any subset, e.g. one size band
+    assert subset["calipers_scans"] == 2 and subset["long_axis_within_10"] == 0.5
+    empty = summarise_calipers([])
+    assert empty["calipers_scans"] == 0 and math.isnan(empty["long_axis_error_median"])
+
+
+def test_edge_seg_eval_reports_the_measurement_error(tmp_path, tiny_model, caplog):
+    import logging
+
+    from edge_runtime.evaluate import main as evaluate_main
+
+    for i in range(3):
+        image, truth = nodule_scan(200, 260, (130, 100), (40 + 5 * i, 25), seed=i)
+        write_png(tmp_path / "image" / f"s{i}.png", image)
+        write_png(tmp_path / "mask" / f"s{i}.png", np.where(truth, 255, 0).astype(np.uint8))
+    out = tmp_path / "e.json"
+    argv = ["--images", tmp_path / "image", "--masks", tmp_path / "mask", "--model", tiny_model, "--json", out]
+    with caplog.at_level(logging.INFO):
+        assert evaluate_main([str(a) for a in [*argv, "--threshold", "0.5", "--no-hd95"]]) == 0
+    report = json.loads(out.read_text())
+    s = report["summary"]["0.5"]
+    assert s["calipers_scans"] == 3 and 0 <= s["long_axis_error_median"] < 0.2  # the tiny model draws a bit inside
+    rows = report["per_scan"]
+    assert all(r["long_axis_true_px"] > 78 and r["long_axis_px"] > 0 for r in rows)
+    errors = sorted(r["long_axis_error"] for r in rows)
+    assert s["long_axis_error_median"] == pytest.approx(errors[1])
+    assert "measurement error of the largest nodule" in caplog.text and f"{errors[1]:.1%}" in caplog.text

@@ -254,6 +254,8 @@ def test_dicom_with_several_regions_end_to_end(tmp_path, tiny_model):
     assert middle["long_axis_mm"] is None and middle["area_mm2"] is None and middle["spacing_mm"] is None
     assert "across ultrasound regions" in middle["no_mm_reason"]
     assert middle["long_axis_px"] > 30  # pixels are always measured
+    page = (out / "index.html").read_text()
+    assert f"(no mm: {middle['no_mm_reason']})" in page  # the card says why
 
 
 def test_given_spacing_for_png_and_imager_pixel_spacing(tmp_path, tiny_model):

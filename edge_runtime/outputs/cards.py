@@ -63,6 +63,7 @@ class Nodule:
     short_axis: float | None = None
     axis_unit: str = "px"
     taller_than_wide: bool = False
+    no_mm_reason: str | None = None  #: why a scan with ultrasound regions gives this nodule no mm
 
 
 @dataclass
@@ -167,6 +168,7 @@ def _nodule(n: dict[str, Any]) -> Nodule:
         n.get("short_axis_mm" if mm else "short_axis_px"),
         "mm" if mm else "px",
         bool(n.get("taller_than_wide_candidate")),
+        n.get("no_mm_reason"),
     )
 
 

@@ -64,7 +64,9 @@ def measure(points: np.ndarray, spacing: Spacing | None = None) -> Calipers:
     if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
         raise ValueError(f"expected an (N, 2) array of (x, y) pixels, got shape {points.shape}")
     row_mm, col_mm = spacing if spacing is not None else (1.0, 1.0)
-    hull = cv2.convexHull(points.astype(np.int32).reshape(-1, 1, 2))[:, 0, :].astype(np.float64)
+    left, right, rows = _row_ends(points)
+    ends = np.concatenate([np.column_stack([left, rows]), np.column_stack([right, rows])])
+    hull = cv2.convexHull(ends.astype(np.int32).reshape(-1, 1, 2))[:, 0, :].astype(np.float64)
     scale = np.array([col_mm, row_mm])
     physical = hull * scale  # an affine map keeps the hull a hull, so the search can run in mm
     i, j = _farthest_pair(physical)
@@ -72,8 +74,7 @@ def measure(points: np.ndarray, spacing: Spacing | None = None) -> Calipers:
     chord = _longest_perpendicular_chord(physical, a, b)
     long_ends = _ordered(_point(a / scale), _point(b / scale))
     short_ends = _ordered(_point(chord[0] / scale), _point(chord[1] / scale))
-    xs, ys = points[:, 0], points[:, 1]
-    height, width = int(ys.max() - ys.min()), int(xs.max() - xs.min())
+    height, width = int(rows[-1] - rows[0]), int(right.max() - left.min())
     long_px = math.dist(*long_ends)
     short_px = math.dist(*short_ends)
     if spacing is None:
@@ -94,6 +95,20 @@ def measure(points: np.ndarray, spacing: Spacing | None = None) -> Calipers:
 
 def _point(p: np.ndarray) -> Point:
     return (float(p[0]), float(p[1]))
+
+
+def _row_ends(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The leftmost and rightmost pixel of each row, and the rows, top to bottom.
+
+    Every other pixel lies between two of them, so they have the same convex hull as the whole component,
+    at a fraction of the points (OpenCV's hull sorts what it is given).
+    """
+    ys, xs = np.ascontiguousarray(points[:, 1]), np.ascontiguousarray(points[:, 0])
+    if len(ys) > 1 and not bool((ys[1:] >= ys[:-1]).all()):  # pixels from np.nonzero come sorted by row
+        order = np.argsort(ys, kind="stable")
+        ys, xs = ys[order], xs[order]
+    starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
+    return np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts), ys[starts]
 
 
 def _ordered(p: Point, q: Point) -> tuple[Point, Point]:
@@ -125,21 +140,17 @@ def _longest_perpendicular_chord(hull: np.ndarray, a: np.ndarray, b: np.ndarray)
     rel = hull - a
     us, vs = rel @ u, rel @ v
     nxt = np.roll(np.arange(len(hull)), -1)
-    u0, u1, v0, v1 = us, us[nxt], vs, vs[nxt]
-    best, best_t, best_lo, best_hi = -1.0, 0.0, 0.0, 0.0
-    for t in us:
-        # crossings of u = t by each edge (and the vertices lying on it), with a tolerance for round-off
-        lo_u, hi_u = np.minimum(u0, u1), np.maximum(u0, u1)
-        hit = (lo_u - 1e-9 <= t) & (t <= hi_u + 1e-9)
-        du = u1 - u0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s = np.where(np.abs(du) > 1e-12, (t - u0) / du, 0.0)
-        cross = np.where(np.abs(du) > 1e-12, v0 + np.clip(s, 0.0, 1.0) * (v1 - v0), v0)
-        vals = np.concatenate([cross[hit], v1[hit & (np.abs(du) <= 1e-12)]])
-        lo, hi = float(vals.min()), float(vals.max())
-        if hi - lo > best + 1e-9:
-            best, best_t, best_lo, best_hi = hi - lo, float(t), lo, hi
-    return a + best_t * u + best_lo * v, a + best_t * u + best_hi * v
+    u0, u1, v0, v1 = us[None, :], us[nxt][None, :], vs[None, :], vs[nxt][None, :]  # the edges, one per column
+    t = us[:, None]  # one chord per vertex, one per row
+    hit = (np.minimum(u0, u1) - 1e-9 <= t) & (t <= np.maximum(u0, u1) + 1e-9)  # edges the line u = t crosses
+    du = u1 - u0
+    flat = np.abs(du) <= 1e-12  # an edge along the line: both its ends are on it
+    s = np.clip((t - u0) / np.where(flat, 1.0, du), 0.0, 1.0)
+    cross = np.where(flat, v0, v0 + s * (v1 - v0))
+    lo = np.minimum(np.where(hit, cross, np.inf).min(axis=1), np.where(hit & flat, v1, np.inf).min(axis=1))
+    hi = np.maximum(np.where(hit, cross, -np.inf).max(axis=1), np.where(hit & flat, v1, -np.inf).max(axis=1))
+    k = int(np.argmax(hi - lo))
+    return a + us[k] * u + lo[k] * v, a + us[k] * u + hi[k] * v
 
 
 def components(mask: np.ndarray) -> list[np.ndarray]:

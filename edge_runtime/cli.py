@@ -28,6 +28,7 @@ from edge_runtime.console import (
     positive_int_arg,
     results_arg,
     setup_logging,
+    spacing_arg,
     target_arg,
     threshold_arg,
 )
@@ -99,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the findings (nodules, areas, probabilities) as OUT/reports/<relative path>.json and "
         "a review page, OUT/index.html, to open in a browser (implies --overlay); "
         "one-shot runs add OUT/run-summary.csv and OUT/run-provenance.json",
+    )
+    p.add_argument(
+        "--pixel-spacing",
+        type=spacing_arg,
+        metavar="MM",
+        help="pixel size in mm, MM or MM_ROW,MM_COL, for scans whose file states none (PNG, JPEG, ...: a folder "
+        "from one machine at one depth); gives the nodules' calipers and areas in mm. A DICOM's own ultrasound "
+        "regions or PixelSpacing come first",
     )
     p.add_argument("--force", action="store_true", help="redo scans whose masks are already up to date")
     p.add_argument(
@@ -278,7 +287,7 @@ def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings
         ("review", args.report),
     )
     outputs = tuple(kind for kind, wanted in asked if wanted)
-    job = JobRequest(args.model, tuple(args.threshold) if args.threshold else None, outputs)
+    job = JobRequest(args.model, tuple(args.threshold) if args.threshold else None, outputs, args.pixel_spacing)
     run = RunOptions(
         workers=args.threads + 1 if args.threads else None,  # None: one per available core, plus one
         # A daemon favours latency (one scan a run, the workers still side by side); a folder, throughput.

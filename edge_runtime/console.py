@@ -188,6 +188,16 @@ def threshold_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def spacing_arg(text: str) -> tuple[float, float]:
+    """argparse type for ``--pixel-spacing MM`` or ``MM_ROW,MM_COL`` (:func:`.calibration.parse_spacing`)."""
+    from edge_runtime.core.calibration import parse_spacing
+
+    try:
+        return parse_spacing(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive_int_arg(text: str) -> int:
     """argparse type for a count of at least 1."""
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edge_runtime._version import __version__
 from edge_runtime.console import HelpFormatter
+from edge_runtime.core.caliper_error import format_calipers_table
 from edge_runtime.core.metrics import BAND_LABELS
 from edge_runtime.core.thresholds import parse_threshold
 from edge_runtime.errors import ScanError, SetupError
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(s.get("by_band") for s in summary.values()):
         sys.stdout.write("\nby nodule size (the true nodule's share of the scan; area ratio: predicted / true)\n")
         sys.stdout.write(format_bands(summary) + "\n")
+    # on the log (stderr), so that stdout stays the one table scripts read
+    log.info("%s", format_calipers_table(summary))
     if any(s.get("negatives") for s in summary.values()):
         log.info(
             "overlap figures are over the scans with a nodule (the 'with-nodule' column); 'with a mask' is the share "

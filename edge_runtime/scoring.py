@@ -2,7 +2,8 @@
 
 The masks scored are exactly those ``edge-seg`` writes (same preprocessing, inference, resize, threshold
 and opening); metrics come from :mod:`edge_runtime.core.metrics`, the code training uses for its
-validation Dice. Used by ``edge-seg-eval`` (:mod:`edge_runtime.evaluate`) and by the export's threshold choice.
+validation Dice, and the measurement error of the largest nodule from :mod:`edge_runtime.core.caliper_error`.
+Used by ``edge-seg-eval`` (:mod:`edge_runtime.evaluate`) and by the export's threshold choice.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.core.caliper_error import caliper_row, summarise_calipers
 from edge_runtime.core.metrics import ScanMetrics, as_dict, scan_metrics, summarise, summarise_by_band
 from edge_runtime.core.segmenter import Segmenter
 from edge_runtime.core.thresholds import parse_threshold, threshold_label
@@ -53,9 +55,12 @@ def evaluate(
         for t in thresholds:
             m = scan_metrics(result.masks[t], truth, with_hd95)
             per_t[t].append(m)
-            rows.append({"scan": ip.name, "threshold": t, "presence": result.presence, **as_dict(m)})
+            row = {"scan": ip.name, "threshold": t, "presence": result.presence, **as_dict(m)}
+            rows.append({**row, **caliper_row(result.masks[t], truth)})
     seconds = time.perf_counter() - t0
     summary = {threshold_label(t): with_bands(v) for t, v in per_t.items()}
+    for t in thresholds:  # the measurement error of the largest nodule (edge_runtime.core.caliper_error)
+        add_calipers(summary[threshold_label(t)], [r for r in rows if r["threshold"] == t])
     for s in summary.values():
         s["seconds"] = round(seconds, 2)
     return summary, rows
@@ -64,6 +69,14 @@ def evaluate(
 def with_bands(per_scan: list[ScanMetrics]) -> dict:
     """The summary of ``per_scan`` with a ``by_band`` block: the same figures per nodule size band."""
     return {**summarise(per_scan), "by_band": summarise_by_band(per_scan)}
+
+
+def add_calipers(summary: dict, rows: list[dict]) -> None:
+    """The largest nodule's measurement error (``edge_runtime.core.caliper_error``) of ``rows``, overall and per
+    size band, into ``summary`` (a :func:`with_bands` summary of the same scans)."""
+    summary.update(summarise_calipers(rows))
+    for band, figures in summary["by_band"].items():
+        figures.update(summarise_calipers([r for r in rows if r.get("band") == band]))
 
 
 def threshold_folders(predicted: Path) -> dict[str, Path]:
@@ -123,5 +136,7 @@ def _score_folder(predicted: Path, masks: Path, with_hd95: bool) -> tuple[dict, 
             raise ScanError(pp, f"mask is {pred.shape[::-1]} but its truth {mp.name} is {truth.shape[::-1]} (w x h)")
         m = scan_metrics(pred, truth, with_hd95)
         per_scan.append(m)
-        rows.append({"scan": mp.name, **as_dict(m)})
-    return with_bands(per_scan), rows
+        rows.append({"scan": mp.name, **as_dict(m), **caliper_row(pred, truth)})
+    summary = with_bands(per_scan)
+    add_calipers(summary, rows)
+    return summary, rows

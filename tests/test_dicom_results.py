@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -112,8 +113,8 @@ def test_a_cine_loop_without_frame_of_reference_gets_a_sr_per_frame_and_no_seg(
     sr = dcmread(tmp_path / "out" / "dicom" / "loop.sr.dcm")
     frames_referenced = sorted(
         int(i.ReferencedSOPSequence[0].ReferencedFrameNumber) for i in items(sr, "IMAGE")
-    )  # each nodule's outline sits on its own source frame
-    assert frames_referenced == [1, 2, 3]
+    )  # each nodule's outline and its two calipers sit on its own source frame
+    assert frames_referenced == [1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert len(list((tmp_path / "out").glob("loop_f*.png"))) == 3  # the masks, as for any scan
 
 
@@ -139,3 +140,59 @@ def test_dciodvfy_finds_no_errors_in_the_seg_and_the_sr(tmp_path, tiny_model):
     assert [f.name for f in files] == ["c.seg.dcm", "c.sr.dcm", "d.seg.dcm", "d.sr.dcm"]
     for f in files:
         assert dciodvfy_errors(f) == [], f.name
+
+
+def caliper_items(sr) -> dict[str, list]:
+    """The long- and short-axis NUM items of a SR, by code."""
+    found: dict[str, list] = {"103339001": [], "103340004": []}
+    for i in items(sr, "NUM"):
+        code = i.ConceptNameCodeSequence[0].CodeValue
+        if code in found:
+            found[code].append(i)
+    return found
+
+
+def test_sr_has_each_nodules_calipers_in_mm_with_their_end_points(tmp_path, tiny_model):
+    write_dicom(tmp_path / "in" / "a.dcm", two_nodules(), pixel_spacing=(0.1, 0.2), **us_ids())
+    assert (
+        main(
+            [
+                str(tmp_path / "in"),
+                "--out",
+                str(tmp_path / "out"),
+                "--model",
+                str(tiny_model),
+                "--report",
+                "--dicom-results",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "out" / "reports" / "a.json").read_text())
+    nodules = report["frames"][0]["results"][0]["nodules"]
+    sr = dcmread(tmp_path / "out" / "dicom" / "a.sr.dcm")
+    found = caliper_items(sr)
+    assert len(found["103339001"]) == len(found["103340004"]) == len(nodules) == 2
+    for code, key in (("103339001", "long_axis"), ("103340004", "short_axis")):
+        for item, nodule in zip(found[code], nodules, strict=True):
+            value = item.MeasuredValueSequence[0]
+            assert float(value.NumericValue) == pytest.approx(nodule[f"{key}_mm"], abs=0.01)
+            assert value.MeasurementUnitsCodeSequence[0].CodeValue == "mm"
+            (scoord,) = [c for c in item.ContentSequence if c.ValueType == "SCOORD"]
+            assert scoord.RelationshipType == "INFERRED FROM" and scoord.GraphicType == "POLYLINE"
+            points = np.array(scoord.GraphicData, float).reshape(-1, 2)
+            # SCOORD is in image coordinates, pixel centres at .5 (PS3.3 C.18.6.1.1): ours at integers
+            assert points - 0.5 == pytest.approx(np.array(nodule[f"{key}_endpoints"]), abs=0.01)
+    sites = [i for i in items(sr, "CODE") if i.ConceptNameCodeSequence[0].CodeValue == "363698007"]
+    assert sites and {s.ConceptCodeSequence[0].CodeValue for s in sites} == {"69748006"}  # thyroid
+    assert not [i for i in items(sr, "TEXT") if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+
+
+def test_sr_without_spacing_has_no_mm_calipers_and_says_why(tmp_path, tiny_model):
+    write_dicom(tmp_path / "in" / "b.dcm", nodule_scan()[0], **us_ids())
+    assert run(tmp_path / "in", tmp_path / "out", tiny_model) == 0
+    sr = dcmread(tmp_path / "out" / "dicom" / "b.sr.dcm")
+    assert caliper_items(sr) == {"103339001": [], "103340004": []}
+    (comment,) = [i for i in items(sr, "TEXT") if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert comment.TextValue == "long and short axis not measured in mm: the scan states no pixel spacing"
+    assert dciodvfy_errors(tmp_path / "out" / "dicom" / "b.sr.dcm") == []

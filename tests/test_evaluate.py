@@ -258,6 +258,10 @@ def test_training_validation_scores_the_same_as_edge_seg_eval(labelled, tiny_mod
         for key in SUMMARY_KEYS:
             assert same(float(ours[key]), float(theirs[key]), 1e-6), (t, key, ours[key], theirs[key])
     assert report["summary"]["0.5"]["dice_mean"] > 0.8
+    for t in thresholds:  # the measurement error too (edge_runtime.core.caliper_error)
+        ours, theirs = trained[t], report["summary"][format(t, "g")]
+        for key in ("calipers_scans", "long_axis_error_median", "short_axis_within_20", "taller_than_wide_agreement"):
+            assert same(float(ours[key]), float(theirs[key]), 1e-9), (t, key, ours[key], theirs[key])
 
 
 # --------------------------------------------------------------------------------------------------

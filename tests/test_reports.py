@@ -80,7 +80,7 @@ def test_report_json_has_every_field_with_sensible_values(folder, tmp_path, tiny
     for rel, (hw, centre, axes) in TRUTH.items():
         stem = rel.rsplit(".", 1)[0]
         report = json.loads((out / "reports" / f"{stem}.json").read_text())
-        assert report["schema"] == 1 and report["generator"].startswith("edge-seg ")
+        assert report["schema"] == 2 and report["generator"].startswith("edge-seg ")
         scan = report["scan"]
         assert scan["path"] == rel and scan["size_bytes"] == (folder / rel).stat().st_size
         assert scan["sha256"] == file_sha256(folder / rel)
@@ -112,11 +112,25 @@ def test_report_json_has_every_field_with_sensible_values(folder, tmp_path, tiny
         assert abs(x + w / 2 - centre[0]) <= 2 and abs(y + h / 2 - centre[1]) <= 2
         assert 1.4 * axes[0] < w <= 2 * axes[0] + 2 and 1.4 * axes[1] < h <= 2 * axes[1] + 2
         assert 0.5 < nodule["mean_probability"] <= nodule["max_probability"] <= 1.0
+        # calipers of the written mask: the long axis along the ellipse's longer axis, the short across it
+        longer, shorter = max(axes), min(axes)
+        assert 1.4 * longer < nodule["long_axis_px"] <= 2 * longer + 2
+        assert 1.4 * shorter < nodule["short_axis_px"] <= nodule["long_axis_px"]
+        assert (nodule["width_px"], nodule["height_px"]) == (w - 1, h - 1)  # pixel centres: extent - 1
+        assert nodule["taller_than_wide_candidate"] is (h > w)
+        ends = np.array(nodule["long_axis_endpoints"])
+        assert np.hypot(*(ends[1] - ends[0])) == pytest.approx(nodule["long_axis_px"], abs=0.02)
+        assert all(mask[round(py), round(px)] for px, py in ends)  # end points are mask pixels
         if rel.endswith(".dcm"):
             assert scan["pixel_spacing_mm"] == [0.1, 0.15] and scan["pixel_spacing_source"] == "pixel_spacing"
             assert nodule["area_mm2"] == pytest.approx(nodule["area_px"] * 0.015, abs=1e-3)
+            assert nodule["spacing_mm"] == [0.1, 0.15] and nodule["no_mm_reason"] is None
+            assert nodule["height_mm"] == pytest.approx(nodule["height_px"] * 0.1, abs=0.01)
+            assert nodule["width_mm"] == pytest.approx(nodule["width_px"] * 0.15, abs=0.01)
+            assert nodule["long_axis_mm"] >= 0.1 * nodule["long_axis_px"] - 0.01
         else:
             assert scan["pixel_spacing_mm"] is None and nodule["area_mm2"] is None
+            assert nodule["long_axis_mm"] is None and nodule["short_axis_mm"] is None and nodule["spacing_mm"] is None
         overlay = rgb_of(out / frame["overlay"])
         assert overlay.shape == (*hw, 3) and has_colour(overlay, PALETTE[0]).sum() > 100
 

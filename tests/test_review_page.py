@@ -45,7 +45,8 @@ def make_scans(src: Path) -> dict[str, set[str]]:
     write_png(src / "empty.png", tissue(seed=4))
     two = tissue(seed=5)
     cv2.ellipse(two, (80, 120), (40, 30), 0, 0, 360, 20, cv2.FILLED)
-    cv2.circle(two, (250, 60), 22, 20, cv2.FILLED)  # the tiny model cannot see one under 0.5 % ("small": above)
+    # the tiny model cannot see one under 0.5 % ("small": above); wider than tall, not a taller-than-wide candidate
+    cv2.ellipse(two, (250, 60), (26, 20), 0, 0, 360, 20, cv2.FILLED)
     write_png(src / "two.png", two)
     big = tissue(seed=6)
     cv2.ellipse(big, (160, 120), (140, 100), 0, 0, 360, 20, cv2.FILLED)  # over a quarter of the scan
@@ -159,6 +160,37 @@ def test_flag_rules_at_the_lowest_threshold():
     assert flags_of(report([[49]])) == ["small"]  # under 0.5 % of 10,000 px
     assert flags_of(report([[2501]])) == ["large"]  # over a quarter
     assert next(iter(FLAGS)) == "failed"
+
+
+def with_calipers(report_: dict, **fields) -> dict:
+    for frame in report_["frames"]:
+        for r in frame["results"]:
+            for n in r["nodules"]:
+                n.update(fields)
+    return report_
+
+
+def test_size_flags_use_the_long_axis_in_mm_where_known_and_taller_than_wide():
+    # 49 px of 10,000 is "small" by area, but a 6 mm long axis is not; 2,501 px is "large", 30 mm is not
+    assert flags_of(with_calipers(report([[49]]), long_axis_mm=6.0)) == []
+    assert flags_of(with_calipers(report([[1000]]), long_axis_mm=4.9)) == ["small"]
+    assert flags_of(with_calipers(report([[2501]]), long_axis_mm=30.0)) == []
+    assert flags_of(with_calipers(report([[1000]]), long_axis_mm=41.0)) == ["large"]
+    assert flags_of(with_calipers(report([[49]]), long_axis_mm=None)) == ["small"]  # no spacing: the area share
+    assert flags_of(with_calipers(report([[1000]]), taller_than_wide_candidate=True)) == ["taller-than-wide"]
+    assert FLAGS["taller-than-wide"] == "taller-than-wide candidate"
+
+
+def test_cards_show_long_by_short_axis_per_nodule(run_dir):
+    import html as html_lib
+
+    _, out, _ = run_dir
+    page = (out / "index.html").read_text()
+    nodule = json.loads((out / "reports" / "a.json").read_text())["frames"][0]["results"][0]["nodules"][0]
+    card = page[page.index('data-scan="a.png"') :]
+    card = html_lib.unescape(card[: card.index("</article>")])
+    assert f'#1: <b class="calipers">{nodule["long_axis_px"]:.0f} × {nodule["short_axis_px"]:.0f} px</b>, 3,' in card
+    assert "taller than wide" not in card  # 100 x 70 px: wider
 
 
 def test_the_page_is_built_from_disk_so_a_rerun_shows_the_whole_run(run_dir, tiny_model, tmp_path):
@@ -361,7 +393,8 @@ def test_a_multi_frame_scan_shows_the_frame_with_the_nodule(tmp_path, tiny_model
     assert "frame 2 of 2" in html and 'href="overlays/cine_f0002.png"' in html
     report = json.loads((out / "reports" / "cine.json").read_text())
     nodule = report["frames"][1]["results"][0]["nodules"][0]
-    assert f"#1: {nodule['area_mm2']:.1f} mm² ({nodule['area_px']:,} px)" in html  # the area in mm² when known
+    axes = f"{nodule['long_axis_mm']:.1f} &times; {nodule['short_axis_mm']:.1f} mm</b>"
+    assert f"{axes}, {nodule['area_mm2']:.1f} mm² ({nodule['area_px']:,} px)" in html  # mm and mm² when known
     thumb = cv2.cvtColor(cv2.imread(str(out / "overlays" / "cine.thumb.jpg")), cv2.COLOR_BGR2RGB).astype(int)
     green = (thumb[..., 1] > 200) & (thumb[..., 0] < 80) & (thumb[..., 2] < 80)
     assert green.sum() > 20  # the outline of frame 2 (frame 1 has none)

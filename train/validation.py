@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from edge_runtime.core.caliper_error import caliper_row, summarise_calipers
 from edge_runtime.core.metrics import scan_metrics, summarise, summarise_by_band
 from edge_runtime.core.postprocess import gate, masks_for_scan
 from edge_runtime.core.thresholds import THRESHOLD_GRID, best_threshold
@@ -40,13 +41,18 @@ def score(
     """Summary metrics per threshold for model-size probability maps ``probs`` (N, h, w)."""
     thresholds = list(thresholds)
     per_t: dict[float, list] = {t: [] for t in thresholds}
+    calipers: dict[float, list] = {t: [] for t in thresholds}
     scores = presence if presence is not None else [None] * len(probs)
     for prob, p, truth, hw in zip(probs, scores, split.masks, split.sizes, strict=True):
         _, masks = masks_for_scan(prob, hw, thresholds, morphology_size)
         masks = gate(masks, None if p is None else float(p), presence_threshold)
         for t, m in masks.items():
             per_t[t].append(scan_metrics(m, truth, with_hd95))
-    return {t: {**summarise(v), "by_band": summarise_by_band(v)} for t, v in per_t.items()}
+            calipers[t].append(caliper_row(m, truth))  # the largest nodule's measurement error, as edge-seg-eval's
+    return {
+        t: {**summarise(v), **summarise_calipers(calipers[t]), "by_band": summarise_by_band(v)}
+        for t, v in per_t.items()
+    }
 
 
 def choose_threshold(probs: np.ndarray, split: Split, morphology_size: int = 3) -> tuple[float, dict]:

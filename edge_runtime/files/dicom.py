@@ -8,7 +8,10 @@ JPEG Baseline by pylibjpeg + pylibjpeg-libjpeg (installed by the extra), RLE by 
 
 Pixel spacing, in millimetres as (row, column): from the first ultrasound region
 (SequenceOfUltrasoundRegions) whose physical units are cm in both directions, else from PixelSpacing,
-else unknown (None). Every problem is a :class:`~edge_runtime.errors.ScanError` naming the file.
+else from ImagerPixelSpacing, else unknown (None). Every such calibrated region is kept with its
+bounds (:attr:`DicomImage.regions`): which one applies to a nodule is
+:mod:`edge_runtime.core.calibration`'s business.
+Every problem is a :class:`~edge_runtime.errors.ScanError` naming the file.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.core.calibration import Region
 from edge_runtime.errors import ScanError
 from edge_runtime.files import headers
 
@@ -40,10 +44,12 @@ class DicomImage:
 
     frames: list[np.ndarray]  #: H x W (gray) or H x W x 3 (RGB), uint8 or uint16, one per frame
     spacing_mm: tuple[float, float] | None  #: (row, column) pixel spacing in mm, or None when unknown
-    spacing_source: str | None  #: "ultrasound_region", "pixel_spacing" or None
+    spacing_source: str | None  #: "ultrasound_region", "pixel_spacing", "imager_pixel_spacing" or None
     info: dict[str, Any] = field(default_factory=dict)  #: transfer syntax, photometric interpretation, bits
     #: the pydicom dataset without its pixel data: the identifiers DICOM results reference (SEG, SR)
     header: Any = None
+    #: the calibrated ultrasound regions (cm in both directions), in file order
+    regions: tuple[Region, ...] = ()
 
 
 def _pydicom(path: str | Path):
@@ -76,7 +82,7 @@ def read_dicom(data: bytes, path: str | Path = "<bytes>") -> DicomImage:
         "modality": str(ds.get("Modality", "")),
     }
     del ds.PixelData  # the pixels are in ``frames``; the header alone is kept, for the results that reference it
-    return DicomImage(frames, spacing, source, info, ds)
+    return DicomImage(frames, spacing, source, info, ds, ultrasound_regions(ds))
 
 
 def check_image(ds: Any, path: str | Path = "<bytes>") -> Any:
@@ -223,22 +229,44 @@ def _to_frames(pydicom, ds, arr: np.ndarray, meta: dict, path: str | Path) -> li
     return [np.ascontiguousarray(f) for f in arr]
 
 
-def pixel_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
-    """(row, column) spacing in mm and where it came from: an ultrasound region in cm, PixelSpacing, or neither."""
+def ultrasound_regions(ds) -> tuple[Region, ...]:
+    """The regions of SequenceOfUltrasoundRegions calibrated in cm in both directions, with their bounds.
+
+    A region without its bounds (RegionLocationMinX0 ... MaxY1, type 1 in the standard) is taken as the
+    whole frame; one with other units (a Doppler trace: cm/s against seconds) is not a place to measure.
+    """
+    found = []
     for region in ds.get("SequenceOfUltrasoundRegions", None) or []:
         try:
             units = (int(region.PhysicalUnitsXDirection), int(region.PhysicalUnitsYDirection))
             dx, dy = abs(float(region.PhysicalDeltaX)) * 10.0, abs(float(region.PhysicalDeltaY)) * 10.0
         except (AttributeError, TypeError, ValueError):
             continue
-        if units == (_UNITS_CM, _UNITS_CM) and _valid(dx) and _valid(dy):
-            return (dy, dx), "ultrasound_region"
-    try:
-        row, col = (float(v) for v in ds.PixelSpacing)
-    except (AttributeError, TypeError, ValueError):
-        return None, None
-    if _valid(row) and _valid(col):
-        return (row, col), "pixel_spacing"
+        if units != (_UNITS_CM, _UNITS_CM) or not (_valid(dx) and _valid(dy)):
+            continue
+        bounds = []
+        for key, default in (("MinX0", 0), ("MinY0", 0), ("MaxX1", 1 << 31), ("MaxY1", 1 << 31)):
+            try:
+                bounds.append(int(region.get(f"RegionLocation{key}", default)))
+            except (TypeError, ValueError):
+                bounds.append(default)
+        found.append(Region(bounds[0], bounds[1], bounds[2], bounds[3], (dy, dx)))
+    return tuple(found)
+
+
+def pixel_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
+    """(row, column) spacing in mm and where it came from: an ultrasound region in cm, PixelSpacing,
+    ImagerPixelSpacing, or none."""
+    regions = ultrasound_regions(ds)
+    if regions:
+        return regions[0].spacing, "ultrasound_region"
+    for key, source in (("PixelSpacing", "pixel_spacing"), ("ImagerPixelSpacing", "imager_pixel_spacing")):
+        try:
+            row, col = (float(v) for v in ds.get(key) or ())
+        except (TypeError, ValueError):
+            continue
+        if _valid(row) and _valid(col):
+            return (row, col), source
     return None, None
 
 

@@ -52,8 +52,9 @@ class Scan:
     #: (row, column) pixel spacing in millimetres, when the file says (DICOM); else None.
     pixel_spacing_mm: tuple[float, float] | None = None
     format: str = ""
-    #: reader-specific facts; DICOM: ``pixel_spacing_source``, ``dicom`` (transfer syntax, photometric, bits)
-    #: and ``dicom_header`` (the pydicom dataset without its pixel data)
+    #: reader-specific facts; DICOM: ``pixel_spacing_source``, ``dicom`` (transfer syntax, photometric, bits),
+    #: ``dicom_header`` (the pydicom dataset without its pixel data) and ``ultrasound_regions`` (calibrated
+    #: :class:`~edge_runtime.core.calibration.Region` s)
     extra: dict = field(default_factory=dict)
 
 
@@ -226,7 +227,12 @@ def _read_scan(path: Path) -> Scan:
         from edge_runtime.files.dicom import read_dicom  # pydicom is an optional dependency, imported on first use
 
         image = read_dicom(data, path)
-        extra = {"pixel_spacing_source": image.spacing_source, "dicom": image.info, "dicom_header": image.header}
+        extra = {
+            "pixel_spacing_source": image.spacing_source,
+            "dicom": image.info,
+            "dicom_header": image.header,
+            "ultrasound_regions": image.regions,
+        }
         return Scan(path, image.frames, digest, st.st_size, st.st_mtime_ns, image.spacing_mm, "DICOM", extra)
     frames = decode_frames(data, path)
     return Scan(path, frames, digest, st.st_size, st.st_mtime_ns, None, fmt or "")

@@ -91,7 +91,9 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
     cluster = None
     try:
         changed = check_and_record(out_dir, spec)
-        writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync))
+        writers = make_writers(
+            OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, options.fsync, spec.pixel_spacing)
+        )
         planner = Planner(in_dir, ledger, spec.signature, options.part)
         folders = [(w.folder, w.kind) for w in writers if w.folder]
         naming = Naming(in_dir, ledger, len(spec.thresholds), folders, folds_case(ledger.dir))

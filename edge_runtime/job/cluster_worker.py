@@ -101,7 +101,9 @@ def build_processor(brief: WorkerBrief) -> Processor:
         raise WorkerRefused("it resolves the job to other settings than the client; install the same edge-seg")
     cv2.setNumThreads(1)  # the worker's threads are the parallelism (edge_runtime.job.assemble)
     in_dir, out_dir = Path(brief.in_dir), Path(brief.out_dir)
-    writers = make_writers(OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, brief.options.fsync))
+    writers = make_writers(
+        OutputSetup(out_dir, spec.thresholds, spec.model, spec.kinds, brief.options.fsync, spec.pixel_spacing)
+    )
     return Processor(segmenter, spec, brief.options, writers, in_dir, out_dir)
 
 

@@ -25,12 +25,13 @@ from edge_runtime.job.assemble import Job
 from edge_runtime.job.outcome import Outcome, Status
 from edge_runtime.job.parts import Part
 from edge_runtime.outputs.layout import report_path
-from edge_runtime.outputs.reports import SCHEMA, summary_facts, to_json
+from edge_runtime.outputs.reports import summary_facts, to_json
 
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "run-summary.csv"
 PROVENANCE_NAME = "run-provenance.json"
+PROVENANCE_SCHEMA = 1
 #: run-summary.csv's columns, in order (docs/OUTPUTS.md)
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "path",
@@ -40,6 +41,11 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "nodules",
     "largest_area_px",
     "largest_area_mm2",
+    "largest_long_axis_px",
+    "largest_short_axis_px",
+    "largest_long_axis_mm",
+    "largest_short_axis_mm",
+    "largest_taller_than_wide",
 )
 SUMMARY_COLUMNS += ("max_probability", "presence", "nodule_present", "ms", "outputs", "reason")
 
@@ -97,7 +103,7 @@ class RunRecord:
         statuses = [r["status"] for r in self.rows.values()]
         part = self.job.options.part
         return {
-            "schema": SCHEMA,
+            "schema": PROVENANCE_SCHEMA,
             "argv": self.argv,
             "started": _utc(self.started),
             "finished": _utc(),
@@ -112,6 +118,7 @@ class RunRecord:
                 "metadata": info.metadata,
             },
             "thresholds": list(spec.thresholds),
+            "pixel_spacing": list(spec.pixel_spacing) if spec.pixel_spacing else None,
             "outputs": list(spec.kinds),
             "counts": {
                 "scans": len(statuses),

@@ -40,6 +40,8 @@ class JobRequest:
     #: outputs besides the masks (``"overlays"``, ``"reports"``, ``"dicom"``, ``"review"``: the review page's
     #: pictures, with ``--report``)
     outputs: tuple[str, ...] = ()
+    #: ``--pixel-spacing``: (row, column) mm for scans whose file states none
+    pixel_spacing: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.outputs if k not in EXTRAS]
@@ -51,7 +53,7 @@ class JobRequest:
         asked = set(self.outputs)
         if "review" in asked:  # the review page shows the overlays and reads the findings
             asked |= {"overlays", "reports"}
-        return JobSpec(model, thresholds, tuple(k for k in EXTRAS if k in asked))
+        return JobSpec(model, thresholds, tuple(k for k in EXTRAS if k in asked), self.pixel_spacing)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class JobSpec:
     thresholds: tuple[float, ...]
     #: outputs besides the masks, in the order they are written
     outputs: tuple[str, ...] = ()
+    #: ``--pixel-spacing`` (in the signature only when given, so that other jobs keep theirs)
+    pixel_spacing: tuple[float, float] | None = None
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -77,6 +81,8 @@ class JobSpec:
             "morph": self.model.morphology_size,
             "extras": extras_signature(self.outputs),
         }
+        if self.pixel_spacing is not None:
+            sig["pixel_spacing"] = list(self.pixel_spacing)
         return hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:16]
 
 

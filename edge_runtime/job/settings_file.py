@@ -34,6 +34,7 @@ def describe(spec: JobSpec) -> dict[str, Any]:
         "thresholds": list(spec.thresholds),
         "outputs": list(spec.kinds),
         "opening": m.morphology_size,
+        "pixel_spacing": list(spec.pixel_spacing) if spec.pixel_spacing else None,
     }
 
 
@@ -46,7 +47,13 @@ def changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     old_model = old_model if isinstance(old_model, dict) else {}
     if old_model.get("sha256") != new_model["sha256"]:
         said.append(f"model {_model(old_model)} -> {_model(new_model)}")
-    for key, name in (("thresholds", "threshold"), ("outputs", "outputs"), ("opening", "opening size")):
+    named = (
+        ("thresholds", "threshold"),
+        ("outputs", "outputs"),
+        ("opening", "opening size"),
+        ("pixel_spacing", "pixel spacing"),
+    )
+    for key, name in named:
         if before.get(key) != now[key]:
             said.append(f"{name} {_words(before.get(key))} -> {_words(now[key])}")
     return said or ["output settings (another edge-seg version)"]

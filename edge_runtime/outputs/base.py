@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge_runtime.core.calibration import Calibration, Spacing
 from edge_runtime.core.model import ModelInfo
 from edge_runtime.core.segmenter import Segmentation
 from edge_runtime.files.scans import Scan
@@ -33,6 +34,14 @@ class OutputSetup:
     kinds: tuple[str, ...]
     #: flush each file to disk before it is renamed into place
     fsync: bool = True
+    #: ``--pixel-spacing``: (row, column) mm for scans whose file states none
+    pixel_spacing_mm: Spacing | None = None
+
+    def calibration(self, scan: Scan) -> Calibration:
+        """The spacing facts of ``scan`` (its ultrasound regions, its own spacing) with this job's fallback."""
+        regions = scan.extra.get("ultrasound_regions", ())
+        own = None if regions else scan.pixel_spacing_mm
+        return Calibration(regions, own, scan.extra.get("pixel_spacing_source") if own else None, self.pixel_spacing_mm)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,12 @@ all frames of the scan:
   a score from 0.04 to 0.23; of 0.5, from 0.27 to 0.73);
 * ``no-nodule``       -- no nodule in any frame (the model found none, or its presence output said none);
 * ``several``         -- more than one separate component in a frame;
-* ``small``           -- a nodule under :data:`SMALL_SHARE` of its frame's area;
-* ``large``           -- a nodule over :data:`LARGE_SHARE` of its frame's area.
+* ``small``           -- a nodule whose long axis is under :data:`SMALL_MM` where its spacing is known,
+  else under :data:`SMALL_SHARE` of its frame's area;
+* ``large``           -- a nodule whose long axis is over :data:`LARGE_MM` where its spacing is known,
+  else over :data:`LARGE_SHARE` of its frame's area;
+* ``taller-than-wide`` -- a nodule taller (along rows) than wide (along columns), in mm where known: a
+  *candidate* for the suspicious sign, since the image does not say whether the plane is transverse.
 
 Flagged cards sort first, in the order of :data:`FLAGS`.
 """
@@ -31,13 +35,17 @@ FLAGS: dict[str, str] = {
     "low-confidence": "low confidence",
     "no-nodule": "no nodule found",
     "several": "several components",
-    "small": "very small area",
-    "large": "very large area",
+    "small": "very small",
+    "large": "very large",
+    "taller-than-wide": "taller-than-wide candidate",
 }
 LOW_MEAN = 0.7
 PRESENCE_MARGIN = 1.0  #: in log-odds: a factor e in the odds
 SMALL_SHARE = 0.005
 LARGE_SHARE = 0.25
+#: with a known spacing: a long axis under 5 mm (ACR TI-RADS follows nothing smaller) or over 40 mm
+SMALL_MM = 5.0
+LARGE_MM = 40.0
 #: nodules listed per threshold on a card (the report has them all)
 SHOWN_NODULES = 4
 
@@ -51,6 +59,11 @@ class Nodule:
     area_mm2: float | None
     mean_probability: float
     max_probability: float
+    long_axis: float | None = None  #: in mm when the nodule's spacing is known, else in px
+    short_axis: float | None = None
+    axis_unit: str = "px"
+    taller_than_wide: bool = False
+    no_mm_reason: str | None = None  #: why a scan with ultrasound regions gives this nodule no mm
 
 
 @dataclass
@@ -122,11 +135,41 @@ def flags_of(report: dict[str, Any]) -> list[str]:
         flags.add("no-nodule")
     if any(len(frame) > 1 for frame in per_frame):
         flags.add("several")
-    if any(n["area_px"] < SMALL_SHARE * frame_area for n in nodules):
+    if any(_small(n, frame_area) for n in nodules):
         flags.add("small")
-    if any(n["area_px"] > LARGE_SHARE * frame_area for n in nodules):
+    if any(_large(n, frame_area) for n in nodules):
         flags.add("large")
+    if any(n.get("taller_than_wide_candidate") for n in nodules):
+        flags.add("taller-than-wide")
     return [f for f in FLAGS if f in flags]
+
+
+def _small(n: dict[str, Any], frame_area: int) -> bool:
+    if n.get("long_axis_mm") is not None:
+        return bool(n["long_axis_mm"] < SMALL_MM)
+    return bool(n["area_px"] < SMALL_SHARE * frame_area)
+
+
+def _large(n: dict[str, Any], frame_area: int) -> bool:
+    if n.get("long_axis_mm") is not None:
+        return bool(n["long_axis_mm"] > LARGE_MM)
+    return bool(n["area_px"] > LARGE_SHARE * frame_area)
+
+
+def _nodule(n: dict[str, Any]) -> Nodule:
+    mm = n.get("long_axis_mm") is not None
+    return Nodule(
+        n["id"],
+        n["area_px"],
+        n["area_mm2"],
+        n["mean_probability"],
+        n["max_probability"],
+        n.get("long_axis_mm" if mm else "long_axis_px"),
+        n.get("short_axis_mm" if mm else "short_axis_px"),
+        "mm" if mm else "px",
+        bool(n.get("taller_than_wide_candidate")),
+        n.get("no_mm_reason"),
+    )
 
 
 def report_card(report: dict[str, Any], time_ns: int) -> Card:
@@ -143,10 +186,7 @@ def report_card(report: dict[str, Any], time_ns: int) -> Card:
         ThresholdResult(
             threshold_label(r["threshold"]),
             r["nodule_count"],
-            [
-                Nodule(n["id"], n["area_px"], n["area_mm2"], n["mean_probability"], n["max_probability"])
-                for n in r["nodules"][:SHOWN_NODULES]
-            ],
+            [_nodule(n) for n in r["nodules"][:SHOWN_NODULES]],
         )
         for r in frame["results"]
     ]

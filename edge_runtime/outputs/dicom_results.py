@@ -134,7 +134,7 @@ class DicomResultsWriter:
             if kind == "sr":
                 from edge_runtime.outputs.sr import build_sr
 
-                return build_sr(source, masks, result.scan.pixel_spacing_mm, ident, seg)
+                return build_sr(source, masks, self.setup.calibration(result.scan), ident, seg)
             from edge_runtime.outputs.sc import build_sc
 
             by_frame = [s.masks for s in result.segmentations]

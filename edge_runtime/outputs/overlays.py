@@ -5,7 +5,9 @@ the scan's own size, always 8-bit colour: a grayscale scan is drawn in colour, a
 to 8 bits (min-max, for display only). Each threshold's mask outline has its own colour, ~2 px wide at
 typical scan sizes (wider on large scans), and a small legend in the top-right corner names the
 threshold of each colour. The lowest threshold is drawn first, so the outlines of higher thresholds
-(inside it) stay visible.
+(inside it) stay visible. On the nodules of the lowest threshold the calipers are drawn as a
+sonographer's: the long axis and the short axis as thin lines with cross marks at their ends, the long
+axis labelled with its length in mm (in px when the spacing is unknown; :mod:`edge_runtime.core.calipers`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_runtime.core.calibration import Calibration
+from edge_runtime.core.calipers import Calipers, components, measure
 from edge_runtime.core.preprocess import minmax
 from edge_runtime.core.thresholds import threshold_label
 from edge_runtime.files.durable import write_atomic
@@ -37,6 +41,9 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (255, 0, 0),  # red
 )
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+#: the calipers' colours (RGB): long axis white, short axis light blue, both light on a gray scan
+LONG_AXIS_COLOUR = (255, 255, 255)
+SHORT_AXIS_COLOUR = (120, 200, 255)
 
 
 def colour_for(index: int) -> tuple[int, int, int]:
@@ -70,12 +77,14 @@ def render_overlay(
     thresholds: Sequence[float] | None = None,
     legend: bool = True,
     presence: float | None = None,
+    calibration: Calibration | None = None,
 ) -> np.ndarray:
     """The scan (8-bit RGB) with each mask's outline in its threshold's colour, and a legend.
 
     ``masks`` maps threshold -> uint8 mask (0 / 255) at the scan's size; ``thresholds`` fixes the
     colour order (default: ascending). When no mask has a nodule the legend says "no nodule found"
     (with the model's presence score when it has one), so an empty result is never a silent one.
+    ``calibration`` given: the calipers of the lowest threshold's nodules are drawn, in its mm.
     """
     canvas = to_display(image)
     h, w = canvas.shape[:2]
@@ -84,6 +93,9 @@ def render_overlay(
     for i, t in enumerate(order):
         contours, _ = cv2.findContours(masks[t], cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(canvas, contours, -1, colour_for(i), width, cv2.LINE_8)
+    if calibration is not None and order:
+        found = [measure(p, calibration.for_points(p).spacing) for p in components(masks[order[0]])]
+        draw_calipers(canvas, found)
     if legend:
         entries = [(f"P > {threshold_label(t)}", colour_for(i)) for i, t in enumerate(order)]
         if not any(bool(masks[t].any()) for t in order):
@@ -92,6 +104,28 @@ def render_overlay(
         else:
             draw_legend(canvas, entries)
     return canvas
+
+
+def draw_calipers(canvas: np.ndarray, found: Sequence[Calipers]) -> None:
+    """Both calipers of each nodule (thin lines, a cross at each end) and the long axis's length beside it."""
+    h, w = canvas.shape[:2]
+    thin = max(1, line_width(h, w) // 2)
+    mark = max(3, round(max(h, w) / 150))
+    scale = min(1.0, max(0.4, min(h, w) / 900))
+    for c in found:
+        for ends, colour in ((c.short_axis_endpoints, SHORT_AXIS_COLOUR), (c.long_axis_endpoints, LONG_AXIS_COLOUR)):
+            (x0, y0), (x1, y1) = ((round(x), round(y)) for x, y in ends)
+            cv2.line(canvas, (x0, y0), (x1, y1), colour, thin, cv2.LINE_AA)
+            for x, y in ((x0, y0), (x1, y1)):
+                cv2.line(canvas, (x - mark, y - mark), (x + mark, y + mark), colour, thin, cv2.LINE_AA)
+                cv2.line(canvas, (x - mark, y + mark), (x + mark, y - mark), colour, thin, cv2.LINE_AA)
+        text = f"{c.long_axis_mm:.1f} mm" if c.long_axis_mm is not None else f"{c.long_axis_px:.0f} px"
+        (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
+        x, y = (round(v) for v in max(c.long_axis_endpoints))  # beside the right-hand end
+        x = min(max(0, x + mark + 2), w - tw - 2)
+        y = min(max(th + 2, y - mark), h - base - 2)
+        cv2.rectangle(canvas, (x - 2, y - th - 2), (x + tw + 2, y + base), (0, 0, 0), cv2.FILLED)
+        cv2.putText(canvas, text, (x, y), _FONT, scale, LONG_AXIS_COLOUR, 1, cv2.LINE_AA)
 
 
 def draw_legend(
@@ -127,7 +161,7 @@ class OverlayWriter:
 
     kind = "overlays"
     stage = "overlay"
-    signature = "overlay/2"  # 2: "no nodule found" written on overlays without an outline
+    signature = "overlay/3"  # 2: "no nodule found" written on overlays without an outline; 3: calipers
     folder = OVERLAY_DIR
 
     def __init__(self, setup: OutputSetup) -> None:
@@ -139,7 +173,8 @@ class OverlayWriter:
 
     def write(self, result: ScanResult) -> dict[str, Any]:
         thresholds = self.setup.thresholds
+        calibration = self.setup.calibration(result.scan)
         for path, frame, seg in zip(result.paths, result.scan.frames, result.segmentations, strict=True):
-            picture = render_overlay(frame, seg.masks, thresholds, presence=seg.presence)
+            picture = render_overlay(frame, seg.masks, thresholds, presence=seg.presence, calibration=calibration)
             write_atomic(path, encode_png(picture, path), fsync=self.setup.fsync)
         return {}

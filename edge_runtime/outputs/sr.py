@@ -7,6 +7,13 @@ for a cine loop). When a SEG was written, one more group references its segment 
 with the area of the whole segment and the segment's own Tracking ID and UID, and the SEG is part of
 the report's evidence. Observer: the device edge-seg; every group names the model as its algorithm
 (name, version, and the model file's sha256 as its parameter: :mod:`edge_runtime.outputs.ai_identity`).
+
+Each nodule's calipers (:mod:`edge_runtime.core.calipers`) go into a measurements group of its own
+(TID 1501, same tracking identifier): the long axis (``SCT 103339001``) and the short axis
+(``SCT 103340004``) in mm, each with its two end points as a POLYLINE on the source image. highdicom
+refuses measurement coordinates inside a planar-ROI group, hence the second group. A nodule without a
+spacing (none in the file, or outside every calibrated ultrasound region) gets no mm measurement --
+pixels are not a DICOM length -- and a comment saying why.
 """
 
 from __future__ import annotations
@@ -16,10 +23,15 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_runtime.core.calibration import Calibration, Spacing
+from edge_runtime.core.calipers import Calipers, components, measure
 from edge_runtime.outputs.ai_identity import MANUFACTURER, SEGMENT_TRACKING_ID, ResultIdentity, series_description
 
 #: UCUM has no pixel unit; ``{pixels}`` is an annotation (a unit of 1), as dcmqi writes it.
 PIXEL_UNIT = ("{pixels}", "UCUM", "pixels")
+#: SCOORD puts the top-left pixel's top-left corner at (0, 0), so its centre at (0.5, 0.5) (PS3.3 C.18.6.1.1);
+#: masks and calipers have pixel centres at integers
+SCOORD_SHIFT = 0.5
 
 
 def nodules(mask: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -32,7 +44,7 @@ def nodules(mask: np.ndarray) -> list[tuple[int, np.ndarray]]:
         if len(outline) < 3:  # a one- or two-pixel nodule: outline its pixel square instead
             x, y = outline[0]
             outline = np.array([[x - 0.5, y - 0.5], [x + 0.5, y - 0.5], [x + 0.5, y + 0.5], [x - 0.5, y + 0.5]])
-        found.append((int(stats[i][4]), np.vstack([outline, outline[:1]])))
+        found.append((int(stats[i][4]), np.vstack([outline, outline[:1]]) + SCOORD_SHIFT))
     return found
 
 
@@ -46,37 +58,95 @@ def _area(pixels: int, spacing_mm: tuple[float, float] | None) -> Any:
     return hd.sr.Measurement(name=codes.SCT.Area, value=value, unit=codes.UCUM.SquareMillimeter)
 
 
-def build_sr(
-    source: Any,
-    masks: list[np.ndarray],
-    spacing_mm: tuple[float, float] | None,
-    ident: ResultIdentity,
-    seg: Any | None,
+def _calipers_group(
+    c: Calipers, spacing_known: bool, reason: str | None, image: Any, tracking: Any, algorithm: Any
 ) -> Any:
-    """The SR dataset for ``source`` (a pydicom header) from its frames' 0/255 masks, referencing ``seg``."""
+    """TID 1501: the long and short axis in mm with their end points; or a comment saying why there are none."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
+    thyroid = hd.sr.FindingSite(anatomic_location=codes.SCT.Thyroid)
+    if not spacing_known:
+        why = reason or "the scan states no pixel spacing"
+        text = hd.sr.TextContentItem(
+            name=codes.DCM.Comment,
+            value=f"long and short axis not measured in mm: {why}"[:1024],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        return text
+    measurements = []
+    for name, value, ends in (
+        (codes.SCT.LongAxis, c.long_axis_mm, c.long_axis_endpoints),
+        (codes.SCT.ShortAxis, c.short_axis_mm, c.short_axis_endpoints),
+    ):
+        coordinates = hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=np.array(ends) + SCOORD_SHIFT,
+            source_image=image,
+        )
+        measurements.append(
+            hd.sr.Measurement(
+                name=name,
+                value=round(float(value or 0.0), 2),
+                unit=codes.UCUM.Millimeter,
+                referenced_coordinates=[coordinates],
+            )
+        )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        finding_type=codes.SCT.ThyroidNodule,
+        finding_sites=[thyroid],
+        measurements=measurements,
+        algorithm_id=algorithm,
+    )
+
+
+def build_sr(
+    source: Any,
+    masks: list[np.ndarray],
+    spacing_mm: Calibration | Spacing | None,
+    ident: ResultIdentity,
+    seg: Any | None,
+) -> Any:
+    """The SR dataset for ``source`` (a pydicom header) from its frames' 0/255 masks, referencing ``seg``.
+
+    ``spacing_mm``: the scan's :class:`~edge_runtime.core.calibration.Calibration` (each nodule its own
+    spacing), or one (row, column) spacing for all.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    calibration = spacing_mm if isinstance(spacing_mm, Calibration) else Calibration(spacing=spacing_mm)
+    spacing_mm = calibration.scan_spacing.spacing
     multi = len(masks) > 1
     model = ident.model
     algorithm = ident.sr_algorithm()
     groups = []
     for f, mask in enumerate(masks, 1):
         image = hd.sr.SourceImageForRegion.from_source_image(source, referenced_frame_numbers=[f] if multi else None)
-        for k, (pixels, outline) in enumerate(nodules(mask), 1):
+        for k, ((pixels, outline), points) in enumerate(zip(nodules(mask), components(mask), strict=True), 1):
             region = hd.sr.ImageRegion(
                 graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline, source_image=image
             )
             name = f"frame {f} nodule {k}" if multi else f"nodule {k}"
-            groups.append(
-                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=name),
-                    referenced_region=region,
-                    finding_type=codes.SCT.ThyroidNodule,
-                    measurements=[_area(pixels, spacing_mm)],
-                    algorithm_id=algorithm,
-                )
+            where = calibration.for_points(points)
+            tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=name)
+            group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_region=region,
+                finding_type=codes.SCT.ThyroidNodule,
+                finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Thyroid)],
+                measurements=[_area(pixels, where.spacing)],
+                algorithm_id=algorithm,
             )
+            calipers = _calipers_group(
+                measure(points, where.spacing), where.spacing is not None, where.reason, image, tracking, algorithm
+            )
+            if isinstance(calipers, hd.sr.TextContentItem):  # no spacing: the reason, inside the nodule's group
+                group[0].ContentSequence.append(calipers)
+                groups.append(group)
+            else:
+                groups += [group, calipers]
     if seg is not None:
         segment = hd.sr.ReferencedSegmentationFrame(
             sop_class_uid=seg.SOPClassUID,

@@ -368,3 +368,31 @@ def test_edge_seg_eval_reports_the_measurement_error(tmp_path, tiny_model, caplo
     errors = sorted(r["long_axis_error"] for r in rows)
     assert s["long_axis_error_median"] == pytest.approx(errors[1])
     assert "measurement error of the largest nodule" in caplog.text and f"{errors[1]:.1%}" in caplog.text
+
+
+def test_the_secondary_capture_carries_the_calipers_as_the_overlay_draws_them():
+    """`--dicom-results ...,sc`: the SC's picture is the overlay with both calipers, labelled in mm with a spacing."""
+    import numpy as np
+
+    from edge_runtime.core.calibration import Calibration
+    from edge_runtime.outputs.overlays import LONG_AXIS_COLOUR, SHORT_AXIS_COLOUR
+    from edge_runtime.outputs.sc import picture
+
+    frame = np.full((200, 260), 90, np.uint8)
+    mask = np.zeros((200, 260), np.uint8)
+    cv2.ellipse(mask, (130, 100), (60, 30), 20, 0, 360, 255, -1)
+
+    class Model:
+        name, version = "m", "1"
+
+    class Ident:
+        model = Model()
+
+    plain = picture(frame, {0.5: mask}, [0.5], Ident())  # type: ignore[arg-type]
+    with_calipers = picture(frame, {0.5: mask}, [0.5], Ident(), Calibration(spacing=(0.1, 0.1)))  # type: ignore[arg-type]
+    changed = (plain != with_calipers).any(axis=2)
+    assert changed.sum() > 100  # two lines, four end marks and the label
+    for colour in (LONG_AXIS_COLOUR, SHORT_AXIS_COLOUR):  # drawn where the picture differs
+        assert (
+            (with_calipers == colour).all(axis=2) & changed
+        ).sum() > 5  # anti-aliased lines: a few pixels of the exact colour

@@ -138,7 +138,8 @@ class DicomResultsWriter:
             from edge_runtime.outputs.sc import build_sc
 
             by_frame = [s.masks for s in result.segmentations]
-            return build_sc(source, result.scan.frames, by_frame, self.setup.thresholds, ident)
+            calibration = self.setup.calibration(result.scan)
+            return build_sc(source, result.scan.frames, by_frame, self.setup.thresholds, ident, calibration)
         except REFUSALS as exc:
             if isinstance(exc, KeyError) and exc.args and str(exc.args[0]) == str(source.SOPClassUID):
                 raise ResultRefused(f"highdicom does not know its SOP Class UID {source.SOPClassUID}") from None

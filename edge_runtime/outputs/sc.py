@@ -1,7 +1,8 @@
 """DICOM Secondary Capture (SC) of one scan's overlay, for the PACS viewers that show no SEG (highdicom).
 
 The picture is the overlay (:func:`edge_runtime.outputs.overlays.render_overlay`: each threshold's
-outline and its legend) with a band along the bottom that says, burned into the pixels, "NOT FOR
+outline, its legend and the calipers of the lowest threshold's nodules, as ``--overlay`` draws them) with
+a band along the bottom that says, burned into the pixels, "NOT FOR
 DIAGNOSIS" and which model made it. It is an 8-bit RGB Secondary Capture Image in the source's
 patient and study, in a series of its own, Image Type ``DERIVED\\SECONDARY``, Burned In Annotation
 ``YES``; its Source Image Sequence references the source instance (and the frame, for a cine loop) and
@@ -19,6 +20,7 @@ import cv2
 import numpy as np
 
 from edge_runtime._version import __version__
+from edge_runtime.core.calibration import Calibration
 from edge_runtime.outputs.ai_identity import MANUFACTURER, ResultIdentity, series_description
 from edge_runtime.outputs.overlays import render_overlay
 
@@ -47,10 +49,15 @@ def burn_note(canvas: np.ndarray, text: str) -> None:
 
 
 def picture(
-    frame: np.ndarray, masks: Mapping[float, np.ndarray], thresholds: Sequence[float], ident: ResultIdentity
+    frame: np.ndarray,
+    masks: Mapping[float, np.ndarray],
+    thresholds: Sequence[float],
+    ident: ResultIdentity,
+    calibration: Calibration | None = None,
 ) -> np.ndarray:
-    """The SC's pixels: the overlay of ``frame`` with the note burned in (8-bit RGB, the frame's size)."""
-    canvas = render_overlay(frame, masks, thresholds)
+    """The SC's pixels: the overlay of ``frame`` (with the calipers, given a ``calibration``) and the note burned
+    in (8-bit RGB, the frame's size)."""
+    canvas = render_overlay(frame, masks, thresholds, calibration=calibration)
     burn_note(canvas, f"{NOTE} - {MANUFACTURER} {ident.model.name} {ident.model.version}")
     return np.ascontiguousarray(canvas)
 
@@ -61,8 +68,10 @@ def build_sc(
     masks: Sequence[Mapping[float, np.ndarray]],
     thresholds: Sequence[float],
     ident: ResultIdentity,
+    calibration: Calibration | None = None,
 ) -> Any:
-    """The SC dataset for ``source`` (a pydicom header) from its frames and each frame's masks by threshold."""
+    """The SC dataset for ``source`` (a pydicom header) from its frames and each frame's masks by threshold;
+    the calipers are drawn as on ``--overlay`` (labelled in mm where ``calibration`` gives a spacing)."""
     import highdicom as hd
     from pydicom.dataset import Dataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -70,7 +79,7 @@ def build_sc(
     index = key_frame([m[min(thresholds)] for m in masks])
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
-        pixel_array=picture(frames[index], masks[index], thresholds, ident),
+        pixel_array=picture(frames[index], masks[index], thresholds, ident, calibration),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,

@@ -62,7 +62,7 @@ def build_bank(
     split: Split, cfg: TrainConfig, teachers: list, passes: int, alpha: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``passes`` augmented views of every frame of ``split`` and their blended targets (maps, presence)."""
-    from .validation import predict
+    from .oof import averaged
 
     sampler = ViewSampler(split, cfg, AugmentConfig(), 1)
     n = len(split) * passes
@@ -77,14 +77,8 @@ def build_bank(
         pairs = [sampler.sample(int(j)) for j in idx]
         xb = np.stack([p[0] for p in pairs]).astype(np.float32)
         hard = np.stack([p[1] for p in pairs]).astype(np.float32)
-        maps, scores = [], []
-        for t in teachers:
-            m, s = predict(t, xb)
-            assert s is not None, "load_teachers checked the presence output"
-            maps.append(m)
-            scores.append(s)
-        soft_map = np.mean(maps, axis=0)[..., None]
-        soft_presence = np.mean(scores, axis=0)[:, None]
+        maps, scores = averaged(teachers, xb)
+        soft_map, soft_presence = maps[..., None], scores[:, None]
         hard_presence = hard.reshape(len(hard), -1).max(axis=1, keepdims=True)
         x[start : start + len(idx)] = xb
         y[start : start + len(idx)] = (1 - alpha) * hard + alpha * soft_map

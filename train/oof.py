@@ -38,7 +38,8 @@ class Predictions:
     crops: tuple[np.ndarray, np.ndarray]
 
 
-def _predict(models: list, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def averaged(models: list, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean probability maps (N, h, w) and presence scores (N,) of ``models`` (each with a presence output)."""
     from .validation import predict
 
     maps, scores = [], []
@@ -56,7 +57,7 @@ def predict_views(models: list, split, channels: int = 3) -> Predictions:
 
     free = views_split(split, ("neg",), channels)
     crops = views_split(split, ("pos",), channels)
-    return Predictions(_predict(models, split.x), _predict(models, free.x), _predict(models, crops.x))
+    return Predictions(averaged(models, split.x), averaged(models, free.x), averaged(models, crops.x))
 
 
 def choose(frames, free, crops, preds: Predictions, morphology_size: int = 3) -> dict:

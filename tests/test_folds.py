@@ -100,7 +100,7 @@ def _fold_argv(root: Path, out: Path, fold: int, epochs: int) -> list[str]:
 
 def test_a_fold_run_killed_mid_training_resumes_from_its_last_epoch(labelled, tmp_path):
     out = tmp_path / "f0"
-    cmd = [sys.executable, "-m", "train", *_fold_argv(labelled, out, 0, 6)]
+    cmd = [sys.executable, "-m", "train", *_fold_argv(labelled, out, 0, 6), "--validate-every", "4"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     meta = out / "backup" / "training_metadata.json"
     try:
@@ -120,9 +120,25 @@ def test_a_fold_run_killed_mid_training_resumes_from_its_last_epoch(labelled, tm
     assert record["epochs_run"] == 6 and record["best_epoch"] == 6  # --fold keeps the last epoch
     assert len(record["history"]["loss"]) == 6  # the stopped run's epochs and the resumed ones, once each
     with (out / "history.csv").open() as f:
-        assert sorted({int(r["epoch"]) for r in csv.DictReader(f)}) == list(range(6))
+        rows = list(csv.DictReader(f))
+    assert sorted({int(r["epoch"]) for r in rows}) == list(range(6))
+    # one header across the resume; val scored at the first epoch, every fourth and the last, nan between
+    assert all(None not in r and None not in r.values() for r in rows)
+    scored = sorted(int(r["epoch"]) for r in rows if r["val_view_dice"] != "nan")
+    assert scored == [0, 3, 5], [(r["epoch"], r["val_view_dice"]) for r in rows]
     assert record["fold"]["fold"] == 0 and record["config"]["keep"] == "last"
     assert not (out / "backup").exists()  # a finished run leaves nothing to resume
+
+
+def test_validate_every_scores_the_first_every_nth_and_the_last_epoch_and_only_last_epoch_view_runs(labelled, tmp_path):
+    from train.cli import main as train_main
+    from train.trainer import validated
+
+    assert [e for e in range(10) if validated(e, 4, 10)] == [0, 3, 7, 9]
+    assert [e for e in range(3) if validated(e, 1, 3)] == [0, 1, 2]
+    argv = ["--train", str(labelled / "train"), "--val", str(labelled / "val"), "--out", str(tmp_path / "r")]
+    assert train_main([*argv, "--views", "--validate-every", "4", *_SIZE]) == 2  # keeps its best epoch
+    assert not (tmp_path / "r" / "training.json").exists()
 
 
 @pytest.fixture(scope="module")

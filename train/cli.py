@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--groups", metavar="CSV", help="with --fold: id,split,group of every frame (default: split.csv beside --train)"
     )
     p.add_argument(
+        "--validate-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --views and --keep last (a --fold or --distill run): score the validation frames every N epochs "
+        "and at the first and last (default 1: every epoch); the other rows of history.csv hold nan",
+    )
+    p.add_argument(
         "--keep",
         choices=["best", "last"],
         help="the weights kept: the best epoch by --monitor (default), or the last epoch (the default with --fold, "
@@ -160,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         fold=args.fold,
         folds=args.folds,
         groups_csv=args.groups,
+        validate_every=max(1, args.validate_every),
         keep=args.keep or ("last" if args.fold is not None or args.distill else "best"),
         distill_from=args.distill or [],
         distill_passes=args.distill_passes,

@@ -63,6 +63,7 @@ class TrainConfig:
     folds: int = 5
     groups_csv: str | None = None  # the frames' patient groups (id, split, group); default: split.csv beside train_dir
     keep: str = "best"  # best: the best epoch by `monitor`; last: the last epoch (no choice made on validation)
+    validate_every: int = 1  # with views and keep last: score val every this many epochs (and the first and last)
     distill_from: list[str] = field(default_factory=list)  # teacher model.keras files: train a student (train.distill)
     distill_passes: int = 6  # views drawn per frame for the distillation bank
     distill_alpha: float = 0.5  # weight of the teachers' average in the targets (the truth has 1 - alpha)
@@ -235,6 +236,11 @@ def fold_split(cfg: TrainConfig, pooled_first):
     return rest, held, info
 
 
+def validated(epoch: int, every: int, epochs: int) -> bool:
+    """Whether 0-based ``epoch`` is scored on val: every ``every``-th epoch, and always the first and the last."""
+    return epoch == 0 or (epoch + 1) % every == 0 or epoch + 1 >= epochs
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train one model as configured; returns the training record (also written to disk)."""
     import keras
@@ -318,6 +324,8 @@ def train(cfg: TrainConfig) -> dict:
     if resumed_at:
         log.info("resuming from the end of epoch %d (%s); delete that folder to start over", resumed_at, backup)
     sampler: ViewSampler | BankSampler
+    if cfg.validate_every > 1 and (not cfg.views or cfg.keep != "last"):
+        raise DataError("--validate-every scores --views runs that keep their last epoch (--keep last, --fold)")
     if cfg.distill_from:
         if not cfg.views or cfg.keep != "last":
             raise DataError("--distill trains a student with --views and keeps its last epoch (--keep last)")
@@ -344,6 +352,11 @@ def train(cfg: TrainConfig) -> dict:
         """
 
         def on_epoch_end(self, epoch, logs=None):
+            if not validated(epoch, cfg.validate_every, cfg.epochs):
+                # the same columns every epoch, so that the CSV log keeps one header across a resume
+                for key in self.keys():
+                    logs[key] = float("nan")
+                return
             probs, pres = predict(self.model, val_split.x)
             s = score(probs, val_split, (0.5,), cfg.morphology_size)[0.5]
             logs["val_scan_dice"] = s["dice_mean"]
@@ -351,6 +364,7 @@ def train(cfg: TrainConfig) -> dict:
             val_loss = f"val_loss {logs['val_loss']:.4f}  " if "val_loss" in logs else ""
             line = f"epoch {epoch + 1}: {val_loss}val_scan_dice@0.5 {s['dice_mean']:.4f}"
             small = s["by_band"].get("small")
+            logs["val_small_dice"] = logs["val_small_area_ratio"] = float("nan")
             if small:  # the band the average hides
                 logs["val_small_dice"] = small["dice_mean"]
                 logs["val_small_area_ratio"] = small["area_ratio_mean"]
@@ -378,6 +392,12 @@ def train(cfg: TrainConfig) -> dict:
                     f"sensitivity {g['sensitivity']:.3f}, nodule-free views with a mask {g['fp_share']:.3f})"
                 )
             log.info("%s", line)
+
+        @staticmethod
+        def keys() -> list[str]:
+            """Every figure an epoch's scoring can log (those of a band val lacks included)."""
+            keys = ["val_scan_dice", "val_scan_iou", "val_small_dice", "val_small_area_ratio"]
+            return keys + (["val_view_dice", "val_sensitivity", "val_fp_share"] if cfg.views else [])
 
     mode = "min" if cfg.monitor == "val_loss" else "max"
     callbacks: list = [ScanDice()]

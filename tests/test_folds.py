@@ -168,6 +168,34 @@ def test_out_of_fold_predictions_cover_every_pooled_frame_once_and_choose_both_t
     assert sum(b["positives"] for b in frames["by_band"].values()) == 32
 
 
+def test_an_archived_teacher_keeps_its_outputs_and_record_without_optimizer_state(teachers, labelled, tmp_path):
+    from train.archive import main as archive_main
+    from train.loading import load_keras
+    from train.oof import main as oof_main
+
+    runs = [str(teachers / "f0"), str(teachers / "f1")]
+    assert archive_main([*runs, "--to", str(tmp_path / "kept")]) == 0
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    for f in ("f0", "f1"):
+        kept = tmp_path / "kept" / f
+        before, after = load_keras(teachers / f / "model.keras"), load_keras(kept / "model.keras")
+        for a, b in zip(before.predict(x, verbose=0), after.predict(x, verbose=0), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert (kept / "model.keras").stat().st_size < (teachers / f / "model.keras").stat().st_size
+        record, original = (json.loads((d / "training.json").read_text()) for d in (kept, teachers / f))
+        assert record["fold"]["held_out"] == original["fold"]["held_out"]
+        sums = dict(line.split("  ")[::-1] for line in (kept / "SHA256SUMS").read_text().splitlines())
+        assert set(sums) == {"model.keras", "training.json", "history.csv"}
+    # the out-of-fold step reads the archive as it reads the runs
+    archived = [str(tmp_path / "kept" / f) for f in ("f0", "f1")]
+    assert oof_main([*archived, "--out", str(tmp_path / "oof"), "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "oof" / "oof.json").read_text())["complete"]
+    # an unfinished run is refused, naming it, and nothing is written for it
+    (tmp_path / "half").mkdir()
+    assert archive_main([str(tmp_path / "half"), "--to", str(tmp_path / "kept")]) == 2
+    assert not (tmp_path / "kept" / "half").exists()
+
+
 def test_a_student_learns_from_the_teachers_and_takes_the_out_of_fold_thresholds(teachers, labelled, tmp_path):
     from train.cli import main as train_main
     from train.oof import main as oof_main

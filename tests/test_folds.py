@@ -105,6 +105,9 @@ def test_a_fold_run_killed_mid_training_resumes_from_its_last_epoch(labelled, tm
     meta = out / "backup" / "training_metadata.json"
     try:
         wait_for(lambda: meta.is_file() and json.loads(meta.read_text())["epoch"] >= 2, "two epochs", timeout=600)
+        # a second run into the same folder is refused while the first holds it (one backup, one record)
+        second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2 and f"another edge-seg-train (pid {proc.pid})" in second.stderr, second.stderr
         proc.send_signal(signal.SIGKILL)  # no clean-up: what a power cut or an OOM kill leaves
         proc.wait(timeout=30)
     finally:

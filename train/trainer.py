@@ -236,6 +236,36 @@ def fold_split(cfg: TrainConfig, pooled_first):
     return rest, held, info
 
 
+_LOCKS: list = []  # the open lock files of this process's runs: held until it exits, released by the kernel
+
+
+def hold_run_lock(out: Path) -> None:
+    """Hold ``out/.lock`` for this process, or :class:`DataError` naming the process that holds it.
+
+    Two runs in one folder would resume from one backup and write one record over the other; the
+    lock (``flock``, released by the kernel however the holder ends) makes the second one refuse.
+    """
+    import fcntl
+
+    from .data import DataError
+
+    f = (out / ".lock").open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise DataError(
+            f"{out}: another edge-seg-train (pid {holder}) is training into this folder; wait for it or stop it"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _LOCKS.append(f)
+
+
 def validated(epoch: int, every: int, epochs: int) -> bool:
     """Whether 0-based ``epoch`` is scored on val: every ``every``-th epoch, and always the first and the last."""
     return epoch == 0 or (epoch + 1) % every == 0 or epoch + 1 >= epochs
@@ -259,6 +289,7 @@ def train(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed, cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    hold_run_lock(out)
     size = (cfg.input_size, cfg.input_size)
     train_split = load_split(cfg.train_dir, size, cfg.channels, cfg.resize)
     fold_info = None

@@ -63,3 +63,25 @@ def test_empty_masks_give_no_views_and_fixed_views_depend_on_the_name_only():
     mask = frame_mask(*CASES[0][:2], CASES[0][2])
     assert fixed_views("17", mask) == fixed_views("17", mask.copy())
     assert fixed_views("17", mask)["pos"] != fixed_views("18", mask)["pos"]
+
+
+def test_write_views_only_neg_writes_the_nodule_free_views_alone(tmp_path):
+    import cv2
+
+    from train.views import main
+
+    for sub in ("image", "mask"):
+        (tmp_path / "split" / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        image = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+        mask = np.zeros((300, 400), np.uint8)
+        mask[130:170, 60 + 100 * i : 100 + 100 * i] = 255
+        cv2.imwrite(str(tmp_path / "split" / "image" / f"s{i}.png"), image)
+        cv2.imwrite(str(tmp_path / "split" / "mask" / f"s{i}.png"), mask)
+    assert main([str(tmp_path / "split"), "--out", str(tmp_path / "neg"), "--only", "neg"]) == 0
+    for sub in ("image", "mask"):
+        assert sorted(p.name for p in (tmp_path / "neg" / sub).iterdir()) == ["s0_neg.png", "s1_neg.png"]
+    assert not any(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).any() for p in (tmp_path / "neg" / "mask").iterdir())
+    assert main([str(tmp_path / "split"), "--out", str(tmp_path / "all")]) == 0
+    assert len(list((tmp_path / "all" / "image").iterdir())) == 4

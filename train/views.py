@@ -181,8 +181,9 @@ def fixed_views(name: str, mask: np.ndarray, cfg: ViewConfig = ViewConfig()) -> 
     return views
 
 
-def write_views(split: Path, out: Path) -> dict[str, int]:
-    """Write ``split``'s fixed views into ``out/image`` + ``out/mask`` (``<id>_neg.png``, ``<id>_pos.png``)."""
+def write_views(split: Path, out: Path, kinds: tuple[str, ...] = ("neg", "pos")) -> dict[str, int]:
+    """Write ``split``'s fixed views of ``kinds`` into ``out/image`` + ``out/mask`` (``<id>_neg.png``,
+    ``<id>_pos.png``)."""
     from edge_runtime.files.durable import write_atomic
     from edge_runtime.files.scans import decode_image, read_bytes
 
@@ -198,6 +199,8 @@ def write_views(split: Path, out: Path) -> dict[str, int]:
         truth = np.where(mask > 127, 255, 0).astype(np.uint8)
         counts["frames"] += 1
         for kind, box in fixed_views(ip.stem, truth).items():
+            if kind not in kinds:
+                continue
             img_c, mask_c = crop(image, box), crop(truth, box)
             if kind == "neg" and mask_c.any():  # by construction never; a guard, not a filter
                 raise AssertionError(f"{ip}: nodule-free view {box} overlaps the nodule")
@@ -214,12 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.views", description=__doc__.split("\n\n")[0])
     p.add_argument("split", type=Path, help="labelled folder with image/ and mask/ (e.g. ../shared/data/ddti/test)")
     p.add_argument("--out", type=Path, required=True, help="folder for image/ + mask/ of the views")
+    p.add_argument(
+        "--only", choices=["neg", "pos"], help="only the nodule-free views (neg) or only the positive crops (pos)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from .data import DataError
 
     try:
-        counts = write_views(args.split, args.out)
+        counts = write_views(args.split, args.out, (args.only,) if args.only else ("neg", "pos"))
     except DataError as exc:
         log.error("%s", exc)
         return 2

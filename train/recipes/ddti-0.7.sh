@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The bundled model 0.7.0, from the DDTI folders to edge_runtime/models/ddti-fcn.onnx and its figures:
+#   1. five fold teachers (pooled train + val, patient groups whole), two at a time on two cores;
+#      each finished teacher is kept in teachers/ (weights without optimizer state, record, history)
+#   2. the out-of-fold choice of both thresholds, reported by nodule size (train.oof)
+#   3. one student distilled from the five on all 474 frames (edge-seg-train --distill)
+#   4. its export (int8-stored weights, parity checked) and its evaluation on test, by band
+# Every step skips what is done and every training resumes from its last epoch, so after a stop the
+# same command goes on where it was:   bash train/recipes/ddti-0.7.sh   (from the repository's root)
+# Settings: EDGE_SEG_DDTI (the data), JOBS (parallel folds, default 2), STOP_AFTER (teachers|oof|student).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DDTI=${EDGE_SEG_DDTI:-../shared/data/ddti}
+JOBS=${JOBS:-2}
+KEEP=teachers/ddti-effl0-unet-160
+RUNS=runs/ddti-0.7
+VERSION=0.7.0
+RECIPE="--arch effl0-unet --input-size 160 --views --loss dice_bce_nodule --augment --lr-schedule cosine --epochs 44 --seed 42"
+mkdir -p "$RUNS/teachers" "$KEEP"
+say() { echo "$(date -u +%H:%M:%S) ddti-0.7: $*" >&2; }
+
+fold() {  # one teacher: trained (or resumed) under runs/, then kept
+  local k=$1
+  if [ -f "$KEEP/f$k/model.keras" ]; then say "teacher f$k is kept in $KEEP/f$k"; return 0; fi
+  say "teacher f$k: training (log $RUNS/teachers/f$k.log)"
+  # shellcheck disable=SC2086
+  edge-seg-train --train "$DDTI/train" --val "$DDTI/val" --fold "$k" --folds 5 --out "$RUNS/teachers/f$k" \
+    $RECIPE --threads 1 --validate-every 4 >> "$RUNS/teachers/f$k.log" 2>&1
+  python -m train.archive "$RUNS/teachers/f$k" --to "$KEEP"
+}
+export -f fold say
+export DDTI KEEP RUNS RECIPE
+printf '%s\n' 0 1 2 3 4 | xargs -P "$JOBS" -I{} bash -c 'fold {}'
+[ "${STOP_AFTER:-}" = teachers ] && exit 0
+
+TEACHERS=("$KEEP"/f{0,1,2,3,4})
+if [ ! -f "$RUNS/oof/oof.json" ]; then
+  say "out of fold: choosing both thresholds on the 474 frames' out-of-fold predictions"
+  python -m train.oof "${TEACHERS[@]}" --out "$RUNS/oof" --test "$DDTI/test" --threads "$JOBS" | tee "$RUNS/oof.txt"
+fi
+[ "${STOP_AFTER:-}" = oof ] && exit 0
+
+if [ ! -f "$RUNS/student/training.json" ]; then
+  say "student: distilled from the five teachers (log $RUNS/student.log)"
+  # shellcheck disable=SC2086
+  edge-seg-train --train "$DDTI/train" --val "$DDTI/val" --out "$RUNS/student" \
+    --distill "${TEACHERS[@]/%//model.keras}" --thresholds-from "$RUNS/oof/oof.json" \
+    $RECIPE --threads "$JOBS" --model-version "$VERSION" >> "$RUNS/student.log" 2>&1
+fi
+[ "${STOP_AFTER:-}" = student ] && exit 0
+
+say "export and evaluation on test"
+edge-seg-export "$RUNS/student/model.keras" --weights int8 --out edge_runtime/models/ddti-fcn.onnx \
+  --fp32-out "$RUNS/student/model.fp32.onnx" --name ddti-fcn --model-version "$VERSION"
+edge-seg-eval --images "$DDTI/test/image" --masks "$DDTI/test/mask" \
+  --json edge_runtime/models/ddti-fcn.test-eval.json
+rm -rf "$RUNS/views-neg"
+python -m train.views "$DDTI/test" --out "$RUNS/views-neg" --only neg
+edge-seg-eval --images "$RUNS/views-neg/image" --nodule-free --no-hd95 \
+  --json edge_runtime/models/ddti-fcn.test-views-eval.json
+say "done: edge_runtime/models/ddti-fcn.onnx $VERSION"

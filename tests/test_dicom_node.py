@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -20,7 +21,8 @@ pytest.importorskip("highdicom")
 
 from pydicom import dcmread
 
-from edge_runtime.net.outbox import SENT_LOG, Outbox, _key
+from edge_runtime.net.outbox import Outbox
+from edge_runtime.net.outbox_queue import Sent
 from edge_runtime.net.peer import Peer
 from edge_runtime.net.scp import StorageSCP
 from tests.dicomnet import Pacs, echo, free_port, store
@@ -191,8 +193,8 @@ def test_outbox_retries_until_the_pacs_comes_up_and_sends_each_result_once(tmp_p
             pacs.close()
     finally:
         box.stop()
-    assert not list((out / ".edge-seg" / "outbox").glob("*.json"))
-    assert len((out / ".edge-seg" / "outbox" / SENT_LOG).read_text().splitlines()) == 3
+    assert box.stats()["sent_total"] == 3 and box.stats()["sent_since_start"] == 3
+    assert sorted(s.path for s in box.queue.sent()) == paths
 
 
 def test_a_failure_status_from_the_pacs_is_retried(tmp_path):
@@ -239,21 +241,18 @@ def test_a_restart_with_a_full_outbox_sends_it_and_nothing_twice(tmp_path):
     paths = results(out, 4)
     first.add(paths)
     assert first.send_due() == 0  # PACS down: one failed try, then a long back-off
-    first.stop()
-    # A kill after the PACS took the first result but before its entry was removed: it is not sent again.
+    # Then the PACS took the first result and it was recorded, and the process was killed: not sent again.
     sop0 = str(dcmread(out / paths[0]).SOPInstanceUID)
-    first._record_sent(paths[0], sop0, first._stat(paths[0]))
-    (out / ".edge-seg" / "outbox" / f"{_key(paths[0])}.json").write_text(
-        json.dumps({"path": paths[0], "queued": time.time()})
-    )  # its entry, as the kill left it
+    first.queue.record_sent(
+        Sent(paths[0], sop0, os.stat(out / paths[0]).st_size, os.stat(out / paths[0]).st_mtime_ns), "PACS"
+    )
 
     pacs = Pacs(port)
     try:
         again = Outbox(out, out / ".edge-seg", peer, retry=60)  # the restart: state from disk
         assert again.stats()["waiting"] == 3
-        for e in again.due(now=time.time() + 3600):
-            e.next_try = 0  # the back-off from before the restart still holds; the test does not wait for it
-        assert again.send_due() == 3
+        # the back-off from before the restart still holds; the test does not wait for it
+        assert again.send_due(now=time.time() + 3600) == 3
         assert sorted(pacs.uids()) == sorted(str(dcmread(out / p).SOPInstanceUID) for p in paths[1:])
         third = Outbox(out, out / ".edge-seg", peer)
         assert third.reconcile() == 0 and third.send_due() == 0  # all sent: nothing again

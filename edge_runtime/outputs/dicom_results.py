@@ -98,19 +98,20 @@ class DicomResultsWriter:
 
     def paths(self, rel: str, scan: Scan) -> list[Path]:
         """A DICOM scan's results (no SEG for a cine loop without a coordinate system); none for other scans."""
-        header = scan.extra.get("dicom_header")
+        header = scan.dicom_header
         if header is None:
             return []
         kinds = [k for k in self.results if k != "seg" or _seg_supported(header)]
         return [dicom_result_path(self.setup.out_dir, rel, kind) for kind in kinds]
 
     def write(self, result: ScanResult) -> dict[str, Any]:
-        if not result.paths:
+        header = result.scan.dicom_header
+        if not result.paths or header is None:  # (no results are named for a scan that is not DICOM)
             return {}
         from edge_runtime.outputs.ai_identity import ResultIdentity
         from edge_runtime.outputs.dicom_source import usable_source
 
-        source = usable_source(result.scan.extra["dicom_header"])
+        source = usable_source(header)
         ident = ResultIdentity.of(source, self.setup.model)
         made: dict[str, Any] = {}
         written: list[DicomResult] = []

@@ -164,6 +164,34 @@ def test_the_node_options_need_watch_mode(tmp_path, capsys):
     assert "is not AET@HOST:PORT" in capsys.readouterr().err
 
 
+def test_the_scp_takes_the_ultrasound_and_secondary_capture_classes_by_pynetdicoms_names():
+    from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
+
+    from edge_runtime.net import scp
+
+    assert scp.STORAGE_CLASSES == {
+        "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
+        "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image Storage",
+        "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
+        "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
+        "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+        "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+        "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
+        "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
+    }
+    said = {code: STORAGE_SERVICE_CLASS_STATUS[code] for code in (scp.OUT_OF_RESOURCES, scp.NOT_MATCHING)}
+    assert said == {
+        0xA700: ("Failure", "Refused: Out of Resources"),
+        0xA900: ("Failure", "Data Set Does Not Match SOP Class"),
+    }
+    assert STORAGE_SERVICE_CLASS_STATUS[scp.CANNOT_UNDERSTAND] == ("Failure", "Cannot Understand")
+    # the sender's "waiting may cure it" is pynetdicom's "Refused: Out of Resources", all of it
+    from edge_runtime.net.dimse import out_of_resources
+
+    refused = {c for c, (_, what) in STORAGE_SERVICE_CLASS_STATUS.items() if what == "Refused: Out of Resources"}
+    assert {c for c in range(0x10000) if out_of_resources(c)} == refused
+
+
 # -- the outbox ------------------------------------------------------------------------------------------
 def results(out_dir: Path, n: int) -> list[str]:
     """``n`` SR/SEG-like results under OUT/dicom/ (real DICOM files), as paths relative to OUT."""

@@ -245,11 +245,14 @@ class OutboxQueue:
 
     def record_sent(self, sent: Sent, to: str) -> None:
         """The target took ``sent.path``: no longer waiting, and the version sent recorded, at once."""
+        now = time.time()
         with self._tx() as db:
             db.execute(
-                "UPDATE entries SET state = 'sent', sop_instance_uid = ?, size = ?, mtime_ns = ?, sent = ?, "
-                "sent_to = ? WHERE path = ?",
-                (sent.sop_instance_uid, sent.size, sent.mtime_ns, iso(time.time()), to, sent.path),
+                "INSERT INTO entries (path, state, queued, sop_instance_uid, size, mtime_ns, sent, sent_to) "
+                "VALUES (?, 'sent', ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET state = 'sent', "
+                "sop_instance_uid = excluded.sop_instance_uid, size = excluded.size, mtime_ns = excluded.mtime_ns, "
+                "sent = excluded.sent, sent_to = excluded.sent_to",
+                (sent.path, now, sent.sop_instance_uid, sent.size, sent.mtime_ns, iso(now), to),
             )
 
     def drop(self, path: str) -> None:

@@ -237,3 +237,13 @@ def test_any_sender_that_answers_sent_refused_or_down_drives_the_queue(tmp_path)
     assert (waiting[paths[2]].attempts, waiting[paths[2]].refusals) == (1, 0)  # down: waited for
     assert waiting[paths[3]].attempts == 0 and waiting[paths[3]].next_try <= time.time()  # not tried: due now
     assert box.stats()["to"] == "SCRIPTED@test" and box.stats()["last_error"]["reason"] == "SCRIPTED@test: no"
+
+
+def test_an_outbox_database_that_is_not_one_is_one_clear_message(tmp_path):
+    from edge_runtime.errors import SetupError
+
+    folder = tmp_path / "out" / ".edge-seg" / "outbox"
+    folder.mkdir(parents=True)
+    (folder / DB_NAME).write_bytes(b"not a database, " * 256)
+    with pytest.raises(SetupError, match=r"cannot open the outbox .*outbox\.sqlite .*move it away"):
+        Outbox(tmp_path / "out", tmp_path / "out" / ".edge-seg", Scripted())

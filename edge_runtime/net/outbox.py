@@ -113,13 +113,13 @@ class Outbox:
         counts = self.queue.counts()
         return {
             "to": self.target,
-            "waiting": counts["waiting"],
+            "waiting": counts.waiting,
             "sent_since_start": self.sent_since_start,
-            "sent_total": counts["sent_total"],
+            "sent_total": counts.sent_total,
             "failed_tries": self.failed_tries,
-            "refused": counts["refused"],
-            "oldest_waiting": iso(counts["oldest"]),  # type: ignore[arg-type]
-            "next_try": iso(counts["next"]),  # type: ignore[arg-type]
+            "refused": counts.refused,
+            "oldest_waiting": iso(counts.oldest),
+            "next_try": iso(counts.next_try),
             "last_error": self.last_error,
         }
 

@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,17 @@ class Sent:
     mtime_ns: int
 
 
+@dataclass(frozen=True)
+class Counts:
+    """What the status file shows of a queue."""
+
+    waiting: int
+    refused: int  #: set aside until the next start
+    sent_total: int  #: results whose sent version is recorded
+    oldest: float | None  #: when the oldest result waiting was queued (Unix time)
+    next_try: float | None  #: the earliest next try of one waiting
+
+
 def order(path: str) -> tuple[str, int]:
     """A scan's SEG before its SR (the SR references the SEG), then its Secondary Capture."""
     for rank, suffix in enumerate(RESULT_SUFFIXES):
@@ -144,10 +155,6 @@ class OutboxQueue:
         self._next_compaction = max(COMPACT_ROWS, 2 * self.sent_rows())
         self._requeue_aside()
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One transaction (lock held), committed to disk when it ends; an error as OSError."""
@@ -157,7 +164,8 @@ class OutboxQueue:
                 try:
                     yield self._db
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    with suppress(sqlite3.Error):  # (SQLite may have rolled it back itself)
+                        self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -191,15 +199,13 @@ class OutboxQueue:
         [(nxt,)] = self._rows("SELECT min(next_try) FROM entries WHERE state = ?", WAITING)
         return None if nxt is None else float(nxt)
 
-    def counts(self) -> dict[str, object]:
-        """``waiting``, ``refused`` (set aside), ``sent_total`` (results whose sent version is recorded),
-        ``oldest_waiting``, ``next_try`` (Unix times or None)."""
+    def counts(self) -> Counts:
         [(waiting, aside, sent, oldest, nxt)] = self._rows(
             "SELECT sum(state = 'waiting'), sum(state = 'aside'), count(size), "
             "min(CASE WHEN state = 'waiting' THEN queued END), min(CASE WHEN state = 'waiting' THEN next_try END) "
             "FROM entries"
         )
-        return {"waiting": waiting or 0, "refused": aside or 0, "sent_total": sent, "oldest": oldest, "next": nxt}
+        return Counts(waiting or 0, aside or 0, sent, oldest, nxt)
 
     def sent_rows(self) -> int:
         [(n,)] = self._rows("SELECT count(size) FROM entries")
@@ -348,11 +354,18 @@ class OutboxQueue:
         the lock, and a row changed meanwhile is left as it is."""
         recorded = self.sent()
         stale = [s for s in recorded if self.stat(s.path) != (s.size, s.mtime_ns)]
-        with self._tx() as db:
-            for s in stale:
-                where = (s.path, s.size, s.mtime_ns)
-                db.execute("DELETE FROM entries WHERE path = ? AND size = ? AND mtime_ns = ? AND state = 'sent'", where)
-                db.execute(f"UPDATE entries SET {_FORGET_SENT} WHERE path = ? AND size = ? AND mtime_ns = ?", where)
+        try:
+            with self._tx() as db:
+                for s in stale:
+                    where = (s.path, s.size, s.mtime_ns)
+                    db.execute(
+                        "DELETE FROM entries WHERE path = ? AND size = ? AND mtime_ns = ? AND state = 'sent'", where
+                    )
+                    db.execute(f"UPDATE entries SET {_FORGET_SENT} WHERE path = ? AND size = ? AND mtime_ns = ?", where)
+        except OSError as exc:  # the rows stay as they were; tried again after as many more
+            log.warning("outbox: cannot compact %s: %s", self.path, exc)
+            self._next_compaction = 2 * len(recorded)
+            return
         kept = self.sent_rows()
         self._next_compaction = max(COMPACT_ROWS, 2 * kept)
         log.info(

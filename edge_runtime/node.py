@@ -44,10 +44,9 @@ class Node:
         """Queue a scan's DICOM results for sending to each target once it is recorded done."""
         if not self.outboxes or outcome.status != Status.OK:
             return
-        results = [p for p in outcome.outputs if p.startswith(f"{DICOM_DIR}/") and p.endswith(".dcm")]
-        for outbox in self.outboxes if results else []:
+        for outbox in self.outboxes if outcome.dicom else []:
             try:
-                outbox.add(results)
+                outbox.add(outcome.dicom)
             except OSError as exc:  # the next start finds them (Outbox.reconcile)
                 log.error("cannot queue the DICOM results of %s for %s: %s", outcome.rel, outbox.peer, exc)
 

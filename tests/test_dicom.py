@@ -68,6 +68,17 @@ def test_rgb_is_read_exactly(tmp_path):
     np.testing.assert_array_equal(scan.frames[0], img)
 
 
+def test_a_dicom_scan_carries_its_header_as_a_typed_field_and_other_scans_none(tmp_path):
+    from pydicom import Dataset, dcmread
+
+    src = write_dicom(tmp_path / "a.dcm", gray())
+    scan = read_scan(src)
+    assert isinstance(scan.dicom_header, Dataset) and "PixelData" not in scan.dicom_header
+    assert scan.dicom_header.SOPInstanceUID == dcmread(src).SOPInstanceUID
+    assert "dicom_header" not in scan.extra
+    assert read_scan(write_png(tmp_path / "b.png", gray())).dicom_header is None
+
+
 def test_ybr_full_is_converted_to_rgb(tmp_path):
     img = rgb()
     scan = read_scan(write_dicom(tmp_path / "ybr.dcm", img, photometric="YBR_FULL"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -20,7 +21,8 @@ pytest.importorskip("highdicom")
 
 from pydicom import dcmread
 
-from edge_runtime.net.outbox import SENT_LOG, Outbox, _key
+from edge_runtime.net.outbox import Outbox
+from edge_runtime.net.outbox_queue import Sent
 from edge_runtime.net.peer import Peer
 from edge_runtime.net.scp import StorageSCP
 from tests.dicomnet import Pacs, echo, free_port, store
@@ -162,6 +164,34 @@ def test_the_node_options_need_watch_mode(tmp_path, capsys):
     assert "is not AET@HOST:PORT" in capsys.readouterr().err
 
 
+def test_the_scp_takes_the_ultrasound_and_secondary_capture_classes_by_pynetdicoms_names():
+    from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
+
+    from edge_runtime.net import scp
+
+    assert scp.STORAGE_CLASSES == {
+        "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
+        "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image Storage",
+        "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
+        "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
+        "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+        "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+        "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
+        "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
+    }
+    said = {code: STORAGE_SERVICE_CLASS_STATUS[code] for code in (scp.OUT_OF_RESOURCES, scp.NOT_MATCHING)}
+    assert said == {
+        0xA700: ("Failure", "Refused: Out of Resources"),
+        0xA900: ("Failure", "Data Set Does Not Match SOP Class"),
+    }
+    assert STORAGE_SERVICE_CLASS_STATUS[scp.CANNOT_UNDERSTAND] == ("Failure", "Cannot Understand")
+    # the sender's "waiting may cure it" is pynetdicom's "Refused: Out of Resources", all of it
+    from edge_runtime.net.dimse import out_of_resources
+
+    refused = {c for c, (_, what) in STORAGE_SERVICE_CLASS_STATUS.items() if what == "Refused: Out of Resources"}
+    assert {c for c in range(0x10000) if out_of_resources(c)} == refused
+
+
 # -- the outbox ------------------------------------------------------------------------------------------
 def results(out_dir: Path, n: int) -> list[str]:
     """``n`` SR/SEG-like results under OUT/dicom/ (real DICOM files), as paths relative to OUT."""
@@ -191,8 +221,8 @@ def test_outbox_retries_until_the_pacs_comes_up_and_sends_each_result_once(tmp_p
             pacs.close()
     finally:
         box.stop()
-    assert not list((out / ".edge-seg" / "outbox").glob("*.json"))
-    assert len((out / ".edge-seg" / "outbox" / SENT_LOG).read_text().splitlines()) == 3
+    assert box.stats()["sent_total"] == 3 and box.stats()["sent_since_start"] == 3
+    assert sorted(s.path for s in box.queue.sent()) == paths
 
 
 def test_a_failure_status_from_the_pacs_is_retried(tmp_path):
@@ -239,21 +269,18 @@ def test_a_restart_with_a_full_outbox_sends_it_and_nothing_twice(tmp_path):
     paths = results(out, 4)
     first.add(paths)
     assert first.send_due() == 0  # PACS down: one failed try, then a long back-off
-    first.stop()
-    # A kill after the PACS took the first result but before its entry was removed: it is not sent again.
+    # Then the PACS took the first result and it was recorded, and the process was killed: not sent again.
     sop0 = str(dcmread(out / paths[0]).SOPInstanceUID)
-    first._record_sent(paths[0], sop0, first._stat(paths[0]))
-    (out / ".edge-seg" / "outbox" / f"{_key(paths[0])}.json").write_text(
-        json.dumps({"path": paths[0], "queued": time.time()})
-    )  # its entry, as the kill left it
+    first.queue.record_sent(
+        Sent(paths[0], sop0, os.stat(out / paths[0]).st_size, os.stat(out / paths[0]).st_mtime_ns), "PACS"
+    )
 
     pacs = Pacs(port)
     try:
         again = Outbox(out, out / ".edge-seg", peer, retry=60)  # the restart: state from disk
         assert again.stats()["waiting"] == 3
-        for e in again.due(now=time.time() + 3600):
-            e.next_try = 0  # the back-off from before the restart still holds; the test does not wait for it
-        assert again.send_due() == 3
+        # the back-off from before the restart still holds; the test does not wait for it
+        assert again.send_due(now=time.time() + 3600) == 3
         assert sorted(pacs.uids()) == sorted(str(dcmread(out / p).SOPInstanceUID) for p in paths[1:])
         third = Outbox(out, out / ".edge-seg", peer)
         assert third.reconcile() == 0 and third.send_due() == 0  # all sent: nothing again

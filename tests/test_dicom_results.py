@@ -196,3 +196,43 @@ def test_sr_without_spacing_has_no_mm_calipers_and_says_why(tmp_path, tiny_model
     (comment,) = [i for i in items(sr, "TEXT") if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
     assert comment.TextValue == "long and short axis not measured in mm: the scan states no pixel spacing"
     assert dciodvfy_errors(tmp_path / "out" / "dicom" / "b.sr.dcm") == []
+
+
+def test_the_results_are_handed_over_as_typed_values_and_the_node_queues_those(tmp_path, tiny_model):
+    """The writers say what they wrote (path, kind, SOP class and instance); nothing is found again by name."""
+    from edge_runtime.job.assemble import open_job
+    from edge_runtime.job.outcome import Outcome, Status
+    from edge_runtime.job.settings import JobRequest, RunOptions
+    from edge_runtime.node import Node
+    from edge_runtime.outputs.dicom_results import DicomResult
+
+    write_dicom(tmp_path / "in" / "a" / "scan.dcm", two_nodules(), pixel_spacing=(0.1, 0.2), **us_ids())
+    write_png(tmp_path / "in" / "b.png", two_nodules())
+    request = JobRequest(tiny_model, outputs=("dicom", "dicom-sc"))
+    job = open_job(tmp_path / "in", tmp_path / "out", request, RunOptions(workers=1, batch_size=2))
+    try:
+        dicom, png = list(job.scheduler.process(["a/scan.dcm", "b.png"]))
+    finally:
+        job.close()
+    assert dicom.status == png.status == Status.OK and png.dicom == []
+    assert [(r.path, r.kind) for r in dicom.dicom] == [(f"dicom/a/scan.{k}.dcm", k) for k in ("seg", "sr", "sc")]
+    for r in dicom.dicom:
+        ds = dcmread(tmp_path / "out" / r.path)
+        assert (r.sop_class_uid, r.sop_instance_uid) == (ds.SOPClassUID, ds.SOPInstanceUID)
+    assert dicom.dicom[0].sop_class_uid == SEG_CLASS
+    assert "dicom_made" not in dicom.facts  # the run record's facts stay JSON
+
+    class Queue:
+        def __init__(self) -> None:
+            self.added: list[list[object]] = []
+
+        def add(self, results: list[object]) -> None:
+            self.added.append(list(results))
+
+    queue = Queue()
+    node = Node(outboxes=[queue])  # type: ignore[list-item]
+    given = [DicomResult("dicom/x.seg.dcm", "seg", SEG_CLASS, "1.2.3")]
+    node.on_outcome(Outcome("x.dcm", Status.OK, ["x.png", "dicom/x.seg.dcm", "dicom/x.sr.dcm"], dicom=given))
+    node.on_outcome(Outcome("y.dcm", Status.OK, ["y.png", "dicom/y.seg.dcm"]))  # no result handed over: none
+    node.on_outcome(Outcome("z.dcm", Status.FAILED, [], "bad", dicom=given))
+    assert queue.added == [given]

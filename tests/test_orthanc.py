@@ -9,7 +9,8 @@ Waits are liveness guards only (generous time-outs); nothing here passes or fail
 
 from __future__ import annotations
 
-import json
+import contextlib
+import sqlite3
 import time
 from pathlib import Path
 
@@ -30,7 +31,13 @@ from tests.test_dicom_node import Daemon
 
 pytestmark = pytest.mark.slow
 RESULTS = {"SEG", "SR", "OT"}  # OT: the Secondary Capture's modality
-SENT_LOG = Path(".edge-seg") / "outbox" / "sent.jsonl"
+OUTBOX_DB = Path(".edge-seg") / "outbox" / "outbox.sqlite"
+
+
+def sent_paths(out: Path) -> int:
+    """The results the first target's outbox records as sent (its documented table)."""
+    with contextlib.closing(sqlite3.connect(out / OUTBOX_DB)) as db:
+        return int(db.execute("SELECT count(*) FROM entries WHERE state = 'sent'").fetchone()[0])
 
 
 def scanner_study(folder: Path, n: int = 3) -> list[Path]:
@@ -146,8 +153,8 @@ def test_results_go_by_stow_rs_with_credentials_and_by_c_store_to_a_second_pacs_
         daemon.stop()
         pacs.stop()
         second.stop()
-    sent = [json.loads(line) for line in (tmp_path / "out" / SENT_LOG).read_text().splitlines()]
-    assert len(sent) == len({r["path"] for r in sent}) == 3 * len(sources)  # each sent once
+    assert sent_paths(tmp_path / "out") == 3 * len(sources)
+    assert [o["sent_since_start"] for o in daemon.status()["outboxes"]] == [3 * len(sources)] * 2  # each sent once
     assert "s3cret" not in daemon.text()
 
 
@@ -175,8 +182,8 @@ def test_results_wait_for_an_orthanc_restarted_mid_run_and_arrive_once(tmp_path,
     finally:
         daemon.stop()
         pacs.stop()
-    sent = [json.loads(line) for line in (tmp_path / "out" / SENT_LOG).read_text().splitlines()]
-    assert len(sent) == len({r["path"] for r in sent}) == 3 * len(first + second)
+    assert sent_paths(tmp_path / "out") == 3 * len(first + second)
+    assert daemon.status()["outbox"]["sent_since_start"] == 3 * len(first + second)  # each sent once
     assert "cannot connect" in daemon.text()
 
 

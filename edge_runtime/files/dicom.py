@@ -21,13 +21,16 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_runtime.core.calibration import Region
 from edge_runtime.errors import ScanError
 from edge_runtime.files import headers
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ class DicomImage:
     spacing_source: str | None  #: "ultrasound_region", "pixel_spacing", "imager_pixel_spacing" or None
     info: dict[str, Any] = field(default_factory=dict)  #: transfer syntax, photometric interpretation, bits
     #: the pydicom dataset without its pixel data: the identifiers DICOM results reference (SEG, SR)
-    header: Any = None
+    header: Dataset | None = None
     #: the calibrated ultrasound regions (cm in both directions), in file order
     regions: tuple[Region, ...] = ()
 

@@ -15,6 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -31,6 +32,9 @@ from edge_runtime.files.formats import (
     is_animated_png,
     sniff_format,
 )
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +56,12 @@ class Scan:
     #: (row, column) pixel spacing in millimetres, when the file says (DICOM); else None.
     pixel_spacing_mm: tuple[float, float] | None = None
     format: str = ""
-    #: reader-specific facts; DICOM: ``pixel_spacing_source``, ``dicom`` (transfer syntax, photometric, bits),
-    #: ``dicom_header`` (the pydicom dataset without its pixel data) and ``ultrasound_regions`` (calibrated
-    #: :class:`~edge_runtime.core.calibration.Region` s)
+    #: reader-specific facts; DICOM: ``pixel_spacing_source``, ``dicom`` (transfer syntax, photometric, bits)
+    #: and ``ultrasound_regions`` (calibrated :class:`~edge_runtime.core.calibration.Region` s)
     extra: dict = field(default_factory=dict)
+    #: a DICOM scan's header: its pydicom dataset without the pixel data (what its DICOM results are
+    #: made from); None for other scans
+    dicom_header: Dataset | None = None
 
 
 def decode_image(data: bytes, name: str | Path = "<bytes>") -> np.ndarray:
@@ -230,10 +236,10 @@ def _read_scan(path: Path) -> Scan:
         extra = {
             "pixel_spacing_source": image.spacing_source,
             "dicom": image.info,
-            "dicom_header": image.header,
             "ultrasound_regions": image.regions,
         }
-        return Scan(path, image.frames, digest, st.st_size, st.st_mtime_ns, image.spacing_mm, "DICOM", extra)
+        size, mtime = st.st_size, st.st_mtime_ns
+        return Scan(path, image.frames, digest, size, mtime, image.spacing_mm, "DICOM", extra, image.header)
     frames = decode_frames(data, path)
     return Scan(path, frames, digest, st.st_size, st.st_mtime_ns, None, fmt or "")
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge_runtime.outputs.dicom_results import DicomResult
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ class Outcome:
     reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
     facts: dict[str, Any] = field(default_factory=dict)  # from the writers, e.g. the findings' summary
+    dicom: list[DicomResult] = field(default_factory=list)  # the DICOM results written, for the outbox
 
     @property
     def ms(self) -> float:

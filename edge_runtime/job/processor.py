@@ -30,7 +30,7 @@ from edge_runtime.files.scans import Scan, read_scan
 from edge_runtime.job.ledger import ScanState
 from edge_runtime.job.outcome import Outcome, Status
 from edge_runtime.job.settings import JobSpec, RunOptions
-from edge_runtime.outputs.base import INSTEAD, OutputWriter, ScanResult
+from edge_runtime.outputs.base import DICOM_MADE, INSTEAD, OutputWriter, ScanResult
 from edge_runtime.outputs.layout import relative
 from edge_runtime.outputs.naming import Names
 
@@ -250,14 +250,16 @@ class Processor:
         if self.begin is not None:
             self.begin(state, outputs)
         facts: dict[str, Any] = {}
+        dicom = []
         for writer, paths in planned:
             t1 = time.perf_counter()
             got = dict(writer.write(ScanResult(rel, scan, segs, paths, item.timings)) or {})
             for named, instead in got.pop(INSTEAD, {}).items():  # an error record stands for a file not made
                 outputs[outputs.index(relative(self.out_dir, Path(named)))] = relative(self.out_dir, Path(instead))
+            dicom += got.pop(DICOM_MADE, [])
             facts.update(got)
             item.timings[writer.stage] = _ms(t1)
-        return Written(Outcome(rel, Status.OK, outputs, "", item.timings, facts), state)
+        return Written(Outcome(rel, Status.OK, outputs, "", item.timings, facts, dicom), state)
 
     # -- one batch ------------------------------------------------------------------------------------
     def _safe_load(self, rel: str) -> Loaded | ScanError:

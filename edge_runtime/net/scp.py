@@ -32,29 +32,36 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydicom import uid
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # (made at import by pynetdicom)
+from pynetdicom.status import Status
+
 from edge_runtime.errors import ScanError, SetupError, one_line
 from edge_runtime.files.durable import sync_dirs
 
 log = logging.getLogger(__name__)
 
-#: Storage SOP classes accepted: ultrasound (and its retired forms) and secondary capture.
-STORAGE_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
-    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image Storage",
-    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
-    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
-}
-VERIFICATION = "1.2.840.10008.1.1"
-SUCCESS, OUT_OF_RESOURCES, NOT_MATCHING, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
+#: Storage SOP classes accepted: ultrasound (and its retired forms, which neither pydicom nor pynetdicom
+#: names) and secondary capture; each with its name, as pydicom's UID dictionary gives it.
+ACCEPTED = (
+    uid.UltrasoundImageStorage,
+    uid.UltrasoundMultiFrameImageStorage,
+    uid.UID("1.2.840.10008.5.1.4.1.1.6"),  # Ultrasound Image Storage (Retired)
+    uid.UID("1.2.840.10008.5.1.4.1.1.3"),  # Ultrasound Multi-frame Image Storage (Retired)
+    uid.SecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    uid.MultiFrameTrueColorSecondaryCaptureImageStorage,
+)
+STORAGE_CLASSES = {str(sop): sop.name + (" (Retired)" if sop.is_retired else "") for sop in ACCEPTED}
+SUCCESS = Status.SUCCESS
+#: The storage service's failure statuses this SCP answers (PS3.4 B.2.3); pynetdicom describes them
+#: (``pynetdicom.status.STORAGE_SERVICE_CLASS_STATUS``) but has no name for them.
+OUT_OF_RESOURCES, NOT_MATCHING, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
 
 
 def transfer_syntaxes() -> list[str]:
     """The native transfer syntaxes, then every compressed one pydicom can decode here."""
-    from pydicom import uid
     from pydicom.pixels import get_decoder
 
     native = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian, uid.ExplicitVRBigEndian]
@@ -127,7 +134,7 @@ class StorageSCP:
         ae.acse_timeout = guards.REQUEST_SECONDS  # pynetdicom's own wait for a request: the guard's time
         ae.require_calling_aet = list(self.allow_ae)
         syntaxes = transfer_syntaxes()
-        ae.add_supported_context(VERIFICATION)
+        ae.add_supported_context(Verification)
         for sop in STORAGE_CLASSES:
             ae.add_supported_context(sop, syntaxes)
         handlers: list[Any] = [

@@ -21,6 +21,10 @@ from edge_runtime.files.scans import Scan
 #: paths) for files a writer named in :meth:`OutputWriter.paths` but could not make and stood an error
 #: record in for (a DICOM result its source cannot give); the scan's outputs list the record instead.
 INSTEAD = "outputs_instead"
+#: A key of the facts :meth:`OutputWriter.write` returns: the DICOM results it wrote, as
+#: :class:`~edge_runtime.outputs.dicom_results.DicomResult` values; the processor hands them over in
+#: :attr:`edge_runtime.job.outcome.Outcome.dicom` (for the outbox), not in the run record's facts.
+DICOM_MADE = "dicom_made"
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import SetupError
 from edge_runtime.files.durable import write_atomic
 from edge_runtime.files.scans import Scan
-from edge_runtime.outputs.base import INSTEAD, OutputSetup, ScanResult
-from edge_runtime.outputs.layout import DICOM_DIR, dicom_result_path
+from edge_runtime.outputs.base import DICOM_MADE, INSTEAD, OutputSetup, ScanResult
+from edge_runtime.outputs.layout import DICOM_DIR, dicom_result_path, relative
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,16 @@ FAILED_SUFFIX = ".failed.txt"
 #: The exceptions that are highdicom's (or pydicom's) word on a source it cannot use, not a bug of ours.
 REFUSALS = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 NAMES = {"seg": "SEG", "sr": "SR", "sc": "Secondary Capture"}
+
+
+@dataclass(frozen=True)
+class DicomResult:
+    """One DICOM result written for a scan: what the outbox queues and sends."""
+
+    path: str  #: POSIX path relative to OUT (``dicom/a/b/scan.seg.dcm``)
+    kind: str  #: ``seg``, ``sr`` or ``sc``
+    sop_class_uid: str
+    sop_instance_uid: str
 
 
 def _encode(ds: Any) -> bytes:
@@ -87,21 +98,23 @@ class DicomResultsWriter:
 
     def paths(self, rel: str, scan: Scan) -> list[Path]:
         """A DICOM scan's results (no SEG for a cine loop without a coordinate system); none for other scans."""
-        header = scan.extra.get("dicom_header")
+        header = scan.dicom_header
         if header is None:
             return []
         kinds = [k for k in self.results if k != "seg" or _seg_supported(header)]
         return [dicom_result_path(self.setup.out_dir, rel, kind) for kind in kinds]
 
     def write(self, result: ScanResult) -> dict[str, Any]:
-        if not result.paths:
+        header = result.scan.dicom_header
+        if not result.paths or header is None:  # (no results are named for a scan that is not DICOM)
             return {}
         from edge_runtime.outputs.ai_identity import ResultIdentity
         from edge_runtime.outputs.dicom_source import usable_source
 
-        source = usable_source(result.scan.extra["dicom_header"])
+        source = usable_source(header)
         ident = ResultIdentity.of(source, self.setup.model)
         made: dict[str, Any] = {}
+        written: list[DicomResult] = []
         refused: dict[str, str] = {}
         for path in result.paths:
             kind = result_kind(path)
@@ -113,10 +126,13 @@ class DicomResultsWriter:
                 continue
             write_atomic(path, _encode(made[kind]), fsync=self.setup.fsync)
             failed_path(path).unlink(missing_ok=True)
+            ds = made[kind]
+            rel = relative(self.setup.out_dir, path)
+            written.append(DicomResult(rel, kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
         if not refused:
-            return {}
+            return {DICOM_MADE: written}
         instead = {str(p): str(failed_path(p)) for p in result.paths if result_kind(p) in refused}
-        return {INSTEAD: instead, "dicom_refused": refused}
+        return {DICOM_MADE: written, INSTEAD: instead, "dicom_refused": refused}
 
     def _build(self, kind: str, source: Any, result: ScanResult, ident: Any, seg: Any) -> Any:
         """Result ``kind``'s dataset, or ResultRefused saying why it cannot be made from this source."""

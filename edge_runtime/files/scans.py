@@ -22,7 +22,7 @@ import simplejpeg
 
 from edge_runtime import MAX_PIXELS
 from edge_runtime.errors import ScanError, reading_scan
-from edge_runtime.files import exif, headers
+from edge_runtime.files import exif, headers, integrity
 from edge_runtime.files.formats import (
     DICOM_SUFFIXES,
     MULTI_IMAGE_FORMATS,
@@ -93,6 +93,7 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
     # Every page's and frame's declared size, and their total, against the limits before any is decoded.
     declared = headers.declared_frames(data, fmt, name)
     headers.check_declared(name, fmt, declared)
+    integrity.check_coded_data(data, fmt, name)  # damage the decoder would decode past, or print unnamed
     buf = np.frombuffer(data, dtype=np.uint8)
     multi = fmt in MULTI_IMAGE_FORMATS or (fmt == "PNG" and is_animated_png(data))
     try:

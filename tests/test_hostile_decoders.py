@@ -124,6 +124,46 @@ def test_an_intact_interlaced_png_still_decodes_exactly(shape):
         _refused(_png(image, rows[:-3], interlace=1), "i.png", r"truncated PNG data: its image data ends after")
 
 
+def _apng() -> tuple[bytes, list[np.ndarray]]:
+    frames = [cv2.cvtColor(np.full((120, 100), 10 * i, np.uint8), cv2.COLOR_GRAY2BGR) for i in range(4)]
+    for i, f in enumerate(frames):
+        cv2.circle(f, (50, 60), 20 + 5 * i, (200, 150, 100), -1)
+    animation = cv2.Animation()
+    animation.frames, animation.durations = frames, [100] * 4
+    ok, buf = cv2.imencodeanimation(".png", animation)
+    assert ok
+    return buf.tobytes(), [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames]
+
+
+def _third_frame_rewritten(data: bytes, change) -> bytes:
+    """The APNG with its third frame's (second ``fdAT``'s) data changed, the chunk's CRC made right."""
+    at = data.index(b"fdAT", data.index(b"fdAT") + 4) - 4
+    length = int.from_bytes(data[at : at + 4], "big")
+    body = change(data[at + 8 : at + 8 + length])
+    return data[:at] + _chunk(b"fdAT", body) + data[at + 12 + length :]
+
+
+def test_an_apng_frame_whose_data_is_damaged_is_refused_not_decoded_wrong(capfd):
+    data, frames = _apng()
+    decoded = decode_frames(data, "a.png")
+    assert all(np.array_equal(a, b) for a, b in zip(decoded, frames, strict=True))
+
+    def zeroed(body: bytes) -> bytes:  # past its sequence number, 40 bytes of the deflated rows
+        return body[:4] + _zeroed(body[4:], n=40)
+
+    damaged = _third_frame_rewritten(data, zeroed)
+    shown = cv2.imdecodemulti(np.frombuffer(damaged, np.uint8), cv2.IMREAD_UNCHANGED)[1]
+    assert len(shown) == 4 and not np.array_equal(cv2.cvtColor(shown[2], cv2.COLOR_BGR2RGB), frames[2])
+    capfd.readouterr()  # libpng's unnamed "ADLER32 checksum mismatch" warning, when OpenCV alone decodes it
+    _refused(damaged, "a.png", r"corrupt PNG data: frame 3's image data does not inflate \(zlib: ")
+    _refused(
+        _third_frame_rewritten(data, lambda body: body[: len(body) // 2]),
+        "a.png",
+        r"truncated PNG data: frame 3's image data ends after",
+    )
+    assert "libpng" not in capfd.readouterr().err
+
+
 # --- TIFF ------------------------------------------------------------------------------------------------
 
 

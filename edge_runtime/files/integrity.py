@@ -7,9 +7,9 @@ are intact but whose image data is not. A scan decoded past such damage must not
 "ok", so these are checked here from the bytes, before decoding, and refused with the file's name and
 the reason:
 
-* PNG: the ``IDAT`` data inflates (zlib), to at least the size the header declares, each row with a
-  defined filter type (not interlaced images; interlaced ones are checked for size). APNG frames after
-  the first (``fdAT``) are left to the decoder.
+* PNG: the ``IDAT`` data, and each APNG frame's ``fdAT`` data, inflates (zlib) to at least the size its
+  header declares, each row with a defined filter type (interlaced images: the size only), and its
+  checksum matches (libpng only warns, unnamed, and decodes the wrong rows).
 * TIFF: every strip and tile lies inside the file and, uncompressed, Deflate or LZW, holds at least the
   bytes its rows need. Other compressions are left to the decoder.
 
@@ -49,21 +49,44 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
 
 def _png(data: bytes, name: str | Path) -> None:
     view = memoryview(data)
-    pos, header, idat = 8, None, []
+    pos, header = 8, None
+    streams: list[tuple[str, int, int, list[memoryview]]] = []  # what, width, height, the zlib stream's parts
+    frame, size, in_frame = 0, (0, 0), False
     while pos + 8 <= len(data):
         length = int.from_bytes(data[pos : pos + 4], "big")
         kind = data[pos + 4 : pos + 8]
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", data[pos + 8 : pos + 21])
-        elif kind == b"IDAT":
-            idat.append(view[pos + 8 : pos + 8 + length])
+        elif kind == b"fcTL":  # an APNG frame: its own size; its data in the next IDAT or fdAT chunks
+            frame, size, in_frame = frame + 1, struct.unpack(">II", data[pos + 12 : pos + 20]), False
+        elif kind == b"IDAT" and header is not None:
+            if not streams or streams[-1][0] != "its image data":
+                streams.append(("its image data", header[0], header[1], []))
+            streams[-1][3].append(view[pos + 8 : pos + 8 + length])
+        elif kind == b"fdAT":
+            if not in_frame:
+                streams.append((f"frame {frame}'s image data", size[0], size[1], []))
+                in_frame = True
+            streams[-1][3].append(view[pos + 12 : pos + 8 + length])  # after its sequence number
         elif kind == b"IEND":
             break
         pos += 12 + length
-    if header is None or not idat:
+    if header is None:
         return  # the decoder says it cannot read it
-    width, height, depth, colour, _, _, interlace = header
+    depth, colour, interlace = header[2], header[3], header[6]
     bits = _PNG_CHANNELS.get(colour, 4) * depth
+    for what, width, height, parts in streams:
+        _png_stream(parts, width, height, bits, interlace, what, name)
+
+
+def _png_stream(
+    parts: list[memoryview], width: int, height: int, bits: int, interlace: int, what: str, name: str | Path
+) -> None:
+    """One zlib stream of rows: it inflates, to the rows' size, with defined filters and a matching checksum.
+
+    libpng stops at the rows and only warns ("IDAT: ADLER32 checksum mismatch", unnamed) when the checksum
+    after them says they are wrong, then decodes them; here zlib reads on to it (a bounded surplus).
+    """
     if interlace:
         passes = [(max(0, -(-(width - x0) // dx)), max(0, -(-(height - y0) // dy))) for x0, y0, dx, dy in _ADAM7]
         rows = [(w * bits + 7) // 8 + 1 for w, h in passes if w and h for _ in range(h)]
@@ -71,36 +94,41 @@ def _png(data: bytes, name: str | Path) -> None:
     else:
         row = (width * bits + 7) // 8 + 1
         expected = height * row
+    label = "row" if what.startswith("its") else what.removesuffix("'s image data") + ", row"
     inflate = zlib.decompressobj()
-    done = 0
+    done = surplus = 0
     try:
-        for part in idat:
+        for part in parts:
             pending: bytes | memoryview = part
-            while pending and done < expected:
-                out = inflate.decompress(pending, min(_CHUNK, expected - done))
-                if row:
-                    _png_filters(out, done, row, name)
-                done += len(out)
+            while pending and not inflate.eof:
+                if done < expected:
+                    out = inflate.decompress(pending, min(_CHUNK, expected - done))
+                    if row:
+                        _png_filters(out, done, row, label, name)
+                    done += len(out)
+                elif surplus < expected + _CHUNK:
+                    surplus += len(inflate.decompress(pending, _CHUNK))
+                else:
+                    break
                 pending = inflate.unconsumed_tail
-            if done >= expected:
-                break
     except zlib.error as exc:
-        raise ScanError(name, f"corrupt PNG data: its image data does not inflate (zlib: {exc})") from None
+        raise ScanError(name, f"corrupt PNG data: {what} does not inflate (zlib: {exc})") from None
     if done < expected:
         raise ScanError(
-            name,
-            f"truncated PNG data: its image data ends after {done:,} of the {expected:,} bytes its header declares",
+            name, f"truncated PNG data: {what} ends after {done:,} of the {expected:,} bytes its header declares"
         )
 
 
-def _png_filters(out: bytes, at: int, row: int, name: str | Path) -> None:
+def _png_filters(out: bytes, at: int, row: int, label: str, name: str | Path) -> None:
     """Each row's first byte (its filter type) in ``out``, which starts ``at`` bytes into the image data."""
     first = (-at) % row
     filters = np.frombuffer(out, np.uint8)[first::row]
     bad = np.flatnonzero(filters > 4)
     if bad.size:
         line = (at + first) // row + int(bad[0]) + 1
-        raise ScanError(name, f"corrupt PNG data: row {line} has filter type {filters[bad[0]]} (0 to 4 are defined)")
+        raise ScanError(
+            name, f"corrupt PNG data: {label} {line} has filter type {filters[bad[0]]} (0 to 4 are defined)"
+        )
 
 
 # --- TIFF ------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import simplejpeg
 
 from edge_runtime import MAX_PIXELS
 from edge_runtime.errors import ScanError, reading_scan
-from edge_runtime.files import exif, headers
+from edge_runtime.files import exif, headers, integrity
 from edge_runtime.files.formats import (
     DICOM_SUFFIXES,
     MULTI_IMAGE_FORMATS,
@@ -99,11 +99,12 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
     # Every page's and frame's declared size, and their total, against the limits before any is decoded.
     declared = headers.declared_frames(data, fmt, name)
     headers.check_declared(name, fmt, declared)
+    integrity.check_coded_data(data, fmt, name)  # damage the decoder would decode past, or print unnamed
     buf = np.frombuffer(data, dtype=np.uint8)
     multi = fmt in MULTI_IMAGE_FORMATS or (fmt == "PNG" and is_animated_png(data))
     try:
         if multi:
-            decoded = _decode_pages(buf, len(declared), name)
+            decoded = _decode_pages(buf, fmt, declared, name)
         elif fmt == "JPEG":
             jpeg = _decode_jpeg(data, buf, name)
             decoded = [] if jpeg is None else [jpeg]
@@ -117,7 +118,12 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
     if not decoded or any(p is None or p.size == 0 for p in decoded):
         raise ScanError(name, f"corrupt or truncated {fmt} data: it could not be decoded")
     turn = exif.orientation(data, fmt)
-    frames = [exif.orient(_to_rgb(p, name), turn) for p in decoded]
+    # One frame at a time, each decoder frame replaced by its RGB one (in place when it is BGR): the frames
+    # never exist twice over, so a file of many frames peaks at its frames and one more, not twice them.
+    frames = decoded
+    for i, raw in enumerate(decoded):
+        frames[i] = exif.orient(_to_rgb(raw, name), turn)
+    del raw
     for pixels in frames:
         if pixels.shape[0] * pixels.shape[1] > MAX_PIXELS:
             raise ScanError(
@@ -135,17 +141,39 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
     return frames
 
 
-def _decode_pages(buf: np.ndarray, declared: int, name: str | Path) -> list[np.ndarray]:
+#: Decoded bytes asked of OpenCV at once for a TIFF of many pages: it holds what it decodes twice until it
+#: returns, and libtiff reaches a page without decoding those before it.
+_BATCH_BYTES = 64 * 1024 * 1024
+#: The formats decoded in such batches. GIF and APNG frames are reached by decoding all earlier ones, and
+#: OpenCV 5.1 gets ranges wrong for the others (a WEBP range from frame 2 gives frames 0 and 1; an APNG one
+#: past its first frame fails), so they are decoded in one call, bounded by the decode-memory budget.
+_BATCHED = frozenset({"TIFF"})
+
+
+def _decode_pages(buf: np.ndarray, fmt: str, declared: list[headers.Declared], name: str | Path) -> list[np.ndarray]:
     """The pages or frames, never more than the ``declared`` ones whose sizes were checked.
 
-    One more is asked for, to tell a file whose decoder finds pages its headers did not show (refused).
+    TIFF pages are decoded a batch of :data:`_BATCH_BYTES` at a time, so decoding peaks at the file's
+    pages and one batch more, not twice the pages. One more image than declared is asked for,
+    to tell a file whose decoder finds pages its headers did not show (refused).
     """
-    ok, images = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED, None, (0, declared + 1))
-    if not ok:
-        return []
-    if len(images) > declared:
-        raise ScanError(name, f"corrupt: its headers declare {declared} image(s) but it holds more")
-    return list(images)
+    n, images = len(declared), list[np.ndarray]()
+    start = 0
+    while start < n:
+        end, size = start + 1, declared[start].pixels * declared[start].pixel_bytes
+        while fmt in _BATCHED and end < n and size + declared[end].pixels * declared[end].pixel_bytes <= _BATCH_BYTES:
+            size += declared[end].pixels * declared[end].pixel_bytes
+            end += 1
+        if fmt not in _BATCHED:
+            end = n
+        ok, part = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED, None, (start, end + 1 if end == n else end))
+        if not ok or len(part) < end - start:
+            return []
+        if len(part) > end - start:
+            raise ScanError(name, f"corrupt: its headers declare {n} image(s) but it holds more")
+        images.extend(part)
+        start = end
+    return images
 
 
 def _decode_jpeg(data: bytes, buf: np.ndarray, name: str | Path) -> np.ndarray | None:
@@ -173,8 +201,12 @@ def _to_rgb(pixels: np.ndarray, name: str | Path) -> np.ndarray:
     if pixels.ndim == 3:
         if pixels.shape[2] == 4:
             return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
-        if pixels.shape[2] == 3:
-            return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+        if pixels.shape[2] == 3:  # in place: the decoder's frame is not used again
+            return (
+                cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB, dst=pixels)
+                if pixels.flags.writeable
+                else (cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB))
+            )
         if pixels.shape[2] == 1:
             return pixels[:, :, 0]
         raise ScanError(name, f"unsupported channel count {pixels.shape[2]}")

@@ -47,7 +47,6 @@ def run_once(settings: RunSettings) -> int:
 def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     t0, started = time.perf_counter(), time.time()
     job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run, scan=settings.scan)
-    force = settings.run.force
     record: RunRecord | None = None
     page: PageKeeper | None = None
     if "reports" in job.spec.outputs:
@@ -66,16 +65,15 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
         if not rels:
             suffixes = " ".join(sorted(IMAGE_SUFFIXES | DICOM_SUFFIXES))
             log.warning("no scans found under %s (looked for %s and DICOM by content)", settings.in_dir, suffixes)
-        part = settings.run.part
-        if part is not None:
-            found = len(rels)
-            rels = [r for r in rels if part.owns(r)]
-            log.info("%s: %d of the %d scans under %s", part, len(rels), found, settings.in_dir)
-        todo = [r for r in rels if force or job.planner.needs_work(r)]
+        plan = job.planner.plan(rels, force=settings.run.force)
+        if settings.run.part is not None:
+            mine = len(rels) - plan.others
+            log.info("%s: %d of the %d scans under %s", settings.run.part, mine, len(rels), settings.in_dir)
+        todo = plan.todo
         # each scan's last status (a scan up to date at start may yet lose its name to one named like its mask)
-        final = dict.fromkeys(set(rels) - set(todo), Status.SKIPPED)
+        final = dict.fromkeys(plan.up_to_date, Status.SKIPPED)
         if record is not None or log.isEnabledFor(logging.DEBUG):  # -v lists the up-to-date scans too
-            for rel in sorted(set(rels) - set(todo)):
+            for rel in sorted(plan.up_to_date):
                 rec = job.ledger.get(rel) or {}
                 up_to_date = Outcome(rel, Status.SKIPPED, list(rec.get("outputs", [])), "up to date")
                 log_outcome(up_to_date)

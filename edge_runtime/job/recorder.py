@@ -32,7 +32,12 @@ Recorded = Written | Unchanged | ScanError
 
 
 class Recorder:
-    """Turns a batch's results into ledger records and outcomes, for the scans under ``in_dir``."""
+    """Turns a batch's results into ledger records and outcomes, for the scans under ``in_dir``.
+
+    ``waits_for_changes`` (a daemon): a scan modified while being read is ``changed``, which the
+    watcher takes again once it settles; otherwise (a one-shot, which does not wait) it is ``failed``
+    at once. Either way it gets no error record: the next run reads it again.
+    """
 
     def __init__(
         self,
@@ -41,8 +46,11 @@ class Recorder:
         out_dir: Path,
         signature: str,
         fsync: bool = True,
+        *,
+        waits_for_changes: bool = False,
     ) -> None:
         self.ledger = ledger
+        self.waits_for_changes = waits_for_changes
         self.in_dir = in_dir
         self.out_dir = out_dir
         self.signature = signature
@@ -82,7 +90,8 @@ class Recorder:
             elif isinstance(res, ScanChanged) or (
                 defer is not None and not isinstance(res, WriteFailed) and defer(res.path)
             ):
-                yield Outcome(res.path, Status.CHANGED, [], res.reason)  # maybe still being written
+                changed = Status.CHANGED if self.waits_for_changes else Status.FAILED
+                yield Outcome(res.path, changed, [], res.reason)  # maybe still being written
             elif isinstance(res, WriteFailed) and res.problem is not None:
                 yield _unwritten(res.path, res.problem, res.reason, res.filename)
             else:

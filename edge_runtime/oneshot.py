@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from edge_runtime.job.assemble import close_job, open_job
 from edge_runtime.job.discovery import describe_skipped, iter_scans
-from edge_runtime.job.outcome import Outcome, Status, Tally, log_failures, log_outcome, log_summary
+from edge_runtime.job.outcome import Outcome, ScanStatuses, Status, log_failures, log_outcome, log_summary
 from edge_runtime.job.progress import show_progress
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.stopping import StopSignals
@@ -69,7 +69,7 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
             mine = len(rels) - plan.others
             log.info("%s: %d of the %d scans under %s", settings.run.part, mine, len(rels), settings.in_dir)
         todo = plan.todo
-        tally = Tally(plan.up_to_date)
+        statuses = ScanStatuses(plan.up_to_date)
         if record is not None or log.isEnabledFor(logging.DEBUG):  # -v lists the up-to-date scans too
             for rel in sorted(plan.up_to_date):
                 rec = job.ledger.get(rel) or {}
@@ -84,14 +84,14 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
         for outcome in show_progress(job.scheduler.process(todo, stop=halt), len(todo)):
             if outcome.status == Status.UNWRITTEN:
                 blocked = blocked or outcome
-            tally.add(outcome)
+            statuses.add(outcome)
             if record is not None:
                 record.add(outcome)
-        counts = tally.counts
+        counts = statuses.counts
         cut_short = blocked is not None or stop.requested.is_set()
         if record is not None and not cut_short:
             try:
-                written = record.write(1 if tally.failures else 0)
+                written = record.write(1 if statuses.failures else 0)
                 log.info("run summary: %s; provenance: %s", written[0], written[1].name)
             except OSError as exc:
                 log.error("cannot write the run summary and provenance: %s", exc)
@@ -105,9 +105,9 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     log_summary(summary_line(counts, time.perf_counter() - t0, settings.out_dir, job.settings_changed))
     if skipped:
         log_summary(f"not scans, left alone: {describe_skipped(skipped)} (-v names them)")
-    if tally.failures:
-        log_failures(tally.failures)
-    not_done = tally.not_done(todo)  # (the scans OUT could not take are among them)
+    if statuses.failures:
+        log_failures(statuses.failures)
+    not_done = statuses.not_done(todo)  # (the scans OUT could not take are among them)
     if blocked is not None:
         log.error(
             "cannot write to %s: %s; stopped with %d scan(s) not done, which the next run does; nothing written "
@@ -122,6 +122,6 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     if stop.signum is not None:
         log_summary(f"stopped by {stop.name}: {not_done} scan(s) not done, which the next run does")
         return stop.exit_code
-    if tally.failures:
+    if statuses.failures:
         return 1
     return 1 if record_failed else 0

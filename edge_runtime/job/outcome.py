@@ -43,7 +43,7 @@ class Outcome:
         return sum(self.timings.values())
 
 
-class Tally:
+class ScanStatuses:
     """Each scan's last status in a run: a scan up to date at its start (``up_to_date``) may yet lose its
     outputs to one named like them, and then counts as failed."""
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from edge_runtime import timestamps
 from edge_runtime.errors import ErrorKind, ScanError, one_line
 from edge_runtime.files.durable import sweep_temp_files_of, unwritable, write_atomic
 from edge_runtime.job.ledger import Ledger
@@ -151,7 +151,7 @@ class Recorder:
     def _error_record(self, rel: str, reason: str, kind: ErrorKind = ErrorKind.SCAN) -> None:
         """The error file beside the scan's mask, then the ledger's record (OSError when OUT refuses them)."""
         size, mtime = _stat(self.in_dir / rel)
-        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        now = timestamps.local()
         # one line a field, whatever the name holds; the review page takes the scan from the file's own path
         text = f"scan: {one_line(rel)}\nreason: {one_line(reason)}\ntime: {now}\nsize: {size} bytes\n"
         write_atomic(error_path(self.out_dir, rel), text, fsync=self.fsync)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from edge_runtime.files.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from edge_runtime.job.assemble import close_job, open_job
 from edge_runtime.job.discovery import describe_skipped, iter_scans
-from edge_runtime.job.outcome import Outcome, Status, log_failures, log_outcome, log_summary
+from edge_runtime.job.outcome import Outcome, ScanStatuses, Status, log_failures, log_outcome, log_summary
 from edge_runtime.job.progress import show_progress
 from edge_runtime.job.settings import RunSettings
 from edge_runtime.stopping import StopSignals
@@ -47,7 +46,6 @@ def run_once(settings: RunSettings) -> int:
 def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     t0, started = time.perf_counter(), time.time()
     job = open_job(settings.in_dir, settings.out_dir, settings.job, settings.run, scan=settings.scan)
-    force = settings.run.force
     record: RunRecord | None = None
     page: PageKeeper | None = None
     if "reports" in job.spec.outputs:
@@ -66,39 +64,34 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
         if not rels:
             suffixes = " ".join(sorted(IMAGE_SUFFIXES | DICOM_SUFFIXES))
             log.warning("no scans found under %s (looked for %s and DICOM by content)", settings.in_dir, suffixes)
-        part = settings.run.part
-        if part is not None:
-            found = len(rels)
-            rels = [r for r in rels if part.owns(r)]
-            log.info("%s: %d of the %d scans under %s", part, len(rels), found, settings.in_dir)
-        todo = [r for r in rels if force or job.planner.needs_work(r)]
-        # each scan's last status (a scan up to date at start may yet lose its name to one named like its mask)
-        final = dict.fromkeys(set(rels) - set(todo), Status.SKIPPED)
+        plan = job.planner.plan(rels, force=settings.run.force)
+        if settings.run.part is not None:
+            mine = len(rels) - plan.others
+            log.info("%s: %d of the %d scans under %s", settings.run.part, mine, len(rels), settings.in_dir)
+        todo = plan.todo
+        statuses = ScanStatuses(plan.up_to_date)
         if record is not None or log.isEnabledFor(logging.DEBUG):  # -v lists the up-to-date scans too
-            for rel in sorted(set(rels) - set(todo)):
+            for rel in sorted(plan.up_to_date):
                 rec = job.ledger.get(rel) or {}
                 up_to_date = Outcome(rel, Status.SKIPPED, list(rec.get("outputs", [])), "up to date")
                 log_outcome(up_to_date)
                 if record is not None:
                     record.add(up_to_date)
-        failures: list[Outcome] = []
 
         def halt() -> bool:  # once OUT stops taking writes (disk full, ...), every scan after fails too
             return blocked is not None or stop.requested.is_set()
 
-        for outcome in show_progress(_no_waiting(job.scheduler.process(todo, stop=halt)), len(todo)):
+        for outcome in show_progress(job.scheduler.process(todo, stop=halt), len(todo)):
             if outcome.status == Status.UNWRITTEN:
                 blocked = blocked or outcome
-            final[outcome.rel] = outcome.status
-            if outcome.status == Status.FAILED:
-                failures.append(outcome)
+            statuses.add(outcome)
             if record is not None:
                 record.add(outcome)
-        counts: Counter = Counter(final.values())
+        counts = statuses.counts
         cut_short = blocked is not None or stop.requested.is_set()
         if record is not None and not cut_short:
             try:
-                written = record.write(1 if failures else 0)
+                written = record.write(1 if statuses.failures else 0)
                 log.info("run summary: %s; provenance: %s", written[0], written[1].name)
             except OSError as exc:
                 log.error("cannot write the run summary and provenance: %s", exc)
@@ -112,10 +105,9 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     log_summary(summary_line(counts, time.perf_counter() - t0, settings.out_dir, job.settings_changed))
     if skipped:
         log_summary(f"not scans, left alone: {describe_skipped(skipped)} (-v names them)")
-    if failures:
-        log_failures(failures)
-    # (the scans OUT could not take are among them)
-    not_done = sum(final.get(rel) not in (Status.OK, Status.FAILED, Status.SKIPPED) for rel in todo)
+    if statuses.failures:
+        log_failures(statuses.failures)
+    not_done = statuses.not_done(todo)  # (the scans OUT could not take are among them)
     if blocked is not None:
         log.error(
             "cannot write to %s: %s; stopped with %d scan(s) not done, which the next run does; nothing written "
@@ -130,14 +122,6 @@ def _run_once(settings: RunSettings, stop: StopSignals) -> int:
     if stop.signum is not None:
         log_summary(f"stopped by {stop.name}: {not_done} scan(s) not done, which the next run does")
         return stop.exit_code
-    if failures:
+    if statuses.failures:
         return 1
     return 1 if record_failed else 0
-
-
-def _no_waiting(outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
-    """A scan modified while being read is a failure here: one-shot does not wait for it to settle."""
-    for outcome in outcomes:
-        if outcome.status == Status.CHANGED:
-            outcome.status = Status.FAILED
-        yield outcome

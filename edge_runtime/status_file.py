@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from edge_runtime._version import __version__
 from edge_runtime.files.durable import rewrite_in_place, unwritable, write_atomic
 from edge_runtime.outputs.layout import STATE_DIR
+from edge_runtime.timestamps import local
 
 if TYPE_CHECKING:
     from edge_runtime.blocked import Blocked
@@ -30,11 +31,6 @@ log = logging.getLogger(__name__)
 STATUS_NAME = "status.json"
 STATUS_EVERY = 5.0  #: seconds between status file rewrites
 STATUS_BYTES = 4096  #: the status file is padded to this size (one block), to be rewritable on a full disk
-
-
-def iso(t: float) -> str:
-    """A time for the status file: local, with its UTC offset."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
 
 
 @dataclass
@@ -89,8 +85,8 @@ class StatusFile:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "version": __version__,
-            "started": iso(self.started),
-            "updated": iso(now),
+            "started": local(self.started),
+            "updated": local(now),
             "heartbeat": now,
             "heartbeat_every_s": STATUS_EVERY,
             "input": str(job.in_dir),
@@ -104,7 +100,7 @@ class StatusFile:
             "queued": self.folder.queued(),
             "problem": None
             if blocked is None
-            else {"what": blocked.problem, "detail": blocked.detail, "since": iso(blocked.since)},
+            else {"what": blocked.problem, "detail": blocked.detail, "since": local(blocked.since)},
             "last_error": self.tally.last_error,
             "ledger": job.ledger.counts(),
             "exit": exit_info,

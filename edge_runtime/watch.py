@@ -47,8 +47,9 @@ from edge_runtime.job.settings import RunSettings
 from edge_runtime.job.sources import WatchedFolder
 from edge_runtime.memory import release_free_memory, settle_allocator
 from edge_runtime.node import Node, open_node, prepare_inbox
-from edge_runtime.status_file import STATUS_BYTES, STATUS_EVERY, StatusFile, Tally, iso
+from edge_runtime.status_file import STATUS_BYTES, STATUS_EVERY, StatusFile, Tally
 from edge_runtime.stopping import StopSignals
+from edge_runtime.timestamps import local
 
 if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
@@ -132,7 +133,7 @@ class Daemon:
                 except Exception as exc:  # the daemon must not die of one bad scan or a passing I/O error
                     self._survive(exc)
         except BaseException as exc:
-            state, exit_info = "crashed", {"error": f"{type(exc).__name__}: {exc}", "time": iso(time.time())}
+            state, exit_info = "crashed", {"error": f"{type(exc).__name__}: {exc}", "time": local()}
             raise
         finally:
             self._finish(state, exit_info)
@@ -242,7 +243,7 @@ class Daemon:
         except OSError as exc:  # the records are in the kernel still; close_job says it if they stay there
             log.debug("cannot sync the ledger: %s", exc)
         finally:
-            self.write_status(state, exit_info or {"time": iso(time.time()), "reason": self.stop_reason})
+            self.write_status(state, exit_info or {"time": local(), "reason": self.stop_reason})
         if self.page is not None and state != "crashed" and self.backoff.blocked is None:
             self.page.write(finished=True)
 
@@ -264,7 +265,7 @@ class Daemon:
             self.tally.done += 1
         elif outcome.status == Status.FAILED:
             self.tally.failed += 1
-            self.tally.last_error = {"scan": outcome.rel, "reason": outcome.reason, "time": iso(time.time())}
+            self.tally.last_error = {"scan": outcome.rel, "reason": outcome.reason, "time": local()}
 
     def _unwritten(self, outcome: Outcome) -> None:
         """OUT would not take a scan's outputs: keep the scan for later, stop taking new ones, say so once."""

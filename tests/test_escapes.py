@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edge_runtime.cli import main
 from edge_runtime.core.segmenter import Segmenter
 from tests.helpers import synthetic, write_png
@@ -36,19 +38,23 @@ def test_a_failing_inference_batch_is_retried_scan_by_scan_and_the_one_that_fail
     assert "done: 0 segmented, 0 up to date, 4 failed" in err and "Traceback" not in err
 
 
-def test_a_scan_removed_after_it_was_listed_is_no_bad_scan_for_the_watcher(tmp_path, tiny_model):
+@pytest.mark.parametrize("daemon", [True, False])
+def test_a_scan_removed_after_it_was_listed_is_no_bad_scan(tmp_path, tiny_model, daemon):
+    """The watcher requeues it (and finds it gone); a one-shot, which does not wait, has it failed at once.
+    Neither writes it an error record: the next run looks again."""
     from edge_runtime.job.assemble import open_job
     from edge_runtime.job.outcome import Status
     from edge_runtime.job.settings import JobRequest, RunOptions
 
     src, out = tmp_path / "in", tmp_path / "out"
     write_png(src / "kept.png", synthetic(1)[0])
-    job = open_job(src, out, JobRequest(tiny_model), RunOptions(workers=1, batch_size=2))
+    job = open_job(src, out, JobRequest(tiny_model), RunOptions(workers=1, batch_size=2), daemon=daemon)
     try:
         outcomes = list(job.scheduler.process(["kept.png", "gone.png"]))
+        assert job.ledger.get("gone.png") is None
     finally:
         job.close()
-    assert [o.status for o in outcomes] == [Status.OK, Status.CHANGED]  # the watcher requeues, finds it gone
+    assert [o.status for o in outcomes] == [Status.OK, Status.CHANGED if daemon else Status.FAILED]
     assert not (out / "gone.png.error.txt").exists()
 
 

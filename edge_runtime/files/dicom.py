@@ -64,12 +64,6 @@ def _pydicom(path: str | Path):
     return pydicom, get_decoder
 
 
-def decode_dicom(data: bytes, path: str | Path = "<bytes>") -> tuple[list[np.ndarray], tuple[float, float] | None]:
-    """Frames and (row, column) pixel spacing in mm (None if unknown) of a DICOM file's bytes."""
-    image = read_dicom(data, path)
-    return image.frames, image.spacing_mm
-
-
 def read_dicom(data: bytes, path: str | Path = "<bytes>") -> DicomImage:
     """Decode a DICOM file's bytes: frames, pixel spacing and its source. Raises :class:`ScanError`."""
     pydicom, get_decoder = _pydicom(path)

@@ -80,11 +80,22 @@ def open_job(
     # through the pipeline (Scheduler.process): cheaper than one run split over all cores (bench/README.md).
     segmenter = Segmenter(request.model, threads=1, spinning=not daemon, cache_dir=options.cache_dir)
     opencv_on_caller_threads()  # the workers are the parallelism
-    return build_job(segmenter, in_dir, out_dir, request, options)
+    return build_job(segmenter, in_dir, out_dir, request, options, daemon=daemon)
 
 
-def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobRequest, options: RunOptions) -> Job:
-    """The job's parts around a loaded model, for folders already checked (``request.model`` is not read)."""
+def build_job(
+    segmenter: Segmenter,
+    in_dir: Path,
+    out_dir: Path,
+    request: JobRequest,
+    options: RunOptions,
+    *,
+    daemon: bool = False,
+) -> Job:
+    """The job's parts around a loaded model, for folders already checked (``request.model`` is not read).
+
+    ``daemon``: a scan modified while being read waits to settle (:class:`Recorder`), else it fails.
+    """
     spec = request.resolve(segmenter.info)
     # Joins the output folder's writers (alone on it, it first clears what killed ones left).
     ledger = Ledger(out_dir, options.part)
@@ -97,7 +108,7 @@ def build_job(segmenter: Segmenter, in_dir: Path, out_dir: Path, request: JobReq
         planner = Planner(in_dir, ledger, spec.signature, options.part)
         folders = [(w.folder, w.kind) for w in writers if w.folder]
         naming = Naming(in_dir, ledger, len(spec.thresholds), folders, folds_case(ledger.dir))
-        recorder = Recorder(ledger, in_dir, out_dir, spec.signature, options.fsync)
+        recorder = Recorder(ledger, in_dir, out_dir, spec.signature, options.fsync, waits_for_changes=daemon)
         if options.cluster is None:
             processor = Processor(segmenter, spec, options, writers, in_dir, out_dir, begin=ledger.begin)
             scheduler = Scheduler(processor, naming, recorder, options.workers)

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_runtime import timestamps
 from edge_runtime.errors import ErrorKind, SetupError
 from edge_runtime.files.durable import sweep_temp_files
 from edge_runtime.job.ledger_migrate import JSONL_NAME, migrate_jsonl
@@ -342,7 +343,7 @@ class Ledger:
 
     def _append(self, rec: dict[str, Any], keep_time: bool = False) -> None:
         now = time.time_ns()
-        rec = {**rec, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now / 1e9))}
+        rec = {**rec, "time": timestamps.utc(now / 1e9)}
         if not keep_time or "time_ns" not in rec:
             rec["time_ns"] = now
         with self._mutex, self.batch():

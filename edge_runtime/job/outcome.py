@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,28 @@ class Outcome:
     @property
     def ms(self) -> float:
         return sum(self.timings.values())
+
+
+class ScanStatuses:
+    """Each scan's last status in a run: a scan up to date at its start (``up_to_date``) may yet lose its
+    outputs to one named like them, and then counts as failed."""
+
+    def __init__(self, up_to_date: list[str]) -> None:
+        self.last: dict[str, Status] = dict.fromkeys(up_to_date, Status.SKIPPED)
+        self.failures: list[Outcome] = []
+
+    def add(self, outcome: Outcome) -> None:
+        self.last[outcome.rel] = outcome.status
+        if outcome.status == Status.FAILED:
+            self.failures.append(outcome)
+
+    @property
+    def counts(self) -> Counter[Status]:
+        return Counter(self.last.values())
+
+    def not_done(self, todo: list[str]) -> int:
+        """How many of ``todo`` a stop left undone (OUT refused them, or they were never taken)."""
+        return sum(self.last.get(rel) not in (Status.OK, Status.FAILED, Status.SKIPPED) for rel in todo)
 
 
 def describe_outputs(outcome: Outcome) -> str:

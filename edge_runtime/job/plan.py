@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,16 @@ from edge_runtime.job.ledger_migrate import error_kind
 
 if TYPE_CHECKING:
     from edge_runtime.job.parts import Part
+
+
+@dataclass
+class Plan:
+    """A listing sorted by the planner: this process's scans that need work, those up to date, and how
+    many are another part's (``--num-parts``)."""
+
+    todo: list[str] = field(default_factory=list)
+    up_to_date: list[str] = field(default_factory=list)
+    others: int = 0
 
 
 class Planner:
@@ -39,11 +50,29 @@ class Planner:
         self._write_retried: set[str] = set()
         self._retrying: set[str] = set()  #: write failures let through by needs_work, not yet taken
 
+    def plan(self, rels: list[str], force: bool = False) -> Plan:
+        """Sort a listing (the one-shot's): each scan is another part's, needs work (all of this part's
+        with ``force``), or is up to date."""
+        plan = Plan()
+        for rel in rels:
+            if not self._ours(rel):
+                plan.others += 1
+            elif force or self._stale(rel, retry_failed=True):
+                plan.todo.append(rel)
+            else:
+                plan.up_to_date.append(rel)
+        return plan
+
     def needs_work(self, rel: str, retry_failed: bool = True) -> bool:
         """False when the scan's outputs are up to date (or, unless ``retry_failed``, it failed as it is),
         or it is another part's."""
-        if self.part is not None and not self.part.owns(rel):
-            return False
+        return self._ours(rel) and self._stale(rel, retry_failed)
+
+    def _ours(self, rel: str) -> bool:
+        """The one place ``--num-parts`` filters: is the scan this process's to do?"""
+        return self.part is None or self.part.owns(rel)
+
+    def _stale(self, rel: str, retry_failed: bool) -> bool:
         try:
             st = os.stat(self.in_dir / rel)
         except OSError:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from edge_runtime import timestamps
 from edge_runtime.errors import ErrorKind, ScanError, one_line
 from edge_runtime.files.durable import sweep_temp_files_of, unwritable, write_atomic
 from edge_runtime.job.ledger import Ledger
@@ -32,7 +32,12 @@ Recorded = Written | Unchanged | ScanError
 
 
 class Recorder:
-    """Turns a batch's results into ledger records and outcomes, for the scans under ``in_dir``."""
+    """Turns a batch's results into ledger records and outcomes, for the scans under ``in_dir``.
+
+    ``waits_for_changes`` (a daemon): a scan modified while being read is ``changed``, which the
+    watcher takes again once it settles; otherwise (a one-shot, which does not wait) it is ``failed``
+    at once. Either way it gets no error record: the next run reads it again.
+    """
 
     def __init__(
         self,
@@ -41,8 +46,11 @@ class Recorder:
         out_dir: Path,
         signature: str,
         fsync: bool = True,
+        *,
+        waits_for_changes: bool = False,
     ) -> None:
         self.ledger = ledger
+        self.waits_for_changes = waits_for_changes
         self.in_dir = in_dir
         self.out_dir = out_dir
         self.signature = signature
@@ -82,7 +90,8 @@ class Recorder:
             elif isinstance(res, ScanChanged) or (
                 defer is not None and not isinstance(res, WriteFailed) and defer(res.path)
             ):
-                yield Outcome(res.path, Status.CHANGED, [], res.reason)  # maybe still being written
+                changed = Status.CHANGED if self.waits_for_changes else Status.FAILED
+                yield Outcome(res.path, changed, [], res.reason)  # maybe still being written
             elif isinstance(res, WriteFailed) and res.problem is not None:
                 yield _unwritten(res.path, res.problem, res.reason, res.filename)
             else:
@@ -142,7 +151,7 @@ class Recorder:
     def _error_record(self, rel: str, reason: str, kind: ErrorKind = ErrorKind.SCAN) -> None:
         """The error file beside the scan's mask, then the ledger's record (OSError when OUT refuses them)."""
         size, mtime = _stat(self.in_dir / rel)
-        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        now = timestamps.local()
         # one line a field, whatever the name holds; the review page takes the scan from the file's own path
         text = f"scan: {one_line(rel)}\nreason: {one_line(reason)}\ntime: {now}\nsize: {size} bytes\n"
         write_atomic(error_path(self.out_dir, rel), text, fsync=self.fsync)

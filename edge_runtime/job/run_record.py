@@ -26,6 +26,7 @@ from edge_runtime.job.outcome import Outcome, Status
 from edge_runtime.job.parts import Part
 from edge_runtime.outputs.layout import report_path
 from edge_runtime.outputs.reports import summary_facts, to_json
+from edge_runtime.timestamps import utc
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "largest_taller_than_wide",
 )
 SUMMARY_COLUMNS += ("max_probability", "presence", "nodule_present", "ms", "outputs", "reason")
-
-
-def _utc(t: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 class RunRecord:
@@ -105,8 +102,8 @@ class RunRecord:
         return {
             "schema": PROVENANCE_SCHEMA,
             "argv": self.argv,
-            "started": _utc(self.started),
-            "finished": _utc(),
+            "started": utc(self.started),
+            "finished": utc(),
             "input": str(self.job.in_dir),
             "output": str(self.job.out_dir),
             "versions": versions(),

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
+from edge_runtime import timestamps
 from edge_runtime._version import __version__
 from edge_runtime.files.durable import write_atomic
 from edge_runtime.job.settings import JobSpec
@@ -88,7 +88,7 @@ def check_and_record(out_dir: Path, spec: JobSpec) -> list[str]:
             what,
         )
     if before is None or said:
-        record = {**now, "edge_seg": __version__, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {**now, "edge_seg": __version__, "since": timestamps.utc()}
         try:
             write_atomic(path, json.dumps(record, indent=2) + "\n")
         except OSError as exc:

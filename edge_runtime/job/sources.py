@@ -1,8 +1,8 @@
 """Where scans come from: a folder listed once, or a folder followed as files arrive.
 
 Every source hands the scheduler the same thing: paths of complete scans, relative to IN (POSIX
-form). A DICOM listener (a later source) writes instances into IN and lets :class:`WatchedFolder` pick
-them up like any other arrival.
+form). The DICOM listener (:mod:`edge_runtime.net`) writes instances into IN and lets
+:class:`WatchedFolder` pick them up like any other arrival.
 """
 
 from __future__ import annotations

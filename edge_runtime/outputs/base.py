@@ -1,4 +1,4 @@
-"""What every output writer is given and promises (masks, overlays, findings reports; later DICOM SEG/SR).
+"""What every output writer is given and promises (masks, overlays, findings reports, DICOM SEG/SR/SC).
 
 A writer is built once per job from an :class:`OutputSetup` (where OUT is, the thresholds, the model,
 which outputs the job makes), then called once per scan with a :class:`ScanResult`: the scan, its

@@ -37,6 +37,7 @@ from edge_runtime.outputs.layout import (
     thumbnail_path,
 )
 from edge_runtime.outputs.review import thumb_size
+from edge_runtime.timestamps import for_page
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def _url(path: str) -> str:
 
 
 def _local(t: float | None) -> str:
-    return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+    return "" if t is None else for_page(t)
 
 
 def _environment() -> jinja2.Environment:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,13 @@ from edge_runtime.files.scans import Scan
 from edge_runtime.outputs.base import OutputSetup, ScanResult
 from edge_runtime.outputs.layout import REPORT_DIR, overlay_path, relative, report_path
 from edge_runtime.outputs.layout import output_path as mask_path
+from edge_runtime.timestamps import utc
 
 log = logging.getLogger(__name__)
 
 SCHEMA = 2  #: 2: per-nodule calipers (long and short axis, height, width) and the spacing used
 #: a list of numbers as json.dumps(indent=2) writes it; "[" then a line break never occurs inside a JSON string
 _NUMBER_LIST = re.compile(r"\[\n\s*((?:-?[\d.eE+-]+|null),?(?:\s*(?:-?[\d.eE+-]+|null),?)*)\n\s*\]")
-
-
-def _utc(t: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def to_json(obj: Any) -> str:
@@ -142,7 +138,7 @@ def scan_report(setup: OutputSetup, result: ScanResult) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "generator": f"edge-seg {__version__}",
-        "created": _utc(),
+        "created": utc(),
         "scan": {
             "path": rel,
             "sha256": scan.sha256,

@@ -207,6 +207,30 @@ def test_slowloris_connections_hold_no_slot_and_one_address_has_a_bounded_share(
     assert "DICOM refused from address 127.0.0.2: connection closed: 5 connections from it already open" in caplog.text
 
 
+def test_waiting_connections_from_flooding_addresses_make_room_for_a_real_sender(node, caplog, monkeypatch):
+    from edge_runtime.net import guards
+
+    monkeypatch.setattr(guards, "REQUEST_SECONDS", 600.0)  # the flood is held open: only the counting is tested
+    echoscu = need_tool("echoscu")
+    scp = node(max_associations=2)  # at most 4 connections waiting for their request
+    port = scp.address[1]
+    with caplog.at_level(logging.WARNING):
+        flood = [_trickle("127.0.0.2", port) for _ in range(3)]
+        wait_for(lambda: _from(scp, "127.0.0.2") == 3, "three connections from one address")
+        flood.append(_trickle("127.0.0.3", port))
+        try:
+            wait_for(lambda: _from(scp, "127.0.0.3") == 1, "the waiting connections to fill their cap")
+            # a real sender arriving now is served (it was closed at once, the cap full of tricklers)
+            echo = subprocess.run([echoscu, "-aet", "SCANNER", "127.0.0.1", str(port)], capture_output=True, timeout=60)
+            assert echo.returncode == 0, echo.stderr
+            wait_for(lambda: _closed_by_peer(flood[0]), "the oldest connection of the busiest address to be closed")
+            assert not any(_closed_by_peer(s) for s in flood[1:])
+        finally:
+            for sock in flood:
+                sock.close()
+    assert "DICOM refused from address 127.0.0.2: connection closed: 4 connections waiting" in caplog.text
+
+
 def test_a_connection_that_does_not_complete_its_request_in_time_is_closed(node, caplog, monkeypatch):
     from edge_runtime.net import guards
 

@@ -103,3 +103,15 @@ def test_tiff_pages_decoded_in_batches_are_every_page_in_order(monkeypatch):
     assert [np.array_equal(f, cv2.cvtColor(p, cv2.COLOR_BGR2RGB)) for f, p in zip(frames, pages, strict=True)] == [
         True
     ] * 7
+
+
+def test_the_budget_counts_an_animated_webp_at_its_decoders_peak(monkeypatch):
+    """OpenCV's WEBP decoder peaks at 2.7 times the frames: 10 MiB of frames fit 25 MiB counted twice, not thrice."""
+    from edge_runtime.errors import ScanError
+    from edge_runtime.files.headers import BUDGET_ENV, Declared, check_declared
+
+    monkeypatch.setenv(BUDGET_ENV, "25")
+    frames = [Declared(1024, 1024, 1)] * 10  # 10 MiB decoded
+    check_declared("a.gif", "GIF", frames)  # counted twice: 20 MiB
+    with pytest.raises(ScanError, match="decoding needs about 30 MiB, the budget is 25 MiB"):
+        check_declared("a.webp", "WEBP", frames)

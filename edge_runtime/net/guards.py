@@ -13,7 +13,9 @@
   peer trickling one byte every 20 s held a slot for as long as it liked), one peer address may have at
   most ``--max-associations`` + 1 connections open at once (the one over the slots is told "too many" by
   a proper A-ASSOCIATE-RJ), and all peers together at most twice ``--max-associations`` still waiting to
-  complete their request; beyond, a new connection is closed at once.
+  complete their request; beyond, a new connection makes room: the oldest waiting connection of the
+  address holding the most is closed (closing the newcomer let two addresses that reconnect every few
+  seconds keep every real sender out).
 
 pynetdicom has no hooks for these, so :func:`install` replaces four of its functions (once a process);
 each replacement calls pynetdicom's own and is a no-op for associations of other AEs (a PACS in a test, the
@@ -225,9 +227,25 @@ class Guard:
             self._closed(address, f"{len(mine)} connections from it already open (--max-associations)")
             return False
         if len(waiting) >= 2 * self.max_associations:
-            self._closed(address, f"{len(waiting)} connections already waiting for their association request")
-            return False
+            # Room is made, not refused: closing the newcomer would let a few addresses that reconnect
+            # every few seconds keep every real sender out. The oldest waiting connection of the address
+            # that holds the most goes, so a flood evicts its own, while a real sender's request (sent
+            # within milliseconds of connecting) is complete long before its turn would come.
+            victim = self._evictee(waiting)
+            _close(victim)
+            self._closed(
+                _address(victim),
+                f"{len(waiting)} connections waiting for their association request: its oldest closed to make room",
+            )
         return True
+
+    def _evictee(self, waiting: list[Any]) -> Any:
+        """Of the connections waiting for their request, the oldest of the address holding the most."""
+        counts: dict[str, int] = {}
+        for assoc in waiting:
+            counts[_address(assoc)] = counts.get(_address(assoc), 0) + 1
+        now = time.monotonic()
+        return min(waiting, key=lambda a: (-counts[_address(a)], self._opened.get(id(a), now)))
 
     def _closed(self, address: str, reason: str) -> None:
         now = time.monotonic()

@@ -25,7 +25,8 @@ fold() {  # one teacher: trained (or resumed) under runs/, then kept
   say "teacher f$k: training (log $RUNS/teachers/f$k.log)"
   # shellcheck disable=SC2086
   edge-seg-train --train "$DDTI/train" --val "$DDTI/val" --fold "$k" --folds 5 --out "$RUNS/teachers/f$k" \
-    $RECIPE --threads 1 --validate-every 4 >> "$RUNS/teachers/f$k.log" 2>&1
+    $RECIPE --threads 1 --validate-every 4 >> "$RUNS/teachers/f$k.log" 2>&1 \
+    || { say "teacher f$k: training failed (exit $?), see $RUNS/teachers/f$k.log"; return 1; }
   python -m train.archive "$RUNS/teachers/f$k" --to "$KEEP"
 }
 export -f fold say

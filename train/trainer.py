@@ -286,6 +286,8 @@ def train(cfg: TrainConfig) -> dict:
     from .sampling import ViewSampler
     from .validation import choose_threshold, predict, score
 
+    if cfg.validate_every > 1 and (not cfg.views or cfg.keep != "last"):  # before any work
+        raise DataError("--validate-every scores --views runs that keep their last epoch (--keep last, --fold)")
     set_seed(cfg.seed, cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -355,8 +357,6 @@ def train(cfg: TrainConfig) -> dict:
     if resumed_at:
         log.info("resuming from the end of epoch %d (%s); delete that folder to start over", resumed_at, backup)
     sampler: ViewSampler | BankSampler
-    if cfg.validate_every > 1 and (not cfg.views or cfg.keep != "last"):
-        raise DataError("--validate-every scores --views runs that keep their last epoch (--keep last, --fold)")
     if cfg.distill_from:
         if not cfg.views or cfg.keep != "last":
             raise DataError("--distill trains a student with --views and keeps its last epoch (--keep last)")

@@ -222,10 +222,16 @@ class Outbox:
                     pass
                 if self.queue.compaction_due():
                     self.queue.compact()
+            except OSError as exc:  # the queue's database could not be read or written: no bug, no traceback
+                log.warning("outbox: %s; will try again", exc.strerror or exc)
+                self._stop.wait(self.retry)
             except Exception:  # the sender must not die of one odd file or network error
                 log.exception("outbox: unexpected error while sending; will try again")
                 self._stop.wait(self.retry)
-            nxt = self.queue.next_try()
+            try:
+                nxt = self.queue.next_try()
+            except OSError:  # said above or at the next pass; the thread lives on
+                nxt = None
             if nxt is not None and self._held:  # (a disk that takes no writes: not faster than the back-off)
                 nxt = max(nxt, min(self._held.values()))
             wait = 60.0 if nxt is None else max(0.05, min(60.0, nxt - time.time()))

@@ -172,8 +172,12 @@ class OutboxQueue:
                 raise _os_error(exc, self.path) from None
 
     def _rows(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        """A read's rows; an error as OSError, as a transaction's is."""
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise _os_error(exc, self.path) from None
 
     def stat(self, path: str) -> tuple[int, int] | None:
         """``path``'s size and mtime in OUT, or None when it is not there."""

@@ -14,12 +14,13 @@ writes ``teachers/ddti-effl0-unet-160/f0/`` and ``.../f1/``, refusing a run that
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
 import sys
 from pathlib import Path
+
+from edge_runtime.core.model import file_sha256 as sha256
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +29,6 @@ FILES = ("model.keras", "training.json", "history.csv")
 
 class ArchiveError(Exception):
     """A run that cannot be archived; the message names the folder and the reason."""
-
-
-def sha256(path: Path) -> str:
-    """The file's SHA-256, hex."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def archive(run: Path, dest: Path) -> Path:

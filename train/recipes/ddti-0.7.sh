@@ -46,7 +46,7 @@ if [ ! -f "$RUNS/student/training.json" ]; then
   # shellcheck disable=SC2086
   edge-seg-train --train "$DDTI/train" --val "$DDTI/val" --out "$RUNS/student" \
     --distill "${TEACHERS[@]/%//model.keras}" --thresholds-from "$RUNS/oof/oof.json" \
-    $RECIPE --threads "$JOBS" --model-version "$VERSION" >> "$RUNS/student.log" 2>&1
+    $RECIPE --threads "$JOBS" --validate-every 4 --model-version "$VERSION" >> "$RUNS/student.log" 2>&1
 fi
 [ "${STOP_AFTER:-}" = student ] && exit 0
 

@@ -23,3 +23,21 @@ def test_records_are_utc_and_people_get_their_local_time(in_tokyo):
     assert timestamps.utc(t) == "2025-12-03T07:41:02Z"
     assert timestamps.local(t) == "2025-12-03T16:41:02+0900"
     assert timestamps.for_page(t) == "2025-12-03 16:41:02 JST"
+
+
+def test_no_other_module_formats_a_time_of_its_own():
+    """Every time edge-seg writes goes through edge_runtime.timestamps (one format each, in one place)."""
+    from pathlib import Path
+
+    import edge_runtime
+
+    root = Path(edge_runtime.__file__).parent
+    own = root / "timestamps.py"
+    found = [
+        f"{p.relative_to(root)}:{i}"
+        for p in sorted(root.rglob("*.py"))
+        if p != own
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if "strftime(" in line or ".isoformat(" in line
+    ]
+    assert found == []

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_runtime import timestamps
 from edge_runtime.net import outbox_legacy
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def order(path: str) -> tuple[str, int]:
 
 
 def iso(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+    return None if t is None else timestamps.local(t)
 
 
 def _os_error(exc: sqlite3.Error, path: Path) -> OSError:

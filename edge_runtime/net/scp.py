@@ -28,7 +28,6 @@ import logging
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from pydicom import uid
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # (made at import by pynetdicom)
 from pynetdicom.status import Status
 
+from edge_runtime import timestamps
 from edge_runtime.errors import ScanError, SetupError, one_line
 from edge_runtime.files.durable import sync_dirs
 
@@ -189,7 +189,7 @@ class StorageSCP:
             self.last_refusal = {
                 "ae": calling if calling is not None else who,
                 "reason": reason,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "time": timestamps.local(),
             }
 
     def _on_accepted(self, event: Any) -> None:

@@ -21,11 +21,11 @@ the other results are written as usual; a SR whose SEG was refused is made witho
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_runtime import timestamps
 from edge_runtime.errors import SetupError
 from edge_runtime.files.durable import write_atomic
 from edge_runtime.files.scans import Scan
@@ -175,7 +175,7 @@ class DicomResultsWriter:
             reason,
             record.relative_to(self.setup.out_dir).as_posix(),
         )
-        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        now = timestamps.local()
         text = f"scan: {rel}\nresult: {NAMES[kind]}\nreason: {reason}\ntime: {now}\n"
         write_atomic(record, text, fsync=self.setup.fsync)
         path.unlink(missing_ok=True)

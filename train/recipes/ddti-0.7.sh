@@ -42,11 +42,13 @@ fi
 [ "${STOP_AFTER:-}" = oof ] && exit 0
 
 if [ ! -f "$RUNS/student/training.json" ]; then
+  # 35 epochs of 474 frames: the optimizer steps of one teacher (44 epochs of its 4/5 of them), so the
+  # student costs what a teacher costs (about an hour on two threads)
   say "student: distilled from the five teachers (log $RUNS/student.log)"
   # shellcheck disable=SC2086
   edge-seg-train --train "$DDTI/train" --val "$DDTI/val" --out "$RUNS/student" \
     --distill "${TEACHERS[@]/%//model.keras}" --thresholds-from "$RUNS/oof/oof.json" \
-    $RECIPE --threads "$JOBS" --validate-every 4 --model-version "$VERSION" >> "$RUNS/student.log" 2>&1
+    $RECIPE --epochs 35 --threads "$JOBS" --validate-every 4 --model-version "$VERSION" >> "$RUNS/student.log" 2>&1
 fi
 [ "${STOP_AFTER:-}" = student ] && exit 0
 

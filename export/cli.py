@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         "chosen again on the validation folder unless --threshold is given",
     )
     p.add_argument(
+        "--refine-blend",
+        choices=["mean", "replace"],
+        default="mean",
+        help="with --refine: inside the crop's box, average the two maps (mean) or take the second stage's alone "
+        "(replace: for a second stage trained with --refine-boxes, which must be free to shrink the mask)",
+    )
+    p.add_argument(
         "--weights",
         choices=["fp32", "fp16", "int8"],
         default="fp32",

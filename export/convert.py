@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import operator
 import time
+from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,16 @@ def _rename_output(proto, new: str, index: int = 0) -> None:
     proto.graph.output[index].name = new
 
 
+@dataclass(frozen=True)
+class SecondStage:
+    """A two-stage graph's second network, as its metadata describes it."""
+
+    path: str  #: its model.keras
+    record: dict | None  #: its training record
+    box_threshold: float  #: the first stage's mask at this threshold gives the crop's box
+    blend: str = "mean"  #: inside the box: ``mean`` of the two maps, or ``replace`` (edge_runtime.core.refine)
+
+
 def build_metadata(
     model,
     record: dict | None,
@@ -168,7 +179,7 @@ def build_metadata(
     presence_threshold: float | None = None,
     chosen_at_export: dict[str, Any] | None = None,
     members: list[tuple[str, dict | None]] | None = None,
-    refine: tuple[str, dict | None, float] | None = None,
+    refine: SecondStage | None = None,
 ) -> dict[str, Any]:
     """The ``edge_seg`` metadata JSON for a model, from its training record when there is one.
 
@@ -192,63 +203,8 @@ def build_metadata(
 
     _, h, w, c = model.inputs[0].shape
     cfg = (record or {}).get("config", {})
-    training = None
-    if record:
-        training = {
-            "architecture": record["model"]["architecture"],
-            "parameters": record["model"]["parameters"],
-            "macs_per_scan": record["model"]["macs"],
-            "data": record["data"],
-            "recipe": {
-                k: cfg.get(k)
-                for k in (
-                    "loss",
-                    "learning_rate",
-                    "lr_schedule",
-                    "batch_size",
-                    "epochs",
-                    "patience",
-                    "monitor",
-                    "augment",
-                    "threads",
-                    "seed",
-                    "input_size",
-                )
-            },
-            "epochs_run": record["epochs_run"],
-            "best_epoch": record["best_epoch"],
-            "threshold_chosen_on_val": record["threshold"],
-            "val_dice": record["val_dice"],
-            "val_dice_at_0.5": record["val"]["0.5"]["dice_mean"],
-            "finished": record.get("finished"),
-        }
-        if "presence_threshold" in record:
-            training["presence_threshold_chosen_on_val"] = record["presence_threshold"]
-            training["presence_choice"] = record.get("presence_choice")
-            counts = record.get("val_views", {}).get("counts")
-            gated = record.get("val_views", {}).get("gated", {})
-            key = format(record["threshold"], "g")
-            training["val_views"] = {
-                "counts": counts,
-                **{
-                    kind: {f: gated[kind][key].get(f) for f in ("dice_mean", "sensitivity", "fp_share")}
-                    for kind in gated
-                },
-            }
-    presence = None
-    if has_presence(model):
-        chosen = presence_threshold if presence_threshold is not None else (record or {}).get("presence_threshold")
-        if chosen is None:
-            raise ValueError(
-                "the model has a presence output but no presence threshold: train with --views or pass one"
-            )
-        presence = {
-            "name": PRESENCE_NAME,
-            "activation": "sigmoid",
-            "shape": "N,1",
-            "threshold": float(chosen),
-            "rule": "nodule present when presence >= threshold; otherwise every mask is empty",
-        }
+    training = _training_block(record) if record else None
+    presence = _presence_block(model, record, presence_threshold)
     meta = model_metadata(
         name=name,
         version=version,
@@ -282,7 +238,7 @@ def build_metadata(
         meta["macs_per_scan"] = passes * sum(int(r["model"]["macs"]) for r in records if r)
         meta["parameters"] = sum(int(r["model"]["parameters"]) for r in records if r)
         if refine is not None:
-            rec = refine[1]
+            rec = refine.record
             if rec and rec.get("model", {}).get("macs"):
                 meta["macs_per_scan"] += int(rec["model"]["macs"])
                 meta["parameters"] += int(rec["model"]["parameters"])
@@ -291,17 +247,93 @@ def build_metadata(
     return meta
 
 
-def _refine_block(model, refine: tuple[str, dict | None, float]) -> dict[str, Any]:
+_RECIPE_KEYS = (
+    "loss",
+    "learning_rate",
+    "lr_schedule",
+    "batch_size",
+    "epochs",
+    "patience",
+    "monitor",
+    "augment",
+    "threads",
+    "seed",
+    "input_size",
+)
+
+
+def _training_block(record: dict) -> dict[str, Any]:
+    """The metadata's ``training`` block: what the training record says of the run and its choices.
+
+    A run given ``--thresholds-from`` (a distilled student) carries thresholds chosen out of fold: they
+    are stored as chosen (``threshold_chosen``, ``presence_threshold_chosen``) with where
+    (``thresholds_chosen``), and the run's own choice on its validation frames beside them. The keys
+    ``threshold_chosen_on_val`` / ``presence_threshold_chosen_on_val`` are kept for a run that chose on val.
+    """
+    cfg = record.get("config", {})
+    out_of_fold = record.get("thresholds_chosen")
+    suffix = "" if out_of_fold else "_on_val"
+    training: dict[str, Any] = {
+        "architecture": record["model"]["architecture"],
+        "parameters": record["model"]["parameters"],
+        "macs_per_scan": record["model"]["macs"],
+        "data": record["data"],
+        "recipe": {k: cfg.get(k) for k in _RECIPE_KEYS},
+        "epochs_run": record["epochs_run"],
+        "best_epoch": record["best_epoch"],
+        f"threshold_chosen{suffix}": record["threshold"],
+        "val_dice": record["val_dice"],
+        "val_dice_at_0.5": record["val"]["0.5"]["dice_mean"],
+        "finished": record.get("finished"),
+    }
+    if "presence_threshold" in record:
+        training[f"presence_threshold_chosen{suffix}"] = record["presence_threshold"]
+        training["presence_choice"] = record.get("presence_choice")
+        counts = record.get("val_views", {}).get("counts")
+        gated = record.get("val_views", {}).get("gated", {})
+        key = format(record["threshold"], "g")
+        training["val_views"] = {
+            "counts": counts,
+            **{
+                kind: {f: gated[kind].get(key, {}).get(f) for f in ("dice_mean", "sensitivity", "fp_share")}
+                for kind in gated
+            },
+        }
+    for key in ("thresholds_chosen", "thresholds_chosen_on_val", "distillation", "fold"):
+        if key in record:
+            training[key] = record[key]
+    return training
+
+
+def _presence_block(model, record: dict | None, presence_threshold: float | None) -> dict[str, Any] | None:
+    """The metadata's ``presence`` block for a model with a presence output (None without one)."""
+    if not has_presence(model):
+        return None
+    chosen = presence_threshold if presence_threshold is not None else (record or {}).get("presence_threshold")
+    if chosen is None:
+        raise ValueError("the model has a presence output but no presence threshold: train with --views or pass one")
+    return {
+        "name": PRESENCE_NAME,
+        "activation": "sigmoid",
+        "shape": "N,1",
+        "threshold": float(chosen),
+        "rule": "nodule present when presence >= threshold; otherwise every mask is empty",
+    }
+
+
+def _refine_block(model, refine: SecondStage) -> dict[str, Any]:
     """The metadata's ``refine`` block for a two-stage graph, with what the second stage's record says."""
     from edge_runtime.core.refine import refine_metadata
 
-    path, record, box_threshold = refine
+    record = refine.record
     _, h, w, c = model.inputs[1].shape
-    block = refine_metadata(int(h), int(w), int(c), box_threshold)
-    block["model"] = _member(path, record)
+    block = refine_metadata(int(h), int(w), int(c), refine.box_threshold, blend=refine.blend)
+    block["model"] = _member(refine.path, record)
     if record:
         block["model"]["val_crop_dice"] = record.get("val", {}).get("0.5", {}).get("dice_mean")
         block["model"]["data"] = record.get("data")
+        if "refine_boxes" in record:
+            block["model"]["refine_boxes"] = record["refine_boxes"]
     return block
 
 

@@ -103,13 +103,13 @@ def check_parity(keras_model, onnx_path: Path, images: list[np.ndarray], thresho
         if spec is not None:  # each side cuts its own crop, as the runtime would from its own first stage
             cut_o, cut_k = (seg.refine_crop(pr, im, kernel) for pr in (prob_o, prob))
             if cut_o is not None:
-                prob_o = blend(prob_o, seg.model.run_refine(cut_o[1][None])[0], cut_o[0])
+                prob_o = blend(prob_o, seg.model.run_refine(cut_o[1][None])[0], cut_o[0], spec.blend)
             if cut_k is not None:
                 rk = np.asarray(second_stage.predict(cut_k[1][None], verbose=0))[0, ..., 0]
                 if cut_o is not None and cut_o[0] == cut_k[0]:
                     diffs.append(np.abs(seg.model.run_refine(cut_k[1][None])[0] - rk).ravel())
                     crops += 1
-                prob = blend(prob, rk, cut_k[0])
+                prob = blend(prob, rk, cut_k[0], spec.blend)
         mo = {t: mask_from_probability(prob_o, t, kernel) for t in thresholds}
         mk = {t: mask_from_probability(prob, t, kernel) for t in thresholds}
         # the presence decision may differ only for a score within the tolerance of its threshold

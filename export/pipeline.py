@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .convert import SecondStage
+
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +53,7 @@ class Settings:
     calibration: Path | None  #: training scans for int8 calibration
     members: list[Member]  #: the ensemble, the first model included ([] without --ensemble)
     refine: Path | None
+    refine_blend: str  #: ``mean`` or ``replace`` (--refine-blend)
     opset: int
     tta: str
     weights: str
@@ -103,6 +106,7 @@ def check(args: argparse.Namespace) -> Settings:
         calibration=calibration,
         members=members,
         refine=args.refine,
+        refine_blend=args.refine_blend,
         opset=args.opset,
         tta=args.tta,
         weights=args.weights,
@@ -177,7 +181,7 @@ class Exported:
     presence_threshold: float | None = None  #: None: the record's (chosen again for --tta / --ensemble)
     chosen: dict | None = None  #: what the export chose again, for the metadata
     second: Any = None  #: the Keras second stage (--refine)
-    refine: tuple[str, dict | None, float] | None = None  #: (file, record, box threshold) of the second stage
+    refine: SecondStage | None = None  #: the second stage (--refine), as the metadata describes it
 
     def metadata(self) -> dict:
         from .convert import build_metadata
@@ -267,7 +271,8 @@ def add_second_stage(e: Exported, tmp: Path) -> Exported:
     except ValueError as exc:
         raise Refused(str(exc)) from None
     rec_path = s.refine.with_name("training.json")
-    e.refine = (str(s.refine), json.loads(rec_path.read_text()) if rec_path.is_file() else None, e.threshold)
+    record = json.loads(rec_path.read_text()) if rec_path.is_file() else None
+    e.refine = SecondStage(str(s.refine), record, e.threshold, s.refine_blend)
     e.proto = to_onnx(e.graph, s.opset)
     e.save(tmp)
     if not s.threshold_given:

@@ -204,7 +204,12 @@ def test_a_student_learns_from_the_teachers_and_takes_the_out_of_fold_thresholds
     from train.oof import main as oof_main
 
     assert oof_main([str(teachers / "f0"), str(teachers / "f1"), "--out", str(tmp_path / "oof"), "--threads", "1"]) == 0
-    chosen = json.loads((tmp_path / "oof" / "oof.json").read_text())["chosen_out_of_fold"]
+    oof = json.loads((tmp_path / "oof" / "oof.json").read_text())
+    # a mask threshold the student's own validation report does not list (it scores 0.5, 0.85, 0.9, 0.95 and
+    # its own choice): the export must still describe the run (it once looked the threshold up there)
+    oof["chosen_out_of_fold"]["threshold"] = 0.35
+    (tmp_path / "oof" / "oof.json").write_text(json.dumps(oof))
+    chosen = oof["chosen_out_of_fold"]
     argv = ["--train", str(labelled / "train"), "--val", str(labelled / "val"), "--out", str(tmp_path / "student")]
     argv += ["--epochs", "1", "--views", "--loss", "dice_bce_nodule", *_SIZE, "--distill-passes", "2"]
     argv += ["--distill", str(teachers / "f0" / "model.keras"), str(teachers / "f1" / "model.keras")]
@@ -221,6 +226,59 @@ def test_a_student_learns_from_the_teachers_and_takes_the_out_of_fold_thresholds
         # blended targets: neither the 0/1 truth alone nor missing (alpha 0.5 of a sigmoid's average)
         assert ((y > 0.01) & (y < 0.49)).any() or ((y > 0.51) & (y < 0.99)).any()
         assert y.min() >= 0 and y.max() <= 1
+    # exported, the model's metadata says where its thresholds were chosen, and what it was distilled from
+    from edge_runtime.core.segmenter import Segmenter
+    from export import cli
+
+    onnx = tmp_path / "student.onnx"
+    assert cli.main([str(tmp_path / "student" / "model.keras"), "--out", str(onnx), "--parity-count", "2"]) == 0
+    seg = Segmenter(onnx)
+    training = seg.info.metadata["training"]
+    assert seg.threshold == 0.35 and seg.presence_threshold == chosen["presence_threshold"]
+    assert training["threshold_chosen"] == 0.35 and "threshold_chosen_on_val" not in training
+    assert training["thresholds_chosen"]["on"] == "out-of-fold predictions of the fold teachers"
+    assert training["distillation"]["teachers"] == [str(teachers / f / "model.keras") for f in ("f0", "f1")]
+
+
+def test_a_second_stage_trains_on_the_out_of_fold_boxes_and_is_scored_out_of_fold(teachers, labelled, tmp_path):
+    """--refine-boxes: crops around the masks the fold teachers drew on frames they never saw; train.oof_refine
+    scores each fold's second stage on its own held-out frames, with the first stage alone as the baseline."""
+    from train.cli import main as train_main
+    from train.oof import main as oof_main
+    from train.oof_refine import main as refine_main
+
+    oof = tmp_path / "oof"
+    assert oof_main([str(teachers / "f0"), str(teachers / "f1"), "--out", str(oof), "--threads", "1"]) == 0
+    chosen = json.loads((oof / "oof.json").read_text())["chosen_out_of_fold"]
+    runs = []
+    for k in (0, 1):
+        argv = ["--train", str(labelled / "train"), "--val", str(labelled / "val"), "--fold", str(k), "--folds", "2"]
+        argv += ["--out", str(tmp_path / f"r{k}"), "--epochs", "1", "--refine", "--refine-boxes", str(oof / "oof.npz")]
+        argv += ["--loss", "dice_bce", "--monitor", "val_scan_dice", *_SIZE]
+        assert train_main(argv) == 0
+        record = json.loads((tmp_path / f"r{k}" / "training.json").read_text())
+        boxes = record["refine_boxes"]
+        assert boxes["train"]["frames"] == 16 and boxes["val"]["frames"] == 16
+        assert boxes["train"]["box_threshold"] == chosen["threshold"]
+        assert 0 <= boxes["val"]["with_a_box"] <= 16
+        runs.append(str(tmp_path / f"r{k}"))
+    assert refine_main([str(oof), *runs, "--out", str(tmp_path / "report"), "--threads", "1"]) == 0
+    report = json.loads((tmp_path / "report" / "oof_refine.json").read_text())
+    assert report["frames"] == 32
+    # the first stage alone, scored here, is train.oof's own out-of-fold figure: the same masks
+    first = report["first stage"]["dice_by_threshold"]
+    for t, dice in json.loads((oof / "oof.json").read_text())["chosen_out_of_fold"]["dice_by_threshold"].items():
+        assert abs(first[t] - dice) < 1e-9, (t, first[t], dice)
+    assert set(report) >= {"mean", "replace"} and 0 <= report["second_stage_ran_on"] <= 32
+    # boxes from a folder without train.oof's record are refused, naming it
+    (tmp_path / "bare").mkdir()
+    np.savez(tmp_path / "bare" / "oof.npz", names=np.array(["x"]))
+    argv = ["--train", str(labelled / "train"), "--val", str(labelled / "val"), "--out", str(tmp_path / "no")]
+    argv += ["--epochs", "1", "--refine", "--refine-boxes", str(tmp_path / "bare" / "oof.npz"), *_SIZE]
+    assert train_main(argv) == 2
+    # and --refine-boxes without --refine
+    argv = ["--train", str(labelled / "train"), "--val", str(labelled / "val"), "--out", str(tmp_path / "no2")]
+    assert train_main([*argv, "--epochs", "1", "--refine-boxes", str(oof / "oof.npz"), *_SIZE]) == 2
 
 
 def test_a_teacher_without_the_presence_output_is_one_line(labelled, tmp_path, caplog):

@@ -363,7 +363,14 @@ def test_a_second_stage_trains_on_nodule_crops_and_exports_into_one_graph(traine
     chosen = meta["export"]["thresholds_chosen_on_val"]
     assert chosen["reason"] == "--refine" and spec.box_threshold == record["threshold"] == chosen["box_threshold"]
     assert meta["macs_per_scan"] == record["model"]["macs"] + second["model"]["macs"]
-    # the runtime's two-stage map, against both Keras stages by hand
+    # --refine-blend replace: inside the box the second stage's map alone (free to shrink the mask)
+    replaced = tmp_path / "replace.onnx"
+    assert cli.main([*args[:3], "--out", str(replaced), "--parity-count", "4", "--refine-blend", "replace"]) == 0
+    rep = Segmenter(replaced)
+    assert rep.info.refine is not None and rep.info.refine.blend == "replace" and spec.blend == "mean"
+    assert rep.info.refine.box_threshold == spec.box_threshold  # the same box, from the first stage's own threshold
+    assert "take the second network's map" in rep.info.metadata["refine"]["rule"]
+    # the runtime's two-stage map, against both Keras stages by hand, for both blends
     k1, k2 = load_keras(first_keras), load_keras(second_keras)
     found = 0
     for path in sorted((root / "val" / "image").glob("*.png"))[:3]:
@@ -371,13 +378,15 @@ def test_a_second_stage_trains_on_nodule_crops_and_exports_into_one_graph(traine
         hw = image.shape[:2]
         p1 = probability_at_scan_size(k1.predict(full.preprocess(image)[None], verbose=0)[0, ..., 0], hw)
         box = mask_box(mask_from_probability(p1, spec.box_threshold, opening_kernel(hw, (128, 128), 3)))
-        expected = p1.copy()
+        expected, expected_replace = p1.copy(), p1.copy()
         if box is not None:
             found += 1
             x, y, w, h = refine_box(box, hw, spec.margin, spec.min_margin)
             p2 = k2.predict(preprocess(image[y : y + h, x : x + w], (32, 32))[None], verbose=0)[0, ..., 0]
             inside = cv2.resize(p2, (w, h), interpolation=cv2.INTER_LINEAR)
             expected[y : y + h, x : x + w] = (expected[y : y + h, x : x + w] + inside) / 2
+            expected_replace[y : y + h, x : x + w] = inside
         np.testing.assert_allclose(full.segment(image).probability, expected, atol=1e-4)
+        np.testing.assert_allclose(rep.segment(image).probability, expected_replace, atol=1e-4)
     assert found  # the first stage marked something on at least one scan, so the second stage ran
     assert cli.main([*args[:3], "--out", str(tmp_path / "x.onnx"), "--precision", "int8"]) == 2

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a second-stage network: trains on crops around each nodule (edges jittered as a first stage's box "
         "would be) and is validated on val's crops; exported beside a first stage with edge-seg-export --refine",
     )
+    p.add_argument(
+        "--refine-boxes",
+        metavar="OOF_NPZ",
+        help="with --refine: cut each training and validation crop around the mask a first stage really drew, "
+        "the out-of-fold map of train.oof's oof.npz (its oof.json's thresholds), not the jittered true box",
+    )
     p.add_argument("--view-passes", type=int, default=1, help="with --views or --refine: samples per frame and epoch")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         augment=args.augment,
         views=args.views,
         refine=args.refine,
+        refine_boxes=args.refine_boxes,
         view_passes=args.view_passes,
         max_minutes=args.max_minutes,
         init_from=args.init_from,

@@ -138,18 +138,21 @@ def views_split(split: Split, kinds: tuple[str, ...], channels: int = 3, resize:
     return _cut_split(split, cuts, channels, resize)
 
 
-def refine_split(split: Split, channels: int = 3, resize: str = "area") -> Split:
+def refine_split(split: Split, channels: int = 3, resize: str = "area", boxes: list | None = None) -> Split:
     """Each frame of ``split`` cut to :func:`train.views.refine_box` around its nodule, as a split of its own.
 
     What a second-stage (``--refine``) network is validated on: the crop the runtime would cut around a
-    perfect first-stage mask. Names are ``<frame>_refine``.
+    perfect first-stage mask; with ``boxes`` (``--refine-boxes``: each frame's out-of-fold first-stage box,
+    or None), around the mask a first stage really drew, frames without one left out. Names are
+    ``<frame>_refine``.
     """
     from .views import nodule_box, refine_box
 
+    around = boxes if boxes is not None else [nodule_box(full) for full in split.masks]
     cuts = [
         (f"{name}_refine", image, full, refine_box(box, full.shape[:2]))
-        for name, image, full in zip(split.names, split.images, split.masks, strict=True)
-        if (box := nodule_box(full)) is not None
+        for name, image, full, box in zip(split.names, split.images, split.masks, around, strict=True)
+        if box is not None
     ]
     if not cuts:
         raise DataError(f"{split.folder}: no frame has a nodule, so there is no crop to validate a second stage on")

@@ -17,15 +17,25 @@ from edge_runtime.core.preprocess import preprocess
 
 from .augment import AugmentConfig, augment_pair
 from .data import Split, model_target
-from .views import crop, negative_box, nodule_box, positive_box, refine_box
+from .views import Box, crop, negative_box, nodule_box, positive_box, refine_box
 
 if TYPE_CHECKING:
     from .trainer import TrainConfig
 
 
 class ViewSampler:
-    def __init__(self, split: Split, cfg: TrainConfig, aug: AugmentConfig, steps: int, start_epoch: int = 0) -> None:
+    def __init__(
+        self,
+        split: Split,
+        cfg: TrainConfig,
+        aug: AugmentConfig,
+        steps: int,
+        start_epoch: int = 0,
+        boxes: list[Box | None] | None = None,
+    ) -> None:
         self.split, self.cfg, self.aug, self.steps = split, cfg, aug, steps
+        #: with --refine-boxes: each frame's out-of-fold first-stage box (None: cut around the true nodule)
+        self.boxes = boxes
         # a resumed run draws from a stream of its own (the stopped run's stream is not saved)
         self.rng = np.random.default_rng([cfg.seed, start_epoch] if start_epoch else cfg.seed)
         self.size = split.x.shape[1:3]
@@ -42,8 +52,9 @@ class ViewSampler:
         """One (image, mask) pair at model size for frame ``j``: the frame itself or a view of it."""
         split, cfg = self.split, self.cfg
         x, y = split.x[j], split.y[j]
-        if cfg.refine:  # a second-stage network: the nodule's own crop, cut as a first stage's box would be
-            nb = nodule_box(split.masks[j])
+        if cfg.refine:  # a second-stage network: the crop around a first stage's box (or the nodule's, jittered)
+            first = self.boxes[j] if self.boxes is not None else None
+            nb = first if first is not None else nodule_box(split.masks[j])
             if nb is not None:
                 box = refine_box(nb, split.masks[j].shape[:2], rng=self.rng)
                 x = preprocess(crop(split.images[j], box), self.size, cfg.channels, cfg.resize)

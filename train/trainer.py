@@ -54,6 +54,7 @@ class TrainConfig:
     views: bool = False  # nodule-free and positive crops as training views, and the presence head
     view_passes: int = 1  # with views or refine: samples per frame and epoch
     refine: bool = False  # a second-stage network, trained and validated on crops around the nodule (views.refine_box)
+    refine_boxes: str | None = None  # with refine: train.oof's oof.npz; crops cut around those first-stage boxes
     view_mix: tuple[float, float, float] = (0.4, 0.25, 0.35)  # with views: share of whole frames, positive, nodule-free
     presence_weight: float = 0.5  # with views: weight of the presence loss beside the mask loss
     seed: int = 42
@@ -304,11 +305,28 @@ def train(cfg: TrainConfig) -> dict:
             log.warning("distillation: training on --train and --val together; validation figures are on seen frames")
     else:
         train_split, val_split = split_fraction(train_split, cfg.val_fraction, cfg.seed)
+    train_boxes, refine_boxes_record = None, {}
+    if cfg.refine_boxes and not cfg.refine:
+        raise DataError("--refine-boxes gives a second stage (--refine) its crops: add --refine")
     if cfg.refine:
         if cfg.views:
             raise DataError("--refine trains a second-stage network on nodule crops: it takes no --views")
-        val_split = refine_split(val_split, cfg.channels, cfg.resize)
-        log.info("second stage: validation on %d crops around val's nodules", len(val_split))
+        val_boxes, around = None, "val's nodules"
+        if cfg.refine_boxes:
+            from .refine_boxes import load_first_stage_boxes
+
+            first = load_first_stage_boxes(cfg.refine_boxes, [train_split, val_split], cfg.morphology_size)
+            train_boxes, val_boxes = first.for_split(train_split), first.for_split(val_split)
+            refine_boxes_record = {"train": first.summary(train_split), "val": first.summary(val_split)}
+            around = f"the out-of-fold first-stage boxes of {cfg.refine_boxes}"
+            log.info(
+                "second stage: crops around out-of-fold first-stage masks (%d of %d training frames have one; "
+                "the others are cut around their nodule)",
+                refine_boxes_record["train"]["with_a_box"],
+                len(train_split),
+            )
+        val_split = refine_split(val_split, cfg.channels, cfg.resize, val_boxes)
+        log.info("second stage: validation on %d crops around %s", len(val_split), around)
     # validation views: val's own frames cut the same way every run (never another split's)
     val_neg = views_split(val_split, ("neg",), cfg.channels, cfg.resize) if cfg.views else None
     val_pos = views_split(val_split, ("pos",), cfg.channels, cfg.resize) if cfg.views else None
@@ -363,7 +381,7 @@ def train(cfg: TrainConfig) -> dict:
         bank = distillation_bank(cfg, train_split, out)
         sampler = BankSampler(bank, samples, cfg.batch_size, cfg.seed, resumed_at)
     else:
-        sampler = ViewSampler(train_split, cfg, AugmentConfig(), steps, resumed_at)
+        sampler = ViewSampler(train_split, cfg, AugmentConfig(), steps, resumed_at, boxes=train_boxes)
 
     class Batches(keras.utils.PyDataset):
         def __len__(self) -> int:
@@ -536,6 +554,8 @@ def train(cfg: TrainConfig) -> dict:
         )
     if fold_info is not None:
         record["fold"] = fold_info
+    if cfg.refine_boxes:
+        record["refine_boxes"] = refine_boxes_record
     if cfg.distill_from:
         record["distillation"] = {
             "teachers": cfg.distill_from,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.core.preprocess import RESIZE_METHODS
+from edge_runtime.core.refine import BLENDS
 from edge_runtime.errors import ModelError
 
 METADATA_KEY = "edge_seg"
@@ -188,7 +189,10 @@ def parse_metadata(raw: str | None, path: Path) -> dict[str, Any]:
                     f"refine margin {refine['margin']!r} / min_margin {refine['min_margin']!r} (expected 0-10 and a "
                     "non-negative integer)",
                 ),
-                (refine.get("blend") == "mean", f"refine blend {refine.get('blend')!r} (expected 'mean')"),
+                (
+                    refine.get("blend") in BLENDS,
+                    f"refine blend {refine.get('blend')!r} (expected one of {', '.join(BLENDS)})",
+                ),
             ]
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"model {path}: metadata is missing or has a malformed field ({exc!r})") from None

@@ -5,13 +5,16 @@ wide gets some fifty model pixels. A model with a ``refine`` block in its metada
 docs/DESIGN.md; ``edge-seg-export --refine``) holds a second network in the same graph, behind its own
 input: the runtime cuts the scan around the first stage's mask (:func:`refine_box`: the mask's bounding
 box widened by ``margin`` of its own size on each side, plus ``min_margin`` pixels, clamped to the scan),
-preprocesses that crop exactly as a scan, runs the second network on it, and averages its map with the
-first stage's inside the box (:func:`blend`). Thresholds and the opening then act on the averaged map as
-on any other. No mask from the first stage (or a "no nodule" presence decision) means no second pass:
-the second stage refines outlines, it never adds a nodule.
+preprocesses that crop exactly as a scan, runs the second network on it, and inside the box either averages
+its map with the first stage's (``blend: mean``) or takes its map alone (``blend: replace``, for a second
+stage trained on the oversized boxes a first stage really gives, which must be free to shrink the mask)
+(:func:`blend`). Thresholds and the opening then act on that map as on any other. No mask from the first
+stage (or a "no nodule" presence decision) means no second pass: the second stage refines outlines, it
+never adds a nodule elsewhere.
 
 The same :func:`refine_box` cuts the training crops (``train.views.refine_box`` moves the box's edges
-first, as a first stage's box would be wrong), so training and run time see the same kind of crop.
+first, as a first stage's box would be wrong; ``--refine-boxes`` starts from the boxes a first stage drew
+out of fold, ``train.refine_boxes``), so training and run time see the same kind of crop.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ REFINE_INPUT_NAME = "refine_image"
 REFINE_OUTPUT_NAME = "refine_probability"
 MARGIN = 0.25  #: the crop's margin on each side, as a share of the mask box's own width / height
 MIN_MARGIN = 8  #: ... plus this many scan pixels
+BLENDS = ("mean", "replace")  #: inside the box: the two maps averaged, or the second stage's alone
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class RefineSpec:
     box_threshold: float  #: the first stage's mask at this threshold gives the box
     margin: float = MARGIN
     min_margin: int = MIN_MARGIN
+    blend: str = "mean"  #: one of :data:`BLENDS`
 
     @property
     def size(self) -> tuple[int, int]:
@@ -59,11 +64,18 @@ class RefineSpec:
             box_threshold=float(block["box_threshold"]),
             margin=float(block["margin"]),
             min_margin=int(block["min_margin"]),
+            blend=str(block.get("blend", "mean")),
         )
 
 
 def refine_metadata(
-    height: int, width: int, channels: int, box_threshold: float, margin: float = MARGIN, min_margin: int = MIN_MARGIN
+    height: int,
+    width: int,
+    channels: int,
+    box_threshold: float,
+    margin: float = MARGIN,
+    min_margin: int = MIN_MARGIN,
+    blend: str = "mean",
 ) -> dict[str, Any]:
     """The metadata's ``refine`` block (read back by :meth:`RefineSpec.from_metadata`)."""
     return {
@@ -72,9 +84,10 @@ def refine_metadata(
         "box_threshold": float(box_threshold),
         "margin": float(margin),
         "min_margin": int(min_margin),
-        "blend": "mean",
+        "blend": blend,
         "rule": "crop the scan to the first stage's mask box at box_threshold, widened by margin of its size and "
-        "min_margin pixels on each side; average the second network's map with the first's inside the box",
+        "min_margin pixels on each side; inside the box, "
+        + ("average the second network's map with the first's" if blend == "mean" else "take the second network's map"),
     }
 
 
@@ -102,10 +115,16 @@ def crop(array: np.ndarray, box: Box) -> np.ndarray:
     return np.ascontiguousarray(array[y : y + h, x : x + w])
 
 
-def blend(probability: np.ndarray, refined: np.ndarray, box: Box) -> np.ndarray:
-    """The scan-size map with the second stage's model-size map (resized to the box) averaged in."""
+def blend(probability: np.ndarray, refined: np.ndarray, box: Box, mode: str = "mean") -> np.ndarray:
+    """The scan-size map with the second stage's model-size map (resized to the box) put in the box.
+
+    ``mode`` ``mean``: averaged with the first stage's there; ``replace``: in its place.
+    """
     x, y, w, h = box
     inside = cv2.resize(refined.astype(np.float32, copy=False), (w, h), interpolation=cv2.INTER_LINEAR)
     out = probability.copy()
-    out[y : y + h, x : x + w] = (out[y : y + h, x : x + w] + inside) * 0.5
+    if mode == "replace":
+        out[y : y + h, x : x + w] = inside
+    else:
+        out[y : y + h, x : x + w] = (out[y : y + h, x : x + w] + inside) * 0.5
     return out

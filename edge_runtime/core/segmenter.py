@@ -138,7 +138,7 @@ class Segmenter:
             if cuts:  # one run for every crop: a scan where the first stage marked nothing has none
                 refined = self.model.run_refine(np.stack([tensor for _, tensor in cuts.values()]))
                 for r, (i, (box, _)) in zip(refined, cuts.items(), strict=True):
-                    maps[i] = blend(maps[i], r, box)
+                    maps[i] = blend(maps[i], r, box, info.refine.blend)
         out = []
         for prob, kernel, q, ok in zip(maps, kernels, presences, present, strict=True):
             masks = {t: mask_from_probability(prob, t, kernel) for t in thresholds}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The small-nodule candidate after model 0.7.0's student: a second stage trained on the boxes a first stage
+# really draws (the fold teachers' out-of-fold masks, train.oof), free to shrink them, scored out of fold:
+#   1. five fold second stages (two at a time on two cores), each cutting its crops around the out-of-fold
+#      masks of the frames it trains on (--refine-boxes) and validated on its own fold's
+#   2. python -m train.oof_refine: every labelled frame's first-stage map with its fold's second stage put in
+#      the box (averaged, or in place), by nodule size, each at its best threshold -> runs/ddti-0.7/refine/report
+# Needs runs/ddti-0.7/oof (bash train/recipes/ddti-0.7.sh STOP_AFTER=oof makes it). Every step skips what is
+# done and every training resumes, so after a stop the same command goes on where it was.
+# Settings: EDGE_SEG_DDTI (the data), JOBS (parallel folds, default 2), SIZE (the crop's input, default 64,
+# a multiple of 32: about 0.064 GMAC, so that the 0.401-GMAC student and it stay under 0.5 a scan).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DDTI=${EDGE_SEG_DDTI:-../shared/data/ddti}
+JOBS=${JOBS:-2}
+SIZE=${SIZE:-64}
+OOF=runs/ddti-0.7/oof
+RUNS=runs/ddti-0.7/refine$SIZE
+RECIPE="--refine --refine-boxes $OOF/oof.npz --arch effl0-unet --input-size $SIZE --loss dice_bce --augment \
+ --lr-schedule cosine --epochs 30 --view-passes 2 --monitor val_scan_dice --seed 42"
+[ -f "$OOF/oof.npz" ] || { echo "no $OOF/oof.npz: run STOP_AFTER=oof bash train/recipes/ddti-0.7.sh first" >&2; exit 2; }
+mkdir -p "$RUNS"
+say() { echo "$(date -u +%H:%M:%S) ddti-0.7-refine: $*" >&2; }
+
+fold() {
+  local k=$1
+  if [ -f "$RUNS/f$k/training.json" ]; then say "second stage f$k is done"; return 0; fi
+  say "second stage f$k: training (log $RUNS/f$k.log)"
+  # shellcheck disable=SC2086
+  edge-seg-train --train "$DDTI/train" --val "$DDTI/val" --fold "$k" --folds 5 --out "$RUNS/f$k" \
+    $RECIPE --threads 1 >> "$RUNS/f$k.log" 2>&1 \
+    || { say "second stage f$k: training failed (exit $?), see $RUNS/f$k.log"; return 1; }
+}
+export -f fold say
+export DDTI RUNS RECIPE
+printf '%s\n' 0 1 2 3 4 | xargs -P "$JOBS" -I{} bash -c 'fold {}'
+
+say "out of fold: the first stage alone against both blends"
+python -m train.oof_refine "$OOF" "$RUNS"/f{0,1,2,3,4} --out "$RUNS/report" --threads "$JOBS" | tee "$RUNS/report.txt"

@@ -85,6 +85,70 @@ def _ort():
     return ort
 
 
+def session_options(ort: Any, threads: int, optimise: bool, spinning: bool = True) -> Any:
+    """onnxruntime's session options as edge-seg runs a model: ``threads`` intra-op threads, one session
+    run at a time, graph optimisations on (level ALL) or off (a graph the cache already optimised)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimise else level.ORT_DISABLE_ALL
+    # No memory patterns: onnxruntime keeps one for each input shape, and batches come in several
+    # (a second stage's as many as a batch's crops). A one-shot run over 100 DDTI scans peaked at
+    # 381-410 MB without them against 610-663 MB with them from the graph cache (460-476 MB from
+    # the model file), at the same CPU time (bench/README.md, issue 30).
+    opts.enable_mem_pattern = False
+    if not spinning:  # a daemon idles most of the time: do not burn a core waiting for work,
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # and do not keep a peak-sized memory arena between batches (~200 MB for the seed FCN).
+        opts.enable_cpu_mem_arena = False
+    return opts
+
+
+def _check_second_stage(path: Path, refine: RefineSpec, r_in: Any, outputs: list) -> None:
+    """The graph's second-stage input (``r_in``, None when absent) and output agree with the metadata."""
+    require(r_in is not None, path, f"the metadata's refine input {refine.input_name!r} is not in the graph")
+    r_shape = list(r_in.shape)
+    require(
+        len(r_shape) == 4 and r_shape[1:] == [refine.height, refine.width, refine.channels],
+        path,
+        f"refine input shape {r_shape} does not match the metadata's "
+        f"[batch, {refine.height}, {refine.width}, {refine.channels}]",
+    )
+    r_out = next((o for o in outputs if o.name == refine.output_name), None)
+    if r_out is not None:  # (a missing one is named with the other outputs by the caller)
+        o_shape = list(r_out.shape)
+        require(
+            len(o_shape) == 4 and o_shape[1:] == [refine.height, refine.width, 1],
+            path,
+            f"refine output shape {o_shape} does not match [batch, {refine.height}, {refine.width}, 1]",
+        )
+
+
+def _output_names(
+    path: Path, meta: dict, n_inputs: int, scan_inputs: int, names: list[str], refine: RefineSpec | None
+) -> tuple[str, str | None]:
+    """The probability output's name and the presence output's (None without one), checked against the graph:
+    a plain model has one input and one output; otherwise the outputs are exactly those the metadata names
+    (probability, presence, the second stage's) and one input besides the second stage's."""
+    presence = meta.get("presence")
+    if presence is None and refine is None:
+        require(n_inputs == 1 and len(names) == 1, path, "expected exactly one input and one output")
+        return names[0], None
+    prob_name = str(meta["output"].get("name", "probability"))
+    presence_name = None if presence is None else str(presence.get("name", "presence"))
+    wanted = [prob_name] + ([] if presence_name is None else [presence_name])
+    wanted += [] if refine is None else [refine.output_name]
+    require(
+        scan_inputs == 1 and sorted(names) == sorted(set(wanted)),
+        path,
+        f"expected {'two inputs' if refine else 'one input'} and the outputs "
+        f"{' and '.join([', '.join(map(repr, wanted[:-1])), repr(wanted[-1])])}, found {names}",
+    )
+    return prob_name, presence_name
+
+
 class OnnxModel:
     """One onnxruntime session for a model file, reused for every scan."""
 
@@ -104,22 +168,7 @@ class OnnxModel:
         sha256 = file_sha256(path)
 
         def options(optimise: bool) -> Any:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            level = ort.GraphOptimizationLevel
-            opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimise else level.ORT_DISABLE_ALL
-            # No memory patterns: onnxruntime keeps one for each input shape, and batches come in several
-            # (a second stage's as many as a batch's crops). A one-shot run over 100 DDTI scans peaked at
-            # 381-410 MB without them against 610-663 MB with them from the graph cache (460-476 MB from
-            # the model file), at the same CPU time (bench/README.md, issue 30).
-            opts.enable_mem_pattern = False
-            if not spinning:  # a daemon idles most of the time: do not burn a core waiting for work,
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                # and do not keep a peak-sized memory arena between batches (~200 MB for the seed FCN).
-                opts.enable_cpu_mem_arena = False
-            return opts
+            return session_options(ort, self.threads, optimise, spinning)
 
         try:
             opened = open_cached(ort, path, sha256, options, cache_dir)
@@ -134,40 +183,10 @@ class OnnxModel:
         presence = meta.get("presence")
         refine = RefineSpec.from_metadata(meta["refine"]) if meta.get("refine") is not None else None
         names = [o.name for o in outputs]
-        extra_out = [] if refine is None else [refine.output_name]
         by_name = {i.name: i for i in inputs}
         if refine is not None:  # the second stage's input sits beside the scan's
-            r_in = by_name.pop(refine.input_name, None)
-            require(r_in is not None, path, f"the metadata's refine input {refine.input_name!r} is not in the graph")
-            assert r_in is not None
-            r_shape = list(r_in.shape)
-            require(
-                len(r_shape) == 4 and r_shape[1:] == [refine.height, refine.width, refine.channels],
-                path,
-                f"refine input shape {r_shape} does not match the metadata's "
-                f"[batch, {refine.height}, {refine.width}, {refine.channels}]",
-            )
-            r_out = next((o for o in outputs if o.name == refine.output_name), None)
-            if r_out is not None:  # (a missing one is named with the other outputs below)
-                o_shape = list(r_out.shape)
-                require(
-                    len(o_shape) == 4 and o_shape[1:] == [refine.height, refine.width, 1],
-                    path,
-                    f"refine output shape {o_shape} does not match [batch, {refine.height}, {refine.width}, 1]",
-                )
-        if presence is None and refine is None:
-            require(len(inputs) == 1 and len(outputs) == 1, path, "expected exactly one input and one output")
-            prob_name, presence_name = names[0], None
-        else:
-            prob_name = str(meta["output"].get("name", "probability"))
-            presence_name = None if presence is None else str(presence.get("name", "presence"))
-            wanted = [prob_name] + ([] if presence_name is None else [presence_name]) + extra_out
-            require(
-                len(by_name) == 1 and sorted(names) == sorted(set(wanted)),
-                path,
-                f"expected {'two inputs' if refine else 'one input'} and the outputs "
-                f"{' and '.join([', '.join(map(repr, wanted[:-1])), repr(wanted[-1])])}, found {names}",
-            )
+            _check_second_stage(path, refine, by_name.pop(refine.input_name, None), outputs)
+        prob_name, presence_name = _output_names(path, meta, len(inputs), len(by_name), names, refine)
         scan_input = next(iter(by_name.values()))
         h, w, c = int(meta["input"]["height"]), int(meta["input"]["width"]), int(meta["input"]["channels"])
         shape = list(scan_input.shape)

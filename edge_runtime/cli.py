@@ -73,6 +73,15 @@ Every output file and field: {outputs}
 def build_parser() -> argparse.ArgumentParser:
     epilog = EPILOG.format(outputs=outputs_doc(), unit=UNIT_FILE)
     p = argparse.ArgumentParser(prog="edge-seg", description=__doc__, epilog=epilog, formatter_class=HelpFormatter)
+    _add_scan_options(p)
+    _add_watch_options(p)
+    _add_dicom_options(p)
+    _add_setup_options(p)
+    return p
+
+
+def _add_scan_options(p: argparse.ArgumentParser) -> None:
+    """What to segment, where the results go, and how the work is spread."""
     p.add_argument(
         "input",
         nargs="?",
@@ -143,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and workers with `dask worker`), or local:N for N worker processes on this machine; IN and OUT must be "
         'reached by every worker by the same path; needs pip install "edge-seg[cluster]"',
     )
+
+
+def _add_watch_options(p: argparse.ArgumentParser) -> None:
+    """--watch: when a scan is taken, and how the folder is followed."""
     w = p.add_argument_group("watch mode")
     w.add_argument(
         "--settle",
@@ -166,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="full rescan interval, to catch anything the events missed",
     )
+
+
+def _add_dicom_options(p: argparse.ArgumentParser) -> None:
+    """The DICOM node: receiving scans, writing DICOM results, sending them to a PACS."""
     d = p.add_argument_group('DICOM node (watch mode; README: "A DICOM node")')
     d.add_argument(
         "--dicom-listen",
@@ -225,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="first retry of a failed send after this long, each further one twice as long (at most 10 minutes)",
     )
+
+
+def _add_setup_options(p: argparse.ArgumentParser) -> None:
+    """The demo, the graph cache, the memory budget and the console."""
     p.add_argument(
         "--demo",
         type=Path,
@@ -261,7 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="a line for every scan (also the skipped ones) and debug output"
     )
     p.add_argument("--version", action="version", version=f"edge-seg {__version__}")
-    return p
 
 
 def settings_from_args(args: argparse.Namespace, argv: list[str]) -> RunSettings:

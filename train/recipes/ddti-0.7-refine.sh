@@ -8,16 +8,18 @@
 # Needs runs/ddti-0.7/oof (bash train/recipes/ddti-0.7.sh STOP_AFTER=oof makes it). Every step skips what is
 # done and every training resumes, so after a stop the same command goes on where it was.
 # Settings: EDGE_SEG_DDTI (the data), JOBS (parallel folds, default 2), SIZE (the crop's input, default 64,
-# a multiple of 32: about 0.064 GMAC, so that the 0.401-GMAC student and it stay under 0.5 a scan).
+# a multiple of 32: about 0.064 GMAC, so that the 0.401-GMAC student and it stay under 0.5 a scan), EPOCHS
+# (default 20: about 42 minutes a fold on one thread beside another, so the five fit in a session).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DDTI=${EDGE_SEG_DDTI:-../shared/data/ddti}
 JOBS=${JOBS:-2}
 SIZE=${SIZE:-64}
+EPOCHS=${EPOCHS:-20}
 OOF=runs/ddti-0.7/oof
 RUNS=runs/ddti-0.7/refine$SIZE
 RECIPE="--refine --refine-boxes $OOF/oof.npz --arch effl0-unet --input-size $SIZE --loss dice_bce --augment \
- --lr-schedule cosine --epochs 30 --view-passes 2 --monitor val_scan_dice --seed 42"
+ --lr-schedule cosine --epochs $EPOCHS --view-passes 2 --monitor val_scan_dice --seed 42"
 [ -f "$OOF/oof.npz" ] || { echo "no $OOF/oof.npz: run STOP_AFTER=oof bash train/recipes/ddti-0.7.sh first" >&2; exit 2; }
 mkdir -p "$RUNS"
 say() { echo "$(date -u +%H:%M:%S) ddti-0.7-refine: $*" >&2; }

@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(replace: for a second stage trained with --refine-boxes, which must be free to shrink the mask)",
     )
     p.add_argument(
+        "--box-threshold",
+        type=float,
+        metavar="T",
+        help="with --refine: the first stage's mask at this threshold gives the crop's box (default: the first "
+        "stage's threshold: its record's, chosen again with --ensemble or --tta, or --threshold); give "
+        "python -m train.oof_refine's box_threshold with its --threshold when the choices were made out of fold",
+    )
+    p.add_argument(
         "--weights",
         choices=["fp32", "fp16", "int8"],
         default="fp32",

@@ -168,28 +168,31 @@ class SecondStage:
     blend: str = "mean"  #: inside the box: ``mean`` of the two maps, or ``replace`` (edge_runtime.core.refine)
 
 
-def build_metadata(
-    model,
-    record: dict | None,
-    name: str,
-    version: str,
-    threshold: float,
-    opset: int,
-    tta: str = "none",
-    presence_threshold: float | None = None,
-    chosen_at_export: dict[str, Any] | None = None,
-    members: list[tuple[str, dict | None]] | None = None,
-    refine: SecondStage | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Described:
+    """What an exported graph's metadata says beyond its training record."""
+
+    name: str
+    version: str
+    threshold: float  #: the mask threshold the graph ships with
+    opset: int
+    tta: str = "none"
+    presence_threshold: float | None = None  #: None: the record's
+    chosen_at_export: dict[str, Any] | None = None  #: thresholds the export chose again on validation
+    members: list[tuple[str, dict | None]] | None = None  #: the ensemble (model file, training record)
+    refine: SecondStage | None = None  #: the second stage of a two-stage graph
+
+
+def build_metadata(model, record: dict | None, about: Described) -> dict[str, Any]:
     """The ``edge_seg`` metadata JSON for a model, from its training record when there is one.
 
-    ``refine``: the second stage of a two-stage graph (its model file, its training record, the first
+    ``about.refine``: the second stage of a two-stage graph (its model file, its training record, the first
     stage's threshold that gives the crop's box); its block is ``refine`` (schema 2), its cost is added
     to ``macs_per_scan`` (the second pass runs once per scan with a mask).
 
-    ``chosen_at_export``: the thresholds the export chose again on validation data (``--tta``,
+    ``about.chosen_at_export``: the thresholds the export chose again on validation data (``--tta``,
     ``--ensemble``), recorded under ``export.thresholds_chosen_on_val`` beside the training record's own
-    choices for the plain model. ``members``: every ensemble member, the first included (model file,
+    choices for the plain model. ``about.members``: every ensemble member, the first included (model file,
     training record); ``training`` describes the first, ``export.ensemble`` all of them, and ``macs_per_scan`` /
     ``parameters`` at the top level are the whole graph's (every member, twice with ``--tta flip``).
     """
@@ -201,31 +204,32 @@ def build_metadata(
     from edge_runtime import __version__
     from edge_runtime.core.metadata import model_metadata
 
+    tta, members, refine = about.tta, about.members, about.refine
     _, h, w, c = model.inputs[0].shape
     cfg = (record or {}).get("config", {})
     training = _training_block(record) if record else None
-    presence = _presence_block(model, record, presence_threshold)
+    presence = _presence_block(model, record, about.presence_threshold)
     meta = model_metadata(
-        name=name,
-        version=version,
+        name=about.name,
+        version=about.version,
         architecture=model.name,
         height=int(h),
         width=int(w),
         channels=int(c),
-        threshold=threshold,
+        threshold=about.threshold,
         resize=cfg.get("resize", "area"),
         morphology_size=int(cfg.get("morphology_size", 3)),
         training=training,
         presence=presence,
         export={
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "opset": opset,
+            "opset": about.opset,
             "edge_seg": __version__,
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "tf2onnx": tf2onnx.__version__,
             "onnx": onnx.__version__,
-            **({"thresholds_chosen_on_val": chosen_at_export} if chosen_at_export else {}),
+            **({"thresholds_chosen_on_val": about.chosen_at_export} if about.chosen_at_export else {}),
         },
         tta=tta,
         refine=_refine_block(model, refine) if refine is not None else None,

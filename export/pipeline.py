@@ -54,6 +54,7 @@ class Settings:
     members: list[Member]  #: the ensemble, the first model included ([] without --ensemble)
     refine: Path | None
     refine_blend: str  #: ``mean`` or ``replace`` (--refine-blend)
+    box_threshold: float | None  #: with --refine: the crop's box is the first mask at this (None: its threshold)
     opset: int
     tta: str
     weights: str
@@ -107,6 +108,7 @@ def check(args: argparse.Namespace) -> Settings:
         members=members,
         refine=args.refine,
         refine_blend=args.refine_blend,
+        box_threshold=args.box_threshold,
         opset=args.opset,
         tta=args.tta,
         weights=args.weights,
@@ -184,22 +186,21 @@ class Exported:
     refine: SecondStage | None = None  #: the second stage (--refine), as the metadata describes it
 
     def metadata(self) -> dict:
-        from .convert import build_metadata
+        from .convert import Described, build_metadata
 
         s = self.settings
-        meta = build_metadata(
-            self.graph,
-            s.record,
-            s.name,
-            s.version,
-            self.threshold,
-            s.opset,
-            s.tta,
-            self.presence_threshold,
-            self.chosen,
-            s.members,
-            self.refine,
+        about = Described(
+            name=s.name,
+            version=s.version,
+            threshold=self.threshold,
+            opset=s.opset,
+            tta=s.tta,
+            presence_threshold=self.presence_threshold,
+            chosen_at_export=self.chosen,
+            members=s.members,
+            refine=self.refine,
         )
+        meta = build_metadata(self.graph, s.record, about)
         meta["precision"] = "fp32"
         return meta
 
@@ -272,16 +273,17 @@ def add_second_stage(e: Exported, tmp: Path) -> Exported:
         raise Refused(str(exc)) from None
     rec_path = s.refine.with_name("training.json")
     record = json.loads(rec_path.read_text()) if rec_path.is_file() else None
-    e.refine = SecondStage(str(s.refine), record, e.threshold, s.refine_blend)
+    box = e.threshold if s.box_threshold is None else s.box_threshold
+    e.refine = SecondStage(str(s.refine), record, box, s.refine_blend)
     e.proto = to_onnx(e.graph, s.opset)
     e.save(tmp)
     if not s.threshold_given:
-        first_threshold, e.threshold = e.threshold, choose_threshold_on(tmp, s.val_dir)
+        e.threshold = choose_threshold_on(tmp, s.val_dir)
         e.chosen = {
             **(e.chosen or {"folder": str(s.val_dir)}),
             "reason": " ".join(filter(None, [(e.chosen or {}).get("reason"), "--refine"])),
             "threshold": e.threshold,
-            "box_threshold": first_threshold,
+            "box_threshold": box,
         }
         e.save(tmp)
     return e

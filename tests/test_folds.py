@@ -270,6 +270,16 @@ def test_a_second_stage_trains_on_the_out_of_fold_boxes_and_is_scored_out_of_fol
     for t, dice in json.loads((oof / "oof.json").read_text())["chosen_out_of_fold"]["dice_by_threshold"].items():
         assert abs(first[t] - dice) < 1e-9, (t, first[t], dice)
     assert set(report) >= {"mean", "replace"} and 0 <= report["second_stage_ran_on"] <= 32
+    # the final second stage, its choices made out of fold above: every frame of both folders (--pool)
+    argv = ["--train", str(labelled / "train"), "--val", str(labelled / "val"), "--out", str(tmp_path / "final")]
+    argv += ["--epochs", "1", "--refine", "--refine-boxes", str(oof / "oof.npz"), "--pool", *_SIZE]
+    assert train_main([*argv, "--loss", "dice_bce", "--monitor", "val_scan_dice"]) == 0
+    record = json.loads((tmp_path / "final" / "training.json").read_text())
+    assert record["refine_boxes"]["train"]["frames"] == 32 and record["config"]["keep"] == "last"
+    assert "frames it saw" in record["pooled"]
+    # --pool is the final run, not a fold's, and keeps its last epoch
+    assert train_main([*argv, "--fold", "0", "--folds", "2"]) == 2
+    assert train_main([*argv, "--keep", "best"]) == 2
     # boxes from a folder without train.oof's record are refused, naming it
     (tmp_path / "bare").mkdir()
     np.savez(tmp_path / "bare" / "oof.npz", names=np.array(["x"]))

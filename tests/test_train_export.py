@@ -370,6 +370,12 @@ def test_a_second_stage_trains_on_nodule_crops_and_exports_into_one_graph(traine
     assert rep.info.refine is not None and rep.info.refine.blend == "replace" and spec.blend == "mean"
     assert rep.info.refine.box_threshold == spec.box_threshold  # the same box, from the first stage's own threshold
     assert "take the second network's map" in rep.info.metadata["refine"]["rule"]
+    # choices made out of fold (python -m train.oof_refine): the masks' threshold and the box's, each given
+    given = tmp_path / "given.onnx"
+    argv = [*args[:3], "--out", str(given), "--parity-count", "4", "--refine-blend", "replace"]
+    assert cli.main([*argv, "--threshold", "0.7", "--box-threshold", "0.3"]) == 0
+    info = Segmenter(given).info
+    assert info.threshold == 0.7 and info.refine is not None and info.refine.box_threshold == 0.3
     # the runtime's two-stage map, against both Keras stages by hand, for both blends
     k1, k2 = load_keras(first_keras), load_keras(second_keras)
     found = 0

@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--folds", type=int, default=5, help="with --fold: the number of folds")
     p.add_argument(
+        "--pool",
+        action="store_true",
+        help="train on every frame of --train and --val (the final network of a cross-validated recipe, e.g. a "
+        "second stage whose choices were made out of fold); --val is watched, not held out; implies --keep last",
+    )
+    p.add_argument(
         "--groups", metavar="CSV", help="with --fold: id,split,group of every frame (default: split.csv beside --train)"
     )
     p.add_argument(
@@ -176,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         folds=args.folds,
         groups_csv=args.groups,
         validate_every=max(1, args.validate_every),
-        keep=args.keep or ("last" if args.fold is not None or args.distill else "best"),
+        keep=args.keep or ("last" if args.fold is not None or args.distill or args.pool else "best"),
+        pool=args.pool,
         distill_from=args.distill or [],
         distill_passes=args.distill_passes,
         distill_alpha=args.distill_alpha,

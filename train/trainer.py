@@ -65,6 +65,7 @@ class TrainConfig:
     groups_csv: str | None = None  # the frames' patient groups (id, split, group); default: split.csv beside train_dir
     keep: str = "best"  # best: the best epoch by `monitor`; last: the last epoch (no choice made on validation)
     validate_every: int = 1  # with views and keep last: score val every this many epochs (and the first and last)
+    pool: bool = False  # train on train_dir and val_dir together (val watched, not held out); keeps the last epoch
     distill_from: list[str] = field(default_factory=list)  # teacher model.keras files: train a student (train.distill)
     distill_passes: int = 6  # views drawn per frame for the distillation bank
     distill_alpha: float = 0.5  # weight of the teachers' average in the targets (the truth has 1 - alpha)
@@ -287,6 +288,8 @@ def train(cfg: TrainConfig) -> dict:
     from .sampling import ViewSampler
     from .validation import choose_threshold, predict, score
 
+    if cfg.pool and (cfg.fold is not None or cfg.keep != "last" or not cfg.val_dir):  # before any work
+        raise DataError("--pool trains on --train and --val together: give both, keep the last epoch, no --fold")
     if cfg.validate_every > 1 and (not cfg.views or cfg.keep != "last"):  # before any work
         raise DataError("--validate-every scores --views runs that keep their last epoch (--keep last, --fold)")
     set_seed(cfg.seed, cfg.threads)
@@ -300,9 +303,10 @@ def train(cfg: TrainConfig) -> dict:
         train_split, val_split, fold_info = fold_split(cfg, train_split)
     elif cfg.val_dir:
         val_split = load_split(cfg.val_dir, size, cfg.channels, cfg.resize)
-        if cfg.distill_from:  # a student learns from every labelled frame; val is watched, not held out
+        if cfg.distill_from or cfg.pool:  # every labelled frame; val is watched, not held out
             train_split = concat(train_split, val_split)
-            log.warning("distillation: training on --train and --val together; validation figures are on seen frames")
+            why = "distillation" if cfg.distill_from else "--pool"
+            log.warning("%s: training on --train and --val together; validation figures are on seen frames", why)
     else:
         train_split, val_split = split_fraction(train_split, cfg.val_fraction, cfg.seed)
     train_boxes, refine_boxes_record = None, {}
@@ -556,6 +560,8 @@ def train(cfg: TrainConfig) -> dict:
         record["fold"] = fold_info
     if cfg.refine_boxes:
         record["refine_boxes"] = refine_boxes_record
+    if cfg.pool:
+        record["pooled"] = "trained on --train and --val together: the val figures above are on frames it saw"
     if cfg.distill_from:
         record["distillation"] = {
             "teachers": cfg.distill_from,

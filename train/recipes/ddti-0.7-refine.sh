@@ -5,6 +5,8 @@
 #      masks of the frames it trains on (--refine-boxes) and validated on its own fold's
 #   2. python -m train.oof_refine: every labelled frame's first-stage map with its fold's second stage put in
 #      the box (averaged, or in place), by nodule size, each at its best threshold -> runs/ddti-0.7/refine/report
+#   3. with FINAL=1, and only if a blend beats the first stage alone out of fold: the final second stage on all
+#      474 frames (--pool), exported beside the student (runs/ddti-0.7/student) with those choices, scored on test
 # Needs runs/ddti-0.7/oof (bash train/recipes/ddti-0.7.sh STOP_AFTER=oof makes it). Every step skips what is
 # done and every training resumes, so after a stop the same command goes on where it was.
 # Settings: EDGE_SEG_DDTI (the data), JOBS (parallel folds, default 2), SIZE (the crop's input, default 64,
@@ -37,5 +39,37 @@ export -f fold say
 export DDTI RUNS RECIPE
 printf '%s\n' 0 1 2 3 4 | xargs -P "$JOBS" -I{} bash -c 'fold {}'
 
-say "out of fold: the first stage alone against both blends"
-python -m train.oof_refine "$OOF" "$RUNS"/f{0,1,2,3,4} --out "$RUNS/report" --threads "$JOBS" | tee "$RUNS/report.txt"
+if [ ! -f "$RUNS/report/oof_refine.json" ]; then
+  say "out of fold: the first stage alone against both blends"
+  python -m train.oof_refine "$OOF" "$RUNS"/f{0,1,2,3,4} --out "$RUNS/report" --threads "$JOBS" | tee "$RUNS/report.txt"
+fi
+[ "${FINAL:-}" = 1 ] || exit 0
+
+# 3. (FINAL=1) the better blend, if it beats the first stage alone out of fold: one second stage on every
+#    labelled frame (--pool, its last epoch), put beside the student with the thresholds chosen out of fold,
+#    exported into runs/ and scored on test (report only)
+read -r BLEND THRESHOLD BOX < <(python - "$RUNS/report/oof_refine.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+def dice(kind): return r[kind]["dice_by_threshold"][format(r[kind]["threshold"], "g")]
+best = max(("mean", "replace"), key=dice)
+print(best if dice(best) > dice("first stage") else "none", r[best]["threshold"], r["box_threshold"])
+PY
+)
+if [ "$BLEND" = none ]; then say "the second stage does not beat the first stage alone out of fold: nothing more"; exit 0; fi
+if [ ! -f "$RUNS/final/training.json" ]; then
+  say "final second stage on every labelled frame (blend $BLEND; log $RUNS/final.log)"
+  # shellcheck disable=SC2086
+  edge-seg-train --train "$DDTI/train" --val "$DDTI/val" --pool --out "$RUNS/final" $RECIPE --threads "$JOBS" \
+    >> "$RUNS/final.log" 2>&1
+fi
+STUDENT=runs/ddti-0.7/student
+edge-seg-export "$STUDENT/model.keras" --refine "$RUNS/final/model.keras" --refine-blend "$BLEND" \
+  --threshold "$THRESHOLD" --box-threshold "$BOX" --weights fp16 --out "$RUNS/ddti-fcn.onnx" \
+  --fp32-out "$RUNS/ddti-fcn.fp32.onnx" --name ddti-fcn --model-version 0.7.0
+edge-seg-eval --model "$RUNS/ddti-fcn.onnx" --images "$DDTI/test/image" --masks "$DDTI/test/mask" \
+  --json "$RUNS/test-eval.json"
+[ -d runs/ddti-0.7/views-neg ] || python -m train.views "$DDTI/test" --out runs/ddti-0.7/views-neg --only neg
+edge-seg-eval --model "$RUNS/ddti-fcn.onnx" --images runs/ddti-0.7/views-neg/image --nodule-free --no-hd95 \
+  --json "$RUNS/test-views-eval.json"
+say "done: $RUNS/ddti-fcn.onnx (student + second stage, $BLEND at $THRESHOLD, box at $BOX)"

@@ -175,6 +175,9 @@ class Guard:
         self.refuse = refuse  # (who: "AE 'X'" or "address A", reason): one log line and the counts
         self.over: dict[int, int] = {}  # id(association) -> bytes received when it passed the limit
         self._opened: dict[int, float] = {}  # id(association) -> time.monotonic() at connection
+        # (peer address, port) -> time.monotonic() when its connection was accepted: stamped here, before
+        # its association exists, so that "the oldest" is exact (thread order and watchdog ticks are not)
+        self._arrived: dict[tuple[str, int], float] = {}
         self._closed_said: dict[str, float] = {}
         self._stop = threading.Event()
         self._ae: Any = None
@@ -226,6 +229,8 @@ class Guard:
         if len(mine) > self.max_associations:  # one more than the slots: its request gets a proper rejection
             self._closed(address, f"{len(mine)} connections from it already open (--max-associations)")
             return False
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            self._arrived[(address, int(client_address[1]))] = time.monotonic()
         if len(waiting) >= 2 * self.max_associations:
             # Room is made, not refused: closing the newcomer would let a few addresses that reconnect
             # every few seconds keep every real sender out. The oldest waiting connection of the address
@@ -245,7 +250,11 @@ class Guard:
         for assoc in waiting:
             counts[_address(assoc)] = counts.get(_address(assoc), 0) + 1
         now = time.monotonic()
-        return min(waiting, key=lambda a: (-counts[_address(a)], self._opened.get(id(a), now)))
+        return min(waiting, key=lambda a: (-counts[_address(a)], self._opened.get(id(a)) or self._arrival(a, now)))
+
+    def _arrival(self, assoc: Any, default: float) -> float:
+        """When ``assoc``'s connection was accepted (``default`` when not known)."""
+        return self._arrived.get((_address(assoc), _port(assoc)), default)
 
     def _closed(self, address: str, reason: str) -> None:
         now = time.monotonic()
@@ -261,7 +270,9 @@ class Guard:
             for assoc in self._acceptors():
                 key = id(assoc)
                 live.add(key)
-                opened = self._opened.setdefault(key, now)
+                opened = self._opened.get(key)
+                if opened is None:
+                    opened = self._opened[key] = self._arrived.pop((_address(assoc), _port(assoc)), now)
                 if key in self.over and now - opened > REQUEST_SECONDS:  # aborted for its size, still open
                     _close(assoc)
                     continue
@@ -277,6 +288,9 @@ class Guard:
             for gone in set(self._opened) - live:
                 del self._opened[gone]
                 self.over.pop(gone, None)
+            for peer, at in list(self._arrived.items()):  # accepted, but never became an association
+                if now - at > 60:
+                    self._arrived.pop(peer, None)
 
     # -- size ------------------------------------------------------------------------------------------
     def over_limit(self, assoc: Any, received: int) -> None:
@@ -305,6 +319,13 @@ def _address(assoc: Any) -> str:
         return str(assoc.requestor.address)
     except (AttributeError, ValueError):
         return "?"
+
+
+def _port(assoc: Any) -> int:
+    try:
+        return int(assoc.requestor.port)
+    except (AttributeError, TypeError, ValueError):
+        return -1
 
 
 def _close(assoc: Any) -> None:

@@ -30,6 +30,7 @@ def _no_decoding(*args, **kwargs):
 def no_decoder(monkeypatch):
     monkeypatch.setattr(scanio.cv2, "imdecode", _no_decoding)
     monkeypatch.setattr(scanio.cv2, "imdecodemulti", _no_decoding)
+    monkeypatch.setattr(scanio.cv2, "imdecodeanimation", _no_decoding)
 
 
 @pytest.mark.parametrize(

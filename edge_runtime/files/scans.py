@@ -141,37 +141,41 @@ def decode_frames(data: bytes, name: str | Path = "<bytes>") -> list[np.ndarray]
     return frames
 
 
-#: Decoded bytes asked of OpenCV at once for a TIFF of many pages: it holds what it decodes twice until it
-#: returns, and libtiff reaches a page without decoding those before it.
+#: Decoded bytes asked of OpenCV at once for a file of many pages or frames: it holds what it decodes twice
+#: until it returns. libtiff reaches a page without decoding those before it; a GIF, WEBP or APNG frame is
+#: composed on the ones before, so each batch of those decodes its earlier frames again (about twice the
+#: time for a cine of 100-150 MB, frames held, against one call) to peak at the frames and one batch more.
 _BATCH_BYTES = 64 * 1024 * 1024
-#: The formats decoded in such batches. GIF and APNG frames are reached by decoding all earlier ones, and
-#: OpenCV 5.1 gets ranges wrong for the others (a WEBP range from frame 2 gives frames 0 and 1; an APNG one
-#: past its first frame fails), so they are decoded in one call, bounded by the decode-memory budget.
-_BATCHED = frozenset({"TIFF"})
 
 
 def _decode_pages(buf: np.ndarray, fmt: str, declared: list[headers.Declared], name: str | Path) -> list[np.ndarray]:
     """The pages or frames, never more than the ``declared`` ones whose sizes were checked.
 
-    TIFF pages are decoded a batch of :data:`_BATCH_BYTES` at a time, so decoding peaks at the file's
-    pages and one batch more, not twice the pages. One more image than declared is asked for,
-    to tell a file whose decoder finds pages its headers did not show (refused).
+    They are decoded a batch of :data:`_BATCH_BYTES` at a time (TIFF pages with ``cv2.imdecodemulti``,
+    GIF, WEBP and APNG frames with ``cv2.imdecodeanimation``, whose ranges OpenCV 5.1 gets right where
+    ``imdecodemulti``'s are wrong for them), so decoding peaks at the file's frames and one batch more, not
+    twice the frames. One more image than declared is asked for, to tell a file whose decoder finds
+    pages its headers did not show (refused).
     """
     n, images = len(declared), list[np.ndarray]()
     start = 0
     while start < n:
         end, size = start + 1, declared[start].pixels * declared[start].pixel_bytes
-        while fmt in _BATCHED and end < n and size + declared[end].pixels * declared[end].pixel_bytes <= _BATCH_BYTES:
+        while end < n and size + declared[end].pixels * declared[end].pixel_bytes <= _BATCH_BYTES:
             size += declared[end].pixels * declared[end].pixel_bytes
             end += 1
-        if fmt not in _BATCHED:
-            end = n
-        ok, part = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED, None, (start, end + 1 if end == n else end))
+        count = end - start + (1 if end == n else 0)
+        if fmt == "TIFF":
+            ok, part = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED, None, (start, start + count))
+        else:
+            ok, animation = cv2.imdecodeanimation(buf, start, count)
+            part = list(animation.frames)
         if not ok or len(part) < end - start:
             return []
         if len(part) > end - start:
             raise ScanError(name, f"corrupt: its headers declare {n} image(s) but it holds more")
         images.extend(part)
+        del part
         start = end
     return images
 

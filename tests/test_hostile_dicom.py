@@ -310,3 +310,15 @@ def test_one_refused_instance_is_one_line_of_the_daemon_with_q(tmp_path, tiny_mo
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_times_connections_were_accepted_are_bounded_under_a_flood(tmp_path):
+    """Each accepted connection's time is kept until its association is seen; a flood that never becomes
+    associations cannot grow that without bound."""
+    from edge_runtime.net import guards
+
+    guard = guards.Guard(tmp_path, 1 << 20, 2, lambda who, why: None)
+    for port in range(3 * guards._ARRIVED_KEPT):
+        assert guard.verify_request(None, (f"10.0.{port % 250}.1", port))
+    assert len(guard._arrived) <= guards._ARRIVED_KEPT
+    assert (f"10.0.{(3 * guards._ARRIVED_KEPT - 1) % 250}.1", 3 * guards._ARRIVED_KEPT - 1) in guard._arrived

@@ -47,6 +47,8 @@ INCOMING = ".edge-seg-incoming"
 _A_ABORT = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])
 #: How often the watchdog looks for connections past their time.
 _TICK = 0.5
+#: Connection times kept at most (a stamp goes when its association is seen, or after a minute).
+_ARRIVED_KEPT = 4096
 
 _guards: dict[int, Guard] = {}  # id(AE) -> its guard
 _installed = threading.Lock()
@@ -229,6 +231,9 @@ class Guard:
         if len(mine) > self.max_associations:  # one more than the slots: its request gets a proper rejection
             self._closed(address, f"{len(mine)} connections from it already open (--max-associations)")
             return False
+        if len(self._arrived) >= _ARRIVED_KEPT:  # a flood of connections: the oldest stamps go (memory bounded)
+            for peer, _ in sorted(list(self._arrived.items()), key=lambda item: item[1])[: _ARRIVED_KEPT // 2]:
+                self._arrived.pop(peer, None)
         with contextlib.suppress(TypeError, ValueError, IndexError):
             self._arrived[(address, int(client_address[1]))] = time.monotonic()
         if len(waiting) >= 2 * self.max_associations:

@@ -135,8 +135,8 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size",
         type=positive_int_arg,
-        help="scans per inference run (default: 4 for a folder, 1 for --watch, where each scan goes through "
-        "as soon as it is ready); the last scans of a run go in smaller batches, so that the workers finish together",
+        help="scans per inference run (default 1: a run of 100 scans peaks at about 245 MB, 430 with 4, which "
+        "is 1-2%% faster); the last scans of a run go in smaller batches, so that the workers finish together",
     )
     p.add_argument(
         "--threads",

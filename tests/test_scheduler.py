@@ -133,8 +133,9 @@ def test_daemon_allocator_settings_are_accepted():
 @pytest.mark.parametrize(
     ("argv", "daemon", "batch", "workers"),
     [
-        ([], False, 4, None),  # a folder: throughput
+        ([], False, 1, None),  # a folder: one scan a run too (batches of 4 held twice the memory for 1.5% of time)
         ([], True, 1, None),  # the daemon: each scan as soon as it is ready
+        (["--batch-size", "4"], False, 4, None),  # a folder asking for batches of 4
         (["--batch-size", "8", "--threads", "3"], True, 8, 4),
     ],
 )

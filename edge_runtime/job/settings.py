@@ -26,8 +26,10 @@ from edge_runtime.outputs.writers import EXTRAS, extras_signature
 if TYPE_CHECKING:
     from edge_runtime.job.parts import Part
 
-#: Scans per inference run in a one-shot run (a folder: throughput); a daemon takes one (latency).
-FOLDER_BATCH_SIZE = 4
+#: Scans per inference run in a one-shot run; a daemon takes one (latency). One for a folder too: over 100
+#: DDTI scans on 2 cores, batches of 4 were 1.5% faster (4.44-4.46 s against 4.50-4.55 s, CPU 1.8% less) but
+#: peaked at 417-452 MB against 240-248 MB (issue 30's target: 250), each worker's batch in flight at once.
+FOLDER_BATCH_SIZE = 1
 DAEMON_BATCH_SIZE = 1
 
 

@@ -322,3 +322,74 @@ def test_the_times_connections_were_accepted_are_bounded_under_a_flood(tmp_path)
         assert guard.verify_request(None, (f"10.0.{port % 250}.1", port))
     assert len(guard._arrived) <= guards._ARRIVED_KEPT
     assert (f"10.0.{(3 * guards._ARRIVED_KEPT - 1) % 250}.1", 3 * guards._ARRIVED_KEPT - 1) in guard._arrived
+
+
+def _association_request(calling: str) -> bytes:
+    """The A-ASSOCIATE-RQ PDU pynetdicom sends as ``calling`` (read off a socket that then closes)."""
+    from pynetdicom import AE
+
+    server = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def read_one() -> None:
+        conn, _ = server.accept()
+        with conn:
+            head = conn.recv(6, socket.MSG_WAITALL)
+            got.append(head + conn.recv(int.from_bytes(head[2:6], "big"), socket.MSG_WAITALL))
+
+    reader = threading.Thread(target=read_one)
+    reader.start()
+    ae = AE(calling)
+    ae.acse_timeout = ae.network_timeout = 2
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.associate("127.0.0.1", server.getsockname()[1], ae_title="EDGESEG")
+    reader.join(timeout=10)
+    server.close()
+    return got[0]
+
+
+def test_unlisted_titles_that_hold_their_rejected_connections_never_keep_an_allowed_title_out(node, caplog):
+    """--allow-ae: intruders from two addresses send full association requests, are rejected, and keep their
+    connections open (and come back as fast as they can); the one slot is always there for the allowed title."""
+    echoscu = need_tool("echoscu")
+    scp = node(max_associations=1, allow_ae=("SCANNER",))
+    port = scp.address[1]
+    request = _association_request("INTRUDER")
+    assert request[0] == 0x01  # an A-ASSOCIATE-RQ
+    held: list[socket.socket] = []
+    rejected = [0]
+    stop = threading.Event()
+
+    def intrude(address: str) -> None:
+        while not stop.is_set():
+            try:
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind((address, 0))
+                sock.settimeout(5)
+                sock.connect(("127.0.0.1", port))
+                sock.sendall(request)
+                if sock.recv(1) == b"\x03":  # A-ASSOCIATE-RJ: read, and the connection kept open
+                    rejected[0] += 1
+            except OSError:
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=intrude, args=(a,), daemon=True) for a in ("127.0.0.2", "127.0.0.3")]
+    with caplog.at_level(logging.WARNING):
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: rejected[0] >= 4, "the intruders to be rejected and hold on")
+            for _ in range(3):
+                echo = subprocess.run(
+                    [echoscu, "-aet", "SCANNER", "127.0.0.1", str(port)], capture_output=True, timeout=60
+                )
+                assert echo.returncode == 0, echo.stderr
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=10)
+            for sock in held:
+                sock.close()
+    assert scp.counts["echoes"] == 3
+    assert "calling AE title not allowed (--allow-ae SCANNER)" in caplog.text

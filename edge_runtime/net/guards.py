@@ -47,6 +47,9 @@ INCOMING = ".edge-seg-incoming"
 _A_ABORT = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])
 #: How often the watchdog looks for connections past their time.
 _TICK = 0.5
+#: Seconds an address is remembered as refused (a connection of it rejected, aborted or closed): when waiting
+#: connections must make room, such an address's go first.
+REFUSED_REMEMBERED = 60.0
 #: Connection times kept at most (a stamp goes when its association is seen, or after a minute).
 _ARRIVED_KEPT = 4096
 
@@ -181,6 +184,9 @@ class Guard:
         # its association exists, so that "the oldest" is exact (thread order and watchdog ticks are not)
         self._arrived: dict[tuple[str, int], float] = {}
         self._closed_said: dict[str, float] = {}
+        # peer address -> time.monotonic() when a connection of it was last rejected, aborted or closed: its
+        # waiting connections go before those of an address never refused (a real sender, mid-request)
+        self._refused_at: dict[str, float] = {}
         self._stop = threading.Event()
         self._ae: Any = None
         self._server: Any = None
@@ -226,7 +232,10 @@ class Guard:
         """socketserver's check of a new connection: per-address and waiting-connection limits."""
         address = str(client_address[0])
         acceptors = self._acceptors()
-        waiting = [a for a in acceptors if not a.is_established]
+        # waiting: connections that are no association -- still to send their request, or rejected or aborted
+        # and not yet closed by the peer. Never one whose request is being answered or that is being released
+        # (a real peer: closing it then would abort its association or its A-RELEASE-RP still queued).
+        waiting = [a for a in acceptors if _refused(a) or (not a.is_established and _before_request(a))]
         mine = [a for a in acceptors if _address(a) == address]
         if len(mine) > self.max_associations:  # one more than the slots: its request gets a proper rejection
             self._closed(address, f"{len(mine)} connections from it already open (--max-associations)")
@@ -250,19 +259,38 @@ class Guard:
         return True
 
     def _evictee(self, waiting: list[Any]) -> Any:
-        """Of the connections waiting for their request, the oldest of the address holding the most."""
+        """Of the waiting connections, one already refused (rejected or aborted, not yet closed by its peer)
+        first, then the oldest of the address holding the most."""
         counts: dict[str, int] = {}
         for assoc in waiting:
             counts[_address(assoc)] = counts.get(_address(assoc), 0) + 1
         now = time.monotonic()
-        return min(waiting, key=lambda a: (-counts[_address(a)], self._opened.get(id(a)) or self._arrival(a, now)))
+        for assoc in waiting:
+            if _refused(assoc):
+                self._refused(_address(assoc), now)
+        return min(
+            waiting,
+            key=lambda a: (
+                not _refused(a),
+                now - self._refused_at.get(_address(a), -1e9) > REFUSED_REMEMBERED,
+                -counts[_address(a)],
+                self._opened.get(id(a)) or self._arrival(a, now),
+            ),
+        )
 
     def _arrival(self, assoc: Any, default: float) -> float:
         """When ``assoc``'s connection was accepted (``default`` when not known)."""
         return self._arrived.get((_address(assoc), _port(assoc)), default)
 
+    def _refused(self, address: str, now: float) -> None:
+        if address not in self._refused_at and len(self._refused_at) >= _ARRIVED_KEPT:  # bounded under a flood
+            for old, _ in sorted(list(self._refused_at.items()), key=lambda item: item[1])[: _ARRIVED_KEPT // 2]:
+                self._refused_at.pop(old, None)
+        self._refused_at[address] = now
+
     def _closed(self, address: str, reason: str) -> None:
         now = time.monotonic()
+        self._refused(address, now)
         if now - self._closed_said.get(address, -1e9) >= 60:  # one line a minute an address, not one a try
             self._closed_said[address] = now
             self.refuse(f"address {address}", f"connection closed: {reason}")
@@ -281,10 +309,13 @@ class Guard:
                 if key in self.over and now - opened > REQUEST_SECONDS:  # aborted for its size, still open
                     _close(assoc)
                     continue
+                if _refused(assoc):
+                    self._refused(_address(assoc), now)
                 if assoc.is_established or assoc.is_rejected or assoc.is_aborted or assoc.is_released:
                     continue
                 if now - opened > REQUEST_SECONDS:
                     self._opened[key] = float("inf")  # said and closed once
+                    self._refused(_address(assoc), now)
                     self.refuse(
                         f"address {_address(assoc)}",
                         f"connection closed: no complete association request within {REQUEST_SECONDS:g} s",
@@ -296,6 +327,9 @@ class Guard:
             for peer, at in list(self._arrived.items()):  # accepted, but never became an association
                 if now - at > 60:
                     self._arrived.pop(peer, None)
+            for address, at in list(self._refused_at.items()):
+                if now - at > REFUSED_REMEMBERED:
+                    self._refused_at.pop(address, None)
 
     # -- size ------------------------------------------------------------------------------------------
     def over_limit(self, assoc: Any, received: int) -> None:
@@ -317,6 +351,17 @@ class Guard:
         if sock is not None:
             with contextlib.suppress(Exception):
                 sock.send(_A_ABORT)
+
+
+def _refused(assoc: Any) -> bool:
+    """Rejected or aborted, its connection still open (pynetdicom waits for the peer to close it)."""
+    return bool(assoc.is_rejected or assoc.is_aborted)
+
+
+def _before_request(assoc: Any) -> bool:
+    """The connection is open and its A-ASSOCIATE-RQ has not arrived whole (DICOM PS3.8 states 1 and 2)."""
+    state = getattr(getattr(getattr(assoc, "dul", None), "state_machine", None), "current_state", "Sta2")
+    return state in ("Sta1", "Sta2")
 
 
 def _address(assoc: Any) -> str:

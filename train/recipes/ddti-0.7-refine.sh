@@ -74,7 +74,8 @@ if [ ! -f "$KEEP/final/model.keras" ]; then
   python -m train.archive "$RUNS/final" --to "$KEEP"
   cp "$REPORT" "$KEEP/oof_refine.json"
 fi
-STUDENT=runs/ddti-0.7/student
+STUDENT=teachers/ddti-student-160/student  # kept by train/recipes/ddti-0.7.sh
+[ -f "$STUDENT/model.keras" ] || { echo "no $STUDENT/model.keras: run bash train/recipes/ddti-0.7.sh first" >&2; exit 2; }
 edge-seg-export "$STUDENT/model.keras" --refine "$KEEP/final/model.keras" --refine-blend "$BLEND" \
   --threshold "$THRESHOLD" --box-threshold "$BOX" --weights fp16 --out "$RUNS/ddti-fcn.onnx" \
   --fp32-out "$RUNS/ddti-fcn.fp32.onnx" --name ddti-fcn --model-version 0.7.0

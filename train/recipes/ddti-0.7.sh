@@ -41,7 +41,10 @@ if [ ! -f "$RUNS/oof/oof.json" ]; then
 fi
 [ "${STOP_AFTER:-}" = oof ] && exit 0
 
-if [ ! -f "$RUNS/student/training.json" ]; then
+KEPT_STUDENT=teachers/ddti-student-160/student  # the trained student, kept like the teachers (train.archive)
+if [ -f "$KEPT_STUDENT/model.keras" ]; then
+  say "student is kept in $KEPT_STUDENT"
+elif [ ! -f "$RUNS/student/training.json" ]; then
   # 35 epochs of 474 frames: the optimizer steps of one teacher (44 epochs of its 4/5 of them), so the
   # student costs what a teacher costs (about an hour on two threads)
   say "student: distilled from the five teachers (log $RUNS/student.log)"
@@ -50,12 +53,16 @@ if [ ! -f "$RUNS/student/training.json" ]; then
     --distill "${TEACHERS[@]/%//model.keras}" --thresholds-from "$RUNS/oof/oof.json" \
     $RECIPE --epochs 35 --threads "$JOBS" --validate-every 4 --model-version "$VERSION" >> "$RUNS/student.log" 2>&1
 fi
+if [ ! -f "$KEPT_STUDENT/model.keras" ]; then
+  python -m train.archive "$RUNS/student" --to "$(dirname "$KEPT_STUDENT")"
+fi
 [ "${STOP_AFTER:-}" = student ] && exit 0
 
 say "export and evaluation on test"
 # into runs/, not over the bundled model: bundling is a decision (the model card's "why 0.6.0 stays bundled");
 # float16-stored weights, since the int8-stored ones failed the export's accuracy check (-0.0061 Dice)
-edge-seg-export "$RUNS/student/model.keras" --weights fp16 --out "$RUNS/student/ddti-fcn.onnx" \
+mkdir -p "$RUNS/student"
+edge-seg-export "$KEPT_STUDENT/model.keras" --weights fp16 --out "$RUNS/student/ddti-fcn.onnx" \
   --fp32-out "$RUNS/student/model.fp32.onnx" --name ddti-fcn --model-version "$VERSION"
 edge-seg-eval --model "$RUNS/student/ddti-fcn.onnx" --images "$DDTI/test/image" --masks "$DDTI/test/mask" \
   --json "$RUNS/student/test-eval.json"

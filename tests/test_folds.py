@@ -135,7 +135,7 @@ def test_a_fold_run_killed_mid_training_resumes_from_its_last_epoch(labelled, tm
 
 def test_validate_every_scores_the_first_every_nth_and_the_last_epoch_and_only_last_epoch_view_runs(labelled, tmp_path):
     from train.cli import main as train_main
-    from train.trainer import validated
+    from train.scan_dice import validated
 
     assert [e for e in range(10) if validated(e, 4, 10)] == [0, 3, 7, 9]
     assert [e for e in range(3) if validated(e, 1, 3)] == [0, 1, 2]

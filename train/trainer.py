@@ -24,8 +24,9 @@ import platform
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def set_seed(seed: int, threads: int = 0) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     import keras
     import tensorflow as tf
 
@@ -268,34 +269,40 @@ def hold_run_lock(out: Path) -> None:
     _LOCKS.append(f)
 
 
-def validated(epoch: int, every: int, epochs: int) -> bool:
-    """Whether 0-based ``epoch`` is scored on val: every ``every``-th epoch, and always the first and the last."""
-    return epoch == 0 or (epoch + 1) % every == 0 or epoch + 1 >= epochs
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse a combination of options before any work (data loaded, network built)."""
+    from .data import DataError
 
-
-def train(cfg: TrainConfig) -> dict:
-    """Train one model as configured; returns the training record (also written to disk)."""
-    import keras
-
-    from edge_runtime.core.thresholds import choose_presence_threshold
-
-    from .augment import AugmentConfig
-    from .data import DataError, concat, load_split, refine_split, split_fraction, views_split
-    from .distill import BankSampler
-    from .loading import ModelLoadError, load_weights_into
-    from .losses import LOSSES, dice_at_half, iou_at_half
-    from .models import PRESENCE, PROBABILITY, count_macs, get_model
-    from .sampling import ViewSampler
-    from .validation import choose_threshold, predict, score
-
-    if cfg.pool and (cfg.fold is not None or cfg.keep != "last" or not cfg.val_dir):  # before any work
+    if cfg.pool and (cfg.fold is not None or cfg.keep != "last" or not cfg.val_dir):
         raise DataError("--pool trains on --train and --val together: give both, keep the last epoch, no --fold")
-    if cfg.validate_every > 1 and (not cfg.views or cfg.keep != "last"):  # before any work
+    if cfg.validate_every > 1 and (not cfg.views or cfg.keep != "last"):
         raise DataError("--validate-every scores --views runs that keep their last epoch (--keep last, --fold)")
-    set_seed(cfg.seed, cfg.threads)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    hold_run_lock(out)
+    if cfg.refine_boxes and not cfg.refine:
+        raise DataError("--refine-boxes gives a second stage (--refine) its crops: add --refine")
+    if cfg.refine and cfg.views:
+        raise DataError("--refine trains a second-stage network on nodule crops: it takes no --views")
+    if cfg.distill_from and (not cfg.views or cfg.keep != "last"):
+        raise DataError("--distill trains a student with --views and keeps its last epoch (--keep last)")
+
+
+@dataclass
+class Splits:
+    """What a run trains and validates on."""
+
+    train: Any
+    val: Any
+    fold: dict | None = None  # --fold: the fold and its held-out frames
+    train_boxes: Any = None  # --refine-boxes: the first-stage boxes the training crops are cut around
+    boxes_record: dict = field(default_factory=dict)  # --refine-boxes: how many frames have one
+    val_neg: Any = None  # --views: val's nodule-free views
+    val_pos: Any = None  # --views: val's positive crops
+    val_frames_and_free: Any = None  # --views: val's frames and nodule-free views together (val_view_dice)
+
+
+def load_splits(cfg: TrainConfig) -> Splits:
+    """The training and validation data: folders, a fold of them, second-stage crops, validation views."""
+    from .data import concat, load_split, refine_split, split_fraction, views_split
+
     size = (cfg.input_size, cfg.input_size)
     train_split = load_split(cfg.train_dir, size, cfg.channels, cfg.resize)
     fold_info = None
@@ -309,35 +316,41 @@ def train(cfg: TrainConfig) -> dict:
             log.warning("%s: training on --train and --val together; validation figures are on seen frames", why)
     else:
         train_split, val_split = split_fraction(train_split, cfg.val_fraction, cfg.seed)
-    train_boxes, refine_boxes_record = None, {}
-    if cfg.refine_boxes and not cfg.refine:
-        raise DataError("--refine-boxes gives a second stage (--refine) its crops: add --refine")
+    splits = Splits(train_split, val_split, fold_info)
     if cfg.refine:
-        if cfg.views:
-            raise DataError("--refine trains a second-stage network on nodule crops: it takes no --views")
         val_boxes, around = None, "val's nodules"
         if cfg.refine_boxes:
             from .refine_boxes import load_first_stage_boxes
 
             first = load_first_stage_boxes(cfg.refine_boxes, [train_split, val_split], cfg.morphology_size)
-            train_boxes, val_boxes = first.for_split(train_split), first.for_split(val_split)
-            refine_boxes_record = {"train": first.summary(train_split), "val": first.summary(val_split)}
+            splits.train_boxes, val_boxes = first.for_split(train_split), first.for_split(val_split)
+            splits.boxes_record = {"train": first.summary(train_split), "val": first.summary(val_split)}
             around = f"the out-of-fold first-stage boxes of {cfg.refine_boxes}"
             log.info(
                 "second stage: crops around out-of-fold first-stage masks (%d of %d training frames have one; "
                 "the others are cut around their nodule)",
-                refine_boxes_record["train"]["with_a_box"],
+                splits.boxes_record["train"]["with_a_box"],
                 len(train_split),
             )
-        val_split = refine_split(val_split, cfg.channels, cfg.resize, val_boxes)
-        log.info("second stage: validation on %d crops around %s", len(val_split), around)
-    # validation views: val's own frames cut the same way every run (never another split's)
-    val_neg = views_split(val_split, ("neg",), cfg.channels, cfg.resize) if cfg.views else None
-    val_pos = views_split(val_split, ("pos",), cfg.channels, cfg.resize) if cfg.views else None
-    # what val_view_dice scores: val's frames and its nodule-free views together (built once, not every epoch)
-    val_frames_and_free = concat(val_split, val_neg) if val_neg is not None else None
+        splits.val = refine_split(val_split, cfg.channels, cfg.resize, val_boxes)
+        log.info("second stage: validation on %d crops around %s", len(splits.val), around)
+    if cfg.views:  # val's own frames cut the same way every run (never another split's)
+        splits.val_neg = views_split(splits.val, ("neg",), cfg.channels, cfg.resize)
+        splits.val_pos = views_split(splits.val, ("pos",), cfg.channels, cfg.resize)
+        splits.val_frames_and_free = concat(splits.val, splits.val_neg)  # built once, not every epoch
+    return splits
 
-    model = get_model(cfg.architecture, size, cfg.channels, presence=cfg.views)
+
+def build_model(cfg: TrainConfig, splits: Splits, steps: int) -> tuple[Any, int, Any]:
+    """The network (from --init-from's weights when given), compiled; returns it, its MACs and Keras' val data."""
+    import keras
+
+    from .data import DataError
+    from .loading import ModelLoadError, load_weights_into
+    from .losses import LOSSES, dice_at_half, iou_at_half
+    from .models import PRESENCE, PROBABILITY, count_macs, get_model
+
+    model = get_model(cfg.architecture, (cfg.input_size, cfg.input_size), cfg.channels, presence=cfg.views)
     if cfg.init_from:
         try:
             load_weights_into(model, cfg.init_from)
@@ -350,110 +363,38 @@ def train(cfg: TrainConfig) -> dict:
         log.info("starting from the weights of %s", cfg.init_from)
     macs = count_macs(model)
     log.info("%s: %s parameters, %.3f GMAC per scan", cfg.architecture, f"{model.count_params():,}", macs / 1e9)
-    samples = len(train_split) * (cfg.view_passes if cfg.views or cfg.refine else 1)
-    steps = int(np.ceil(samples / cfg.batch_size))
     lr: float | keras.optimizers.schedules.LearningRateSchedule = cfg.learning_rate
     if cfg.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=cfg.epochs * steps, alpha=0.01)
     metrics = ["accuracy", dice_at_half, iou_at_half]
-    if cfg.views:
-        assert val_neg is not None and val_pos is not None
-        model.compile(
-            optimizer=keras.optimizers.Adam(lr),
-            loss={PROBABILITY: LOSSES[cfg.loss], PRESENCE: "binary_crossentropy"},
-            loss_weights={PROBABILITY: 1.0, PRESENCE: cfg.presence_weight},
-            metrics={PROBABILITY: metrics, PRESENCE: ["accuracy"]},
-        )
-        # no Keras validation pass: ScanDice scores val's frames and views once an epoch, and the
-        # schedule and early stopping watch those figures (a second pass would double validation's cost)
-        val_data = None
-        log.info(
-            "validation: %d frames, %d nodule-free views, %d positive crops", len(val_split), len(val_neg), len(val_pos)
-        )
-    else:
+    if not cfg.views:
         model.compile(optimizer=keras.optimizers.Adam(lr), loss=LOSSES[cfg.loss], metrics=metrics)
-        val_data = (val_split.x, val_split.y)
+        return model, macs, (splits.val.x, splits.val.y)
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss={PROBABILITY: LOSSES[cfg.loss], PRESENCE: "binary_crossentropy"},
+        loss_weights={PROBABILITY: 1.0, PRESENCE: cfg.presence_weight},
+        metrics={PROBABILITY: metrics, PRESENCE: ["accuracy"]},
+    )
+    # no Keras validation pass: ScanDice scores val's frames and views once an epoch, and the
+    # schedule and early stopping watch those figures (a second pass would double validation's cost)
+    log.info(
+        "validation: %d frames, %d nodule-free views, %d positive crops",
+        len(splits.val),
+        len(splits.val_neg),
+        len(splits.val_pos),
+    )
+    return model, macs, None
 
-    backup = out / "backup"
-    resumed_at = resumed_epoch(backup)
-    if resumed_at:
-        log.info("resuming from the end of epoch %d (%s); delete that folder to start over", resumed_at, backup)
-    sampler: ViewSampler | BankSampler
-    if cfg.distill_from:
-        if not cfg.views or cfg.keep != "last":
-            raise DataError("--distill trains a student with --views and keeps its last epoch (--keep last)")
-        bank = distillation_bank(cfg, train_split, out)
-        sampler = BankSampler(bank, samples, cfg.batch_size, cfg.seed, resumed_at)
-    else:
-        sampler = ViewSampler(train_split, cfg, AugmentConfig(), steps, resumed_at, boxes=train_boxes)
 
-    class Batches(keras.utils.PyDataset):
-        def __len__(self) -> int:
-            return steps
+def callbacks_for(cfg: TrainConfig, splits: Splits, out: Path, backup: Path, resumed_at: int) -> list:
+    """Per-epoch scoring, checkpoints (--keep best), the CSV log, the backup a stopped run resumes from, limits."""
+    import keras
 
-        def __getitem__(self, i: int):
-            return sampler.batch(i)
-
-        def on_epoch_end(self) -> None:
-            sampler.shuffle()
-
-    class ScanDice(keras.callbacks.Callback):
-        """val_scan_dice: mean Dice at P > 0.5 at scan resolution on val's frames, as edge-seg-eval measures it.
-
-        With views also val_view_dice: the mean Dice over val's frames and nodule-free views with the
-        presence gate at 0.5 (a nodule-free view scores 1 without a mask, 0 with one), and its parts.
-        """
-
-        def on_epoch_end(self, epoch, logs=None):
-            if not validated(epoch, cfg.validate_every, cfg.epochs):
-                # the same columns every epoch, so that the CSV log keeps one header across a resume
-                for key in self.keys():
-                    logs[key] = float("nan")
-                return
-            probs, pres = predict(self.model, val_split.x)
-            s = score(probs, val_split, (0.5,), cfg.morphology_size)[0.5]
-            logs["val_scan_dice"] = s["dice_mean"]
-            logs["val_scan_iou"] = s["iou_mean"]
-            val_loss = f"val_loss {logs['val_loss']:.4f}  " if "val_loss" in logs else ""
-            line = f"epoch {epoch + 1}: {val_loss}val_scan_dice@0.5 {s['dice_mean']:.4f}"
-            small = s["by_band"].get("small")
-            logs["val_small_dice"] = logs["val_small_area_ratio"] = float("nan")
-            if small:  # the band the average hides
-                logs["val_small_dice"] = small["dice_mean"]
-                logs["val_small_area_ratio"] = small["area_ratio_mean"]
-                line += (
-                    f" (nodules under 3%: {small['dice_mean']:.4f} on {small['positives']}, "
-                    f"area ratio {small['area_ratio_mean']:.2f})"
-                )
-            if cfg.views:
-                assert val_frames_and_free is not None
-                probs_n, pres_n = predict(self.model, val_neg.x)
-                g = score(
-                    np.concatenate([probs, probs_n]),
-                    val_frames_and_free,
-                    (0.5,),
-                    cfg.morphology_size,
-                    False,
-                    np.concatenate([pres, pres_n]),
-                    0.5,
-                )[0.5]
-                logs["val_view_dice"] = g["view_dice_mean"]
-                logs["val_sensitivity"] = g["sensitivity"]
-                logs["val_fp_share"] = g["fp_share"]
-                line += (
-                    f"  val_view_dice {g['view_dice_mean']:.4f} (gated Dice {g['dice_mean']:.4f}, "
-                    f"sensitivity {g['sensitivity']:.3f}, nodule-free views with a mask {g['fp_share']:.3f})"
-                )
-            log.info("%s", line)
-
-        @staticmethod
-        def keys() -> list[str]:
-            """Every figure an epoch's scoring can log (those of a band val lacks included)."""
-            keys = ["val_scan_dice", "val_scan_iou", "val_small_dice", "val_small_area_ratio"]
-            return keys + (["val_view_dice", "val_sensitivity", "val_fp_share"] if cfg.views else [])
+    from .scan_dice import scan_dice_callback
 
     mode = "min" if cfg.monitor == "val_loss" else "max"
-    callbacks: list = [ScanDice()]
+    callbacks: list = [scan_dice_callback(cfg, splits.val, splits.val_neg, splits.val_frames_and_free)]
     if cfg.keep == "best":
         stopping = keras.callbacks.EarlyStopping(
             monitor=cfg.monitor, mode=mode, patience=cfg.patience, restore_best_weights=True, verbose=1
@@ -479,6 +420,50 @@ def train(cfg: TrainConfig) -> dict:
                 monitor=plateau_on, mode=plateau_mode, factor=0.5, patience=3, min_lr=1e-5
             )
         )
+    return callbacks
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train one model as configured; returns the training record (also written to disk)."""
+    import keras
+
+    from .augment import AugmentConfig
+    from .distill import BankSampler
+    from .sampling import ViewSampler
+    from .training_record import training_record
+
+    check_config(cfg)
+    set_seed(cfg.seed, cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hold_run_lock(out)
+    splits = load_splits(cfg)
+    samples = len(splits.train) * (cfg.view_passes if cfg.views or cfg.refine else 1)
+    steps = int(np.ceil(samples / cfg.batch_size))
+    model, macs, val_data = build_model(cfg, splits, steps)
+
+    backup = out / "backup"
+    resumed_at = resumed_epoch(backup)
+    if resumed_at:
+        log.info("resuming from the end of epoch %d (%s); delete that folder to start over", resumed_at, backup)
+    sampler: ViewSampler | BankSampler
+    if cfg.distill_from:
+        bank = distillation_bank(cfg, splits.train, out)
+        sampler = BankSampler(bank, samples, cfg.batch_size, cfg.seed, resumed_at)
+    else:
+        sampler = ViewSampler(splits.train, cfg, AugmentConfig(), steps, resumed_at, boxes=splits.train_boxes)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self) -> int:
+            return steps
+
+        def __getitem__(self, i: int):
+            return sampler.batch(i)
+
+        def on_epoch_end(self) -> None:
+            sampler.shuffle()
+
+    callbacks = callbacks_for(cfg, splits, out, backup, resumed_at)
     t0 = time.time()
     hist = model.fit(Batches(), validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
     seconds = time.time() - t0
@@ -488,106 +473,8 @@ def train(cfg: TrainConfig) -> dict:
         model.load_weights(out / "model.keras")
     model.save(out / "model.keras")
 
-    probs, pres = predict(model, val_split.x)
-    threshold, sweep = choose_threshold(probs, val_split, cfg.morphology_size)
-    report_t = sorted({0.5, threshold, 0.85, 0.9, 0.95})
-    val_scores = score(probs, val_split, report_t, cfg.morphology_size, True)
     history = read_history(out / "history.csv") or {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    epochs_run = len(history["loss"])
-    if cfg.keep == "best":
-        best_epoch = int(np.argmin(history[cfg.monitor]) if mode == "min" else np.argmax(history[cfg.monitor])) + 1
-    else:
-        best_epoch = epochs_run
-    record = {
-        "record_schema": 2,
-        "config": asdict(cfg),
-        "data": {"train": train_split.describe(), "val": val_split.describe()},
-        "model": {
-            "architecture": cfg.architecture,
-            "parameters": int(model.count_params()),
-            "macs": macs,
-            "outputs": [PROBABILITY, PRESENCE] if cfg.views else [PROBABILITY],
-        },
-        "epochs_run": epochs_run,
-        "best_epoch": best_epoch,
-        "history": history,
-        "threshold": threshold,
-        "val_dice_by_threshold": sweep,
-        "val": {format(t, "g"): s for t, s in val_scores.items()},
-        "val_dice": val_scores[threshold]["dice_mean"],
-        "train_seconds": round(seconds, 1),
-        "versions": _versions(),
-    }
-    if cfg.views:
-        assert val_neg is not None and val_pos is not None
-        probs_n, pres_n = predict(model, val_neg.x)
-        probs_p, pres_p = predict(model, val_pos.x)
-        assert pres is not None and pres_n is not None and pres_p is not None, "a --views model has a presence output"
-        presence_threshold, at = choose_presence_threshold(np.concatenate([pres, pres_p]), pres_n)
-        gated = {
-            kind: {
-                format(t, "g"): s
-                for t, s in score(pr, sp, report_t, cfg.morphology_size, False, ps, presence_threshold).items()
-            }
-            for kind, pr, ps, sp in (
-                ("frames", probs, pres, val_split),
-                ("nodule_free", probs_n, pres_n, val_neg),
-                ("positive_crops", probs_p, pres_p, val_pos),
-            )
-        }
-        record["presence_threshold"] = presence_threshold
-        record["presence_choice"] = {
-            "rule": "highest specificity on val's nodule-free views with sensitivity >= the minimum on val's "
-            "frames and positive crops; ties to the lowest threshold",
-            **at,
-        }
-        record["val_views"] = {
-            "counts": {"frames": len(val_split), "nodule_free": len(val_neg), "positive_crops": len(val_pos)},
-            "gated": gated,
-        }
-        record["val_dice"] = gated["frames"][format(threshold, "g")]["dice_mean"]
-        log.info(
-            "presence threshold %.2f chosen on validation: at mask threshold %.2f, frames Dice %.4f, sensitivity "
-            "%.3f; nodule-free views with a mask %.3f; positive crops detected %.3f",
-            presence_threshold,
-            threshold,
-            gated["frames"][format(threshold, "g")]["dice_mean"],
-            gated["frames"][format(threshold, "g")]["sensitivity"],
-            gated["nodule_free"][format(threshold, "g")]["fp_share"],
-            gated["positive_crops"][format(threshold, "g")]["sensitivity"],
-        )
-    if fold_info is not None:
-        record["fold"] = fold_info
-    if cfg.refine_boxes:
-        record["refine_boxes"] = refine_boxes_record
-    if cfg.pool:
-        record["pooled"] = "trained on --train and --val together: the val figures above are on frames it saw"
-    if cfg.distill_from:
-        record["distillation"] = {
-            "teachers": cfg.distill_from,
-            "passes": cfg.distill_passes,
-            "alpha": cfg.distill_alpha,
-            "bank_views": samples_in_bank(train_split, cfg),
-            "note": "trained on --train and --val together: the val figures above are on frames it saw",
-        }
-    if cfg.thresholds_from:
-        chosen = json.loads(Path(cfg.thresholds_from).read_text())["chosen_out_of_fold"]
-        record["thresholds_chosen_on_val"] = {
-            "threshold": record["threshold"],
-            **({"presence_threshold": record["presence_threshold"]} if "presence_threshold" in record else {}),
-        }
-        record["threshold"] = chosen["threshold"]
-        record["presence_threshold"] = chosen["presence_threshold"]
-        record["thresholds_chosen"] = {
-            "on": "out-of-fold predictions of the fold teachers",
-            "file": cfg.thresholds_from,
-        }
-        log.info(
-            "thresholds from %s (chosen out of fold): mask %.2f, presence %.2f",
-            cfg.thresholds_from,
-            chosen["threshold"],
-            chosen["presence_threshold"],
-        )
+    record = training_record(cfg, model, macs, splits, history, seconds)
     if resumed_at:
         record["resumed_after_epoch"] = resumed_at
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -596,12 +483,12 @@ def train(cfg: TrainConfig) -> dict:
     log.info(
         "%s epoch %d of %d; threshold %.2f%s: val Dice %.4f (at 0.5: %.4f); %s",
         "best" if cfg.keep == "best" else "kept the last,",
-        best_epoch,
+        record["best_epoch"],
         record["epochs_run"],
         record["threshold"],
         " (out of fold)" if cfg.thresholds_from else " chosen on validation",
         record["val_dice"],
-        val_scores[0.5]["dice_mean"],
+        record["val"]["0.5"]["dice_mean"],
         out / "model.keras",
     )
     return record

@@ -260,14 +260,14 @@ class Guard:
 
     def _evictee(self, waiting: list[Any]) -> Any:
         """Of the waiting connections, one already refused (rejected or aborted, not yet closed by its peer)
-        first, then the oldest of the address holding the most."""
+        first, then one of an address refused in the last minute, then the oldest of the address holding the most."""
         counts: dict[str, int] = {}
         for assoc in waiting:
             counts[_address(assoc)] = counts.get(_address(assoc), 0) + 1
         now = time.monotonic()
         for assoc in waiting:
             if _refused(assoc):
-                self._refused(_address(assoc), now)
+                self._remember_refused(_address(assoc), now)
         return min(
             waiting,
             key=lambda a: (
@@ -282,7 +282,8 @@ class Guard:
         """When ``assoc``'s connection was accepted (``default`` when not known)."""
         return self._arrived.get((_address(assoc), _port(assoc)), default)
 
-    def _refused(self, address: str, now: float) -> None:
+    def _remember_refused(self, address: str, now: float) -> None:
+        """``address`` had a connection rejected, aborted or closed now (kept a minute; bounded under a flood)."""
         if address not in self._refused_at and len(self._refused_at) >= _ARRIVED_KEPT:  # bounded under a flood
             for old, _ in sorted(list(self._refused_at.items()), key=lambda item: item[1])[: _ARRIVED_KEPT // 2]:
                 self._refused_at.pop(old, None)
@@ -290,7 +291,7 @@ class Guard:
 
     def _closed(self, address: str, reason: str) -> None:
         now = time.monotonic()
-        self._refused(address, now)
+        self._remember_refused(address, now)
         if now - self._closed_said.get(address, -1e9) >= 60:  # one line a minute an address, not one a try
             self._closed_said[address] = now
             self.refuse(f"address {address}", f"connection closed: {reason}")
@@ -310,12 +311,12 @@ class Guard:
                     _close(assoc)
                     continue
                 if _refused(assoc):
-                    self._refused(_address(assoc), now)
+                    self._remember_refused(_address(assoc), now)
                 if assoc.is_established or assoc.is_rejected or assoc.is_aborted or assoc.is_released:
                     continue
                 if now - opened > REQUEST_SECONDS:
                     self._opened[key] = float("inf")  # said and closed once
-                    self._refused(_address(assoc), now)
+                    self._remember_refused(_address(assoc), now)
                     self.refuse(
                         f"address {_address(assoc)}",
                         f"connection closed: no complete association request within {REQUEST_SECONDS:g} s",

@@ -26,9 +26,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .data import Split
 
 log = logging.getLogger(__name__)
 
@@ -289,14 +292,14 @@ def check_config(cfg: TrainConfig) -> None:
 class Splits:
     """What a run trains and validates on."""
 
-    train: Any
-    val: Any
+    train: Split
+    val: Split
     fold: dict | None = None  # --fold: the fold and its held-out frames
-    train_boxes: Any = None  # --refine-boxes: the first-stage boxes the training crops are cut around
+    train_boxes: list | None = None  # --refine-boxes: the first-stage boxes the training crops are cut around
     boxes_record: dict = field(default_factory=dict)  # --refine-boxes: how many frames have one
-    val_neg: Any = None  # --views: val's nodule-free views
-    val_pos: Any = None  # --views: val's positive crops
-    val_frames_and_free: Any = None  # --views: val's frames and nodule-free views together (val_view_dice)
+    val_neg: Split | None = None  # --views: val's nodule-free views
+    val_pos: Split | None = None  # --views: val's positive crops
+    val_frames_and_free: Split | None = None  # --views: val's frames and nodule-free views together
 
 
 def load_splits(cfg: TrainConfig) -> Splits:
@@ -378,6 +381,7 @@ def build_model(cfg: TrainConfig, splits: Splits, steps: int) -> tuple[Any, int,
     )
     # no Keras validation pass: ScanDice scores val's frames and views once an epoch, and the
     # schedule and early stopping watch those figures (a second pass would double validation's cost)
+    assert splits.val_neg is not None and splits.val_pos is not None  # load_splits makes them with --views
     log.info(
         "validation: %d frames, %d nodule-free views, %d positive crops",
         len(splits.val),

@@ -83,6 +83,7 @@ def _presence_record(
     from .validation import predict, score
 
     val_neg, val_pos = splits.val_neg, splits.val_pos
+    assert val_neg is not None and val_pos is not None, "load_splits makes val's views with --views"
     probs_n, pres_n = predict(model, val_neg.x)
     probs_p, pres_p = predict(model, val_pos.x)
     assert pres is not None and pres_n is not None and pres_p is not None, "a --views model has a presence output"

@@ -50,7 +50,7 @@ _TICK = 0.5
 #: Seconds an address is remembered as refused (a connection of it rejected, aborted or closed): when waiting
 #: connections must make room, such an address's go first.
 REFUSED_REMEMBERED = 60.0
-#: Connection times kept at most (a stamp goes when its association is seen, or after a minute).
+#: Connection times (and refused addresses) kept at most (a stamp goes when its association is seen, or after a minute).
 _ARRIVED_KEPT = 4096
 
 _guards: dict[int, Guard] = {}  # id(AE) -> its guard
@@ -240,11 +240,8 @@ class Guard:
         if len(mine) > self.max_associations:  # one more than the slots: its request gets a proper rejection
             self._closed(address, f"{len(mine)} connections from it already open (--max-associations)")
             return False
-        if len(self._arrived) >= _ARRIVED_KEPT:  # a flood of connections: the oldest stamps go (memory bounded)
-            for peer, _ in sorted(list(self._arrived.items()), key=lambda item: item[1])[: _ARRIVED_KEPT // 2]:
-                self._arrived.pop(peer, None)
         with contextlib.suppress(TypeError, ValueError, IndexError):
-            self._arrived[(address, int(client_address[1]))] = time.monotonic()
+            _stamp(self._arrived, (address, int(client_address[1])), time.monotonic())
         if len(waiting) >= 2 * self.max_associations:
             # Room is made, not refused: closing the newcomer would let a few addresses that reconnect
             # every few seconds keep every real sender out. The oldest waiting connection of the address
@@ -283,11 +280,8 @@ class Guard:
         return self._arrived.get((_address(assoc), _port(assoc)), default)
 
     def _remember_refused(self, address: str, now: float) -> None:
-        """``address`` had a connection rejected, aborted or closed now (kept a minute; bounded under a flood)."""
-        if address not in self._refused_at and len(self._refused_at) >= _ARRIVED_KEPT:  # bounded under a flood
-            for old, _ in sorted(list(self._refused_at.items()), key=lambda item: item[1])[: _ARRIVED_KEPT // 2]:
-                self._refused_at.pop(old, None)
-        self._refused_at[address] = now
+        """``address`` had a connection rejected, aborted or closed now (kept a minute)."""
+        _stamp(self._refused_at, address, now)
 
     def _closed(self, address: str, reason: str) -> None:
         now = time.monotonic()
@@ -352,6 +346,14 @@ class Guard:
         if sock is not None:
             with contextlib.suppress(Exception):
                 sock.send(_A_ABORT)
+
+
+def _stamp(stamps: dict[Any, float], key: Any, now: float) -> None:
+    """``stamps[key] = now``; when ``_ARRIVED_KEPT`` are kept, the oldest half go first (bounded under a flood)."""
+    if key not in stamps and len(stamps) >= _ARRIVED_KEPT:
+        for old, _ in sorted(list(stamps.items()), key=lambda item: item[1])[: _ARRIVED_KEPT // 2]:
+            stamps.pop(old, None)
+    stamps[key] = now
 
 
 def _refused(assoc: Any) -> bool:

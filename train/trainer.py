@@ -272,6 +272,11 @@ def hold_run_lock(out: Path) -> None:
     _LOCKS.append(f)
 
 
+def monitor_mode(cfg: TrainConfig) -> str:
+    """Whether the figure early stopping and checkpoints watch is best low (a loss) or high (a Dice)."""
+    return "min" if cfg.monitor == "val_loss" else "max"
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Refuse a combination of options before any work (data loaded, network built)."""
     from .data import DataError
@@ -397,7 +402,7 @@ def callbacks_for(cfg: TrainConfig, splits: Splits, out: Path, backup: Path, res
 
     from .scan_dice import scan_dice_callback
 
-    mode = "min" if cfg.monitor == "val_loss" else "max"
+    mode = monitor_mode(cfg)
     callbacks: list = [scan_dice_callback(cfg, splits.val, splits.val_neg, splits.val_frames_and_free)]
     if cfg.keep == "best":
         stopping = keras.callbacks.EarlyStopping(

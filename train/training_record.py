@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .trainer import library_versions, samples_in_bank
+from .trainer import library_versions, monitor_mode, samples_in_bank
 
 if TYPE_CHECKING:
     from .trainer import Splits, TrainConfig
@@ -32,7 +32,7 @@ def training_record(cfg: TrainConfig, model: Any, macs: int, splits: Splits, his
     best_epoch = epochs_run
     if cfg.keep == "best":
         watched = history[cfg.monitor]
-        best_epoch = int(np.argmin(watched) if cfg.monitor == "val_loss" else np.argmax(watched)) + 1
+        best_epoch = int(np.argmin(watched) if monitor_mode(cfg) == "min" else np.argmax(watched)) + 1
     record = {
         "record_schema": 2,
         "config": asdict(cfg),

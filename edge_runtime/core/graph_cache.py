@@ -159,18 +159,36 @@ def _mtime(path: Path) -> float:
 
 
 def _load(ort: Any, path: Path, options: Callable[[bool], Any]) -> Any:
-    """The session on a cached file, or None (the file is removed) when it is corrupt."""
-    try:
-        crc = file_crc(path)
-    except OSError as exc:
-        log.debug("graph cache: cannot read %s: %s", path, exc.strerror or exc)
-        return None
-    reason = None if path.stem.rsplit("-", 1)[-1] == f"{crc:08x}" else "its bytes do not match its CRC"
-    if reason is None:
+    """The session on a cached file, or None (the file is removed) when it is corrupt.
+
+    The file's CRC is computed on a thread while onnxruntime opens it (both release the GIL): the check costs
+    no wall time (about 20 ms of a 50 MB graph's 65 ms open, bench/README.md, issue 30). A session on a
+    file that fails it is dropped unused.
+    """
+    crc: list[int | OSError] = []
+
+    def check() -> None:
         try:
-            return ort.InferenceSession(str(path), options(False), providers=[PROVIDER])
-        except Exception as exc:  # onnxruntime raises several private exception types
-            reason = f"onnxruntime cannot load it: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
+            crc.append(file_crc(path))
+        except OSError as exc:
+            crc.append(exc)
+
+    checking = threading.Thread(target=check, name="edge-seg-graph-crc")
+    checking.start()
+    session, reason = None, None
+    try:
+        session = ort.InferenceSession(str(path), options(False), providers=[PROVIDER])
+    except Exception as exc:  # onnxruntime raises several private exception types
+        reason = f"onnxruntime cannot load it: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
+    finally:
+        checking.join()
+    if isinstance(crc[0], OSError):
+        log.debug("graph cache: cannot read %s: %s", path, crc[0].strerror or crc[0])
+        return None
+    if path.stem.rsplit("-", 1)[-1] != f"{crc[0]:08x}":
+        session, reason = None, "its bytes do not match its CRC"
+    if session is not None:
+        return session
     log.warning("graph cache: %s is corrupt (%s); it is removed and built again", path, reason)
     with contextlib.suppress(OSError):
         path.unlink()

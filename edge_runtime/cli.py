@@ -356,11 +356,11 @@ def warm_up(model: Path | None, folder: Path) -> int:
 
     opened = OnnxModel(model, threads=1, cache_dir=folder)
     opened.wait_for_cache()
-    path = cached_graph(opened.info.sha256, folder)
-    if path is None:
+    paths = [cached_graph(sha256, folder) for _, sha256 in opened.files]  # (a second stage's file has its own)
+    if None in paths:
         log.error("%s: %s", opened.info.describe(), opened.graph_cache.replace("being built", "could not be built"))
         return 2
-    log.info("%s: optimised graph in %s", opened.info.describe(), path)
+    log.info("%s: optimised graph%s in %s", opened.info.describe(), "s" * (len(paths) > 1), ", ".join(map(str, paths)))
     return 0
 
 

@@ -89,10 +89,10 @@ def test_a_refine_block_the_graph_does_not_match_is_refused_in_one_line(tmp_path
     with pytest.raises(ModelError, match=r"refine input shape \['N', 32, 32, 3\] does not match"):
         Segmenter(make_tiny_model(tmp_path / "b.onnx", size=64, refine_size=32, metadata=wrong_size))
     schema1 = tiny_metadata(64, refine=refine_metadata(32, 32, 3, 0.5))
-    with pytest.raises(ModelError, match=r"a refine block \(a second stage\) needs schema 2"):
+    with pytest.raises(ModelError, match=r"a refine block without a file of its own needs schema 2"):
         Segmenter(make_tiny_model(tmp_path / "c.onnx", size=64, refine_size=32, metadata=schema1))
-    future = tiny_metadata(64, schema=3)
-    with pytest.raises(ModelError, match=r"schema 3 is not one this runtime reads .*upgrade edge-seg"):
+    future = tiny_metadata(64, schema=4)
+    with pytest.raises(ModelError, match=r"schema 4 is not one this runtime reads .*upgrade edge-seg"):
         Segmenter(make_tiny_model(tmp_path / "d.onnx", size=64, metadata=future))
 
 

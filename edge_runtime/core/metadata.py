@@ -21,7 +21,10 @@ METADATA_KEY = "edge_seg"
 SCHEMA_VERSION = 1
 #: A model with a second stage (``refine``) is schema 2, so that a runtime that cannot run one says so.
 REFINE_SCHEMA_VERSION = 2
-SCHEMAS = (SCHEMA_VERSION, REFINE_SCHEMA_VERSION)
+#: A model whose second stage is a file of its own beside it (``refine.file``, ``refine.sha256``) is schema 3:
+#: each stage gets a session of its own, and neither is fed an empty batch while the other runs (issue 30).
+SPLIT_SCHEMA_VERSION = 3
+SCHEMAS = (SCHEMA_VERSION, REFINE_SCHEMA_VERSION, SPLIT_SCHEMA_VERSION)
 INPUT_NAME = "image"
 OUTPUT_NAME = "probability"
 PRESENCE_NAME = "presence"
@@ -46,14 +49,15 @@ def model_metadata(
     presence: dict[str, Any] | None = None,
     refine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``edge_seg`` metadata of a model (schema :data:`SCHEMA_VERSION`, or 2 with a second stage).
+    """The ``edge_seg`` metadata of a model (schema :data:`SCHEMA_VERSION`; 2 with a second stage in its graph,
+    3 with a second stage in a file of its own).
 
     ``presence``: the image-level "nodule present" output of a model that has one (name, activation,
     shape, threshold, rule), else None. ``refine``: the second stage of a model that has one
     (:func:`edge_runtime.core.refine.refine_metadata`), else None.
     """
     meta: dict[str, Any] = {
-        "schema": SCHEMA_VERSION if refine is None else REFINE_SCHEMA_VERSION,
+        "schema": schema_of(refine),
         "name": name,
         "version": version,
         "architecture": architecture,
@@ -91,6 +95,13 @@ def model_metadata(
     if refine is not None:
         meta["refine"] = refine
     return meta
+
+
+def schema_of(refine: dict[str, Any] | None) -> int:
+    """The schema of a model with this ``refine`` block (None: no second stage)."""
+    if refine is None:
+        return SCHEMA_VERSION
+    return SPLIT_SCHEMA_VERSION if refine.get("file") is not None else REFINE_SCHEMA_VERSION
 
 
 def encode_metadata(metadata: dict[str, Any]) -> str:
@@ -161,11 +172,12 @@ def parse_metadata(raw: str | None, path: Path) -> dict[str, Any]:
             ]
         refine = meta.get("refine")
         require(
-            (refine is not None) == (schema == REFINE_SCHEMA_VERSION),
+            schema == schema_of(refine),
             path,
-            "schema 2 is a model with a second stage, and it has no refine block"
+            f"schema {schema} is a model with a second stage, and it has no refine block"
             if refine is None
-            else "a refine block (a second stage) needs schema 2",
+            else f"a refine block {'with' if refine.get('file') is not None else 'without'} a file of its own "
+            f"needs schema {schema_of(refine)}",
         )
         if refine is not None:
             rin, rout = refine["input"], refine["output"]
@@ -194,6 +206,18 @@ def parse_metadata(raw: str | None, path: Path) -> dict[str, Any]:
                     f"refine blend {refine.get('blend')!r} (expected one of {', '.join(BLENDS)})",
                 ),
             ]
+            if schema == SPLIT_SCHEMA_VERSION:
+                file, sha = refine["file"], refine["sha256"]
+                checks += [
+                    (
+                        isinstance(file, str) and file.endswith(".onnx") and Path(file).name == file,
+                        f"refine file {file!r} (expected the name of an .onnx file beside the model)",
+                    ),
+                    (
+                        isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha),
+                        f"refine sha256 {sha!r} (expected 64 lower-case hex digits)",
+                    ),
+                ]
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"model {path}: metadata is missing or has a malformed field ({exc!r})") from None
     for ok, what in checks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.core.graph_cache import open_cached
+from edge_runtime.core.graph_cache import Opened, open_cached
 from edge_runtime.core.metadata import METADATA_KEY, parse_metadata, require
 from edge_runtime.core.refine import RefineSpec
 from edge_runtime.errors import ModelError
@@ -149,6 +150,42 @@ def _output_names(
     return prob_name, presence_name
 
 
+def _open(ort: Any, path: Path, sha256: str, options: Callable[[bool], Any], cache_dir: Path | None) -> Opened:
+    """A session on one ONNX file, through the graph cache; :class:`ModelError` when onnxruntime cannot load it."""
+    try:
+        return open_cached(ort, path, sha256, options, cache_dir)
+    except Exception as exc:  # onnxruntime raises several private exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model {path} is not a loadable ONNX model: {first}") from None
+
+
+def _open_second_stage(
+    ort: Any, path: Path, spec: RefineSpec, options: Callable[[bool], Any], cache_dir: Path | None
+) -> Opened:
+    """The session of a second stage in a file of its own (``spec.file`` beside ``path``), checked: the file the
+    metadata names and hashes, with one input and one output as the metadata describes them."""
+    second = path.parent / str(spec.file)
+    if not second.is_file():
+        raise ModelError(f"model {path}: its second stage {second} is missing (it goes beside the model file)")
+    sha256 = file_sha256(second)
+    require(
+        sha256 == spec.sha256,
+        path,
+        f"its second stage {second} is not the file it was exported with (sha256 {sha256[:12]}, the metadata "
+        f"says {str(spec.sha256)[:12]}); copy the model's two files together",
+    )
+    opened = _open(ort, second, sha256, options, cache_dir)
+    inputs, outputs = opened.session.get_inputs(), opened.session.get_outputs()
+    require(
+        len(inputs) == 1 and len(outputs) == 1 and outputs[0].name == spec.output_name,
+        second,
+        f"a second stage has one input and one output, {spec.input_name!r} and {spec.output_name!r}; found "
+        f"{[i.name for i in inputs]} and {[o.name for o in outputs]}",
+    )
+    _check_second_stage(second, spec, inputs[0] if inputs[0].name == spec.input_name else None, outputs)
+    return opened
+
+
 class OnnxModel:
     """One onnxruntime session for a model file, reused for every scan."""
 
@@ -170,23 +207,27 @@ class OnnxModel:
         def options(optimise: bool) -> Any:
             return session_options(ort, self.threads, optimise, spinning)
 
-        try:
-            opened = open_cached(ort, path, sha256, options, cache_dir)
-        except Exception as exc:  # onnxruntime raises several private exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"model {path} is not a loadable ONNX model: {first}") from None
+        opened = _open(ort, path, sha256, options, cache_dir)
         self.session = opened.session
-        self.graph_cache: str = opened.note  #: what the graph cache did, in words
-        self._opened = opened
+        self._opened = [opened]
         meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         presence = meta.get("presence")
         refine = RefineSpec.from_metadata(meta["refine"]) if meta.get("refine") is not None else None
         names = [o.name for o in outputs]
         by_name = {i.name: i for i in inputs}
-        if refine is not None:  # the second stage's input sits beside the scan's
+        #: the second stage's own session (a model whose metadata names its file), else None: in ``session``
+        self.refine_session: Any = None
+        if refine is not None and refine.file is not None:
+            second = _open_second_stage(ort, path, refine, options, cache_dir)
+            self.refine_session = second.session
+            self._opened.append(second)
+        elif refine is not None:  # the second stage's input sits beside the scan's
             _check_second_stage(path, refine, by_name.pop(refine.input_name, None), outputs)
-        prob_name, presence_name = _output_names(path, meta, len(inputs), len(by_name), names, refine)
+        in_graph = refine if refine is not None and refine.file is None else None
+        prob_name, presence_name = _output_names(path, meta, len(inputs), len(by_name), names, in_graph)
+        #: what the graph cache did, in words (for each file of the model)
+        self.graph_cache: str = "; ".join(dict.fromkeys(o.note for o in self._opened))
         scan_input = next(iter(by_name.values()))
         h, w, c = int(meta["input"]["height"]), int(meta["input"]["width"]), int(meta["input"]["channels"])
         shape = list(scan_input.shape)
@@ -221,11 +262,12 @@ class OnnxModel:
         )
         self._batch_one = isinstance(shape[0], int)
         require(refine is None or not self._batch_one, path, "a model with a second stage needs a dynamic batch axis")
-        # onnxruntime wants every graph input fed: the stage not run gets an empty batch (it computes nothing)
+        # onnxruntime wants every graph input fed: the stage not run gets an empty batch (it computes nothing,
+        # but its nodes still cost 0.3-0.6 ms a call: bench/README.md, issue 30); in sessions of their own, none
         self._idle: dict[str, np.ndarray] = {}
         self._idle_scan: dict[str, np.ndarray] = {}
-        if refine is not None:
-            self._idle = {refine.input_name: np.zeros((0, *refine.size, refine.channels), np.float32)}
+        if in_graph is not None:
+            self._idle = {in_graph.input_name: np.zeros((0, *in_graph.size, in_graph.channels), np.float32)}
             self._idle_scan = {scan_input.name: np.zeros((0, h, w, c), np.float32)}
         log.info(
             "model %s: input %dx%dx%d, threshold %g%s, onnxruntime %s, %s, %d intra-op thread(s)%s",
@@ -235,18 +277,32 @@ class OnnxModel:
             c,
             self.info.threshold,
             ("" if presence is None else f", presence threshold {self.info.presence_threshold:g}")
-            + ("" if refine is None else f", second stage {refine.height}x{refine.width}"),
+            + ("" if refine is None else f", second stage {refine.height}x{refine.width}")
+            + ("" if refine is None or refine.file is None else f" in {refine.file}"),
             ort.__version__,
             ",".join(self.session.get_providers()),
             self.threads,
             "" if spinning else ", spinning off",
         )
         log.debug("model %s: %s", path.name, self.graph_cache)
-        opened.start_build()  # (only for a model accepted)
+        self.start_cache_build()  # (only for a model accepted)
+
+    @property
+    def files(self) -> list[tuple[Path, str]]:
+        """Every file of the model and its sha256: the model's, then its second stage's when in a file of its own."""
+        spec = self.info.refine
+        own = [] if spec is None or spec.file is None else [(self.info.path.parent / spec.file, str(spec.sha256))]
+        return [(self.info.path, self.info.sha256), *own]
+
+    def start_cache_build(self) -> None:
+        """Start building the graph cache beside the run, for each file whose open found none."""
+        for opened in self._opened:
+            opened.start_build()
 
     def wait_for_cache(self) -> None:
         """Wait until the graph cache this open started building is written (or given up)."""
-        self._opened.wait()
+        for opened in self._opened:
+            opened.wait()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a float32 NHWC batch; returns float32 ``(N, height, width)``."""
@@ -269,5 +325,6 @@ class OnnxModel:
         spec = self.info.refine
         if spec is None:
             raise ValueError(f"model {self.info.path} has no second stage")
-        (out,) = self.session.run([spec.output_name], {spec.input_name: batch, **self._idle_scan})
+        session = self.refine_session if self.refine_session is not None else self.session
+        (out,) = session.run([spec.output_name], {spec.input_name: batch, **self._idle_scan})
         return out.reshape(batch.shape[0], spec.height, spec.width).astype(np.float32, copy=False)

@@ -3,8 +3,10 @@
 A first-stage network sees the whole scan shrunk to its input size, so a nodule a third of the frame
 wide gets some fifty model pixels. A model with a ``refine`` block in its metadata (contract 2 of
 docs/DESIGN.md; ``edge-seg-export --refine``) holds a second network in the same graph, behind its own
-input: the runtime cuts the scan around the first stage's mask (:func:`refine_box`: the mask's bounding
-box widened by ``margin`` of its own size on each side, plus ``min_margin`` pixels, clamped to the scan),
+input -- or (schema 3, ``python -m export.stages``) in an ONNX file of its own beside the model's, named and
+hashed in the metadata, so that each stage runs in a session of its own. The runtime cuts the scan around the
+first stage's mask (:func:`refine_box`: the mask's bounding box widened by ``margin`` of its own size on each
+side, plus ``min_margin`` pixels, clamped to the scan),
 preprocesses that crop exactly as a scan, runs the second network on it, and inside the box either averages
 its map with the first stage's (``blend: mean``) or takes its map alone (``blend: replace``, for a second
 stage trained on the oversized boxes a first stage really gives, which must be free to shrink the mask)
@@ -47,6 +49,9 @@ class RefineSpec:
     margin: float = MARGIN
     min_margin: int = MIN_MARGIN
     blend: str = "mean"  #: one of :data:`BLENDS`
+    #: the second stage's own ONNX file, beside the model's (schema 3), or None: in the model's graph
+    file: str | None = None
+    sha256: str | None = None  #: that file's sha256, as exported
 
     @property
     def size(self) -> tuple[int, int]:
@@ -65,6 +70,8 @@ class RefineSpec:
             margin=float(block["margin"]),
             min_margin=int(block["min_margin"]),
             blend=str(block.get("blend", "mean")),
+            file=None if block.get("file") is None else str(block["file"]),
+            sha256=None if block.get("sha256") is None else str(block["sha256"]),
         )
 
 
@@ -76,9 +83,12 @@ def refine_metadata(
     margin: float = MARGIN,
     min_margin: int = MIN_MARGIN,
     blend: str = "mean",
+    file: str | None = None,
+    sha256: str | None = None,
 ) -> dict[str, Any]:
-    """The metadata's ``refine`` block (read back by :meth:`RefineSpec.from_metadata`)."""
-    return {
+    """The metadata's ``refine`` block (read back by :meth:`RefineSpec.from_metadata`); ``file`` and ``sha256``:
+    the second stage's own ONNX file beside the model's, and its hash (None: in the model's graph)."""
+    block: dict[str, Any] = {
         "input": {"name": REFINE_INPUT_NAME, "height": int(height), "width": int(width), "channels": int(channels)},
         "output": {"name": REFINE_OUTPUT_NAME, "activation": "sigmoid", "shape": "N,H,W,1"},
         "box_threshold": float(box_threshold),
@@ -89,6 +99,9 @@ def refine_metadata(
         "min_margin pixels on each side; inside the box, "
         + ("average the second network's map with the first's" if blend == "mean" else "take the second network's map"),
     }
+    if file is not None:
+        block["file"], block["sha256"] = file, sha256
+    return block
 
 
 def mask_box(mask: np.ndarray) -> Box | None:

@@ -7,7 +7,7 @@
 #      the box (averaged, or in place), by nodule size, each at its best threshold -> runs/ddti-0.7/refine/report
 #   3. with FINAL=1, and only if a blend beats the first stage alone out of fold: the final second stage on all
 #      474 frames (--pool), kept in teachers/ddti-refine-SIZE/final with the out-of-fold report beside it, then
-#      exported beside the student (runs/ddti-0.7/student) with those choices and scored on test
+#      exported beside the student (teachers/ddti-student-160/student50) with those choices and scored on test
 # Needs runs/ddti-0.7/oof (bash train/recipes/ddti-0.7.sh STOP_AFTER=oof makes it) unless the final second stage
 # is kept already. Every step skips what is done and every training resumes, so after a stop the same command
 # goes on where it was.
@@ -74,7 +74,7 @@ if [ ! -f "$KEEP/final/model.keras" ]; then
   python -m train.archive "$RUNS/final" --to "$KEEP"
   cp "$REPORT" "$KEEP/oof_refine.json"
 fi
-STUDENT=teachers/ddti-student-160/student  # kept by train/recipes/ddti-0.7.sh
+STUDENT=teachers/ddti-student-160/student50  # kept by train/recipes/ddti-0.7.sh
 [ -f "$STUDENT/model.keras" ] || { echo "no $STUDENT/model.keras: run bash train/recipes/ddti-0.7.sh first" >&2; exit 2; }
 edge-seg-export "$STUDENT/model.keras" --refine "$KEEP/final/model.keras" --refine-blend "$BLEND" \
   --threshold "$THRESHOLD" --box-threshold "$BOX" --weights fp16 --out "$RUNS/ddti-fcn.onnx" \
@@ -84,4 +84,6 @@ edge-seg-eval --model "$RUNS/ddti-fcn.onnx" --images "$DDTI/test/image" --masks 
 [ -d runs/ddti-0.7/views-neg ] || python -m train.views "$DDTI/test" --out runs/ddti-0.7/views-neg --only neg
 edge-seg-eval --model "$RUNS/ddti-fcn.onnx" --images runs/ddti-0.7/views-neg/image --nodule-free --no-hd95 \
   --json "$RUNS/test-views-eval.json"
-say "done: $RUNS/ddti-fcn.onnx (student + second stage, $BLEND at $THRESHOLD, box at $BOX)"
+# the bundled form: a file a stage, each in a session of its own (outputs checked equal to the one graph's)
+python -m export.stages "$RUNS/ddti-fcn.onnx" --out "$RUNS/apart/ddti-fcn.onnx"
+say "done: $RUNS/ddti-fcn.onnx (student + second stage, $BLEND at $THRESHOLD, box at $BOX); bundled as the two files of $RUNS/apart/"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
 
 from edge_runtime import ModelError, Segmenter
 from edge_runtime.core.metrics import scan_metrics
-from tests.helpers import make_tiny_model, synthetic, tiny_metadata
+from tests.helpers import REPO, make_tiny_model, synthetic, tiny_metadata
 
 
 def test_segment_returns_scan_size_binary_masks(tiny_model):
@@ -84,13 +85,13 @@ def test_bundled_model_loads_and_has_metadata():
     assert sum(p.stat().st_size for p, _ in seg.model.files) <= 20 * 1000 * 1000  # issue 13's budget, both files
     # 0.3.0 onwards: an image-level presence output with its threshold chosen on validation
     assert seg.info.presence_output == "presence" and 0 < (seg.presence_threshold or 0) < 1
-    # chosen on val by training, or again by the export for a graph with test-time augmentation
-    chosen = meta["export"].get("thresholds_chosen_on_val") or {
-        "presence_threshold": meta["training"]["presence_threshold_chosen_on_val"],
-        "threshold": meta["training"]["threshold_chosen_on_val"],
-    }
-    assert chosen["presence_threshold"] == seg.presence_threshold and chosen["threshold"] == seg.threshold
-    assert chosen["box_threshold"] == seg.info.refine.box_threshold
+    # 0.7.0 onwards: every threshold chosen out of fold (training names the file; the second stage's report, which
+    # chose the blend, its threshold and the box threshold on the five out-of-fold second stages, is kept)
+    assert meta["training"]["thresholds_chosen"]["on"] == "out-of-fold predictions of the fold teachers"
+    report = json.loads((REPO / "teachers" / "ddti-refine-64" / "oof_refine.json").read_text())
+    assert meta["refine"]["blend"] == "mean" and report["mean"]["threshold"] == seg.threshold
+    assert report["presence_threshold"] == seg.presence_threshold == meta["training"]["presence_threshold_chosen"]
+    assert report["box_threshold"] == seg.info.refine.box_threshold
 
 
 def test_a_presence_output_below_its_threshold_empties_every_mask(tmp_path):

@@ -146,3 +146,13 @@ def test_splitting_a_one_stage_model_or_over_itself_is_refused(tmp_path, whole, 
         stages_main([str(whole), "--out", str(whole)])
     assert "--out must differ from MODEL" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("block", ["elsewhere.onnx", ["refine_image"]])
+def test_a_refine_entry_that_is_not_a_block_is_refused_in_one_line(tmp_path, block):
+    meta = tiny_metadata(64, schema=3)
+    meta["refine"] = block
+    path = make_tiny_model(tmp_path / "m.onnx", size=64, metadata=meta)
+    with pytest.raises(ModelError) as caught:
+        Segmenter(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)

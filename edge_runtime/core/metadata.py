@@ -101,7 +101,8 @@ def schema_of(refine: dict[str, Any] | None) -> int:
     """The schema of a model with this ``refine`` block (None: no second stage)."""
     if refine is None:
         return SCHEMA_VERSION
-    return SPLIT_SCHEMA_VERSION if refine.get("file") is not None else REFINE_SCHEMA_VERSION
+    own_file = isinstance(refine, dict) and refine.get("file") is not None
+    return SPLIT_SCHEMA_VERSION if own_file else REFINE_SCHEMA_VERSION
 
 
 def encode_metadata(metadata: dict[str, Any]) -> str:
@@ -176,8 +177,8 @@ def parse_metadata(raw: str | None, path: Path) -> dict[str, Any]:
             path,
             f"schema {schema} is a model with a second stage, and it has no refine block"
             if refine is None
-            else f"a refine block {'with' if refine.get('file') is not None else 'without'} a file of its own "
-            f"needs schema {schema_of(refine)}",
+            else f"a refine block {'with' if schema_of(refine) == SPLIT_SCHEMA_VERSION else 'without'} a file of "
+            f"its own needs schema {schema_of(refine)}",
         )
         if refine is not None:
             rin, rout = refine["input"], refine["output"]

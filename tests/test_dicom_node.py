@@ -324,7 +324,12 @@ def test_daemon_receives_segments_and_sends_results_even_across_a_kill(tmp_path,
     sources = [instance(tmp_path / "send" / f"{i}.dcm", seed=i) for i in range(2)]
     try:
         assert store(listen, sources) == [0, 0]
-        wait_for(lambda: daemon.status().get("outbox", {}).get("waiting") == 4, "4 results waiting (PACS down)")
+
+        def down() -> bool:  # every result queued, and at least one send tried and failed (they race)
+            outbox = daemon.status().get("outbox", {})
+            return outbox.get("waiting") == 4 and outbox.get("failed_tries", 0) >= 1
+
+        wait_for(down, "4 results waiting and a failed try (PACS down)")
         status = daemon.status()
         assert status["dicom_listener"]["received"] == 2 and status["dicom_listener"]["associations"] == 1
         assert status["done"] == 2 and status["outbox"]["failed_tries"] >= 1

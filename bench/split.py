@@ -37,22 +37,21 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=40)
     args = p.parse_args()
 
-    import onnx.utils
     import onnxruntime as ort
 
     from bench.run import busy_processes
     from edge_runtime.core.model import OnnxModel, default_model_path
+    from export.stages import split_stages
 
     path = (args.model or default_model_path()).resolve()
     whole = OnnxModel(path, threads=1)
     info, spec = whole.info, whole.info.refine
-    if spec is None:
-        raise SystemExit(f"{path} has no second stage: nothing to split")
+    if spec is None or spec.file is not None:
+        why = "has no second stage" if spec is None else "is two files already"
+        raise SystemExit(f"{path} {why}: give a two-stage model in one graph (edge-seg-export --refine)")
     first_out = [info.output_name] + ([info.presence_output] if info.presence_output else [])
     with tempfile.TemporaryDirectory() as tmp:
-        one, two = Path(tmp) / "stage1.onnx", Path(tmp) / "stage2.onnx"
-        onnx.utils.extract_model(str(path), str(one), [info.input_name], first_out)
-        onnx.utils.extract_model(str(path), str(two), [spec.input_name], [spec.output_name])
+        one, two = split_stages(path, Path(tmp) / "m.onnx")  # the files the runtime would open
         opts = whole.session.get_session_options()  # the CLI's: one thread, level ALL
         s1 = ort.InferenceSession(str(one), opts, providers=["CPUExecutionProvider"])
         s2 = ort.InferenceSession(str(two), opts, providers=["CPUExecutionProvider"])

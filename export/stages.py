@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from edge_runtime.core.metadata import METADATA_KEY, SPLIT_SCHEMA_VERSION, attach_metadata, parse_metadata
 from edge_runtime.core.refine import RefineSpec
 from edge_runtime.errors import ModelError
+from edge_runtime.files.durable import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,8 @@ def split_stages(model: Path, out: Path) -> tuple[Path, Path]:
     attach_metadata(first_proto, meta)
     first_bytes = first_proto.SerializeToString()
     check_same_outputs(proto.SerializeToString(), first_bytes, second_bytes, spec)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write(second, second_bytes)
-    _write(out, first_bytes)
+    write_atomic(second, second_bytes)
+    write_atomic(out, first_bytes)
     return out, second
 
 
@@ -101,12 +100,6 @@ def check_same_outputs(whole: bytes, first: bytes, second: bytes, spec: RefineSp
     differ = [n for n in names if n not in got or not np.array_equal(expected[n], got[n])]
     if differ:
         raise ValueError(f"the two files compute other outputs than the one graph: {', '.join(differ)}")
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
